@@ -1,0 +1,156 @@
+"""Glimpse's one typed settings object.
+
+Built once (from ``GLIMPSE_*`` environment variables, then CLI flags on top) and
+passed down: each package receives only its own sub-model, and nothing else in
+the code base reads the environment. Every field carries a description because
+``glimpse settings`` and the README's settings table are generated from them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = [
+    "CacheSettings",
+    "EngineSettings",
+    "GuardSettings",
+    "MediaSettings",
+    "ObsSettings",
+    "ServerSettings",
+    "Settings",
+    "DEFAULT_MODEL",
+    "TINY_MODEL",
+]
+
+DEFAULT_MODEL = "zai-org/GLM-4.6V-Flash"
+TINY_MODEL = "tiny"
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+class ServerSettings(BaseModel):
+    model_config = _FROZEN
+
+    host: str = Field("127.0.0.1", description="Address to bind. Non-loopback without auth logs a warning.")
+    port: int = Field(8080, ge=0, le=65535, description="TCP port to listen on (0 picks a free one).")
+    max_body_bytes: int = Field(
+        32 * 1024 * 1024, gt=0, description="Largest request body accepted, enforced while it streams in."
+    )
+    request_timeout_s: float = Field(
+        300.0, gt=0, description="Longest a request may take end to end before it is cancelled (504)."
+    )
+    graceful_timeout_s: float = Field(
+        60.0, ge=0, description="On SIGTERM, how long admitted requests get to finish before exit."
+    )
+    web_enabled: bool = Field(True, description="Serve the web page at /.")
+
+
+class EngineSettings(BaseModel):
+    model_config = _FROZEN
+
+    kind: Literal["hf", "upstream"] = Field(
+        "hf", description="'hf': in-process transformers engine; 'upstream': proxy to OpenAI-compatible servers."
+    )
+    model: str = Field(
+        DEFAULT_MODEL,
+        description="Hugging Face model id or local directory; 'tiny' builds the random-weight test model.",
+    )
+    served_model_name: str | None = Field(
+        None, description="Name reported by /v1/models and accepted in requests (default: the model argument)."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the model runs.")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="Weight dtype: 'auto' is bfloat16 on a GPU and float32 on a CPU."
+    )
+    trust_remote_code: bool = Field(False, description="Allow model repositories to run their own code.")
+    tiny_model_dir: Path | None = Field(
+        None, description="Where 'tiny' is built and cached (default: ~/.cache/glimpse/tiny-glm46v)."
+    )
+    warmup: bool = Field(True, description="Run one generation at start-up before /readyz turns 200.")
+    max_batch_size: int = Field(16, ge=1, description="Most sequences decoded together in one step.")
+    max_queue: int = Field(256, ge=0, description="Most admitted requests waiting to start; beyond it: 503.")
+    max_tokens_in_flight: int = Field(
+        65536, ge=1, description="Most prompt + output tokens held in the running batch at once."
+    )
+    queue_timeout_s: float = Field(
+        120.0, gt=0, description="Longest a request may wait in the queue before it fails with 503."
+    )
+    default_max_new_tokens: int = Field(512, ge=1, description="Output tokens when a request does not say.")
+    max_new_tokens_limit: int = Field(4096, ge=1, description="Largest max_tokens a request may ask for.")
+    preprocess_workers: int = Field(2, ge=1, description="Threads that run the image processor.")
+    upstreams: tuple[str, ...] = Field((), description="Base URLs of OpenAI-compatible servers (engine 'upstream').")
+    upstream_api_key: SecretStr | None = Field(None, description="Bearer key sent to upstream servers.")
+
+
+class MediaSettings(BaseModel):
+    model_config = _FROZEN
+
+    allowed_formats: tuple[str, ...] = Field(
+        ("JPEG", "PNG", "WEBP"), description="Image formats accepted, detected from the bytes."
+    )
+    max_image_bytes: int = Field(5 * 1024 * 1024, gt=0, description="Largest encoded image.")
+    max_pixels: int = Field(
+        40_000_000, gt=0, description="Largest width*height, checked before the pixel data is decoded."
+    )
+    max_side: int = Field(8192, gt=0, description="Largest width or height.")
+    min_side: int = Field(8, gt=0, description="Smallest width or height.")
+    max_images_per_request: int = Field(4, ge=1, description="Most images in one request.")
+    allow_urls: bool = Field(False, description="Fetch http(s) image URLs (off by default).")
+    url_allowlist: tuple[str, ...] = Field(
+        (), description="Host names (or *.suffix) that image URLs may point at; empty means any public host."
+    )
+    fetch_timeout_s: float = Field(10.0, gt=0, description="Connect/read timeout for image URLs.")
+
+
+class GuardSettings(BaseModel):
+    model_config = _FROZEN
+
+    prompt_guard: Literal["off", "flag", "block"] = Field(
+        "flag", description="Prompt-injection guard: off, flag (record only) or block (400)."
+    )
+    prompt_rules_file: Path | None = Field(None, description="Extra prompt-guard rules (JSON), added to the built-in ones.")
+    api_keys: tuple[SecretStr, ...] = Field((), description="API keys accepted (Bearer or X-API-Key).")
+    api_keys_file: Path | None = Field(None, description="JSON file of hashed API keys with names, scopes and limits.")
+    jwt_secret: SecretStr | None = Field(None, description="HS256 secret for JWT bearer tokens.")
+    jwt_public_key_file: Path | None = Field(None, description="PEM public key for RS256/ES256 JWTs.")
+    jwt_algorithms: tuple[str, ...] = Field(("HS256",), description="JWT algorithms accepted ('none' never is).")
+    jwt_audience: str | None = Field(None, description="Required JWT 'aud', if set.")
+    jwt_issuer: str | None = Field(None, description="Required JWT 'iss', if set.")
+    rate_limit_per_minute: int = Field(0, ge=0, description="Requests per minute per client; 0 means unlimited.")
+    audit_log_path: Path | None = Field(None, description="Append-only JSON-lines audit log file.")
+
+
+class CacheSettings(BaseModel):
+    model_config = _FROZEN
+
+    enabled: bool = Field(True, description="Cache answers of deterministic requests.")
+    max_bytes: int = Field(64 * 1024 * 1024, ge=0, description="Size bound of the in-process cache.")
+    redis_url: SecretStr | None = Field(None, description="Use Redis (shared by replicas) instead of in-process.")
+    ttl_s: int = Field(3600, gt=0, description="How long a cached answer lives in Redis.")
+
+
+class ObsSettings(BaseModel):
+    model_config = _FROZEN
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    log_json: bool = Field(True, description="One JSON object per log line (else human-readable).")
+    metrics_enabled: bool = Field(True, description="Serve Prometheus metrics at /metrics.")
+
+
+class Settings(BaseSettings):
+    """Everything Glimpse can be told, from ``GLIMPSE_*`` env vars (nested with ``__``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GLIMPSE_", env_nested_delimiter="__", frozen=True, extra="forbid"
+    )
+
+    server: ServerSettings = Field(default_factory=ServerSettings, description="HTTP server.")
+    engine: EngineSettings = Field(default_factory=EngineSettings, description="Model and scheduling.")
+    media: MediaSettings = Field(default_factory=MediaSettings, description="Image intake limits.")
+    guard: GuardSettings = Field(default_factory=GuardSettings, description="Auth, rate limits, prompt guard.")
+    cache: CacheSettings = Field(default_factory=CacheSettings, description="Result cache.")
+    obs: ObsSettings = Field(default_factory=ObsSettings, description="Logs and metrics.")

@@ -1,0 +1,149 @@
+"""The engine protocol: the only thing the HTTP layer knows about engines.
+
+An engine takes a ``GenerationRequest`` (chat messages with already validated,
+decoded images and the sampling settings) and yields ``TokenEvent``s as text is
+produced. The in-process transformers engine and the upstream proxy both
+implement it, so every feature above (cache, guard, metrics, web page) works the
+same over either.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+__all__ = [
+    "ChatMessage",
+    "Engine",
+    "EngineHealth",
+    "FinishReason",
+    "GenerationRequest",
+    "ImagePart",
+    "ContentPart",
+    "SamplingParams",
+    "TextPart",
+    "TokenEvent",
+]
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(slots=True, frozen=True)
+class TextPart:
+    text: str
+
+
+@dataclass(slots=True, frozen=True)
+class ImagePart:
+    """A decoded RGB image that passed intake; ``sha256`` is of the original bytes."""
+
+    image: Image
+    sha256: str
+
+
+ContentPart = TextPart | ImagePart
+
+
+@dataclass(slots=True, frozen=True)
+class ChatMessage:
+    role: Role
+    content: tuple[ContentPart, ...]
+
+    @property
+    def text(self) -> str:
+        return "".join(part.text for part in self.content if isinstance(part, TextPart))
+
+    @property
+    def images(self) -> tuple[ImagePart, ...]:
+        return tuple(part for part in self.content if isinstance(part, ImagePart))
+
+
+@dataclass(slots=True, frozen=True)
+class SamplingParams:
+    """Per-request generation settings; ``temperature == 0`` means greedy."""
+
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclass(slots=True, frozen=True)
+class GenerationRequest:
+    request_id: str
+    messages: tuple[ChatMessage, ...]
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    #: ``time.monotonic()`` after which the request is abandoned; ``None`` for no deadline.
+    deadline: float | None = None
+
+    @property
+    def images(self) -> tuple[ImagePart, ...]:
+        return tuple(image for message in self.messages for image in message.images)
+
+    def seconds_left(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+
+class FinishReason(StrEnum):
+    STOP = "stop"  # end-of-sequence token or a stop string
+    LENGTH = "length"  # max_new_tokens reached
+    CANCELLED = "cancelled"  # client went away or the request was cancelled
+
+
+@dataclass(slots=True, frozen=True)
+class TokenEvent:
+    """A piece of the answer. The last event of a stream has ``finish_reason`` set.
+
+    ``text`` is the new text since the previous event (may be empty, e.g. while a
+    multi-byte character is incomplete or a possible stop string is held back).
+    """
+
+    text: str
+    token_ids: tuple[int, ...] = ()
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass(slots=True, frozen=True)
+class EngineHealth:
+    ready: bool
+    detail: str = ""
+    queue_depth: int = 0
+    running: int = 0
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What every engine offers. ``submit`` raises ``GlimpseError`` subclasses only."""
+
+    @property
+    def model_name(self) -> str: ...
+
+    async def start(self) -> None:
+        """Load / connect and warm up; ``health().ready`` turns true when done."""
+
+    async def stop(self) -> None:
+        """Finish or cancel what is running and release resources."""
+
+    def submit(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+        """Admit the request (or raise ``Overloaded`` at once) and stream its events.
+
+        Closing the iterator early (client gone) cancels the request.
+        """
+
+    async def cancel(self, request_id: str) -> None: ...
+
+    def health(self) -> EngineHealth: ...

@@ -1,0 +1,228 @@
+"""Build a tiny, random-weight model of the real GLM-4.6V architecture, offline.
+
+No weights can be downloaded where Glimpse is developed and tested, yet every
+test must go through the same loading code as the real checkpoint. So this
+module writes a real ``Glm46VForConditionalGeneration`` checkpoint directory:
+a few small layers with seeded random weights, a byte-level BPE tokenizer trained
+here on a built-in Chinese + English text and carrying GLM-4.6V's special
+tokens, GLM-4.6V's chat template, and the real image-processor configuration.
+``AutoProcessor`` / ``AutoModelForImageTextToText.from_pretrained(dir)`` load it
+like any checkpoint. Its answers are meaningless by construction.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+__all__ = ["CHAT_TEMPLATE", "SPECIAL_TOKENS", "build_tiny_model", "default_tiny_model_dir", "ensure_tiny_model"]
+
+logger = logging.getLogger(__name__)
+
+#: GLM-4.6V's special tokens, in the real tokenizer's order (ids 151329...).
+SPECIAL_TOKENS: tuple[str, ...] = (
+    "<|endoftext|>",
+    "[MASK]",
+    "[gMASK]",
+    "[sMASK]",
+    "<sop>",
+    "<eop>",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|observation|>",
+    "<|begin_of_image|>",
+    "<|end_of_image|>",
+    "<|begin_of_video|>",
+    "<|end_of_video|>",
+    "<|image|>",
+    "<|video|>",
+    "<think>",
+    "</think>",
+)
+
+#: GLM-4.6V's chat format: ``[gMASK]<sop>`` then role tokens, images as
+#: ``<|begin_of_image|><|image|><|end_of_image|>`` (the processor expands ``<|image|>``).
+CHAT_TEMPLATE = (
+    "[gMASK]<sop>"
+    "{%- for msg in messages %}"
+    "{%- if msg.role == 'system' %}<|system|>{{ '\\n' }}"
+    "{%- if msg.content is string %}{{ msg.content }}{%- else %}"
+    "{%- for item in msg.content %}{%- if item.type == 'text' %}{{ item.text }}{%- endif %}{%- endfor %}"
+    "{%- endif %}"
+    "{%- elif msg.role == 'user' %}<|user|>{{ '\\n' }}"
+    "{%- if msg.content is string %}{{ msg.content }}{%- else %}"
+    "{%- for item in msg.content %}"
+    "{%- if item.type == 'image' or item.type == 'image_url' or 'image' in item %}"
+    "<|begin_of_image|><|image|><|end_of_image|>"
+    "{%- elif item.type == 'video' or 'video' in item %}<|begin_of_video|><|video|><|end_of_video|>"
+    "{%- elif item.type == 'text' %}{{ item.text }}{%- endif %}"
+    "{%- endfor %}{%- endif %}"
+    "{%- elif msg.role == 'assistant' %}<|assistant|>{{ '\\n' }}"
+    "{%- if msg.content is string %}{{ msg.content }}{%- else %}"
+    "{%- for item in msg.content %}{%- if item.type == 'text' %}{{ item.text }}{%- endif %}{%- endfor %}"
+    "{%- endif %}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}<|assistant|>{{ '\\n' }}{%- endif %}"
+)
+
+# A small bilingual text the tokenizer learns its merges from: enough to give
+# common words and characters their own tokens, so answers decode to varied text.
+_CORPUS = """
+Glimpse answers questions about images. What is in this picture? Describe the image in detail.
+The cat is sitting on the red sofa next to a window. There are three people walking in the park.
+Read the text in the document and summarize it. How many apples are on the table? Is this safe?
+The invoice total is 42 dollars. The chart shows sales growing every month from January to June.
+Please answer in English. Please answer briefly. The answer is yes. The answer is no. I think so.
+A photo of a street with cars, buses and bicycles at night, lit by yellow lamps and shop signs.
+这张图片里有什么？请详细描述这张图片。图中有一只猫坐在红色的沙发上，旁边是窗户。
+请读出文档中的文字并总结。桌子上有几个苹果？这张发票的总金额是多少？请用中文回答。
+图表显示销售额从一月到六月每个月都在增长。公园里有三个人在散步。街上有汽车、公交车和自行车。
+请忽略图片背景，只看文字。这道数学题的答案是多少？老师让学生回答问题。客户服务机器人。
+答案是是的。答案是不。我认为是这样。内容审核：这张图片是否包含不安全的内容？
+0 1 2 3 4 5 6 7 8 9 10 100 1000 , . ? ! : ; ( ) [ ] " ' - + = * / % # @ & 。，？！：；（）《》
+"""
+
+_TEXT_CONFIG = {
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "intermediate_size": 128,
+    "max_position_embeddings": 8192,
+    # head_dim 16, partial_rotary_factor 0.5 -> rotary dim 8; mrope_section sums to 8 / 2.
+    "rope_parameters": {
+        "rope_type": "default",
+        "rope_theta": 10000.0,
+        "mrope_section": [1, 1, 2],
+        "partial_rotary_factor": 0.5,
+    },
+}
+_VISION_CONFIG = {
+    "depth": 2,
+    "hidden_size": 64,
+    "num_heads": 4,
+    "intermediate_size": 128,
+    "out_hidden_size": 64,
+    "patch_size": 14,
+    "spatial_merge_size": 2,
+    "temporal_patch_size": 2,
+}
+_VOCAB_SIZE = 1024
+_SEED = 1234
+
+
+def default_tiny_model_dir() -> Path:
+    return Path.home() / ".cache" / "glimpse" / "tiny-glm46v"
+
+
+def _build_tokenizer() -> object:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=_VOCAB_SIZE - len(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(_CORPUS.strip().splitlines() * 4, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=list(SPECIAL_TOKENS[1:]),
+        padding_side="left",
+        clean_up_tokenization_spaces=False,
+        model_max_length=8192,
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def _model_config(tokenizer: object) -> object:
+    from transformers import Glm46VConfig
+
+    def tid(token: str) -> int:
+        return int(tokenizer.convert_tokens_to_ids(token))  # type: ignore[attr-defined]
+
+    vocab_size = len(tokenizer)  # type: ignore[arg-type]
+    eos = [tid("<|endoftext|>"), tid("<|user|>"), tid("<|observation|>")]
+    return Glm46VConfig(
+        text_config={**_TEXT_CONFIG, "vocab_size": vocab_size, "eos_token_id": eos, "pad_token_id": eos[0]},
+        vision_config=_VISION_CONFIG,
+        image_token_id=tid("<|image|>"),
+        video_token_id=tid("<|video|>"),
+        image_start_token_id=tid("<|begin_of_image|>"),
+        image_end_token_id=tid("<|end_of_image|>"),
+        video_start_token_id=tid("<|begin_of_video|>"),
+        video_end_token_id=tid("<|end_of_video|>"),
+        eos_token_id=eos,
+        pad_token_id=eos[0],
+    )
+
+
+def build_tiny_model(directory: Path) -> Path:
+    """Write the tiny checkpoint to ``directory`` (replaced if present) and return it."""
+    import torch
+    from transformers import (
+        Glm46VForConditionalGeneration,
+        Glm46VImageProcessor,
+        Glm46VProcessor,
+        Glm46VVideoProcessor,
+        GenerationConfig,
+    )
+
+    tokenizer = _build_tokenizer()
+    config = _model_config(tokenizer)
+    torch.manual_seed(_SEED)
+    model = Glm46VForConditionalGeneration(config).eval()
+    # The default init leaves many weights near zero; wider weights make
+    # greedy answers vary with the image and the question, which tests rely on.
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(_SEED)
+        for param in model.parameters():
+            if param.dim() >= 2:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
+    model.generation_config = GenerationConfig(
+        eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id, do_sample=False
+    )
+    processor = Glm46VProcessor(
+        image_processor=Glm46VImageProcessor(),
+        tokenizer=tokenizer,
+        video_processor=Glm46VVideoProcessor(),
+        chat_template=CHAT_TEMPLATE,
+    )
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    # Write next to the target and rename, so a half-built model is never loaded.
+    staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=directory.parent))
+    try:
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        (staging / "GLIMPSE_TINY_MODEL.json").write_text(
+            json.dumps({"warning": "random weights: answers are meaningless", "seed": _SEED}) + "\n"
+        )
+        if directory.exists():
+            shutil.rmtree(directory)
+        staging.rename(directory)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return directory
+
+
+def ensure_tiny_model(directory: Path | None = None) -> Path:
+    """Return the tiny model's directory, building it first if it is missing."""
+    target = Path(directory) if directory is not None else default_tiny_model_dir()
+    if (target / "GLIMPSE_TINY_MODEL.json").is_file() and (target / "config.json").is_file():
+        return target
+    logger.info("building the tiny random-weight GLM-4.6V model in %s", target)
+    return build_tiny_model(target)
