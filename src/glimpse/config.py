@@ -53,14 +53,16 @@ class EngineSettings(BaseModel):
     model_config = _FROZEN
 
     kind: Literal["hf", "upstream"] = Field(
-        "hf", description="'hf': in-process transformers engine; 'upstream': proxy to OpenAI-compatible servers."
+        "hf",
+        description="'hf': in-process transformers engine; 'upstream': proxy to OpenAI-compatible servers.",
     )
     model: str = Field(
         DEFAULT_MODEL,
         description="Hugging Face model id or local directory; 'tiny' builds the random-weight test model.",
     )
     served_model_name: str | None = Field(
-        None, description="Name reported by /v1/models and accepted in requests (default: the model argument)."
+        None,
+        description="Name reported by /v1/models and accepted in requests (default: the model argument).",
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the model runs.")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
@@ -82,7 +84,9 @@ class EngineSettings(BaseModel):
     default_max_new_tokens: int = Field(512, ge=1, description="Output tokens when a request does not say.")
     max_new_tokens_limit: int = Field(4096, ge=1, description="Largest max_tokens a request may ask for.")
     preprocess_workers: int = Field(2, ge=1, description="Threads that run the image processor.")
-    upstreams: tuple[str, ...] = Field((), description="Base URLs of OpenAI-compatible servers (engine 'upstream').")
+    upstreams: tuple[str, ...] = Field(
+        (), description="Base URLs of OpenAI-compatible servers (engine 'upstream')."
+    )
     upstream_api_key: SecretStr | None = Field(None, description="Bearer key sent to upstream servers.")
 
 
@@ -112,15 +116,23 @@ class GuardSettings(BaseModel):
     prompt_guard: Literal["off", "flag", "block"] = Field(
         "flag", description="Prompt-injection guard: off, flag (record only) or block (400)."
     )
-    prompt_rules_file: Path | None = Field(None, description="Extra prompt-guard rules (JSON), added to the built-in ones.")
+    prompt_rules_file: Path | None = Field(
+        None, description="Extra prompt-guard rules (JSON), added to the built-in ones."
+    )
     api_keys: tuple[SecretStr, ...] = Field((), description="API keys accepted (Bearer or X-API-Key).")
-    api_keys_file: Path | None = Field(None, description="JSON file of hashed API keys with names, scopes and limits.")
+    api_keys_file: Path | None = Field(
+        None, description="JSON file of hashed API keys with names, scopes and limits."
+    )
     jwt_secret: SecretStr | None = Field(None, description="HS256 secret for JWT bearer tokens.")
     jwt_public_key_file: Path | None = Field(None, description="PEM public key for RS256/ES256 JWTs.")
-    jwt_algorithms: tuple[str, ...] = Field(("HS256",), description="JWT algorithms accepted ('none' never is).")
+    jwt_algorithms: tuple[str, ...] = Field(
+        ("HS256",), description="JWT algorithms accepted ('none' never is)."
+    )
     jwt_audience: str | None = Field(None, description="Required JWT 'aud', if set.")
     jwt_issuer: str | None = Field(None, description="Required JWT 'iss', if set.")
-    rate_limit_per_minute: int = Field(0, ge=0, description="Requests per minute per client; 0 means unlimited.")
+    rate_limit_per_minute: int = Field(
+        0, ge=0, description="Requests per minute per client; 0 means unlimited."
+    )
     audit_log_path: Path | None = Field(None, description="Append-only JSON-lines audit log file.")
 
 
@@ -129,7 +141,9 @@ class CacheSettings(BaseModel):
 
     enabled: bool = Field(True, description="Cache answers of deterministic requests.")
     max_bytes: int = Field(64 * 1024 * 1024, ge=0, description="Size bound of the in-process cache.")
-    redis_url: SecretStr | None = Field(None, description="Use Redis (shared by replicas) instead of in-process.")
+    redis_url: SecretStr | None = Field(
+        None, description="Use Redis (shared by replicas) instead of in-process."
+    )
     ttl_s: int = Field(3600, gt=0, description="How long a cached answer lives in Redis.")
 
 
@@ -151,6 +165,8 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings, description="HTTP server.")
     engine: EngineSettings = Field(default_factory=EngineSettings, description="Model and scheduling.")
     media: MediaSettings = Field(default_factory=MediaSettings, description="Image intake limits.")
-    guard: GuardSettings = Field(default_factory=GuardSettings, description="Auth, rate limits, prompt guard.")
+    guard: GuardSettings = Field(
+        default_factory=GuardSettings, description="Auth, rate limits, prompt guard."
+    )
     cache: CacheSettings = Field(default_factory=CacheSettings, description="Result cache.")
     obs: ObsSettings = Field(default_factory=ObsSettings, description="Logs and metrics.")

@@ -17,8 +17,15 @@ import logging
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
-__all__ = ["CHAT_TEMPLATE", "SPECIAL_TOKENS", "build_tiny_model", "default_tiny_model_dir", "ensure_tiny_model"]
+__all__ = [
+    "CHAT_TEMPLATE",
+    "SPECIAL_TOKENS",
+    "build_tiny_model",
+    "default_tiny_model_dir",
+    "ensure_tiny_model",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +127,7 @@ def default_tiny_model_dir() -> Path:
     return Path.home() / ".cache" / "glimpse" / "tiny-glm46v"
 
 
-def _build_tokenizer() -> object:
+def _build_tokenizer() -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -136,8 +143,8 @@ def _build_tokenizer() -> object:
     backend.train_from_iterator(_CORPUS.strip().splitlines() * 4, trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
-        eos_token="<|endoftext|>",
-        pad_token="<|endoftext|>",
+        eos_token="<|endoftext|>",  # noqa: S106 - a token name, not a password
+        pad_token="<|endoftext|>",  # noqa: S106
         additional_special_tokens=list(SPECIAL_TOKENS[1:]),
         padding_side="left",
         clean_up_tokenization_spaces=False,
@@ -147,13 +154,13 @@ def _build_tokenizer() -> object:
     return tokenizer
 
 
-def _model_config(tokenizer: object) -> object:
+def _model_config(tokenizer: Any) -> Any:
     from transformers import Glm46VConfig
 
     def tid(token: str) -> int:
-        return int(tokenizer.convert_tokens_to_ids(token))  # type: ignore[attr-defined]
+        return int(tokenizer.convert_tokens_to_ids(token))
 
-    vocab_size = len(tokenizer)  # type: ignore[arg-type]
+    vocab_size = len(tokenizer)
     eos = [tid("<|endoftext|>"), tid("<|user|>"), tid("<|observation|>")]
     return Glm46VConfig(
         text_config={**_TEXT_CONFIG, "vocab_size": vocab_size, "eos_token_id": eos, "pad_token_id": eos[0]},
@@ -173,11 +180,11 @@ def build_tiny_model(directory: Path) -> Path:
     """Write the tiny checkpoint to ``directory`` (replaced if present) and return it."""
     import torch
     from transformers import (
+        GenerationConfig,
         Glm46VForConditionalGeneration,
         Glm46VImageProcessor,
         Glm46VProcessor,
         Glm46VVideoProcessor,
-        GenerationConfig,
     )
 
     tokenizer = _build_tokenizer()

@@ -1,0 +1,23 @@
+"""The simple API's shape ⇄ engine requests: one image, one question, one answer."""
+
+from __future__ import annotations
+
+from glimpse.api.generation import image_part, sampling_params
+from glimpse.config import EngineSettings
+from glimpse.engine.protocol import ChatMessage, GenerationRequest, TextPart
+from glimpse.media import DecodedImage
+
+__all__ = ["to_generation_request"]
+
+
+def to_generation_request(
+    image: DecodedImage,
+    question: str,
+    max_new_tokens: int | None,
+    request_id: str,
+    deadline: float,
+    settings: EngineSettings,
+) -> GenerationRequest:
+    message = ChatMessage("user", (image_part(image), TextPart(question)))
+    sampling = sampling_params(settings, max_tokens=max_new_tokens)
+    return GenerationRequest(request_id, (message,), sampling, deadline)

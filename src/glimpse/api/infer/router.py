@@ -1,0 +1,54 @@
+"""``POST /infer`` (base64 JSON) and ``POST /v1/analyze`` (multipart upload)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Request, UploadFile
+
+from glimpse.api.generation import collect, with_deadline
+from glimpse.api.state import AppState, StateDep
+from glimpse.media import DecodedImage
+
+from .adapter import to_generation_request
+from .schemas import InferRequest, InferResponse
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["simple"])
+
+
+async def _answer(
+    state: AppState, request: Request, image: DecodedImage, question: str, max_new_tokens: int | None
+) -> InferResponse:
+    gen = to_generation_request(
+        image,
+        question,
+        max_new_tokens,
+        request.state.request_id,
+        with_deadline(state.settings.server),
+        state.settings.engine,
+    )
+    result = await collect(state.engine, gen, request)
+    return InferResponse(response=result.text)
+
+
+@router.post("/infer")
+async def infer(body: InferRequest, request: Request, state: StateDep) -> InferResponse:
+    state.check_admitting()
+    image = await state.intake.from_base64(body.image)
+    return await _answer(state, request, image, body.text, body.max_new_tokens)
+
+
+@router.post("/v1/analyze")
+async def analyze(
+    request: Request,
+    state: StateDep,
+    image: Annotated[UploadFile, File(description="The image file (JPEG, PNG or WebP).")],
+    question: Annotated[str, Form(min_length=1, description="The question about the image.")],
+    max_new_tokens: Annotated[int | None, Form(ge=1)] = None,
+) -> InferResponse:
+    state.check_admitting()
+    data = await image.read(state.settings.media.max_image_bytes + 1)
+    decoded = await state.intake.from_bytes(data)
+    return await _answer(state, request, decoded, question, max_new_tokens)

@@ -1,0 +1,19 @@
+"""Wire schemas of the simple API: ``/infer`` (JSON) and ``/v1/analyze`` (multipart)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["InferRequest", "InferResponse"]
+
+
+class InferRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    image: str = Field(min_length=1, description="The image, base64-encoded (a data URL is accepted too).")
+    text: str = Field(min_length=1, description="The question about the image.")
+    max_new_tokens: int | None = Field(None, ge=1, description="Most tokens in the answer.")
+
+
+class InferResponse(BaseModel):
+    response: str

@@ -1,0 +1,222 @@
+"""The ``glimpse`` command: serve, ask, make-tiny-model, settings (and bench / batch).
+
+This is the only place that turns command-line flags into a ``Settings``; flags
+override ``GLIMPSE_*`` environment variables, which override the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from glimpse import __version__
+from glimpse.config import DEFAULT_MODEL, TINY_MODEL, Settings
+from glimpse.errors import GlimpseError, ModelLoadError
+
+__all__ = ["build_parser", "main", "settings_from_args"]
+
+_console = Console(stderr=True, highlight=False)
+
+_TINY_BANNER = (
+    "[bold yellow]" + "!" * 72 + "\n"
+    "  Serving Glimpse's TINY test model: a real GLM-4.6V architecture with RANDOM weights.\n"
+    "  Its answers are meaningless. It exists to try and test the service offline.\n"
+    "  For real answers: glimpse serve --model zai-org/GLM-4.6V-Flash (or a local copy).\n" + "!" * 72 + "[/]"
+)
+
+
+def _add_serve(sub: Any) -> None:
+    p = sub.add_parser("serve", help="Start the HTTP service.", description="Start the HTTP service.")
+    p.add_argument(
+        "--model", help=f"Hugging Face id, local directory, or '{TINY_MODEL}' (default {DEFAULT_MODEL})."
+    )
+    p.add_argument("--host", help="Address to bind (default 127.0.0.1).")
+    p.add_argument("--port", type=int, help="Port (default 8080).")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="Where the model runs (default auto).")
+    p.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"], help="Weight dtype.")
+    p.add_argument(
+        "--engine", choices=["hf", "upstream"], help="In-process transformers, or upstream servers."
+    )
+    p.add_argument(
+        "--upstream", action="append", help="Base URL of an OpenAI-compatible server (repeatable)."
+    )
+    p.add_argument("--served-model-name", help="Model name shown by /v1/models and accepted in requests.")
+    p.add_argument("--max-batch-size", type=int, help="Most sequences decoded together.")
+    p.add_argument("--max-queue", type=int, help="Most requests waiting; beyond it 503 + Retry-After.")
+    p.add_argument("--no-warmup", action="store_true", help="Skip the warm-up generation at start-up.")
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="Log level.")
+    p.set_defaults(func=_serve)
+
+
+def _add_ask(sub: Any) -> None:
+    p = sub.add_parser("ask", help="Ask a running server about an image.")
+    p.add_argument("image", type=Path, help="Image file (JPEG, PNG or WebP).")
+    p.add_argument("question", help="The question.")
+    p.add_argument("--url", default="http://127.0.0.1:8080", help="Server base URL.")
+    p.add_argument("--stream", action="store_true", help="Print the answer as it is generated.")
+    p.add_argument("--max-tokens", type=int, default=None, help="Most tokens in the answer.")
+    p.add_argument("--temperature", type=float, default=None, help="0 for greedy (default).")
+    p.add_argument("--api-key", default=None, help="API key, when the server requires one.")
+    p.add_argument("--timeout", type=float, default=300.0, help="Seconds to wait for the answer.")
+    p.set_defaults(func=_ask)
+
+
+def _add_make_tiny(sub: Any) -> None:
+    p = sub.add_parser("make-tiny-model", help="Write the tiny random-weight GLM-4.6V test model.")
+    p.add_argument("directory", type=Path, help="Directory to write (replaced if it exists).")
+    p.set_defaults(func=_make_tiny)
+
+
+def _add_settings(sub: Any) -> None:
+    p = sub.add_parser("settings", help="List every setting with its GLIMPSE_* variable and default.")
+    p.set_defaults(func=_settings_table)
+
+
+def _add_client_commands(sub: Any) -> None:
+    try:
+        from glimpse.client import register_batch, register_bench
+    except ImportError:  # the client package is optional in a stripped-down install
+        return
+    register_bench(sub)
+    register_batch(sub)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="glimpse", description="Serve vision-language models at high concurrency."
+    )
+    parser.add_argument("--version", action="version", version=f"glimpse {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_serve, _add_ask, _add_make_tiny, _add_settings, _add_client_commands):
+        add(sub)
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Environment first, then flags on top (pydantic-settings merges nested values)."""
+    engine: dict[str, Any] = {}
+    server: dict[str, Any] = {}
+    obs: dict[str, Any] = {}
+    pairs: Sequence[tuple[dict[str, Any], str, str]] = (
+        (engine, "model", "model"),
+        (engine, "device", "device"),
+        (engine, "dtype", "dtype"),
+        (engine, "engine", "kind"),
+        (engine, "served_model_name", "served_model_name"),
+        (engine, "max_batch_size", "max_batch_size"),
+        (engine, "max_queue", "max_queue"),
+        (server, "host", "host"),
+        (server, "port", "port"),
+        (obs, "log_level", "log_level"),
+    )
+    for target, flag, field in pairs:
+        value = getattr(args, flag, None)
+        if value is not None:
+            target[field] = value
+    if getattr(args, "upstream", None):
+        engine["upstreams"] = tuple(args.upstream)
+        engine.setdefault("kind", "upstream")
+    if getattr(args, "no_warmup", False):
+        engine["warmup"] = False
+    return Settings(engine=engine, server=server, obs=obs)
+
+
+def _configure_logging(settings: Settings) -> None:
+    try:
+        from glimpse.obs import configure_logging
+    except ImportError:
+        logging.basicConfig(level=settings.obs.log_level)
+        return
+    configure_logging(settings.obs)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from glimpse.api.app import create_app
+    from glimpse.engine.loader import check_model_available
+
+    settings = settings_from_args(args)
+    _configure_logging(settings)
+    if settings.engine.kind == "hf":
+        check_model_available(settings.engine)
+        if settings.engine.model == TINY_MODEL:
+            _console.print(_TINY_BANNER)
+    fatal: list[BaseException] = []
+    server: uvicorn.Server | None = None
+
+    def on_fatal(exc: BaseException) -> None:
+        fatal.append(exc)
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(settings, on_fatal=on_fatal)
+    config = uvicorn.Config(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.server.graceful_timeout_s),
+    )
+    server = uvicorn.Server(config)
+    _console.print(
+        f"Glimpse {__version__}: model [bold]{settings.engine.model}[/] on "
+        f"http://{settings.server.host}:{settings.server.port}  (web page at /, API at /v1)"
+    )
+    server.run()
+    if fatal:
+        raise fatal[0]
+    return 0
+
+
+def _ask(args: argparse.Namespace) -> int:
+    from glimpse.client.ask import ask
+
+    return ask(
+        args.url,
+        args.image,
+        args.question,
+        stream=args.stream,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        api_key=args.api_key,
+        timeout=args.timeout,
+        out=sys.stdout,
+    )
+
+
+def _make_tiny(args: argparse.Namespace) -> int:
+    from glimpse.engine.tiny_model import build_tiny_model
+
+    directory = build_tiny_model(args.directory)
+    _console.print(f"Wrote the tiny random-weight GLM-4.6V model to {directory}")
+    return 0
+
+
+def _settings_table(args: argparse.Namespace) -> int:
+    from glimpse.settings_doc import settings_markdown
+
+    sys.stdout.write(settings_markdown())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except ModelLoadError as exc:
+        _console.print(f"[bold red]error:[/] {exc.message}")
+        return 2
+    except GlimpseError as exc:
+        _console.print(f"[bold red]error:[/] {exc.message}")
+        return 1
+    except KeyboardInterrupt:
+        return 130

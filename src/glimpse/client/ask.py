@@ -1,0 +1,84 @@
+"""``glimpse ask``: a small client that sends one image and question and prints the answer."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx
+
+__all__ = ["ask", "image_data_url"]
+
+_MIME = {b"\xff\xd8\xff": "image/jpeg", b"\x89PNG": "image/png", b"RIFF": "image/webp"}
+
+
+def image_data_url(path: Path) -> str:
+    data = path.read_bytes()
+    mime = next((m for magic, m in _MIME.items() if data.startswith(magic)), "application/octet-stream")
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        return str(response.json()["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return response.text[:500]
+
+
+def ask(
+    url: str,
+    image: Path,
+    question: str,
+    *,
+    stream: bool,
+    max_tokens: int | None,
+    temperature: float | None,
+    api_key: str | None,
+    timeout: float,
+    out: TextIO,
+) -> int:
+    body: dict[str, Any] = {
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": image_data_url(image)}},
+                    {"type": "text", "text": question},
+                ],
+            }
+        ],
+        "stream": stream,
+    }
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
+    if temperature is not None:
+        body["temperature"] = temperature
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    endpoint = url.rstrip("/") + "/v1/chat/completions"
+    with httpx.Client(timeout=timeout, headers=headers) as client:
+        if not stream:
+            response = client.post(endpoint, json=body)
+            if response.status_code != 200:
+                out.write(f"error {response.status_code}: {_error_message(response)}\n")
+                return 1
+            out.write(response.json()["choices"][0]["message"]["content"] + "\n")
+            return 0
+        with client.stream("POST", endpoint, json=body) as response:
+            if response.status_code != 200:
+                response.read()
+                out.write(f"error {response.status_code}: {_error_message(response)}\n")
+                return 1
+            for line in response.iter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                event = json.loads(line[6:])
+                if "error" in event:
+                    out.write(f"\nerror: {event['error'].get('message')}\n")
+                    return 1
+                for choice in event.get("choices", []):
+                    out.write(choice.get("delta", {}).get("content") or "")
+                    out.flush()
+        out.write("\n")
+    return 0

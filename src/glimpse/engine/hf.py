@@ -1,0 +1,235 @@
+"""The in-process transformers engine: the asyncio face of the engine thread.
+
+It admits requests against a bounded queue (``Overloaded`` at once when full),
+renders the chat template and runs the image processor in a small thread pool
+(so preprocessing overlaps with generation and never blocks the event loop),
+hands jobs to the one ``EngineWorker`` thread, and turns its events back into an
+async stream. Closing that stream early cancels the job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from glimpse.config import EngineSettings
+from glimpse.engine.job import Job, JobSink
+from glimpse.engine.loader import LoadedModel
+from glimpse.engine.protocol import (
+    ChatMessage,
+    EngineHealth,
+    GenerationRequest,
+    ImagePart,
+    SamplingParams,
+    TextPart,
+    TokenEvent,
+)
+from glimpse.engine.worker import EngineWorker
+from glimpse.errors import (
+    DeadlineExceeded,
+    EngineDead,
+    GlimpseError,
+    InvalidRequest,
+    NotReady,
+    Overloaded,
+    RequestTooLarge,
+)
+
+__all__ = ["HFEngine"]
+
+logger = logging.getLogger(__name__)
+
+_RETRY_AFTER_S = 2
+
+
+def _chat_messages(request: GenerationRequest) -> tuple[list[dict[str, Any]], list[Any]]:
+    """Messages in the processor's chat-template shape, and the images in order."""
+    messages: list[dict[str, Any]] = []
+    images: list[Any] = []
+    for message in request.messages:
+        content: list[dict[str, Any]] = []
+        for part in message.content:
+            if isinstance(part, ImagePart):
+                content.append({"type": "image"})
+                images.append(part.image)
+            else:
+                content.append({"type": "text", "text": part.text})
+        messages.append({"role": message.role, "content": content})
+    return messages, images
+
+
+class HFEngine:
+    """Serves one Hugging Face image-text-to-text model in this process."""
+
+    def __init__(self, settings: EngineSettings) -> None:
+        self._settings = settings
+        self._name = settings.served_model_name or settings.model
+        self._pool = ThreadPoolExecutor(settings.preprocess_workers, thread_name_prefix="glimpse-preprocess")
+        self._worker: EngineWorker | None = None
+        self._jobs: dict[str, Job] = {}
+        self._admitted = 0
+        self._ready = False
+        self._detail = "loading model"
+        self.loaded: LoadedModel | None = None
+
+    @property
+    def model_name(self) -> str:
+        return self._name
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[LoadedModel | BaseException] = loop.create_future()
+
+        def on_loaded(result: LoadedModel | BaseException) -> None:
+            loop.call_soon_threadsafe(done.set_result, result)
+
+        self._worker = EngineWorker(self._settings, on_loaded)
+        self._worker.start()
+        result = await done
+        if isinstance(result, BaseException):
+            self._detail = "model failed to load"
+            raise result
+        self.loaded = result
+        if self._settings.warmup:
+            self._detail = "warming up"
+            await self._warm_up()
+        self._ready = True
+        self._detail = "ready"
+
+    async def _warm_up(self) -> None:
+        from PIL import Image
+
+        image = ImagePart(Image.new("RGB", (64, 64), (127, 127, 127)), "warmup")
+        request = GenerationRequest(
+            "warmup",
+            (ChatMessage("user", (image, TextPart("warm up"))),),
+            SamplingParams(max_new_tokens=2),
+        )
+        async for _ in self._generate(request, admit_check=False):
+            pass
+        logger.info("warm-up generation done")
+
+    async def stop(self) -> None:
+        self._ready = False
+        self._detail = "stopped"
+        for job in list(self._jobs.values()):
+            job.cancelled.set()
+        if self._worker is not None:
+            self._worker.shutdown()
+            await asyncio.to_thread(self._worker.join, 30)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def health(self) -> EngineHealth:
+        worker = self._worker
+        if worker is not None and worker.dead is not None:
+            return EngineHealth(False, "engine stopped")
+        return EngineHealth(
+            self._ready,
+            self._detail,
+            queue_depth=max(0, self._admitted - (worker.running if worker else 0)),
+            running=worker.running if worker else 0,
+        )
+
+    async def cancel(self, request_id: str) -> None:
+        job = self._jobs.get(request_id)
+        if job is not None:
+            job.cancelled.set()
+
+    def submit(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+        return self._generate(request, admit_check=True)
+
+    def _admit(self) -> None:
+        if not self._ready:
+            raise NotReady("The model is still loading; try again shortly.", retry_after=_RETRY_AFTER_S)
+        worker = self._worker
+        if worker is None or worker.dead is not None:
+            raise EngineDead("The model engine has stopped; this server cannot answer any more.")
+        if self._admitted >= self._settings.max_queue + 1:
+            raise Overloaded(
+                f"The server is at capacity ({self._admitted} requests admitted); retry shortly.",
+                retry_after=_RETRY_AFTER_S,
+            )
+
+    async def _generate(self, request: GenerationRequest, *, admit_check: bool) -> AsyncIterator[TokenEvent]:
+        if admit_check:
+            self._admit()
+        if request.request_id in self._jobs:
+            raise InvalidRequest(f"Request id {request.request_id!r} is already running.")
+        self._admitted += 1
+        job: Job | None = None
+        try:
+            loop = asyncio.get_running_loop()
+            inputs, prompt_tokens = await loop.run_in_executor(self._pool, self._prepare, request)
+            assert self.loaded is not None
+            assert self._worker is not None
+            tokenizer = getattr(self.loaded.processor, "tokenizer", self.loaded.processor)
+            sink = JobSink(
+                loop,
+                lambda ids: str(tokenizer.decode(ids, skip_special_tokens=True)),
+                request.sampling.stop,
+                prompt_tokens,
+            )
+            job = Job(request.request_id, inputs, request.sampling, sink, prompt_tokens)
+            self._jobs[request.request_id] = job
+            self._worker.enqueue(job)
+            async for event in self._drain(job, request.deadline):
+                yield event
+        finally:
+            self._admitted -= 1
+            if job is not None:
+                if not job.sink.finished:
+                    job.cancelled.set()
+                self._jobs.pop(request.request_id, None)
+
+    async def _drain(self, job: Job, deadline: float | None) -> AsyncIterator[TokenEvent]:
+        while True:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                item = await asyncio.wait_for(job.sink.queue.get(), timeout)
+            except TimeoutError:
+                job.cancelled.set()
+                raise DeadlineExceeded("The request took longer than the server's time limit.") from None
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            if item.finish_reason is not None:
+                return
+
+    def _prepare(self, request: GenerationRequest) -> tuple[dict[str, Any], int]:
+        """Chat template + processor: blocking, runs in the preprocessing pool."""
+        if self.loaded is None:
+            raise NotReady("The model is still loading; try again shortly.", retry_after=_RETRY_AFTER_S)
+        processor = self.loaded.processor
+        messages, images = _chat_messages(request)
+        try:
+            prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            inputs = processor(text=[prompt], images=images or None, return_tensors="pt")
+        except GlimpseError:
+            raise
+        except (ValueError, TypeError) as exc:
+            raise InvalidRequest(f"The model's processor could not prepare this request: {exc}") from exc
+        prompt_tokens = int(inputs["input_ids"].shape[-1])
+        limit = self._context_limit()
+        needed = prompt_tokens + request.sampling.max_new_tokens
+        if needed > limit:
+            raise RequestTooLarge(
+                f"The prompt takes {prompt_tokens} tokens and max_tokens is "
+                f"{request.sampling.max_new_tokens}: more than this model's context of {limit} tokens. "
+                "Use a smaller image or fewer tokens."
+            )
+        if needed > self._settings.max_tokens_in_flight:
+            raise RequestTooLarge(
+                f"The request needs {needed} tokens, more than the server's max_tokens_in_flight "
+                f"({self._settings.max_tokens_in_flight})."
+            )
+        return dict(inputs), prompt_tokens
+
+    def _context_limit(self) -> int:
+        assert self.loaded is not None
+        config = self.loaded.model.config
+        text_config = getattr(config, "text_config", config)
+        return int(getattr(text_config, "max_position_embeddings", 1 << 30))

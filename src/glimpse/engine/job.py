@@ -1,0 +1,93 @@
+"""A request as the engine thread sees it, and the channel back to asyncio.
+
+The engine thread owns the model; the event loop owns the HTTP connection. A
+``Job`` carries the prepared model inputs one way and a ``JobSink`` carries
+``TokenEvent``s back with ``loop.call_soon_threadsafe``, so neither side ever
+blocks the other. Detokenisation and stop strings are handled here, on the
+engine-thread side, so a stop string ends generation at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from glimpse.engine.protocol import FinishReason, SamplingParams, TokenEvent
+from glimpse.engine.text import IncrementalDecoder, StopMatcher
+
+__all__ = ["Job", "JobSink"]
+
+_Item = TokenEvent | BaseException
+
+
+class JobSink:
+    """Engine-thread → event-loop channel for one request's events."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        decode: Callable[[Sequence[int]], str],
+        stops: tuple[str, ...],
+        prompt_tokens: int,
+    ) -> None:
+        self._loop = loop
+        self.queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._decoder = IncrementalDecoder(decode)
+        self._stops = StopMatcher(stops)
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = 0
+        self.finished = False
+        self.first_token_at: float | None = None
+
+    def _put(self, item: _Item) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            self.finished = True
+
+    def on_token(self, token_id: int) -> bool:
+        """Record one generated token; returns True when a stop string ended the answer."""
+        if self.finished:
+            return True
+        if self.first_token_at is None:
+            self.first_token_at = time.monotonic()
+        self.completion_tokens += 1
+        text = self._stops.feed(self._decoder.push(token_id))
+        if self._stops.stopped:
+            self.on_finish(FinishReason.STOP, text)
+            return True
+        self._put(TokenEvent(text, (token_id,), None, self.prompt_tokens, self.completion_tokens))
+        return False
+
+    def on_finish(self, reason: FinishReason, pending_text: str = "") -> None:
+        if self.finished:
+            return
+        self.finished = True
+        tail = pending_text
+        if not self._stops.stopped:
+            tail += self._stops.feed(self._decoder.flush())
+            tail += self._stops.flush()
+            if self._stops.stopped:
+                reason = FinishReason.STOP
+        self._put(TokenEvent(tail, (), reason, self.prompt_tokens, self.completion_tokens))
+
+    def on_error(self, exc: BaseException) -> None:
+        if not self.finished:
+            self.finished = True
+            self._put(exc)
+
+
+@dataclass(slots=True, eq=False)
+class Job:
+    request_id: str
+    inputs: dict[str, Any]
+    sampling: SamplingParams
+    sink: JobSink
+    prompt_tokens: int
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    enqueued_at: float = field(default_factory=time.monotonic)
+    started_at: float | None = None

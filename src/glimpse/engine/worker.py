@@ -1,0 +1,174 @@
+"""The one engine thread: it owns the model (and the CUDA context) and runs jobs.
+
+All scheduling decisions live here. This worker runs jobs one at a time with
+``model.generate`` and a streamer; the continuous-batching scheduler replaces the
+``_run_job`` loop without touching the asyncio side in ``hf.py``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from glimpse.config import EngineSettings
+from glimpse.engine.job import Job
+from glimpse.engine.loader import LoadedModel, load_model
+from glimpse.engine.protocol import FinishReason
+from glimpse.errors import EngineDead, EngineRequestError, GlimpseError
+
+__all__ = ["EngineWorker"]
+
+logger = logging.getLogger(__name__)
+
+_SHUTDOWN = object()
+
+
+class _Streamer:
+    """``generate()`` streamer that forwards each new token to the job's sink."""
+
+    def __init__(self, job: Job) -> None:
+        self._job = job
+        self._prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        if not self._prompt_seen:  # generate() first pushes the prompt
+            self._prompt_seen = True
+            return
+        for token_id in value.reshape(-1).tolist():
+            if self._job.sink.on_token(int(token_id)):
+                self._job.cancelled.set()  # a stop string matched: stop generating
+
+    def end(self) -> None:
+        return None
+
+
+class _CancelCriteria:
+    """Stops ``generate()`` between steps once the job is cancelled or stopped."""
+
+    def __init__(self, job: Job) -> None:
+        self._job = job
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        stop = self._job.cancelled.is_set()
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+
+class EngineWorker(threading.Thread):
+    """Loads the model, then serves jobs from a queue until told to stop."""
+
+    def __init__(
+        self, settings: EngineSettings, on_loaded: Callable[[LoadedModel | BaseException], None]
+    ) -> None:
+        super().__init__(name="glimpse-engine", daemon=True)
+        self._settings = settings
+        self._on_loaded = on_loaded
+        self._jobs: queue.Queue[Job | object] = queue.Queue()
+        self.loaded: LoadedModel | None = None
+        self.dead: BaseException | None = None
+        self.running = 0
+
+    def enqueue(self, job: Job) -> None:
+        if self.dead is not None:
+            raise EngineDead("The model engine has stopped; this server cannot answer any more.")
+        self._jobs.put(job)
+
+    def shutdown(self) -> None:
+        self._jobs.put(_SHUTDOWN)
+
+    def run(self) -> None:
+        try:
+            self.loaded = load_model(self._settings)
+        except BaseException as exc:  # noqa: BLE001 - reported to the event loop, which decides
+            self.dead = exc
+            self._on_loaded(exc)
+            return
+        self._on_loaded(self.loaded)
+        try:
+            self._serve()
+        except BaseException as exc:  # noqa: BLE001 - an engine crash must fail every waiter, not hang them
+            logger.exception("engine thread crashed")
+            self.dead = exc
+            self._fail_pending(EngineDead("The model engine crashed; see the server log."))
+
+    def _serve(self) -> None:
+        while True:
+            item = self._jobs.get()
+            if item is _SHUTDOWN:
+                self._fail_pending(EngineDead("The server is shutting down."))
+                return
+            assert isinstance(item, Job)
+            self._run_job(item)
+
+    def _fail_pending(self, exc: BaseException) -> None:
+        while True:
+            try:
+                item = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, Job):
+                item.sink.on_error(exc)
+
+    def _run_job(self, job: Job) -> None:
+        if job.cancelled.is_set():
+            job.sink.on_finish(FinishReason.CANCELLED)
+            return
+        job.started_at = time.monotonic()
+        self.running = 1
+        try:
+            self._generate(job)
+        except GlimpseError as exc:
+            job.sink.on_error(exc)
+        except Exception as exc:  # noqa: BLE001 - one request failed; the engine carries on
+            logger.exception("generation failed", extra={"request_id": job.request_id})
+            job.sink.on_error(EngineRequestError("Generation failed for this request; see the server log."))
+            del exc
+        finally:
+            self.running = 0
+
+    def _generate(self, job: Job) -> None:
+        import torch
+
+        assert self.loaded is not None
+        model = self.loaded.model
+        inputs = {k: (v.to(self.loaded.device) if hasattr(v, "to") else v) for k, v in job.inputs.items()}
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.loaded.dtype)
+        config = self.generation_config(job)
+        if job.sampling.seed is not None:
+            torch.manual_seed(job.sampling.seed)
+        with torch.inference_mode():
+            output = model.generate(
+                **inputs,
+                generation_config=config,
+                streamer=_Streamer(job),
+                stopping_criteria=[_CancelCriteria(job)],
+            )
+        produced = int(output.shape[-1]) - job.prompt_tokens
+        if job.sink.finished:
+            return
+        if job.cancelled.is_set():
+            job.sink.on_finish(FinishReason.CANCELLED)
+        elif produced >= job.sampling.max_new_tokens:
+            job.sink.on_finish(FinishReason.LENGTH)
+        else:
+            job.sink.on_finish(FinishReason.STOP)
+
+    def generation_config(self, job: Job) -> Any:
+        assert self.loaded is not None
+        config = copy.deepcopy(self.loaded.model.generation_config)
+        sampling = job.sampling
+        config.max_new_tokens = sampling.max_new_tokens
+        config.min_new_tokens = sampling.max_new_tokens if sampling.ignore_eos else None
+        config.do_sample = not sampling.greedy
+        config.temperature = sampling.temperature if not sampling.greedy else None
+        config.top_p = sampling.top_p if not sampling.greedy else None
+        config.top_k = None
+        config.num_beams = 1
+        return config

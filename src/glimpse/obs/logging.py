@@ -1,0 +1,198 @@
+"""Log configuration: JSON lines with the request id, and secrets redacted.
+
+Configured once by the CLI/app. Every record gets the current request's id from
+a context variable, so any log line written while handling a request (in any
+module, in tasks started by it) can be joined to that request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import datetime as dt
+import json
+import logging
+import re
+import sys
+import uuid
+from collections.abc import Iterator
+from typing import IO, Any
+
+from glimpse.config import ObsSettings
+
+__all__ = [
+    "JsonFormatter",
+    "RedactingFilter",
+    "RequestIdFilter",
+    "configure_logging",
+    "get_request_id",
+    "new_request_id",
+    "redact",
+    "request_id_context",
+    "reset_request_id",
+    "sanitize_request_id",
+    "set_request_id",
+]
+
+_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("glimpse_request_id", default=None)
+
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def sanitize_request_id(value: str | None) -> str:
+    """The client's ``X-Request-ID`` if it is safe to log and echo, else a fresh one.
+
+    Restricting the alphabet keeps it out of log injection and header
+    splitting; the length bound keeps one header from bloating every line.
+    """
+    if value is not None and _REQUEST_ID_RE.fullmatch(value):
+        return value
+    return new_request_id()
+
+
+def get_request_id() -> str | None:
+    return _request_id.get()
+
+
+def set_request_id(value: str | None) -> contextvars.Token[str | None]:
+    return _request_id.set(value)
+
+
+def reset_request_id(token: contextvars.Token[str | None]) -> None:
+    _request_id.reset(token)
+
+
+@contextlib.contextmanager
+def request_id_context(value: str) -> Iterator[str]:
+    token = _request_id.set(value)
+    try:
+        yield value
+    finally:
+        _request_id.reset(token)
+
+
+# -- redaction -----------------------------------------------------------------
+
+# No pattern consumes a quote or backslash, so redacting a finished JSON line
+# keeps it valid JSON.
+_VALUE = r"[^\s\"',;&\\]+"
+_REDACTIONS: tuple[tuple[re.Pattern[str], str], ...] = (
+    # "Authorization: Bearer xyz", "authorization=Basic xyz", "'authorization': 'xyz'"
+    (
+        re.compile(r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?)(?:(?:bearer|basic|token)\s+)?" + _VALUE),
+        r"\1[REDACTED]",
+    ),
+    (re.compile(r"(?i)\b(bearer\s+)" + _VALUE), r"\1[REDACTED]"),
+    # api_key=..., "x-api-key": "...", password: ..., client_secret=..., access_token=...
+    (
+        re.compile(
+            r"(?i)\b((?:x[-_])?api[-_]?key|password|passwd|(?:client[-_])?secret|(?:access|refresh|id)[-_]token"
+            r"|token)([\"']?\s*[:=]\s*[\"']?)" + _VALUE
+        ),
+        r"\1\2[REDACTED]",
+    ),
+    (re.compile(r"\bsk-[A-Za-z0-9_-]{16,}"), "[REDACTED]"),  # OpenAI-style keys
+    (re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"), "[REDACTED]"),  # JWTs
+    # Passwords in URLs (redis://user:pw@host)
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^:/@\s\"'\\]*):[^@/\s\"'\\]+@"), r"\1:[REDACTED]@"),
+)
+
+_RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "request_id",
+}
+
+
+def redact(text: str) -> str:
+    """Mask things that look like credentials: a last line of defence, not a licence to log them."""
+    for pattern, replacement in _REDACTIONS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    """Redacts the message (with its arguments merged in) and string extras of every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            return True  # bad %-args: let the handler report it, never raise from logging
+        cleaned = redact(message)
+        if cleaned != message or record.args:
+            record.msg, record.args = cleaned, None
+        for name, value in list(vars(record).items()):
+            if name not in _RESERVED and isinstance(value, str):
+                setattr(record, name, redact(value))
+        return True
+
+
+class RequestIdFilter(logging.Filter):
+    """Stamps ``record.request_id`` from the context (unless the caller passed one)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "request_id", None) is None:
+            record.request_id = _request_id.get()
+        return True
+
+
+# -- formatting ------------------------------------------------------------------
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, message, request_id, then extras."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "request_id": getattr(record, "request_id", None),
+        }
+        for name, value in vars(record).items():
+            if name not in _RESERVED and name not in entry:
+                entry[name] = value
+        if record.exc_info:
+            entry["exc_info"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack_info"] = self.formatStack(record.stack_info)
+        # The whole line, so nested extras and tracebacks are covered too.
+        return redact(json.dumps(entry, ensure_ascii=False, default=str))
+
+
+class _PlainFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s [%(request_id)s] %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+class _GlimpseHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Marks the handler ``configure_logging`` installed, so calling it again replaces it."""
+
+
+def configure_logging(settings: ObsSettings, stream: IO[str] | None = None) -> None:
+    """Route every logger (uvicorn's too, if run with ``log_config=None``) to one handler."""
+    handler = _GlimpseHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JsonFormatter() if settings.log_json else _PlainFormatter())
+    handler.addFilter(RequestIdFilter())
+    handler.addFilter(RedactingFilter())
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _GlimpseHandler)]:
+        root.removeHandler(old)
+        old.close()
+    root.addHandler(handler)
+    root.setLevel(settings.log_level)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        uvicorn_logger = logging.getLogger(name)
+        uvicorn_logger.handlers.clear()
+        uvicorn_logger.propagate = True
+    # Per-request lines come from Glimpse's own middleware; uvicorn's access log would repeat them.
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)

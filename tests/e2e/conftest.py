@@ -1,0 +1,38 @@
+"""Fixtures that run real Glimpse servers on the tiny model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tests.e2e.harness import GlimpseServer
+
+from glimpse.engine.tiny_model import ensure_tiny_model
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/e2e" in str(item.fspath):
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model, built once per test session and shared by every server."""
+    return ensure_tiny_model(tmp_path_factory.mktemp("models") / "tiny-glm46v")
+
+
+@pytest.fixture(scope="session")
+def tiny_env(tiny_model_dir: Path) -> dict[str, str]:
+    return {"GLIMPSE_ENGINE__TINY_MODEL_DIR": str(tiny_model_dir), "GLIMPSE_OBS__LOG_LEVEL": "INFO"}
+
+
+@pytest.fixture(scope="session")
+def tiny_server(
+    tiny_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GlimpseServer]:
+    """One ``glimpse serve --model tiny`` shared by the session's e2e tests."""
+    log = tmp_path_factory.mktemp("logs") / "tiny_server.log"
+    with GlimpseServer(["--model", "tiny"], env=tiny_env, log_path=log) as server:
+        yield server

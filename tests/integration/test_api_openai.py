@@ -1,0 +1,180 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from tests.fakes import FakeEngine
+from tests.images import data_url
+
+from glimpse.config import EngineSettings, ServerSettings, Settings
+from glimpse.engine.protocol import ImagePart, TextPart
+from glimpse.errors import Overloaded
+
+
+def _chat(content, **extra):
+    return {"model": "fake-model", "messages": [{"role": "user", "content": content}], **extra}
+
+
+def _vision(text="what is this?"):
+    return [{"type": "image_url", "image_url": {"url": data_url()}}, {"type": "text", "text": text}]
+
+
+def _assert_error_shape(response, status, code):
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}
+    assert body["error"]["code"] == code
+    assert isinstance(body["error"]["message"], str)
+    assert body["error"]["message"]
+    assert "Traceback" not in response.text
+
+
+async def test_completion_returns_answer_usage_and_request_id(make_client):
+    engine = FakeEngine()
+    async with make_client(engine) as client:
+        response = await client.post(
+            "/v1/chat/completions", json=_chat(_vision(), max_tokens=50), headers={"X-Request-ID": "abc-123"}
+        )
+    assert response.status_code == 200
+    body = response.json()
+    assert body["object"] == "chat.completion"
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": "hello world"}
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert body["usage"] == {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
+    assert response.headers["x-request-id"] == "abc-123"
+    (request,) = engine.requests
+    assert request.request_id == "abc-123"
+    image, text = request.messages[0].content
+    assert isinstance(image, ImagePart)
+    assert image.image.size == (96, 64)
+    assert len(image.sha256) == 64
+    assert text == TextPart("what is this?")
+
+
+async def test_sampling_settings_reach_the_engine(make_client):
+    engine = FakeEngine()
+    async with make_client(engine) as client:
+        body = _chat(_vision(), max_completion_tokens=2, temperature=0.7, top_p=0.9, seed=5, stop=["x", "y"])
+        response = await client.post("/v1/chat/completions", json=body)
+    assert response.json()["choices"][0]["finish_reason"] == "length"
+    sampling = engine.requests[0].sampling
+    assert (sampling.max_new_tokens, sampling.temperature, sampling.top_p, sampling.seed, sampling.stop) == (
+        2,
+        0.7,
+        0.9,
+        5,
+        ("x", "y"),
+    )
+
+
+async def test_streaming_sends_openai_chunks_usage_and_done(make_client):
+    async with make_client(FakeEngine()) as client:
+        body = _chat(_vision(), stream=True, stream_options={"include_usage": True})
+        response = await client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = [line[6:] for line in response.text.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert text == "hello world"
+    assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
+    assert chunks[-1]["choices"] == []
+    assert chunks[-1]["usage"]["completion_tokens"] == 3
+
+
+async def test_text_only_and_system_messages_are_accepted(make_client):
+    engine = FakeEngine()
+    async with make_client(engine) as client:
+        body = {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]}
+        response = await client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200
+    assert [m.role for m in engine.requests[0].messages] == ["system", "user"]
+
+
+async def test_models_lists_the_served_model(make_client):
+    async with make_client(FakeEngine(name="glm")) as client:
+        body = (await client.get("/v1/models")).json()
+    assert [m["id"] for m in body["data"]] == ["glm"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"messages": []}, 422, "invalid_request"),
+        ({"messages": "nope"}, 422, "invalid_request"),
+        (_chat(_vision(), n=2), 422, "invalid_request"),
+        (_chat(_vision(), temperature=5), 422, "invalid_request"),
+        ({"model": "other", "messages": [{"role": "user", "content": "x"}]}, 404, "model_not_found"),
+        ({"messages": [{"role": "system", "content": "only system"}]}, 400, "invalid_request"),
+        (
+            _chat([{"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@"}}]),
+            400,
+            "invalid_image",
+        ),
+        (
+            _chat(
+                [{"type": "image_url", "image_url": {"url": "data:text/html;base64,PGh0bWw+PC9odG1sPg=="}}]
+            ),
+            415,
+            "unsupported_media_type",
+        ),
+        (_chat(_vision(), max_tokens=10**6), 400, "invalid_request"),
+    ],
+)
+async def test_bad_requests_get_openai_shaped_errors(make_client, body, status, code):
+    async with make_client(FakeEngine()) as client:
+        response = await client.post("/v1/chat/completions", json=body)
+    _assert_error_shape(response, status, code)
+
+
+async def test_invalid_json_is_a_422_in_the_same_shape(make_client):
+    async with make_client(FakeEngine()) as client:
+        response = await client.post(
+            "/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}
+        )
+    _assert_error_shape(response, 422, "invalid_request")
+
+
+async def test_overloaded_engine_answers_503_with_retry_after(make_client):
+    engine = FakeEngine(raise_on_submit=Overloaded("queue full", retry_after=3))
+    async with make_client(engine) as client:
+        plain = await client.post("/v1/chat/completions", json=_chat(_vision()))
+        streamed = await client.post("/v1/chat/completions", json=_chat(_vision(), stream=True))
+    for response in (plain, streamed):
+        _assert_error_shape(response, 503, "overloaded")
+        assert response.headers["retry-after"] == "3"
+
+
+async def test_body_larger_than_the_limit_is_413(make_client):
+    settings = Settings(server=ServerSettings(max_body_bytes=1000))
+    async with make_client(FakeEngine(), settings) as client:
+        response = await client.post("/v1/chat/completions", json=_chat(_vision("x" * 5000)))
+    _assert_error_shape(response, 413, "request_too_large")
+
+
+async def test_too_many_images_is_refused(make_client):
+    async with make_client(FakeEngine()) as client:
+        content = [{"type": "image_url", "image_url": {"url": data_url()}}] * 5 + [
+            {"type": "text", "text": "?"}
+        ]
+        response = await client.post("/v1/chat/completions", json=_chat(content))
+    assert response.status_code in (400, 413)
+    assert response.json()["error"]["code"]
+
+
+async def test_unknown_route_and_wrong_method_use_the_error_shape(make_client):
+    async with make_client(FakeEngine()) as client:
+        missing = await client.get("/v1/nothing")
+        wrong = await client.get("/v1/chat/completions")
+    _assert_error_shape(missing, 404, "not_found")
+    _assert_error_shape(wrong, 405, "method_not_allowed")
+
+
+async def test_default_max_tokens_comes_from_settings(make_client):
+    engine = FakeEngine()
+    settings = Settings(engine=EngineSettings(default_max_new_tokens=33))
+    async with make_client(engine, settings) as client:
+        await client.post("/v1/chat/completions", json=_chat(_vision()))
+    assert engine.requests[0].sampling.max_new_tokens == 33
