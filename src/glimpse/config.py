@@ -145,6 +145,13 @@ class CacheSettings(BaseModel):
         None, description="Use Redis (shared by replicas) instead of in-process."
     )
     ttl_s: int = Field(3600, gt=0, description="How long a cached answer lives in Redis.")
+    allow_sampled: bool = Field(False, description="Also cache sampled (temperature > 0, no seed) answers.")
+    redis_timeout_s: float = Field(
+        0.25, gt=0, description="Longest any Redis command may take before Redis counts as down."
+    )
+    redis_backoff_s: float = Field(
+        2.0, gt=0, description="After a Redis failure, how long to serve without it before trying again."
+    )
 
 
 class ObsSettings(BaseModel):

@@ -9,8 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from pathlib import Path
 
-import httpx
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -18,14 +17,17 @@ from glimpse import __version__
 from glimpse.api import health
 from glimpse.api.errors import install_error_handlers
 from glimpse.api.infer.router import router as infer_router
-from glimpse.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from glimpse.api.middleware import BodyLimitMiddleware, RequestObserverMiddleware
 from glimpse.api.openai.router import router as openai_router
-from glimpse.api.state import AppState
-from glimpse.config import Settings
+from glimpse.api.service import GenerationService
+from glimpse.api.state import AppState, StateDep
+from glimpse.cache import MemoryCache, RedisCache, ResultCache
+from glimpse.config import CacheSettings, Settings
 from glimpse.engine.factory import build_engine
 from glimpse.engine.protocol import Engine
 from glimpse.errors import GlimpseError
-from glimpse.media import ImageIntake
+from glimpse.media import ImageIntake, create_fetch_client
+from glimpse.obs import Metrics
 
 __all__ = ["create_app"]
 
@@ -35,6 +37,8 @@ FatalHandler = Callable[[BaseException], None]
 
 
 async def _start_engine(engine: Engine, state: AppState, on_fatal: FatalHandler | None) -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     try:
         await engine.start()
     except asyncio.CancelledError:
@@ -46,14 +50,30 @@ async def _start_engine(engine: Engine, state: AppState, on_fatal: FatalHandler 
         )
         if on_fatal is not None:
             on_fatal(exc)
+        return
+    state.metrics.model_load.set(loop.time() - started)
+    logger.info(
+        "engine ready", extra={"model": engine.model_name, "start_seconds": round(loop.time() - started, 2)}
+    )
 
 
-def _web_dir() -> Path:
-    return Path(str(resources.files("glimpse") / "web" / "static"))
+def _result_cache(settings: CacheSettings, metrics: Metrics) -> ResultCache | None:
+    if not settings.enabled:
+        return None
+    if settings.redis_url is not None:
+        backend: MemoryCache | RedisCache = RedisCache(
+            settings.redis_url.get_secret_value(),
+            settings.ttl_s,
+            timeout_s=settings.redis_timeout_s,
+            backoff_s=settings.redis_backoff_s,
+        )
+    else:
+        backend = MemoryCache(settings.max_bytes)
+    return ResultCache(backend, on_event=metrics.observe_cache)
 
 
 def _mount_web(app: FastAPI) -> None:
-    static = _web_dir()
+    static = Path(str(resources.files("glimpse") / "web" / "static"))
     index = static / "index.html"
     if not index.is_file():
         return
@@ -64,35 +84,51 @@ def _mount_web(app: FastAPI) -> None:
         return FileResponse(index, headers={"Cache-Control": "no-cache"})
 
 
+def _add_metrics_route(app: FastAPI) -> None:
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(state: StateDep) -> Response:
+        health = state.engine.health()
+        state.metrics.queue_depth.set(health.queue_depth)
+        state.metrics.running_requests.set(health.running)
+        body, content_type = state.metrics.render()
+        return Response(body, headers={"Content-Type": content_type})
+
+
 def create_app(
     settings: Settings,
     engine: Engine | None = None,
     on_fatal: FatalHandler | None = None,
 ) -> FastAPI:
     """The whole service. ``engine`` may be injected (tests); otherwise built from settings."""
+    metrics = Metrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        timeout = httpx.Timeout(settings.media.fetch_timeout_s)
-        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False) as http:
-            used_engine = engine if engine is not None else build_engine(settings.engine)
-            aliases = {used_engine.model_name, settings.engine.model}
-            state = AppState(
-                settings=settings,
-                engine=used_engine,
-                intake=ImageIntake(settings.media, http),
-                model_aliases=frozenset(aliases),
-            )
-            app.state.glimpse = state
-            starting = asyncio.create_task(_start_engine(used_engine, state, on_fatal))
-            try:
-                yield
-            finally:
-                state.draining = True
-                starting.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await starting
-                await used_engine.stop()
+        used_engine = engine if engine is not None else build_engine(settings.engine)
+        metrics.set_info(version=__version__, engine=settings.engine.kind, model=used_engine.model_name)
+        cache = _result_cache(settings.cache, metrics)
+        fetch_client = create_fetch_client(settings.media)
+        state = AppState(
+            settings=settings,
+            engine=used_engine,
+            intake=ImageIntake(settings.media, fetch_client),
+            metrics=metrics,
+            service=GenerationService(used_engine, cache, settings.cache, metrics),
+            model_aliases=frozenset({used_engine.model_name, settings.engine.model}),
+        )
+        app.state.glimpse = state
+        starting = asyncio.create_task(_start_engine(used_engine, state, on_fatal))
+        try:
+            yield
+        finally:
+            state.draining = True
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            await used_engine.stop()
+            if cache is not None:
+                await cache.close()
+            await fetch_client.aclose()
 
     app = FastAPI(
         title="Glimpse",
@@ -104,8 +140,10 @@ def create_app(
     app.include_router(health.router)
     app.include_router(openai_router)
     app.include_router(infer_router)
+    if settings.obs.metrics_enabled:
+        _add_metrics_route(app)
     if settings.server.web_enabled:
         _mount_web(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_body_bytes)
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(RequestObserverMiddleware, metrics=metrics)
     return app

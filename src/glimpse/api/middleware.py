@@ -1,47 +1,73 @@
-"""ASGI middleware: request ids, and the body-size limit enforced while the body streams in."""
+"""ASGI middleware: request ids, metrics and the access log; the streamed body-size limit."""
 
 from __future__ import annotations
 
-import re
-import uuid
+import logging
+import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from glimpse.api.errors import error_response
 from glimpse.errors import RequestTooLarge
+from glimpse.obs import Metrics, request_id_context, sanitize_request_id
 
-__all__ = ["BodyLimitMiddleware", "RequestIdMiddleware", "clean_request_id"]
+__all__ = ["BodyLimitMiddleware", "RequestObserverMiddleware"]
 
-_SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+logger = logging.getLogger("glimpse.access")
 
-
-def clean_request_id(raw: str | None) -> str:
-    """Keep a caller's X-Request-ID if it is safe to log and echo, else make one."""
-    if raw and _SAFE_ID.match(raw):
-        return raw
-    return uuid.uuid4().hex
+_QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
-class RequestIdMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+def _route_template(scope: Scope) -> str | None:
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else None
+
+
+class RequestObserverMiddleware:
+    """Give every request an id (echoed as X-Request-ID), count it, and log one line for it."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or [])
-        raw = headers.get(b"x-request-id")
-        request_id = clean_request_id(raw.decode("latin-1") if raw else None)
+        raw = dict(scope.get("headers") or []).get(b"x-request-id")
+        request_id = sanitize_request_id(raw.decode("latin-1") if raw else None)
         scope.setdefault("state", {})["request_id"] = request_id
+        status = 500
+        started = time.perf_counter()
 
-        async def send_with_id(message: Message) -> None:
+        async def send_observed(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+                status = int(message["status"])
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        self.metrics.http_requests_in_flight.inc()
+        with request_id_context(request_id):
+            try:
+                await self.app(scope, receive, send_observed)
+            finally:
+                self.metrics.http_requests_in_flight.dec()
+                elapsed = time.perf_counter() - started
+                route = _route_template(scope)
+                self.metrics.observe_request(route, status, elapsed)
+                if route not in _QUIET_ROUTES:
+                    logger.info(
+                        "request",
+                        extra={
+                            "method": scope.get("method"),
+                            "route": route or "unmatched",
+                            "status": status,
+                            "duration_ms": round(elapsed * 1000, 1),
+                            "cache": scope["state"].get("cache"),
+                        },
+                    )
 
 
 class BodyLimitMiddleware:

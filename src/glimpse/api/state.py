@@ -7,10 +7,12 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from glimpse.api.service import GenerationService
 from glimpse.config import Settings
 from glimpse.engine.protocol import Engine
 from glimpse.errors import ModelNotFound, NotReady
 from glimpse.media import ImageIntake
+from glimpse.obs import Metrics
 
 __all__ = ["AppState", "StateDep", "get_state"]
 
@@ -20,6 +22,8 @@ class AppState:
     settings: Settings
     engine: Engine
     intake: ImageIntake
+    metrics: Metrics
+    service: GenerationService
     draining: bool = False
     load_error: str | None = None
     model_aliases: frozenset[str] = field(default_factory=frozenset)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 
-from glimpse.api.generation import collect, with_deadline
+from glimpse.api.generation import no_cache_requested, with_deadline
+from glimpse.api.service import CACHE_HEADER
 from glimpse.api.state import AppState, StateDep
 from glimpse.media import DecodedImage
 
@@ -19,7 +20,12 @@ router = APIRouter(tags=["simple"])
 
 
 async def _answer(
-    state: AppState, request: Request, image: DecodedImage, question: str, max_new_tokens: int | None
+    state: AppState,
+    request: Request,
+    response: Response,
+    image: DecodedImage,
+    question: str,
+    max_new_tokens: int | None,
 ) -> InferResponse:
     gen = to_generation_request(
         image,
@@ -29,20 +35,23 @@ async def _answer(
         with_deadline(state.settings.server),
         state.settings.engine,
     )
-    result = await collect(state.engine, gen, request)
+    result, cache = await state.service.collect(gen, request, no_cache=no_cache_requested(request))
+    request.state.cache = cache.value
+    response.headers[CACHE_HEADER] = cache.value
     return InferResponse(response=result.text)
 
 
 @router.post("/infer")
-async def infer(body: InferRequest, request: Request, state: StateDep) -> InferResponse:
+async def infer(body: InferRequest, request: Request, response: Response, state: StateDep) -> InferResponse:
     state.check_admitting()
     image = await state.intake.from_base64(body.image)
-    return await _answer(state, request, image, body.text, body.max_new_tokens)
+    return await _answer(state, request, response, image, body.text, body.max_new_tokens)
 
 
 @router.post("/v1/analyze")
 async def analyze(
     request: Request,
+    response: Response,
     state: StateDep,
     image: Annotated[UploadFile, File(description="The image file (JPEG, PNG or WebP).")],
     question: Annotated[str, Form(min_length=1, description="The question about the image.")],
@@ -51,4 +60,4 @@ async def analyze(
     state.check_admitting()
     data = await image.read(state.settings.media.max_image_bytes + 1)
     decoded = await state.intake.from_bytes(data)
-    return await _answer(state, request, decoded, question, max_new_tokens)
+    return await _answer(state, request, response, decoded, question, max_new_tokens)

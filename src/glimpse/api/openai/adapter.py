@@ -8,7 +8,8 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from glimpse.api.generation import Completion, image_part, sampling_params
+from glimpse.api.generation import image_part, sampling_params
+from glimpse.api.service import Completion
 from glimpse.config import EngineSettings
 from glimpse.engine.protocol import (
     ChatMessage,

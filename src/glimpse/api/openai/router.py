@@ -6,9 +6,10 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
-from glimpse.api.generation import collect, new_completion_id, start_stream, with_deadline
+from glimpse.api.generation import new_completion_id, no_cache_requested, with_deadline
+from glimpse.api.service import CACHE_HEADER
 from glimpse.api.state import StateDep
 
 from .adapter import completion_body, sse_stream, to_generation_request
@@ -24,7 +25,7 @@ _STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, state: StateDep
-) -> dict[str, Any] | StreamingResponse:
+) -> JSONResponse | StreamingResponse:
     state.check_admitting()
     state.check_model(body.model)
     completion_id = new_completion_id()
@@ -36,16 +37,19 @@ async def chat_completions(
         state.settings.engine,
     )
     model = state.engine.model_name
+    no_cache = no_cache_requested(request)
     if body.stream:
-        first, rest = await start_stream(state.engine, gen)
+        stream = await state.service.open(gen, no_cache=no_cache)
+        request.state.cache = stream.cache.value
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(
-            sse_stream(completion_id, model, first, rest, include_usage),
+            sse_stream(completion_id, model, stream.first, stream.rest, include_usage),
             media_type="text/event-stream",
-            headers=_STREAM_HEADERS,
+            headers={**_STREAM_HEADERS, CACHE_HEADER: stream.cache.value},
         )
-    result = await collect(state.engine, gen, request)
-    return completion_body(completion_id, model, result)
+    result, cache = await state.service.collect(gen, request, no_cache=no_cache)
+    request.state.cache = cache.value
+    return JSONResponse(completion_body(completion_id, model, result), headers={CACHE_HEADER: cache.value})
 
 
 @router.get("/models")
