@@ -15,10 +15,7 @@ def main() -> None:
     text = README.read_text()
     block = f"{START}\n{settings_markdown()}{END}"
     pattern = re.compile(re.escape(START) + r".*?(" + re.escape(END) + r"|$)", re.S)
-    if END not in text:
-        text = text.replace(START, block)
-    else:
-        text = pattern.sub(lambda _: block, text, count=1)
+    text = text.replace(START, block) if END not in text else pattern.sub(lambda _: block, text, count=1)
     README.write_text(text)
 
 

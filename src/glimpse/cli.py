@@ -7,9 +7,10 @@ override ``GLIMPSE_*`` environment variables, which override the defaults.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +158,24 @@ def _serve(args: argparse.Namespace) -> int:
             server.should_exit = True
 
     app = create_app(settings, on_fatal=on_fatal)
+
+    class DrainingServer(uvicorn.Server):
+        """On SIGTERM/SIGINT, turn /readyz and new requests to 503 first, then let uvicorn drain."""
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            state = getattr(app.state, "glimpse", None)
+            if state is not None:
+                state.draining = True
+            super().handle_exit(sig, frame)
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # uvicorn re-raises a captured SIGTERM after shutdown, so the process would
+            # die by the signal; a drain that completed is a clean exit (status 0).
+            with super().capture_signals():
+                yield
+                getattr(self, "_captured_signals", []).clear()
+
     config = uvicorn.Config(
         app,
         host=settings.server.host,
@@ -165,7 +184,7 @@ def _serve(args: argparse.Namespace) -> int:
         access_log=False,
         timeout_graceful_shutdown=int(settings.server.graceful_timeout_s),
     )
-    server = uvicorn.Server(config)
+    server = DrainingServer(config)
     _console.print(
         f"Glimpse {__version__}: model [bold]{settings.engine.model}[/] on "
         f"http://{settings.server.host}:{settings.server.port}  (web page at /, API at /v1)"

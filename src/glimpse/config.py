@@ -78,6 +78,21 @@ class EngineSettings(BaseModel):
     max_tokens_in_flight: int = Field(
         65536, ge=1, description="Most prompt + output tokens held in the running batch at once."
     )
+    max_seq_len: int = Field(
+        8192,
+        ge=16,
+        description="Longest prompt + output per sequence; each of max_batch_size KV-cache slots is "
+        "preallocated at this length (capped by the model's context).",
+    )
+    prefill_tokens_per_step: int = Field(
+        8192,
+        ge=1,
+        description="Prompt tokens prefilled between two decode steps (at least one prompt), so arrivals "
+        "do not stall running streams for long.",
+    )
+    batching: bool = Field(
+        True, description="Continuous batching where the model supports it (GLM-4.xV); else one at a time."
+    )
     queue_timeout_s: float = Field(
         120.0, gt=0, description="Longest a request may wait in the queue before it fails with 503."
     )

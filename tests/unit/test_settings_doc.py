@@ -16,6 +16,6 @@ def test_readme_settings_table_is_current():
 
 
 def test_secrets_are_not_shown_as_defaults():
-    rows = dict((env, default) for env, default, _ in iter_settings())
+    rows = {env: default for env, default, _ in iter_settings()}
     assert rows["GLIMPSE_SERVER__PORT"] == "8080"
     assert all("SecretStr('" not in d for d in rows.values())

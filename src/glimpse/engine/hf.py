@@ -116,9 +116,9 @@ class HFEngine:
     async def stop(self) -> None:
         self._ready = False
         self._detail = "stopped"
-        for job in list(self._jobs.values()):
-            job.cancelled.set()
         if self._worker is not None:
+            for job in list(self._jobs.values()):
+                self._worker.cancel(job)
             self._worker.shutdown()
             await asyncio.to_thread(self._worker.join, 30)
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -136,8 +136,8 @@ class HFEngine:
 
     async def cancel(self, request_id: str) -> None:
         job = self._jobs.get(request_id)
-        if job is not None:
-            job.cancelled.set()
+        if job is not None and self._worker is not None:
+            self._worker.cancel(job)
 
     def submit(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
         return self._generate(request, admit_check=True)
@@ -181,8 +181,8 @@ class HFEngine:
         finally:
             self._admitted -= 1
             if job is not None:
-                if not job.sink.finished:
-                    job.cancelled.set()
+                if not job.sink.finished and self._worker is not None:
+                    self._worker.cancel(job)
                 self._jobs.pop(request.request_id, None)
 
     async def _drain(self, job: Job, deadline: float | None) -> AsyncIterator[TokenEvent]:
@@ -191,7 +191,6 @@ class HFEngine:
             try:
                 item = await asyncio.wait_for(job.sink.queue.get(), timeout)
             except TimeoutError:
-                job.cancelled.set()
                 raise DeadlineExceeded("The request took longer than the server's time limit.") from None
             if isinstance(item, BaseException):
                 raise item

@@ -1,8 +1,10 @@
 """The one engine thread: it owns the model (and the CUDA context) and runs jobs.
 
-All scheduling decisions live here. This worker runs jobs one at a time with
-``model.generate`` and a streamer; the continuous-batching scheduler replaces the
-``_run_job`` loop without touching the asyncio side in ``hf.py``.
+All scheduling decisions live here. For models the continuous batcher supports
+(GLM-4.xV), jobs join a running batch between decode steps
+(``glimpse.engine.batching``); any other image-text-to-text model is served one
+job at a time with ``model.generate`` and a streamer. The asyncio side in
+``hf.py`` does not know which.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from collections.abc import Callable
 from typing import Any
 
 from glimpse.config import EngineSettings
+from glimpse.engine.batching import BatcherConfig, ContinuousBatcher, SequenceRequest
 from glimpse.engine.job import Job
 from glimpse.engine.loader import LoadedModel, load_model
 from glimpse.engine.protocol import FinishReason
-from glimpse.errors import EngineDead, EngineRequestError, GlimpseError
+from glimpse.errors import EngineDead, EngineRequestError, GlimpseError, ModelLoadError
 
 __all__ = ["EngineWorker"]
 
@@ -60,6 +63,31 @@ class _CancelCriteria:
         return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
 
+class _BatchSinks:
+    """Routes the batcher's per-sequence callbacks to each job's sink (engine thread)."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, Job] = {}
+
+    def on_token(self, seq_id: str, token_id: int) -> bool:
+        job = self.jobs.get(seq_id)
+        return True if job is None else job.sink.on_token(token_id)
+
+    def on_finish(self, seq_id: str, reason: FinishReason) -> None:
+        job = self.jobs.pop(seq_id, None)
+        if job is not None:
+            job.sink.on_finish(reason)
+
+    def on_error(self, seq_id: str, exc: BaseException) -> None:
+        job = self.jobs.pop(seq_id, None)
+        if job is None:
+            return
+        if not isinstance(exc, GlimpseError):
+            logger.error("generation failed", exc_info=exc, extra={"request_id": seq_id})
+            exc = EngineRequestError("Generation failed for this request; see the server log.")
+        job.sink.on_error(exc)
+
+
 class EngineWorker(threading.Thread):
     """Loads the model, then serves jobs from a queue until told to stop."""
 
@@ -72,26 +100,71 @@ class EngineWorker(threading.Thread):
         self._jobs: queue.Queue[Job | object] = queue.Queue()
         self.loaded: LoadedModel | None = None
         self.dead: BaseException | None = None
-        self.running = 0
+        self._running = 0
+        self._batcher: ContinuousBatcher | None = None
+        self._sinks = _BatchSinks()
+        self._stop = threading.Event()
+
+    @property
+    def running(self) -> int:
+        return self._batcher.stats().running if self._batcher is not None else self._running
+
+    @property
+    def batching(self) -> bool:
+        return self._batcher is not None
 
     def enqueue(self, job: Job) -> None:
+        """Hand a job to the engine (any thread); raises ``Overloaded``/``RequestTooLarge`` at once."""
         if self.dead is not None:
             raise EngineDead("The model engine has stopped; this server cannot answer any more.")
-        self._jobs.put(job)
+        if self._batcher is None:
+            self._jobs.put(job)
+            return
+        self._sinks.jobs[job.request_id] = job
+        try:
+            self._batcher.submit(SequenceRequest(job.request_id, job.inputs, self._sinks, job.sampling))
+        except BaseException:
+            self._sinks.jobs.pop(job.request_id, None)
+            raise
+
+    def cancel(self, job: Job) -> None:
+        job.cancelled.set()
+        if self._batcher is not None:
+            self._batcher.cancel(job.request_id)
 
     def shutdown(self) -> None:
+        self._stop.set()
         self._jobs.put(_SHUTDOWN)
+
+    def _make_batcher(self, loaded: LoadedModel) -> ContinuousBatcher | None:
+        if not self._settings.batching:
+            return None
+        text_config = getattr(loaded.model.config, "text_config", loaded.model.config)
+        context = int(getattr(text_config, "max_position_embeddings", self._settings.max_seq_len))
+        config = BatcherConfig.from_settings(
+            self._settings, max_seq_len=min(self._settings.max_seq_len, context)
+        )
+        try:
+            return ContinuousBatcher(loaded.model, config)
+        except ModelLoadError as exc:
+            logger.info("continuous batching unavailable, serving one request at a time: %s", exc.message)
+            return None
 
     def run(self) -> None:
         try:
             self.loaded = load_model(self._settings)
+            self._batcher = self._make_batcher(self.loaded)
         except BaseException as exc:  # noqa: BLE001 - reported to the event loop, which decides
             self.dead = exc
             self._on_loaded(exc)
             return
         self._on_loaded(self.loaded)
         try:
-            self._serve()
+            if self._batcher is not None:
+                self._batcher.run_forever(self._stop)
+                self._batcher.abort_all(EngineDead("The server is shutting down."))
+            else:
+                self._serve()
         except BaseException as exc:  # noqa: BLE001 - an engine crash must fail every waiter, not hang them
             logger.exception("engine thread crashed")
             self.dead = exc
@@ -120,7 +193,7 @@ class EngineWorker(threading.Thread):
             job.sink.on_finish(FinishReason.CANCELLED)
             return
         job.started_at = time.monotonic()
-        self.running = 1
+        self._running = 1
         try:
             self._generate(job)
         except GlimpseError as exc:
@@ -130,7 +203,7 @@ class EngineWorker(threading.Thread):
             job.sink.on_error(EngineRequestError("Generation failed for this request; see the server log."))
             del exc
         finally:
-            self.running = 0
+            self._running = 0
 
     def _generate(self, job: Job) -> None:
         import torch

@@ -1,1 +1,34 @@
+"""Who may call, what they may send, and what is recorded.
 
+Framework-free: everything here takes plain values (header strings, the peer
+address, texts) so the API layer stays a thin adapter.
+"""
+
+from glimpse.guard.audit import AuditLog, AuditRecord, prompt_fingerprint
+from glimpse.guard.auth import Authenticator, Principal, is_loopback
+from glimpse.guard.keystore import ApiKey, KeyStore, generate_key, hash_key
+from glimpse.guard.prompt import REFUSAL_MESSAGE, GuardVerdict, PromptGuard
+from glimpse.guard.ratelimit import MemoryRateLimitStore, RateLimiter, RateLimitStore, RedisRateLimitStore
+from glimpse.guard.tokens import JwtVerifier, TokenClaims
+
+__all__ = [
+    "REFUSAL_MESSAGE",
+    "ApiKey",
+    "AuditLog",
+    "AuditRecord",
+    "Authenticator",
+    "GuardVerdict",
+    "JwtVerifier",
+    "KeyStore",
+    "MemoryRateLimitStore",
+    "Principal",
+    "PromptGuard",
+    "RateLimitStore",
+    "RateLimiter",
+    "RedisRateLimitStore",
+    "TokenClaims",
+    "generate_key",
+    "hash_key",
+    "is_loopback",
+    "prompt_fingerprint",
+]

@@ -1,0 +1,31 @@
+"""Continuous batching over an in-process transformers model, free of HTTP and asyncio.
+
+``ContinuousBatcher`` is driven by the engine thread; ``submit``/``cancel`` may be
+called from any thread, and results come back through each request's ``TokenSink``.
+"""
+
+from glimpse.engine.batching.kv_cache import CacheGeometry, SlotKVCache
+from glimpse.engine.batching.runner import Glm4vRunner, Prefill
+from glimpse.engine.batching.sampling import SamplerState, sample_tokens, top_p_filter
+from glimpse.engine.batching.scheduler import (
+    BatcherConfig,
+    BatcherStats,
+    ContinuousBatcher,
+    SequenceRequest,
+    TokenSink,
+)
+
+__all__ = [
+    "BatcherConfig",
+    "BatcherStats",
+    "CacheGeometry",
+    "ContinuousBatcher",
+    "Glm4vRunner",
+    "Prefill",
+    "SamplerState",
+    "SequenceRequest",
+    "SlotKVCache",
+    "TokenSink",
+    "sample_tokens",
+    "top_p_filter",
+]

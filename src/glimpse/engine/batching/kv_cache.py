@@ -1,0 +1,142 @@
+"""A preallocated, per-slot key/value cache for the decode batch.
+
+``generate()`` grows its cache by concatenation, which reallocates and copies
+every layer's keys and values at every step. Here each running sequence owns one
+*slot*: a fixed ``max_seq_len`` row of a tensor allocated once at start-up, so a
+decode step writes one key/value per sequence in place and allocates nothing.
+
+Running sequences are kept *compacted* in slots ``0 .. n-1``: when a sequence
+leaves, the last one is moved into its place. The decode batch is then the plain
+view ``keys[:n, :, :kv_len]``, with no gather, and its shape depends only on
+``n`` and ``kv_len``, which is what static-shape kernels and CUDA graphs need
+(pad ``n`` and round ``kv_len`` up to buckets).
+
+Layout per layer: ``[max_slots, num_kv_heads, max_seq_len, head_dim]``, the
+``[batch, heads, length, dim]`` layout that ``scaled_dot_product_attention``
+takes without a transpose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["CacheGeometry", "SlotKVCache"]
+
+
+@dataclass(slots=True, frozen=True)
+class CacheGeometry:
+    """What one token of one sequence costs in the cache, per layer."""
+
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    dtype: torch.dtype
+    device: torch.device
+
+    @property
+    def bytes_per_token(self) -> int:
+        element = torch.empty((), dtype=self.dtype).element_size()
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * element
+
+
+class SlotKVCache:
+    """``max_slots`` sequences of at most ``max_seq_len`` tokens each, allocated once.
+
+    Not thread-safe: only the engine thread touches it.
+    """
+
+    def __init__(self, geometry: CacheGeometry, max_slots: int, max_seq_len: int) -> None:
+        if max_slots < 1 or max_seq_len < 1:
+            raise ValueError("max_slots and max_seq_len must be positive")
+        self.geometry = geometry
+        self.max_slots = max_slots
+        self.max_seq_len = max_seq_len
+        shape = (max_slots, geometry.num_kv_heads, max_seq_len, geometry.head_dim)
+        self.keys = [
+            torch.zeros(shape, dtype=geometry.dtype, device=geometry.device)
+            for _ in range(geometry.num_layers)
+        ]
+        self.values = [
+            torch.zeros(shape, dtype=geometry.dtype, device=geometry.device)
+            for _ in range(geometry.num_layers)
+        ]
+        # Host-side copy of each slot's length, so scheduling never syncs with the device.
+        self._lengths: list[int] = []
+
+    @property
+    def used(self) -> int:
+        return len(self._lengths)
+
+    @property
+    def free(self) -> int:
+        return self.max_slots - len(self._lengths)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+
+    def length(self, slot: int) -> int:
+        return self._lengths[slot]
+
+    def lengths(self) -> list[int]:
+        return list(self._lengths)
+
+    def allocate(self, prompt_kv: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> int:
+        """Take the next free slot and fill it with a prefilled prompt's keys and values.
+
+        ``prompt_kv[layer]`` is ``(keys, values)`` of shape ``[1, kv_heads, length, head_dim]``.
+        """
+        if self.free == 0:
+            raise RuntimeError("no free cache slot")
+        if len(prompt_kv) != self.geometry.num_layers:
+            raise ValueError(f"expected {self.geometry.num_layers} layers, got {len(prompt_kv)}")
+        length = int(prompt_kv[0][0].shape[-2])
+        if length > self.max_seq_len:
+            raise ValueError(f"prompt of {length} tokens exceeds the slot length {self.max_seq_len}")
+        slot = len(self._lengths)
+        for layer, (keys, values) in enumerate(prompt_kv):
+            self.keys[layer][slot, :, :length].copy_(keys[0])
+            self.values[layer][slot, :, :length].copy_(values[0])
+        self._lengths.append(length)
+        return slot
+
+    def release(self, slot: int) -> int | None:
+        """Free ``slot``; returns the slot whose sequence moved into it, if one did."""
+        last = len(self._lengths) - 1
+        if not 0 <= slot <= last:
+            raise IndexError(f"slot {slot} is not in use")
+        if slot == last:
+            self._lengths.pop()
+            return None
+        length = self._lengths[last]
+        for tensor in (*self.keys, *self.values):
+            tensor[slot, :, :length].copy_(tensor[last, :, :length])
+        self._lengths[slot] = length
+        self._lengths.pop()
+        return last
+
+    def write_step(
+        self, layer: int, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor
+    ) -> None:
+        """Write one new key/value per running slot at ``positions`` (``[n]``, on the device).
+
+        ``keys``/``values`` have shape ``[n, kv_heads, 1, head_dim]`` for slots ``0 .. n-1``.
+        """
+        rows = torch.arange(keys.shape[0], device=positions.device)
+        # Advanced indices around a slice put the batch dimension first: [n, kv_heads, head_dim].
+        self.keys[layer][rows, :, positions] = keys[:, :, 0]
+        self.values[layer][rows, :, positions] = values[:, :, 0]
+
+    def view(self, layer: int, n: int, kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of slots ``0 .. n-1`` up to ``kv_len`` tokens, without copying."""
+        return self.keys[layer][:n, :, :kv_len], self.values[layer][:n, :, :kv_len]
+
+    def advance(self, n: int) -> None:
+        """Record that slots ``0 .. n-1`` each gained one token (after a decode step)."""
+        for slot in range(n):
+            if self._lengths[slot] >= self.max_seq_len:
+                raise RuntimeError(f"slot {slot} is full")
+            self._lengths[slot] += 1

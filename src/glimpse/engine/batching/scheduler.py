@@ -1,0 +1,386 @@
+"""Continuous batching: sequences join and leave the decode batch between steps.
+
+One thread (the engine thread) drives ``ContinuousBatcher.step()`` or
+``run_forever()``; any thread may call ``submit()`` and ``cancel()``. A step
+
+1. takes in new submissions and cancellations,
+2. fails waiting requests that outstayed ``queue_timeout_s``,
+3. admits waiting requests in FIFO order while a cache slot and token budget are
+   free, prefilling at most ``prefill_tokens_per_step`` prompt tokens (at least
+   one prompt), so running sequences are not stalled by a burst of arrivals,
+4. runs one decode step for every running sequence,
+5. reports each new token to its sink and retires finished sequences at once,
+   freeing their slot for the next step.
+
+A request that can never fit (prompt + ``max_new_tokens`` beyond a slot or the
+token budget) is refused in ``submit()`` with ``RequestTooLarge``; one that only
+has to wait for capacity stays queued. A failure confined to one sequence
+(its prefill, its sink) ends that sequence only, through ``on_error``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from glimpse.config import EngineSettings
+from glimpse.engine.batching.kv_cache import SlotKVCache
+from glimpse.engine.batching.runner import Glm4vRunner
+from glimpse.engine.batching.sampling import SamplerState, sample_tokens
+from glimpse.engine.protocol import FinishReason, SamplingParams
+from glimpse.errors import InvalidRequest, Overloaded, RequestTooLarge
+
+__all__ = ["BatcherConfig", "BatcherStats", "ContinuousBatcher", "SequenceRequest", "TokenSink"]
+
+logger = logging.getLogger(__name__)
+
+
+class TokenSink(Protocol):
+    """Where a sequence's results go. Called on the engine thread: return quickly, never block."""
+
+    def on_token(self, seq_id: str, token_id: int) -> bool:
+        """One new token (end-of-sequence tokens included); return True to stop here (stop string)."""
+        ...
+
+    def on_finish(self, seq_id: str, reason: FinishReason) -> None:
+        """The sequence ended normally or was cancelled; no further calls follow."""
+        ...
+
+    def on_error(self, seq_id: str, error: BaseException) -> None:
+        """The sequence failed (prefill error, queue timeout, decode failure); no further calls follow."""
+        ...
+
+
+@dataclass(slots=True, frozen=True)
+class SequenceRequest:
+    """One prompt, already through the processor (batch size 1), to generate from.
+
+    ``sampling.stop`` is not used here: stop strings need detokenized text, so the
+    sink matches them and returns True from ``on_token``.
+    """
+
+    seq_id: str
+    inputs: Mapping[str, torch.Tensor]
+    sink: TokenSink
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+
+
+@dataclass(slots=True, frozen=True)
+class BatcherConfig:
+    max_batch_size: int = 16
+    #: Longest sequence (prompt + generated tokens) a cache slot holds.
+    max_seq_len: int = 4096
+    #: Most prompt + max_new_tokens reserved by running sequences together (None: slots only).
+    max_tokens_in_flight: int | None = None
+    #: Most requests waiting for a slot; beyond it ``submit`` raises ``Overloaded`` (None: unbounded).
+    max_waiting: int | None = None
+    queue_timeout_s: float | None = None
+    #: Prompt tokens prefilled per step before running sequences get their next token.
+    prefill_tokens_per_step: int = 8192
+    #: Attended length is rounded up to a multiple of this (stable shapes for compiled kernels).
+    kv_bucket: int = 64
+
+    @classmethod
+    def from_settings(cls, settings: EngineSettings, max_seq_len: int) -> BatcherConfig:
+        return cls(
+            max_batch_size=settings.max_batch_size,
+            max_seq_len=max_seq_len,
+            max_tokens_in_flight=settings.max_tokens_in_flight,
+            max_waiting=settings.max_queue,
+            queue_timeout_s=settings.queue_timeout_s,
+        )
+
+
+@dataclass(slots=True, frozen=True)
+class BatcherStats:
+    waiting: int
+    running: int
+    free_slots: int
+    reserved_tokens: int
+
+
+@dataclass(slots=True)
+class _Sequence:
+    request: SequenceRequest
+    prompt_len: int
+    enqueued_at: float
+    #: Created on the engine thread at admission (its generator lives on the model's device).
+    sampler: SamplerState = field(default_factory=SamplerState)
+    slot: int = -1
+    last_token: int = -1
+    positions: tuple[int, int, int] = (0, 0, 0)
+    generated: int = 0
+
+    @property
+    def seq_id(self) -> str:
+        return self.request.seq_id
+
+    @property
+    def reserve(self) -> int:
+        return self.prompt_len + self.request.sampling.max_new_tokens
+
+
+class ContinuousBatcher:
+    """Waiting and running sequences over one model and one ``SlotKVCache``."""
+
+    def __init__(
+        self,
+        model: Any,
+        config: BatcherConfig,
+        *,
+        eos_token_ids: frozenset[int] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.runner = Glm4vRunner(model)
+        self.cache = SlotKVCache(self.runner.geometry(), config.max_batch_size, config.max_seq_len)
+        self.eos_token_ids = self.runner.eos_token_ids() if eos_token_ids is None else eos_token_ids
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._wakeup = threading.Event()
+        self._inbox: deque[_Sequence] = deque()
+        self._cancelled: set[str] = set()
+        self._known: set[str] = set()  # ids submitted and not yet finished
+        self._waiting: deque[_Sequence] = deque()
+        self._running: list[_Sequence] = []  # index == cache slot
+        logger.info(
+            "continuous batcher: %d slots of %d tokens, %.1f MiB of KV cache",
+            config.max_batch_size,
+            config.max_seq_len,
+            self.cache.nbytes / 2**20,
+        )
+
+    # -- any thread -----------------------------------------------------------------
+
+    def submit(self, request: SequenceRequest) -> None:
+        """Queue a request; raises ``RequestTooLarge``/``InvalidRequest``/``Overloaded`` at once."""
+        seq = self._validate(request)
+        with self._lock:
+            if request.seq_id in self._known:
+                raise InvalidRequest(f"sequence id {request.seq_id!r} is already in use")
+            limit = self.config.max_waiting
+            if limit is not None and len(self._inbox) + len(self._waiting) >= limit:
+                raise Overloaded("too many requests are waiting", retry_after=1)
+            self._known.add(request.seq_id)
+            self._inbox.append(seq)
+        self._wakeup.set()
+
+    def cancel(self, seq_id: str) -> None:
+        """Stop a sequence (waiting or running) before its next step; unknown ids are ignored."""
+        with self._lock:
+            if seq_id in self._known:
+                self._cancelled.add(seq_id)
+        self._wakeup.set()
+
+    def stats(self) -> BatcherStats:
+        with self._lock:
+            waiting = len(self._inbox) + len(self._waiting)
+        running = list(self._running)
+        return BatcherStats(
+            waiting=waiting,
+            running=len(running),
+            free_slots=self.config.max_batch_size - len(running),
+            reserved_tokens=sum(seq.reserve for seq in running),
+        )
+
+    def _validate(self, request: SequenceRequest) -> _Sequence:
+        input_ids = request.inputs.get("input_ids")
+        if input_ids is None or input_ids.dim() != 2 or input_ids.shape[0] != 1 or input_ids.shape[1] == 0:
+            raise InvalidRequest("a sequence needs input_ids of shape [1, length > 0]")
+        sampling = request.sampling
+        if sampling.max_new_tokens < 1:
+            raise InvalidRequest("max_new_tokens must be at least 1", param="max_tokens")
+        prompt_len = int(input_ids.shape[1])
+        needed = prompt_len + sampling.max_new_tokens
+        capacity = min(self.config.max_seq_len, self.config.max_tokens_in_flight or self.config.max_seq_len)
+        if needed > capacity:
+            raise RequestTooLarge(
+                f"prompt ({prompt_len} tokens) + max_new_tokens ({sampling.max_new_tokens}) "
+                f"exceeds the {capacity} tokens one sequence may hold",
+                param="max_tokens",
+            )
+        if not sampling.greedy and not 0.0 < sampling.top_p <= 1.0:
+            raise InvalidRequest(f"top_p must be in (0, 1], got {sampling.top_p}", param="top_p")
+        return _Sequence(request=request, prompt_len=prompt_len, enqueued_at=self._clock())
+
+    # -- engine thread only ---------------------------------------------------------
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self._running or self._waiting or self._inbox)
+
+    def run_forever(self, stop: threading.Event, idle_wait_s: float = 0.05) -> None:
+        """Step until ``stop`` is set, sleeping while there is nothing to do.
+
+        Failures of single sequences are reported through their sinks; anything
+        else escaping a step is a bug or a broken device: every sequence is failed
+        with it and it is re-raised, so the owner can mark the engine dead.
+        """
+        while not stop.is_set():
+            self._wakeup.clear()
+            try:
+                worked = self.step()
+            except Exception as exc:
+                logger.exception("batcher step failed; failing all sequences")
+                self.abort_all(exc)
+                raise
+            if not worked:
+                self._wakeup.wait(idle_wait_s)
+
+    def step(self) -> bool:
+        """Admit, decode one token for every running sequence, retire; True if anything ran."""
+        self._take_inbox()
+        self._expire_waiting()
+        admitted = self._admit()
+        if not self._running:
+            return admitted
+        self._decode()
+        return True
+
+    def abort_all(self, error: BaseException) -> None:
+        """Fail every waiting and running sequence (shutdown, dead engine)."""
+        self._take_inbox()
+        while self._waiting:
+            self._fail(self._waiting.popleft(), error)
+        for seq in reversed(list(self._running)):
+            self._retire(seq, error=error)
+
+    def _take_inbox(self) -> None:
+        with self._lock:
+            self._waiting.extend(self._inbox)
+            self._inbox.clear()
+            cancelled, self._cancelled = self._cancelled, set()
+        if not cancelled:
+            return
+        for seq in [s for s in self._waiting if s.seq_id in cancelled]:
+            self._waiting.remove(seq)
+            self._forget(seq.seq_id)
+            self._notify_finish(seq, FinishReason.CANCELLED)
+        for seq in [s for s in self._running if s.seq_id in cancelled]:
+            self._retire(seq, reason=FinishReason.CANCELLED)
+
+    def _expire_waiting(self) -> None:
+        timeout = self.config.queue_timeout_s
+        if timeout is None:
+            return
+        now = self._clock()
+        while self._waiting and now - self._waiting[0].enqueued_at > timeout:
+            seq = self._waiting.popleft()
+            self._fail(seq, Overloaded(f"waited more than {timeout:g}s for capacity", retry_after=1))
+
+    def _fits_now(self, seq: _Sequence) -> bool:
+        if self.cache.free == 0:
+            return False
+        budget = self.config.max_tokens_in_flight
+        return budget is None or sum(s.reserve for s in self._running) + seq.reserve <= budget
+
+    def _admit(self) -> bool:
+        prefilled = 0
+        admitted = False
+        while self._waiting and self._fits_now(self._waiting[0]):
+            seq = self._waiting[0]
+            if prefilled and prefilled + seq.prompt_len > self.config.prefill_tokens_per_step:
+                break
+            self._waiting.popleft()
+            prefilled += seq.prompt_len
+            admitted = True
+            self._prefill(seq)
+        return admitted
+
+    def _prefill(self, seq: _Sequence) -> None:
+        sampling = seq.request.sampling
+        try:
+            seq.sampler = SamplerState.create(
+                sampling.temperature, sampling.top_p, sampling.seed, self.runner.device
+            )
+            result = self.runner.prefill(seq.request.inputs)
+            token = sample_tokens(result.logits[None, :], [seq.sampler])[0]
+            seq.slot = self.cache.allocate(result.kv)
+        except Exception as exc:
+            logger.exception("prefill failed for sequence %s", seq.seq_id)
+            self._fail(seq, exc)
+            return
+        seq.positions = result.next_positions
+        self._running.append(seq)
+        self._accept(seq, token)
+
+    def _decode(self) -> None:
+        running = self._running
+        try:
+            logits = self.runner.decode(
+                self.cache,
+                [seq.last_token for seq in running],
+                [seq.positions for seq in running],
+                kv_bucket=self.config.kv_bucket,
+            )
+            tokens = sample_tokens(logits, [seq.sampler for seq in running])
+        except Exception as exc:
+            logger.exception("decode step failed for %d sequences", len(running))
+            for seq in reversed(list(running)):
+                self._retire(seq, error=exc)
+            return
+        for seq, token in zip(list(running), tokens, strict=True):
+            seq.positions = (seq.positions[0] + 1, seq.positions[1] + 1, seq.positions[2] + 1)
+            self._accept(seq, token)
+
+    def _accept(self, seq: _Sequence, token: int) -> None:
+        """Hand one token to the sink and retire the sequence if it is done."""
+        seq.last_token = token
+        seq.generated += 1
+        try:
+            stop = seq.request.sink.on_token(seq.seq_id, token)
+        except Exception as exc:
+            logger.exception("token sink failed for sequence %s", seq.seq_id)
+            self._retire(seq, error=exc)
+            return
+        sampling = seq.request.sampling
+        if stop or (token in self.eos_token_ids and not sampling.ignore_eos):
+            self._retire(seq, reason=FinishReason.STOP)
+        elif seq.generated >= sampling.max_new_tokens:
+            self._retire(seq, reason=FinishReason.LENGTH)
+
+    def _retire(
+        self, seq: _Sequence, reason: FinishReason | None = None, error: BaseException | None = None
+    ) -> None:
+        """Free a running sequence's slot (moving the last slot's sequence into it) and report."""
+        moved_from = self.cache.release(seq.slot)
+        last = self._running.pop()
+        if moved_from is not None:
+            last.slot = seq.slot
+            self._running[seq.slot] = last
+        seq.slot = -1
+        self._forget(seq.seq_id)
+        if error is not None:
+            self._notify_error(seq, error)
+        else:
+            self._notify_finish(seq, reason or FinishReason.STOP)
+
+    def _fail(self, seq: _Sequence, error: BaseException) -> None:
+        self._forget(seq.seq_id)
+        self._notify_error(seq, error)
+
+    def _forget(self, seq_id: str) -> None:
+        with self._lock:
+            self._known.discard(seq_id)
+            self._cancelled.discard(seq_id)
+
+    @staticmethod
+    def _notify_finish(seq: _Sequence, reason: FinishReason) -> None:
+        try:
+            seq.request.sink.on_finish(seq.seq_id, reason)
+        except Exception:
+            logger.exception("on_finish failed for sequence %s", seq.seq_id)
+
+    @staticmethod
+    def _notify_error(seq: _Sequence, error: BaseException) -> None:
+        try:
+            seq.request.sink.on_error(seq.seq_id, error)
+        except Exception:
+            logger.exception("on_error failed for sequence %s", seq.seq_id)

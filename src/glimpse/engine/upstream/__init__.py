@@ -1,0 +1,21 @@
+"""Scale-out engine: proxy to OpenAI-compatible servers with balancing and failover."""
+
+from glimpse.engine.upstream.balancer import Balancer, Upstream, UpstreamSpec, parse_upstream_url
+from glimpse.engine.upstream.breaker import BreakerState, CircuitBreaker
+from glimpse.engine.upstream.engine import UpstreamEngine
+from glimpse.engine.upstream.hooks import NullUpstreamMetrics, Outcome, UpstreamMetrics
+from glimpse.engine.upstream.options import UpstreamOptions
+
+__all__ = [
+    "Balancer",
+    "BreakerState",
+    "CircuitBreaker",
+    "NullUpstreamMetrics",
+    "Outcome",
+    "Upstream",
+    "UpstreamEngine",
+    "UpstreamMetrics",
+    "UpstreamOptions",
+    "UpstreamSpec",
+    "parse_upstream_url",
+]

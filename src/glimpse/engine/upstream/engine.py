@@ -1,0 +1,360 @@
+"""An engine that proxies to OpenAI-compatible servers (vLLM, SGLang, LMDeploy, Glimpse).
+
+Each request runs in its own producer task that talks to one upstream at a time
+and puts ``TokenEvent``s on a queue the caller's iterator reads. Cancelling that
+task (client gone, ``cancel()``, deadline) leaves the ``httpx`` stream context in
+the task that opened it, which closes the upstream connection, and that is how
+vLLM and SGLang learn to abort the request. A request moves to another upstream
+only while nothing has reached the client and the failure was a connection error
+or a 503: retrying later would repeat text, and a 4xx would fail again anywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+
+from glimpse.config import EngineSettings
+from glimpse.engine.protocol import EngineHealth, FinishReason, GenerationRequest, TokenEvent
+from glimpse.engine.upstream._failures import BadStatus, Progress, Retry, classify
+from glimpse.engine.upstream.balancer import Balancer, Upstream
+from glimpse.engine.upstream.breaker import CircuitBreaker
+from glimpse.engine.upstream.health import HealthChecker
+from glimpse.engine.upstream.hooks import NullUpstreamMetrics, Outcome, UpstreamMetrics
+from glimpse.engine.upstream.options import UpstreamOptions
+from glimpse.engine.upstream.wire import ImageEncoder, chat_body, error_for_status, iter_sse_data, parse_chunk
+from glimpse.errors import (
+    DeadlineExceeded,
+    EngineRequestError,
+    GlimpseError,
+    NotReady,
+    Overloaded,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from glimpse.media.threads import BlockingRunner
+
+__all__ = ["UpstreamEngine"]
+
+logger = logging.getLogger(__name__)
+
+#: Seconds to wait for the end of the body after ``[DONE]``.
+_DRAIN_S = 1.0
+
+
+async def _drain(events: AsyncIterator[str]) -> None:
+    """Read to the end of the body so the connection can be reused, without waiting long
+    on a server that keeps it open after ``[DONE]``."""
+    with contextlib.suppress(TimeoutError, httpx.HTTPError, GlimpseError):
+        async with asyncio.timeout(_DRAIN_S):
+            async for _ in events:
+                pass
+
+
+class UpstreamEngine:
+    """Balances requests over upstream servers with health checks, circuit breakers and failover."""
+
+    def __init__(
+        self,
+        settings: EngineSettings,
+        http_client: httpx.AsyncClient | None = None,
+        metrics_hook: UpstreamMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        options: UpstreamOptions | None = None,
+        image_runner: BlockingRunner | None = None,
+    ) -> None:
+        self._model_name = settings.served_model_name or settings.model
+        self._options = options or UpstreamOptions()
+        opts = self._options
+        self._clock = clock
+        self._balancer = Balancer.from_urls(
+            settings.upstreams,
+            lambda: CircuitBreaker(
+                failure_threshold=opts.failure_threshold, cooldown_s=opts.cooldown_s, clock=clock
+            ),
+            max_in_flight=opts.max_in_flight_per_upstream,
+        )
+        self._client = http_client
+        self._owns_client = http_client is None
+        key = settings.upstream_api_key
+        self._headers = {"Authorization": f"Bearer {key.get_secret_value()}"} if key else {}
+        self._metrics: UpstreamMetrics = metrics_hook or NullUpstreamMetrics()
+        self._timeout = httpx.Timeout(
+            connect=opts.connect_timeout_s,
+            read=opts.read_timeout_s,
+            write=opts.write_timeout_s,
+            pool=opts.pool_timeout_s,
+        )
+        self._encoder = ImageEncoder(
+            png_max_pixels=opts.png_max_pixels, runner=image_runner or BlockingRunner(opts.encode_workers)
+        )
+        self._checker = HealthChecker(
+            client=self._http,
+            upstreams=self._balancer.upstreams,
+            model_name=self._model_name,
+            headers=self._headers,
+            timeout_s=opts.health_timeout_s,
+            interval_s=opts.health_interval_s,
+            metrics=self._metrics,
+        )
+        self._checker_task: asyncio.Task[None] | None = None
+        self._producers: dict[str, set[asyncio.Task[None]]] = {}
+        self._started = False
+        self._stopping = False
+
+    @property
+    def model_name(self) -> str:
+        return self._model_name
+
+    @property
+    def upstreams(self) -> tuple[Upstream, ...]:
+        """Live view of the upstreams (for the API's status page and for tests)."""
+        return self._balancer.upstreams
+
+    @property
+    def health_checker(self) -> HealthChecker:
+        return self._checker
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            raise NotReady("the upstream engine has not been started")
+        return self._client
+
+    async def start(self) -> None:
+        if self._client is None:
+            limits = httpx.Limits(max_connections=self._options.max_connections, max_keepalive_connections=64)
+            # trust_env=False: proxies come from settings, never from the environment.
+            self._client = httpx.AsyncClient(timeout=self._timeout, limits=limits, trust_env=False)
+        await self._checker.check_all(first=True)
+        self._checker_task = asyncio.create_task(self._checker.run(), name="upstream-health")
+        self._started = True
+        logger.info("upstream engine serving %r over %d upstream(s)", self._model_name, len(self.upstreams))
+
+    async def stop(self) -> None:
+        self._stopping = True
+        tasks = [task for group in self._producers.values() for task in group]
+        if self._checker_task is not None:
+            tasks.append(self._checker_task)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        self._checker_task = None
+        if self._owns_client and self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def health(self) -> EngineHealth:
+        healthy = [u for u in self.upstreams if u.healthy]
+        ready = self._started and not self._stopping and bool(healthy)
+        parts = []
+        for u in self.upstreams:
+            text = f"{u.name} {u.breaker.state} in_flight={u.in_flight} attempts={u.attempts}"
+            if not u.healthy and u.last_error:
+                text += f" last_error={u.last_error!r}"
+            parts.append(text)
+        running = sum(u.in_flight for u in self.upstreams)
+        summary = f"{len(healthy)}/{len(self.upstreams)} upstreams healthy"
+        return EngineHealth(ready=ready, detail="; ".join([summary, *parts]), running=running)
+
+    async def cancel(self, request_id: str) -> None:
+        tasks = self._producers.get(request_id, set())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+
+    def submit(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+        if not self._started or self._stopping:
+            raise NotReady("the upstream engine is not running", retry_after=1)
+        if not self._balancer.any_available():
+            raise self._no_upstream()
+        return self._stream(request)
+
+    def _no_upstream(self) -> Overloaded:
+        if self._balancer.all_full():
+            return Overloaded("every upstream is at its in-flight limit", retry_after=1)
+        wait = max(1, math.ceil(self._balancer.seconds_until_trial()))
+        return Overloaded("no healthy upstream server", retry_after=wait)
+
+    async def _stream(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+        # Unbounded is fine: the stream is bounded by max_tokens and events are small.
+        queue: asyncio.Queue[TokenEvent | None] = asyncio.Queue()
+        producer = asyncio.create_task(self._produce(request, queue), name=f"upstream:{request.request_id}")
+        producer.add_done_callback(lambda _: queue.put_nowait(None))
+        self._producers.setdefault(request.request_id, set()).add(producer)
+        delivered = 0
+        try:
+            while (event := await queue.get()) is not None:
+                delivered += bool(event.text)
+                yield event
+            if producer.cancelled():
+                yield TokenEvent("", finish_reason=FinishReason.CANCELLED, completion_tokens=delivered)
+                return
+            producer.result()  # re-raises the producer's error, if any
+        finally:
+            group = self._producers.get(request.request_id)
+            if group is not None:
+                group.discard(producer)
+                if not group:
+                    del self._producers[request.request_id]
+            if not producer.done():
+                producer.cancel()
+                await asyncio.wait({producer})
+            if not producer.cancelled():
+                producer.exception()  # retrieved, so asyncio does not warn about it
+
+    async def _produce(self, request: GenerationRequest, queue: asyncio.Queue[TokenEvent | None]) -> None:
+        try:
+            async with asyncio.timeout(request.seconds_left()):
+                messages = await self._encoder.messages(request.messages)
+                await self._attempts(request, messages, queue)
+        except TimeoutError as exc:
+            raise DeadlineExceeded("the request's deadline passed while the upstream was answering") from exc
+        except GlimpseError:
+            raise
+        except Exception as exc:
+            logger.exception("upstream engine bug on request %s", request.request_id)
+            raise EngineRequestError("the upstream engine failed on this request") from exc
+
+    async def _attempts(
+        self,
+        request: GenerationRequest,
+        messages: list[dict[str, Any]],
+        queue: asyncio.Queue[TokenEvent | None],
+    ) -> None:
+        tried: set[str] = set()
+        failures: list[GlimpseError] = []
+        while (upstream := self._balancer.pick(tried)) is not None:
+            tried.add(upstream.name)
+            try:
+                await self._attempt(upstream, request, messages, queue)
+            except Retry as retry:
+                failures.append(retry.error)
+                logger.warning(
+                    "request %s: upstream %s failed before the first byte (%s); trying another",
+                    request.request_id,
+                    upstream.name,
+                    retry.error.message,
+                )
+            else:
+                return
+        if not failures:
+            raise self._no_upstream()
+        last = failures[-1]
+        if all(isinstance(failure, Overloaded) for failure in failures):
+            raise Overloaded(
+                f"all upstreams tried are busy: {last.message}", retry_after=last.retry_after
+            ) from last
+        if isinstance(last, UpstreamTimeout):
+            raise UpstreamTimeout(f"{len(failures)} upstream(s) tried; last: {last.message}") from last
+        raise UpstreamError(f"{len(failures)} upstream(s) tried, all failed; last: {last.message}") from last
+
+    async def _attempt(
+        self,
+        upstream: Upstream,
+        request: GenerationRequest,
+        messages: list[dict[str, Any]],
+        queue: asyncio.Queue[TokenEvent | None],
+    ) -> None:
+        upstream.in_flight += 1
+        upstream.attempts += 1
+        self._metrics.set_in_flight(upstream.name, upstream.in_flight)
+        started = self._clock()
+        progress = Progress()
+        try:
+            await self._exchange(upstream, request, messages, queue, progress)
+        except asyncio.CancelledError:
+            self._settle(upstream, "cancelled", started, fault=None)
+            raise
+        except (BadStatus, httpx.HTTPError, GlimpseError) as exc:
+            failure = classify(exc, progress.sent, upstream.name, self._options.read_timeout_s)
+            self._settle(
+                upstream, failure.outcome, started, fault=failure.upstream_fault, error=failure.error
+            )
+            if failure.retry:
+                raise Retry(failure.error) from exc
+            raise failure.error from exc
+        else:
+            self._settle(upstream, "2xx", started, fault=False)
+        finally:
+            upstream.in_flight -= 1
+            self._metrics.set_in_flight(upstream.name, upstream.in_flight)
+
+    def _settle(
+        self,
+        upstream: Upstream,
+        outcome: Outcome,
+        started: float,
+        *,
+        fault: bool | None,
+        error: GlimpseError | None = None,
+    ) -> None:
+        self._metrics.on_request(upstream.name, outcome, self._clock() - started)
+        was_healthy = upstream.healthy
+        if fault is None:
+            upstream.breaker.release()
+        elif fault:
+            upstream.last_error = error.message if error is not None else outcome
+            upstream.breaker.record_failure()
+        else:
+            upstream.breaker.record_success()
+        if upstream.healthy != was_healthy:
+            logger.warning("upstream %s is now %s", upstream.name, upstream.breaker.state)
+            self._metrics.set_healthy(upstream.name, upstream.healthy)
+
+    async def _exchange(
+        self,
+        upstream: Upstream,
+        request: GenerationRequest,
+        messages: list[dict[str, Any]],
+        queue: asyncio.Queue[TokenEvent | None],
+        progress: Progress,
+    ) -> None:
+        body = chat_body(request, upstream.model or self._model_name, messages)
+        headers = {**self._headers, "X-Request-ID": request.request_id}
+        url = upstream.name + "/v1/chat/completions"
+        async with self._http().stream(
+            "POST", url, json=body, headers=headers, timeout=self._timeout
+        ) as response:
+            if response.status_code != 200:
+                await response.aread()
+                error = error_for_status(
+                    response.status_code, response.headers, response.content, upstream.name
+                )
+                raise BadStatus(response.status_code, error)
+            await self._relay(response, queue, progress)
+
+    async def _relay(
+        self, response: httpx.Response, queue: asyncio.Queue[TokenEvent | None], progress: Progress
+    ) -> None:
+        finish: FinishReason | None = None
+        usage: tuple[int, int] | None = None
+        async with contextlib.aclosing(iter_sse_data(response.aiter_lines())) as events:
+            async for data in events:
+                if data.strip() == "[DONE]":
+                    await _drain(events)
+                    break
+                chunk = parse_chunk(data)
+                if chunk.text:
+                    progress.chunks += 1
+                    progress.sent = True
+                    queue.put_nowait(TokenEvent(chunk.text))
+                finish = chunk.finish_reason or finish
+                usage = chunk.usage or usage
+        if finish is None:
+            raise UpstreamError("the upstream stream ended before the answer was complete")
+        prompt_tokens, completion_tokens = usage or (0, progress.chunks)
+        progress.sent = True
+        queue.put_nowait(
+            TokenEvent(
+                "", finish_reason=finish, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+            )
+        )

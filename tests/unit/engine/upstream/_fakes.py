@@ -1,0 +1,176 @@
+"""Fake OpenAI-compatible upstreams behind one ``httpx.MockTransport``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+
+from glimpse.engine.protocol import ChatMessage, GenerationRequest, SamplingParams, TextPart
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def chunk(text: str | None = None, finish: str | None = None, usage: tuple[int, int] | None = None) -> bytes:
+    payload: dict[str, Any] = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "model": "m",
+        "choices": [],
+    }
+    if text is not None or finish is not None:
+        delta = {} if text is None else {"content": text}
+        payload["choices"] = [{"index": 0, "delta": delta, "finish_reason": finish}]
+    if usage is not None:
+        payload["usage"] = {
+            "prompt_tokens": usage[0],
+            "completion_tokens": usage[1],
+            "total_tokens": sum(usage),
+        }
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
+DONE = b"data: [DONE]\n\n"
+
+
+def answer(*texts: str, finish: str = "stop", usage: tuple[int, int] | None = None) -> list[bytes]:
+    """A complete vLLM-style stream: a role chunk, one chunk per text, finish, usage, [DONE]."""
+    role = b'data: {"choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": null}]}\n\n'
+    parts = [role, *(chunk(text) for text in texts), chunk(finish=finish)]
+    if usage is not None:
+        parts.append(chunk(usage=usage))
+    return [*parts, DONE]
+
+
+class ScriptedStream(httpx.AsyncByteStream):
+    """Yields ``before``, then waits for ``hold`` (if any), then ``after``; items may be exceptions."""
+
+    def __init__(
+        self,
+        before: list[bytes | Exception],
+        hold: asyncio.Event | None = None,
+        after: list[bytes | Exception] | None = None,
+    ) -> None:
+        self.before = before
+        self.hold = hold
+        self.after = after or []
+        self.closed = False
+
+    async def __aiter__(self):  # type: ignore[override]
+        for item in self.before:
+            if isinstance(item, Exception):
+                raise item
+            yield item
+        if self.hold is not None:
+            await self.hold.wait()
+        for item in self.after:
+            if isinstance(item, Exception):
+                raise item
+            yield item
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+ChatHandler = Callable[[httpx.Request, dict[str, Any]], Awaitable[httpx.Response]]
+
+
+class FakeUpstream:
+    def __init__(self, host: str, models: tuple[str, ...] = ("served/GLM-Test",)) -> None:
+        self.host = host
+        self.models = models
+        self.down = False
+        self.health_status = 200
+        self.chat_bodies: list[dict[str, Any]] = []
+        self.chat_headers: list[httpx.Headers] = []
+        self.chat_attempts = 0
+        self.paths: list[str] = []
+        self.streams: list[ScriptedStream] = []
+        self.chat: ChatHandler = self.default_chat
+
+    async def default_chat(self, request: httpx.Request, body: dict[str, Any]) -> httpx.Response:
+        return self.stream(answer("Hello", " from ", self.host, usage=(11, 3)))
+
+    def stream(
+        self,
+        before: list[bytes | Exception],
+        hold: asyncio.Event | None = None,
+        after: list[bytes | Exception] | None = None,
+    ) -> httpx.Response:
+        stream = ScriptedStream(before, hold, after)
+        self.streams.append(stream)
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=stream)
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        self.paths.append(request.url.path)
+        if request.url.path == "/v1/chat/completions":
+            self.chat_attempts += 1
+        if self.down:
+            raise httpx.ConnectError("connection refused", request=request)
+        if request.url.path == "/health":
+            return httpx.Response(self.health_status)
+        if request.url.path == "/v1/models":
+            return httpx.Response(
+                200, json={"object": "list", "data": [{"id": m, "object": "model"} for m in self.models]}
+            )
+        if request.url.path == "/v1/chat/completions":
+            body = json.loads(request.content)
+            self.chat_bodies.append(body)
+            self.chat_headers.append(request.headers)
+            return await self.chat(request, body)
+        return httpx.Response(404, json={"detail": "Not Found"})
+
+
+class Cluster:
+    def __init__(self, *hosts: str) -> None:
+        self.upstreams = {host: FakeUpstream(host) for host in hosts}
+        self.transport = httpx.MockTransport(self.handle)
+
+    def __getitem__(self, host: str) -> FakeUpstream:
+        return self.upstreams[host]
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        return await self.upstreams[request.url.host].handle(request)
+
+
+class RecordingMetrics:
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str]] = []
+        self.in_flight: dict[str, int] = {}
+        self.healthy: dict[str, bool] = {}
+
+    def on_request(self, upstream: str, outcome: str, seconds: float) -> None:
+        self.requests.append((upstream, outcome))
+
+    def set_in_flight(self, upstream: str, count: int) -> None:
+        self.in_flight[upstream] = count
+
+    def set_healthy(self, upstream: str, healthy: bool) -> None:
+        self.healthy[upstream] = healthy
+
+
+def make_request(request_id: str = "req-1", text: str = "Describe it.", **sampling: Any) -> GenerationRequest:
+    return GenerationRequest(
+        request_id=request_id,
+        messages=(ChatMessage(role="user", content=(TextPart(text),)),),
+        sampling=SamplingParams(**sampling),
+    )
+
+
+async def wait_until(predicate: Callable[[], bool], within: float = 2.0) -> None:
+    """Let other tasks run until ``predicate`` holds (the fakes signal nothing to wait on)."""
+    async with asyncio.timeout(within):
+        while not predicate():  # noqa: ASYNC110
+            await asyncio.sleep(0.001)

@@ -1,0 +1,434 @@
+import asyncio
+import time
+
+import httpx
+import pytest
+from PIL import Image
+
+from glimpse.config import EngineSettings
+from glimpse.engine.protocol import ChatMessage, Engine, FinishReason, GenerationRequest, ImagePart, TextPart
+from glimpse.engine.upstream import BreakerState, UpstreamEngine, UpstreamOptions
+from glimpse.errors import (
+    DeadlineExceeded,
+    InvalidRequest,
+    ModelNotFound,
+    NotReady,
+    Overloaded,
+    RateLimited,
+    UpstreamError,
+    UpstreamTimeout,
+)
+
+from ._fakes import DONE, Cluster, FakeClock, RecordingMetrics, answer, chunk, make_request, wait_until
+
+HOSTS = ("a", "b", "c")
+
+
+class Harness:
+    def __init__(self, hosts=HOSTS, **options) -> None:
+        self.cluster = Cluster(*hosts)
+        self.clock = FakeClock()
+        self.metrics = RecordingMetrics()
+        self.client = httpx.AsyncClient(transport=self.cluster.transport)
+        settings = EngineSettings(
+            kind="upstream",
+            model="GLM-Test",
+            upstreams=tuple(f"http://{h}:8000" for h in hosts),
+            upstream_api_key="secret-key",
+        )
+        opts = {"health_interval_s": 3600, "failure_threshold": 2, "cooldown_s": 10} | options
+        self.engine = UpstreamEngine(
+            settings,
+            http_client=self.client,
+            metrics_hook=self.metrics,
+            clock=self.clock,
+            options=UpstreamOptions(**opts),
+        )
+
+    def __getitem__(self, host):
+        return self.cluster[host]
+
+    def upstream(self, host):
+        return next(u for u in self.engine.upstreams if u.name == f"http://{host}:8000")
+
+    def chat_attempts(self):
+        return {h: u.chat_attempts for h, u in self.cluster.upstreams.items()}
+
+
+@pytest.fixture
+async def h():
+    harness = Harness()
+    await harness.engine.start()
+    yield harness
+    await harness.engine.stop()
+    await harness.client.aclose()
+
+
+@pytest.fixture
+async def h1():
+    harness = Harness(hosts=("a",))
+    await harness.engine.start()
+    yield harness
+    await harness.engine.stop()
+    await harness.client.aclose()
+
+
+async def collect(engine, request):
+    return [event async for event in engine.submit(request)]
+
+
+def text_of(events):
+    return "".join(e.text for e in events)
+
+
+async def test_is_an_engine_and_streams_an_answer(h):
+    assert isinstance(h.engine, Engine)
+    assert h.engine.model_name == "GLM-Test"
+    events = await collect(h.engine, make_request("r1", max_new_tokens=5, seed=1))
+    assert text_of(events) == "Hello from a"
+    assert [e.finish_reason for e in events] == [None, None, None, FinishReason.STOP]
+    assert (events[-1].prompt_tokens, events[-1].completion_tokens) == (11, 3)
+    body = h["a"].chat_bodies[0]
+    assert body["model"] == "served/GLM-Test"  # mapped from the upstream's /v1/models
+    assert (body["max_tokens"], body["seed"], body["stream"]) == (5, 1, True)
+    assert body["stream_options"] == {"include_usage": True}
+    assert body["messages"] == [{"role": "user", "content": "Describe it."}]
+    headers = h["a"].chat_headers[0]
+    assert headers["authorization"] == "Bearer secret-key"
+    assert headers["x-request-id"] == "r1"
+    assert h.metrics.requests == [("http://a:8000", "2xx")]
+    assert h.metrics.in_flight["http://a:8000"] == 0
+
+
+async def test_images_go_as_data_urls(h):
+    image = Image.new("RGB", (8, 8), (255, 0, 0))
+    request = GenerationRequest(
+        request_id="img",
+        messages=(ChatMessage(role="user", content=(ImagePart(image, "f" * 64), TextPart("What colour?"))),),
+    )
+    await collect(h.engine, request)
+    content = h["a"].chat_bodies[0]["messages"][0]["content"]
+    assert content[0]["image_url"]["url"].startswith("data:image/png;base64,")
+    assert content[1] == {"type": "text", "text": "What colour?"}
+
+
+async def test_without_usage_completion_tokens_are_counted(h):
+    async def chat(request, body):
+        return h["a"].stream([chunk("a"), chunk("b"), chunk("c", finish="length"), DONE])
+
+    h["a"].chat = chat
+    events = await collect(h.engine, make_request())
+    assert text_of(events) == "abc"
+    assert events[-1].finish_reason is FinishReason.LENGTH
+    assert (events[-1].prompt_tokens, events[-1].completion_tokens) == (0, 3)
+
+
+async def test_least_outstanding_balancing_with_held_streams(h):
+    hold = asyncio.Event()
+    for host in HOSTS:
+        up = h[host]
+
+        async def chat(request, body, up=up):
+            return up.stream(answer("x"), hold=hold, after=[])
+
+        up.chat = chat
+    # Each stream sends its whole answer but the body stays open until `hold` is set.
+    tasks = [asyncio.create_task(collect(h.engine, make_request(f"r{i}"))) for i in range(9)]
+    await wait_until(lambda: sum(h.chat_attempts().values()) == 9)
+    assert h.chat_attempts() == {"a": 3, "b": 3, "c": 3}
+    assert h.engine.health().running == 9
+    hold.set()
+    results = await asyncio.gather(*tasks)
+    assert all(text_of(events) == "x" for events in results)
+    assert h.engine.health().running == 0
+
+
+async def test_failover_on_connection_error_before_first_byte(h):
+    h["a"].down = True  # went down after the start-up health check
+    events = await collect(h.engine, make_request())
+    assert text_of(events) == "Hello from b"
+    assert h.chat_attempts() == {"a": 1, "b": 1, "c": 0}
+    assert h.metrics.requests == [("http://a:8000", "connect_error"), ("http://b:8000", "2xx")]
+    assert h.upstream("a").breaker.consecutive_failures == 1
+
+
+async def test_failover_on_503_but_not_on_500(h):
+    async def unavailable(request, body):
+        return httpx.Response(503, json={"error": {"message": "loading"}})
+
+    h["a"].chat = unavailable
+    assert text_of(await collect(h.engine, make_request("r1"))) == "Hello from b"
+
+    async def broken(request, body):
+        return httpx.Response(500, json={"error": {"message": "boom"}})
+
+    h["c"].chat = broken  # the rotation starts at c now
+    with pytest.raises(UpstreamError, match="boom"):
+        await collect(h.engine, make_request("r2"))
+    assert h.chat_attempts() == {"a": 1, "b": 1, "c": 1}
+
+
+async def test_no_retry_after_the_first_byte(h):
+    async def dies(request, body):
+        return h["a"].stream([chunk("partial")], after=[httpx.ReadError("connection reset")])
+
+    h["a"].chat = dies
+    stream = h.engine.submit(make_request())
+    assert (await anext(stream)).text == "partial"
+    with pytest.raises(UpstreamError, match="broke") as info:
+        await anext(stream)
+    assert isinstance(info.value.__cause__, httpx.ReadError)
+    assert h.chat_attempts() == {"a": 1, "b": 0, "c": 0}
+    assert h.metrics.requests == [("http://a:8000", "stream_error")]
+
+
+async def test_error_event_mid_stream_is_not_retried(h):
+    async def error_event(request, body):
+        return h["a"].stream([chunk("x"), b'data: {"error": {"message": "engine crashed"}}\n\n', DONE])
+
+    h["a"].chat = error_event
+    with pytest.raises(UpstreamError, match="engine crashed"):
+        await collect(h.engine, make_request())
+    assert h.chat_attempts() == {"a": 1, "b": 0, "c": 0}
+
+
+async def test_connection_break_before_any_text_is_retried(h):
+    async def dies_early(request, body):
+        role = b'data: {"choices": [{"delta": {"role": "assistant"}}]}\n\n'
+        return h["a"].stream([role], after=[httpx.RemoteProtocolError("peer closed")])
+
+    h["a"].chat = dies_early
+    assert text_of(await collect(h.engine, make_request())) == "Hello from b"
+
+
+async def test_stream_without_finish_is_an_error(h):
+    async def truncated(request, body):
+        return h["a"].stream([chunk("x")])
+
+    h["a"].chat = truncated
+    with pytest.raises(UpstreamError, match="ended before"):
+        await collect(h.engine, make_request())
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "headers", "kind", "match"),
+    [
+        (400, {"error": {"message": "prompt is too long"}}, {}, InvalidRequest, "prompt is too long"),
+        (
+            404,
+            {"object": "error", "message": "The model `GLM-Test` does not exist."},
+            {},
+            ModelNotFound,
+            "model",
+        ),
+        (429, {"error": {"message": "slow down"}}, {"retry-after": "4"}, RateLimited, "slow down"),
+    ],
+)
+async def test_4xx_is_mapped_and_never_retried(h, status, body, headers, kind, match):
+    async def reject(request, _body):
+        return httpx.Response(status, json=body, headers=headers)
+
+    for host in HOSTS:
+        h[host].chat = reject
+    with pytest.raises(kind, match=match) as info:
+        await collect(h.engine, make_request())
+    assert sum(h.chat_attempts().values()) == 1
+    if status == 429:
+        assert info.value.retry_after == 4
+    assert all(u.breaker.consecutive_failures == 0 for u in h.engine.upstreams)
+
+
+async def test_all_upstreams_failing(h):
+    for host in HOSTS:
+        h[host].down = True
+    with pytest.raises(UpstreamError, match="3 upstream") as info:
+        await collect(h.engine, make_request())
+    assert info.value.status_code == 502
+    assert isinstance(info.value.__cause__, UpstreamError)
+
+
+async def test_all_upstreams_busy_is_overloaded(h):
+    async def busy(request, body):
+        return httpx.Response(503, headers={"retry-after": "2"})
+
+    for host in HOSTS:
+        h[host].chat = busy
+    with pytest.raises(Overloaded) as info:
+        await collect(h.engine, make_request())
+    assert info.value.retry_after == 2
+
+
+async def test_read_timeout_is_upstream_timeout_without_retry(h):
+    async def slow(request, body):
+        return h["a"].stream([], after=[httpx.ReadTimeout("read timed out")])
+
+    h["a"].chat = slow
+    with pytest.raises(UpstreamTimeout):
+        await collect(h.engine, make_request())
+    assert h.chat_attempts() == {"a": 1, "b": 0, "c": 0}
+
+
+async def test_circuit_opens_skips_upstream_then_half_open_trial_closes_it(h):
+    h["a"].down = True
+    for i in range(6):  # threshold 2: `a` fails twice, then is skipped
+        assert text_of(await collect(h.engine, make_request(f"r{i}"))) != ""
+    assert h.chat_attempts()["a"] == 2
+    assert h.upstream("a").breaker.state is BreakerState.OPEN
+    assert h.metrics.healthy["http://a:8000"] is False
+    assert "http://a:8000 open" in h.engine.health().detail
+    assert h.engine.health().ready
+
+    h["a"].down = False
+    h.clock.advance(10)
+    assert h.upstream("a").breaker.state is BreakerState.HALF_OPEN
+    # Every upstream idle: the least-loaded pick is the rotation's, so aim the trial at `a`.
+    for host in ("b", "c"):
+        h.upstream(host).in_flight += 1
+    assert text_of(await collect(h.engine, make_request("trial"))) == "Hello from a"
+    for host in ("b", "c"):
+        h.upstream(host).in_flight -= 1
+    assert h.upstream("a").breaker.state is BreakerState.CLOSED
+    assert h.metrics.healthy["http://a:8000"] is True
+
+
+async def test_all_circuits_open_rejects_at_once(h1):
+    h1["a"].down = True
+    for i in range(2):
+        with pytest.raises(UpstreamError):
+            await collect(h1.engine, make_request(f"r{i}"))
+    attempts = h1.chat_attempts()["a"]
+    with pytest.raises(Overloaded) as info:
+        h1.engine.submit(make_request("r3"))
+    assert info.value.retry_after == 10
+    assert h1.chat_attempts()["a"] == attempts
+    assert not h1.engine.health().ready
+
+
+async def test_half_open_lets_only_one_trial_through(h1):
+    h1["a"].down = True
+    for i in range(2):
+        with pytest.raises(UpstreamError):
+            await collect(h1.engine, make_request(f"r{i}"))
+    h1["a"].down = False
+    h1.clock.advance(10)
+    hold = asyncio.Event()
+
+    async def held(request, body):
+        return h1["a"].stream(answer("ok"), hold=hold)
+
+    h1["a"].chat = held
+    trial = asyncio.create_task(collect(h1.engine, make_request("trial")))
+    await wait_until(lambda: h1.chat_attempts()["a"] == 3)
+    with pytest.raises(Overloaded):
+        h1.engine.submit(make_request("second"))
+    hold.set()
+    assert text_of(await trial) == "ok"
+    assert h1.engine.health().ready
+
+
+async def test_closing_the_iterator_closes_the_upstream_stream(h):
+    async def endless(request, body):
+        return h["a"].stream([chunk("first")], hold=asyncio.Event())
+
+    h["a"].chat = endless
+    stream = h.engine.submit(make_request())
+    first = await anext(stream)
+    assert first.text == "first"
+    await stream.aclose()
+    assert h["a"].streams[-1].closed
+    assert h.upstream("a").in_flight == 0
+    assert h.metrics.requests == [("http://a:8000", "cancelled")]
+    assert h.upstream("a").breaker.consecutive_failures == 0
+
+
+async def test_cancel_closes_the_upstream_stream_and_ends_with_cancelled(h):
+    async def endless(request, body):
+        return h["a"].stream([chunk("first")], hold=asyncio.Event())
+
+    h["a"].chat = endless
+    events = []
+
+    async def consume():
+        async for event in h.engine.submit(make_request("to-cancel")):
+            events.append(event)
+
+    task = asyncio.create_task(consume())
+    await wait_until(lambda: len(events) == 1)
+    await h.engine.cancel("to-cancel")
+    await asyncio.wait_for(task, 1)
+    assert events[-1].finish_reason is FinishReason.CANCELLED
+    assert events[-1].completion_tokens == 1
+    assert h["a"].streams[-1].closed
+
+
+async def test_deadline_closes_the_stream(h):
+    async def endless(request, body):
+        return h["a"].stream([chunk("first")], hold=asyncio.Event())
+
+    h["a"].chat = endless
+    request = GenerationRequest(
+        request_id="late",
+        messages=make_request().messages,
+        deadline=time.monotonic() + 0.05,
+    )
+    with pytest.raises(DeadlineExceeded):
+        await collect(h.engine, request)
+    assert h["a"].streams[-1].closed
+
+
+async def test_model_name_mapping_falls_back_to_ours():
+    harness = Harness(hosts=("a",))
+    harness["a"].models = ("one", "two")
+    await harness.engine.start()
+    try:
+        await collect(harness.engine, make_request())
+        assert harness["a"].chat_bodies[0]["model"] == "GLM-Test"
+    finally:
+        await harness.engine.stop()
+        await harness.client.aclose()
+
+
+async def test_health_and_lifecycle():
+    harness = Harness(hosts=("a", "b"))
+    harness["b"].down = True
+    with pytest.raises(NotReady):
+        harness.engine.submit(make_request())
+    assert not harness.engine.health().ready
+    await harness.engine.start()
+    health = harness.engine.health()
+    assert health.ready
+    assert health.detail.startswith("1/2 upstreams healthy")
+    assert "http://a:8000 closed" in health.detail
+    assert "http://b:8000 open" in health.detail
+    assert "ConnectError" in health.detail
+    await harness.engine.stop()
+    assert not harness.engine.health().ready
+    assert not harness.client.is_closed  # a client we were given is the caller's to close
+    await harness.client.aclose()
+
+
+async def test_stop_cancels_streams_in_flight(h):
+    async def endless(request, body):
+        return h["a"].stream([chunk("first")], hold=asyncio.Event())
+
+    h["a"].chat = endless
+    events = []
+
+    async def consume():
+        async for event in h.engine.submit(make_request()):
+            events.append(event)
+
+    task = asyncio.create_task(consume())
+    await wait_until(lambda: len(events) == 1)
+    await h.engine.stop()
+    await asyncio.wait_for(task, 1)
+    assert events[-1].finish_reason is FinishReason.CANCELLED
+    assert h["a"].streams[-1].closed
+
+
+async def test_owns_and_closes_its_client_when_none_is_given():
+    settings = EngineSettings(kind="upstream", upstreams=("http://127.0.0.1:9",))
+    engine = UpstreamEngine(settings, options=UpstreamOptions(health_timeout_s=0.5))
+    await engine.start()  # nothing listens on port 9: started, not ready
+    assert not engine.health().ready
+    await engine.stop()

@@ -1,0 +1,194 @@
+import base64
+import io
+import json
+
+import httpx
+import pytest
+from PIL import Image
+
+from glimpse.engine.protocol import ChatMessage, FinishReason, ImagePart, TextPart
+from glimpse.engine.upstream.wire import (
+    ImageEncoder,
+    chat_body,
+    encode_data_url,
+    error_for_status,
+    iter_sse_data,
+    parse_chunk,
+    resolve_model,
+)
+from glimpse.errors import (
+    InvalidRequest,
+    ModelNotFound,
+    Overloaded,
+    RateLimited,
+    RequestTooLarge,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from glimpse.media.threads import BlockingRunner
+
+from ._fakes import chunk, make_request
+
+
+async def _lines(*lines):
+    for line in lines:
+        yield line
+
+
+async def test_iter_sse_data_handles_comments_multiline_and_missing_final_blank():
+    lines = [
+        ": keep-alive",
+        "",
+        'data: {"a": 1}',
+        "",
+        "event: x",
+        "data: one",
+        "data: two",
+        "",
+        "data:[DONE]",
+    ]
+    assert [d async for d in iter_sse_data(_lines(*lines))] == ['{"a": 1}', "one\ntwo", "[DONE]"]
+
+
+def test_parse_chunk_text_finish_and_usage():
+    assert parse_chunk(chunk("Hi").decode()[6:]).text == "Hi"
+    assert parse_chunk(chunk(finish="length").decode()[6:]).finish_reason is FinishReason.LENGTH
+    assert parse_chunk(chunk(finish="tool_calls").decode()[6:]).finish_reason is FinishReason.STOP
+    assert parse_chunk(chunk(usage=(7, 2)).decode()[6:]).usage == (7, 2)
+    role_only = parse_chunk('{"choices": [{"delta": {"role": "assistant"}, "finish_reason": null}]}')
+    assert (role_only.text, role_only.finish_reason, role_only.usage) == ("", None, None)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        '{"error": {"message": "CUDA out of memory", "code": 500}}',
+        '{"object": "error", "message": "CUDA out of memory"}',
+    ],
+)
+def test_parse_chunk_error_event(data):
+    with pytest.raises(UpstreamError, match="CUDA out of memory"):
+        parse_chunk(data)
+
+
+@pytest.mark.parametrize("data", ["not json", "[1, 2]", '{"usage": {"prompt_tokens": "x"}}'])
+def test_parse_chunk_malformed(data):
+    with pytest.raises(UpstreamError, match="malformed"):
+        parse_chunk(data)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "headers", "kind", "message", "retry_after"),
+    [
+        (
+            400,
+            {"error": {"message": "max_tokens is too large"}},
+            {},
+            InvalidRequest,
+            "max_tokens is too large",
+            None,
+        ),
+        (422, {"detail": "bad field"}, {}, InvalidRequest, "bad field", None),
+        (413, {"message": "too big"}, {}, RequestTooLarge, "too big", None),
+        (429, {"error": {"message": "slow down"}}, {"retry-after": "7"}, RateLimited, "slow down", 7),
+        (
+            404,
+            {"object": "error", "message": "The model `x` does not exist."},
+            {},
+            ModelNotFound,
+            "does not exist",
+            None,
+        ),
+        (404, {"detail": "Not Found"}, {}, UpstreamError, "404", None),
+        (401, {"error": {"message": "bad key"}}, {}, UpstreamError, "credentials", None),
+        (503, {}, {"retry-after": "3"}, Overloaded, "unavailable", 3),
+        (504, {}, {}, UpstreamTimeout, "timed out", None),
+        (500, {"error": {"message": "boom"}}, {}, UpstreamError, "boom", None),
+    ],
+)
+def test_error_for_status(status, body, headers, kind, message, retry_after):
+    error = error_for_status(status, httpx.Headers(headers), json.dumps(body).encode(), "http://u")
+    assert type(error) is kind
+    assert message in error.message
+    assert error.retry_after == retry_after
+
+
+def test_error_for_status_plain_text_body():
+    error = error_for_status(400, httpx.Headers(), b"  prompt too long \n", "http://u")
+    assert isinstance(error, InvalidRequest)
+    assert error.message == "prompt too long"
+
+
+def test_chat_body_sends_sampling_and_only_set_extras():
+    body = chat_body(make_request(max_new_tokens=9, temperature=0.5, top_p=0.9), "their-model", [])
+    assert body == {
+        "model": "their-model",
+        "messages": [],
+        "max_tokens": 9,
+        "temperature": 0.5,
+        "top_p": 0.9,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    extra = chat_body(make_request(seed=3, stop=("END",), ignore_eos=True), "m", [])
+    assert (extra["seed"], extra["stop"], extra["ignore_eos"]) == (3, ["END"], True)
+
+
+def _decode(url: str) -> tuple[str, Image.Image]:
+    header, payload = url.split(",", 1)
+    return header, Image.open(io.BytesIO(base64.b64decode(payload)))
+
+
+def _gradient(width: int, height: int) -> Image.Image:
+    image = Image.new("RGB", (width, height))
+    image.putdata([(x % 256, y % 256, (x * y) % 256) for y in range(height) for x in range(width)])
+    return image
+
+
+def test_encode_data_url_png_is_lossless():
+    image = _gradient(40, 30)
+    header, decoded = _decode(encode_data_url(image, png_max_pixels=40 * 30))
+    assert header == "data:image/png;base64"
+    assert decoded.convert("RGB").tobytes() == image.tobytes()
+
+
+def test_encode_data_url_large_images_go_as_jpeg():
+    image = _gradient(40, 30)
+    header, decoded = _decode(encode_data_url(image, png_max_pixels=40 * 30 - 1))
+    assert header == "data:image/jpeg;base64"
+    assert decoded.size == (40, 30)
+
+
+class CountingRunner(BlockingRunner):
+    def __init__(self) -> None:
+        super().__init__(1)
+        self.calls = 0
+
+    async def run(self, func, *args, **kwargs):
+        self.calls += 1
+        return await super().run(func, *args, **kwargs)
+
+
+async def test_image_encoder_keeps_part_order_and_reuses_encodings():
+    runner = CountingRunner()
+    encoder = ImageEncoder(png_max_pixels=10_000, runner=runner)
+    image = ImagePart(image=_gradient(16, 16), sha256="ab" * 32)
+    messages = (
+        ChatMessage(role="system", content=(TextPart("Be brief."),)),
+        ChatMessage(role="user", content=(TextPart("Compare "), image, TextPart(" and "), image)),
+    )
+    wire = await encoder.messages(messages)
+    assert wire[0] == {"role": "system", "content": "Be brief."}
+    parts = wire[1]["content"]
+    assert [p["type"] for p in parts] == ["text", "image_url", "text", "image_url"]
+    assert parts[1]["image_url"]["url"].startswith("data:image/png;base64,")
+    assert parts[1] == parts[3]
+    assert runner.calls == 1
+
+
+def test_resolve_model():
+    assert resolve_model("glm", ["a", "glm"]) == "glm"
+    assert resolve_model("GLM-4.6V-Flash", ["zai-org/GLM-4.6V-Flash", "other"]) == "zai-org/GLM-4.6V-Flash"
+    assert resolve_model("tiny", ["only-one"]) == "only-one"
+    assert resolve_model("tiny", ["a", "b"]) is None
+    assert resolve_model("tiny", []) is None

@@ -1,0 +1,21 @@
+import json
+import re
+
+from glimpse.config import GuardSettings
+from glimpse.guard.keys import main
+from glimpse.guard.keystore import KeyStore
+
+
+def test_new_prints_the_key_once_and_an_entry_that_the_store_accepts(tmp_path, capsys):
+    assert main(["new", "--name", "ci-bot", "--scopes", "infer,chat", "--rate-limit", "30"]) == 0
+    out = capsys.readouterr().out
+    key = re.search(r"key \(shown once, store it now\): (\S+)", out).group(1)
+    entry = json.loads(out.split("entry for the keys file:\n", 1)[1])
+    assert key not in json.dumps(entry)
+    assert entry["scopes"] == ["infer", "chat"]
+    path = tmp_path / "keys.json"
+    path.write_text(json.dumps([entry]), encoding="utf-8")
+    found = KeyStore.from_settings(GuardSettings(api_keys_file=path)).lookup(key)
+    assert found is not None
+    assert found.name == "ci-bot"
+    assert found.rate_limit_per_minute == 30
