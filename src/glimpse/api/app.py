@@ -26,6 +26,7 @@ from glimpse.config import CacheSettings, Settings
 from glimpse.engine.factory import build_engine
 from glimpse.engine.protocol import Engine
 from glimpse.errors import GlimpseError
+from glimpse.guard import AuditLog, Authenticator, PromptGuard, RateLimiter, RedisRateLimitStore, is_loopback
 from glimpse.media import ImageIntake, create_fetch_client
 from glimpse.obs import Metrics
 
@@ -101,6 +102,15 @@ def create_app(
 ) -> FastAPI:
     """The whole service. ``engine`` may be injected (tests); otherwise built from settings."""
     metrics = Metrics()
+    audit = AuditLog(settings.guard)
+    auth = Authenticator(settings.guard)
+    guard = PromptGuard(settings.guard)
+    if not auth.auth_enabled and not is_loopback(settings.server.host):
+        logger.warning(
+            "SECURITY: listening on %s with no API keys or JWT configured: anyone who can reach this "
+            "address can use the model. Set GLIMPSE_GUARD__API_KEYS or GLIMPSE_GUARD__JWT_SECRET.",
+            settings.server.host,
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -108,12 +118,17 @@ def create_app(
         metrics.set_info(version=__version__, engine=settings.engine.kind, model=used_engine.model_name)
         cache = _result_cache(settings.cache, metrics)
         fetch_client = create_fetch_client(settings.media)
+        redis_url = settings.cache.redis_url
+        limit_store = RedisRateLimitStore.from_url(redis_url.get_secret_value()) if redis_url else None
         state = AppState(
             settings=settings,
             engine=used_engine,
             intake=ImageIntake(settings.media, fetch_client),
             metrics=metrics,
             service=GenerationService(used_engine, cache, settings.cache, metrics),
+            auth=auth,
+            limiter=RateLimiter(settings.guard, limit_store),
+            guard=guard,
             model_aliases=frozenset({used_engine.model_name, settings.engine.model}),
         )
         app.state.glimpse = state
@@ -129,6 +144,9 @@ def create_app(
             if cache is not None:
                 await cache.close()
             await fetch_client.aclose()
+            if limit_store is not None:
+                await limit_store.aclose()
+            await audit.aclose()
 
     app = FastAPI(
         title="Glimpse",
@@ -145,5 +163,5 @@ def create_app(
     if settings.server.web_enabled:
         _mount_web(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_body_bytes)
-    app.add_middleware(RequestObserverMiddleware, metrics=metrics)
+    app.add_middleware(RequestObserverMiddleware, metrics=metrics, audit=audit)
     return app

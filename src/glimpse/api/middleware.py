@@ -8,7 +8,9 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from glimpse.api.errors import error_response
+from glimpse.api.security import record_audit
 from glimpse.errors import RequestTooLarge
+from glimpse.guard import AuditLog
 from glimpse.obs import Metrics, request_id_context, sanitize_request_id
 
 __all__ = ["BodyLimitMiddleware", "RequestObserverMiddleware"]
@@ -27,9 +29,10 @@ def _route_template(scope: Scope) -> str | None:
 class RequestObserverMiddleware:
     """Give every request an id (echoed as X-Request-ID), count it, and log one line for it."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, audit: AuditLog) -> None:
         self.app = app
         self.metrics = metrics
+        self.audit = audit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -37,7 +40,8 @@ class RequestObserverMiddleware:
             return
         raw = dict(scope.get("headers") or []).get(b"x-request-id")
         request_id = sanitize_request_id(raw.decode("latin-1") if raw else None)
-        scope.setdefault("state", {})["request_id"] = request_id
+        # A fresh per-request state: some servers hand every request the same lifespan dict.
+        scope["state"] = {**scope.get("state", {}), "request_id": request_id}
         status = 500
         started = time.perf_counter()
 
@@ -57,6 +61,7 @@ class RequestObserverMiddleware:
                 elapsed = time.perf_counter() - started
                 route = _route_template(scope)
                 self.metrics.observe_request(route, status, elapsed)
+                record_audit(self.audit, scope["state"], route or "unmatched", status, elapsed)
                 if route not in _QUIET_ROUTES:
                     logger.info(
                         "request",

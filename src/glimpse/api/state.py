@@ -11,6 +11,7 @@ from glimpse.api.service import GenerationService
 from glimpse.config import Settings
 from glimpse.engine.protocol import Engine
 from glimpse.errors import ModelNotFound, NotReady
+from glimpse.guard import Authenticator, PromptGuard, RateLimiter
 from glimpse.media import ImageIntake
 from glimpse.obs import Metrics
 
@@ -24,6 +25,9 @@ class AppState:
     intake: ImageIntake
     metrics: Metrics
     service: GenerationService
+    auth: Authenticator
+    limiter: RateLimiter
+    guard: PromptGuard
     draining: bool = False
     load_error: str | None = None
     model_aliases: frozenset[str] = field(default_factory=frozenset)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Request, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
 
 from glimpse.api.generation import no_cache_requested, with_deadline
+from glimpse.api.security import authorize, screen_prompt
 from glimpse.api.service import CACHE_HEADER
 from glimpse.api.state import AppState, StateDep
 from glimpse.media import DecodedImage
@@ -16,7 +17,7 @@ from .schemas import InferRequest, InferResponse
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["simple"])
+router = APIRouter(tags=["simple"], dependencies=[Depends(authorize)])
 
 
 async def _answer(
@@ -35,8 +36,10 @@ async def _answer(
         with_deadline(state.settings.server),
         state.settings.engine,
     )
+    await screen_prompt(request, state, gen)
     result, cache = await state.service.collect(gen, request, no_cache=no_cache_requested(request))
     request.state.cache = cache.value
+    request.state.tokens_in, request.state.tokens_out = result.prompt_tokens, result.completion_tokens
     response.headers[CACHE_HEADER] = cache.value
     return InferResponse(response=result.text)
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from glimpse.api.generation import new_completion_id, no_cache_requested, with_deadline
+from glimpse.api.security import authorize, screen_prompt
 from glimpse.api.service import CACHE_HEADER
 from glimpse.api.state import StateDep
 
@@ -17,7 +18,7 @@ from .schemas import ChatCompletionRequest
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/v1", tags=["openai"])
+router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(authorize)])
 
 _STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -36,6 +37,7 @@ async def chat_completions(
         state.intake,
         state.settings.engine,
     )
+    await screen_prompt(request, state, gen)
     model = state.engine.model_name
     no_cache = no_cache_requested(request)
     if body.stream:
@@ -49,6 +51,7 @@ async def chat_completions(
         )
     result, cache = await state.service.collect(gen, request, no_cache=no_cache)
     request.state.cache = cache.value
+    request.state.tokens_in, request.state.tokens_out = result.prompt_tokens, result.completion_tokens
     return JSONResponse(completion_body(completion_id, model, result), headers={CACHE_HEADER: cache.value})
 
 

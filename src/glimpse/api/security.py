@@ -1,0 +1,76 @@
+"""The guard at the HTTP boundary: who is calling, how often, what they ask, and the record of it.
+
+``guard`` itself is framework-free; this module only reads headers and the peer
+address, calls it, and leaves what the audit record needs on ``request.state``
+for ``RequestObserverMiddleware`` to write once the status is known.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request
+
+from glimpse.api.state import StateDep
+from glimpse.engine.protocol import GenerationRequest
+from glimpse.errors import PromptRejected, RateLimited
+from glimpse.guard import REFUSAL_MESSAGE, AuditLog, AuditRecord, GuardVerdict
+
+__all__ = ["authorize", "record_audit", "screen_prompt"]
+
+
+async def authorize(request: Request, state: StateDep) -> None:
+    """Dependency of every API route: 401 without a valid credential, 429 over the rate limit."""
+    client_host = request.client.host if request.client else "unknown"
+    principal = state.auth.authenticate(
+        request.headers.get("authorization"), request.headers.get("x-api-key"), client_host
+    )
+    request.state.principal = principal
+    request.state.client_host = client_host
+    try:
+        await state.limiter.check(principal)
+    except RateLimited:
+        state.metrics.observe_rejected("rate_limited")
+        raise
+
+
+async def screen_prompt(request: Request, state: StateDep, gen: GenerationRequest) -> GuardVerdict:
+    """Run the prompt-injection guard on user and system text; refuse in ``block`` mode."""
+    texts = [m.text for m in gen.messages if m.role in ("user", "system") and m.text]
+    verdict = await state.guard.acheck(texts)
+    request.state.audit = {
+        "prompt_texts": texts,
+        "image_sha256": tuple(image.sha256 for image in gen.images),
+        "guard": verdict,
+    }
+    mode = state.settings.guard.prompt_guard
+    if mode != "off":
+        state.metrics.observe_guard("flagged" if verdict.flagged else "clean")
+    if verdict.flagged and mode == "block":
+        state.metrics.observe_rejected("prompt_guard")
+        raise PromptRejected(REFUSAL_MESSAGE)
+    return verdict
+
+
+def record_audit(
+    audit: AuditLog, scope_state: dict[str, Any], route: str, status: int, latency_s: float
+) -> None:
+    """Write one audit record for an API request that got past authentication."""
+    principal = scope_state.get("principal")
+    if principal is None:
+        return
+    details: dict[str, Any] = scope_state.get("audit") or {}
+    audit.record(
+        AuditRecord.build(
+            request_id=str(scope_state.get("request_id", "")),
+            client_id=principal.client_id,
+            auth_method=principal.auth_method,
+            route=route,
+            status=status,
+            latency_ms=latency_s * 1000,
+            client_host=scope_state.get("client_host"),
+            tokens_in=scope_state.get("tokens_in"),
+            tokens_out=scope_state.get("tokens_out"),
+            **details,
+        )
+    )
