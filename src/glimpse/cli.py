@@ -157,6 +157,10 @@ def _serve(args: argparse.Namespace) -> int:
         if server is not None:
             server.should_exit = True
 
+    if settings.engine.kind == "upstream":
+        from glimpse.engine.factory import build_engine
+
+        build_engine(settings.engine)  # validates the upstream URLs before the server starts
     app = create_app(settings, on_fatal=on_fatal)
 
     class DrainingServer(uvicorn.Server):

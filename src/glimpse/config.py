@@ -103,6 +103,21 @@ class EngineSettings(BaseModel):
         (), description="Base URLs of OpenAI-compatible servers (engine 'upstream')."
     )
     upstream_api_key: SecretStr | None = Field(None, description="Bearer key sent to upstream servers.")
+    upstream_connect_timeout_s: float = Field(
+        5.0, gt=0, description="Seconds to connect to an upstream; a failure moves the request to another."
+    )
+    upstream_read_timeout_s: float = Field(
+        120.0, gt=0, description="Longest silence from an upstream (first token included) before 504."
+    )
+    upstream_health_interval_s: float = Field(
+        3.0, gt=0, description="Seconds between active health checks of each upstream."
+    )
+    upstream_failure_threshold: int = Field(
+        3, ge=1, description="Consecutive failures that take an upstream out of rotation."
+    )
+    upstream_cooldown_s: float = Field(
+        5.0, gt=0, description="Seconds an upstream stays out before one trial request may put it back."
+    )
 
 
 class MediaSettings(BaseModel):

@@ -114,7 +114,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        used_engine = engine if engine is not None else build_engine(settings.engine)
+        used_engine = engine if engine is not None else build_engine(settings.engine, metrics)
         metrics.set_info(version=__version__, engine=settings.engine.kind, model=used_engine.model_name)
         cache = _result_cache(settings.cache, metrics)
         fetch_client = create_fetch_client(settings.media)

@@ -18,6 +18,7 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+@router.get("/health", include_in_schema=False)  # what vLLM-style gateways probe
 @router.get("/readyz")
 async def readyz(state: StateDep) -> JSONResponse:
     """200 once the model is loaded and warmed up, 503 before that and while draining."""

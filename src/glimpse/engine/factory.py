@@ -1,18 +1,55 @@
-"""Pick the engine the settings ask for."""
+"""Pick the engine the settings ask for, wired to the metrics."""
 
 from __future__ import annotations
 
 from glimpse.config import EngineSettings
 from glimpse.engine.protocol import Engine
+from glimpse.errors import ModelLoadError
+from glimpse.obs import Metrics
 
-__all__ = ["build_engine"]
+__all__ = ["PrometheusUpstreamMetrics", "build_engine"]
+
+_NOT_ERRORS = frozenset({"2xx", "4xx", "cancelled"})
 
 
-def build_engine(settings: EngineSettings) -> Engine:
+class PrometheusUpstreamMetrics:
+    """The upstream engine's metrics hook, recorded in Glimpse's Prometheus registry."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def on_request(self, upstream: str, outcome: str, seconds: float) -> None:
+        self._metrics.upstream_requests.labels(upstream, outcome).inc()
+        if outcome not in _NOT_ERRORS:
+            self._metrics.upstream_errors.labels(upstream, outcome).inc()
+        self._metrics.upstream_latency.labels(upstream).observe(seconds)
+
+    def set_in_flight(self, upstream: str, count: int) -> None:
+        self._metrics.upstream_in_flight.labels(upstream).set(count)
+
+    def set_healthy(self, upstream: str, healthy: bool) -> None:
+        self._metrics.upstream_healthy.labels(upstream).set(int(healthy))
+
+
+def build_engine(settings: EngineSettings, metrics: Metrics | None = None) -> Engine:
     if settings.kind == "upstream":
-        from glimpse.engine.upstream import UpstreamEngine
+        from glimpse.engine.upstream import UpstreamEngine, UpstreamOptions
 
-        return UpstreamEngine(settings)
+        options = UpstreamOptions(
+            connect_timeout_s=settings.upstream_connect_timeout_s,
+            read_timeout_s=settings.upstream_read_timeout_s,
+            health_interval_s=settings.upstream_health_interval_s,
+            failure_threshold=settings.upstream_failure_threshold,
+            cooldown_s=settings.upstream_cooldown_s,
+        )
+        hook = PrometheusUpstreamMetrics(metrics) if metrics is not None else None
+        try:
+            return UpstreamEngine(settings, metrics_hook=hook, options=options)
+        except ValueError as exc:
+            raise ModelLoadError(
+                f"The upstream engine cannot start: {exc}. Pass one or more --upstream URLs of "
+                "OpenAI-compatible servers, e.g. --upstream http://10.0.0.5:8000."
+            ) from exc
     from glimpse.engine.hf import HFEngine
 
     return HFEngine(settings)
