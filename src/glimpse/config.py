@@ -163,7 +163,26 @@ class GuardSettings(BaseModel):
     rate_limit_per_minute: int = Field(
         0, ge=0, description="Requests per minute per client; 0 means unlimited."
     )
-    audit_log_path: Path | None = Field(None, description="Append-only JSON-lines audit log file.")
+    token_quota_per_day: int = Field(
+        0, ge=0, description="Output + prompt tokens per client per UTC day; 0 means unlimited."
+    )
+    audit_store: Literal["sqlite", "jsonl", "off"] = Field(
+        "sqlite", description="Where audit records go besides the glimpse.audit logger."
+    )
+    audit_log_path: Path | None = Field(
+        None, description="Audit store file (default: ~/.cache/glimpse/audit.sqlite3 or audit.jsonl)."
+    )
+    audit_retention_days: int = Field(30, ge=1, description="Audit records older than this are deleted.")
+    audit_question: Literal["hash", "truncated", "full"] = Field(
+        "hash", description="How the question is recorded: length + SHA-256 only, truncated, or in full."
+    )
+    audit_truncate_chars: int = Field(200, ge=1, description="Characters kept when audit_question is 'truncated'.")
+    cors_origins: tuple[str, ...] = Field(
+        (), description="Origins allowed to call the API from a browser (CORS); empty: same origin only."
+    )
+    metrics_api_key: SecretStr | None = Field(
+        None, description="If set, /metrics requires this bearer key (for scrapers)."
+    )
 
 
 class CacheSettings(BaseModel):

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from pathlib import Path
 
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -17,7 +19,7 @@ from glimpse import __version__
 from glimpse.api import health
 from glimpse.api.errors import install_error_handlers
 from glimpse.api.infer.router import router as infer_router
-from glimpse.api.middleware import BodyLimitMiddleware, RequestObserverMiddleware
+from glimpse.api.middleware import BodyLimitMiddleware, RequestObserverMiddleware, SecurityHeadersMiddleware
 from glimpse.api.openai.router import router as openai_router
 from glimpse.api.service import GenerationService
 from glimpse.api.state import AppState, StateDep
@@ -25,7 +27,7 @@ from glimpse.cache import MemoryCache, RedisCache, ResultCache
 from glimpse.config import CacheSettings, Settings
 from glimpse.engine.factory import build_engine
 from glimpse.engine.protocol import Engine
-from glimpse.errors import GlimpseError
+from glimpse.errors import GlimpseError, Unauthorized
 from glimpse.guard import AuditLog, Authenticator, PromptGuard, RateLimiter, RedisRateLimitStore, is_loopback
 from glimpse.media import ImageIntake, create_fetch_client
 from glimpse.obs import Metrics
@@ -87,7 +89,12 @@ def _mount_web(app: FastAPI) -> None:
 
 def _add_metrics_route(app: FastAPI) -> None:
     @app.get("/metrics", include_in_schema=False)
-    async def metrics(state: StateDep) -> Response:
+    async def metrics(request: Request, state: StateDep) -> Response:
+        required = state.settings.guard.metrics_api_key
+        if required is not None:
+            given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+            if not hmac.compare_digest(given.encode(), required.get_secret_value().encode()):
+                raise Unauthorized("/metrics needs the metrics key: Authorization: Bearer <key>.")
         health = state.engine.health()
         state.metrics.queue_depth.set(health.queue_depth)
         state.metrics.running_requests.set(health.running)
@@ -163,5 +170,15 @@ def create_app(
     if settings.server.web_enabled:
         _mount_web(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_body_bytes)
+    app.add_middleware(SecurityHeadersMiddleware)
+    if settings.guard.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.guard.cors_origins),
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "X-API-Key", "X-Request-ID", "Cache-Control"],
+            expose_headers=["X-Request-ID", "X-Glimpse-Cache", "Retry-After"],
+            max_age=600,
+        )
     app.add_middleware(RequestObserverMiddleware, metrics=metrics, audit=audit)
     return app

@@ -13,7 +13,7 @@ from glimpse.errors import RequestTooLarge
 from glimpse.guard import AuditLog
 from glimpse.obs import Metrics, request_id_context, sanitize_request_id
 
-__all__ = ["BodyLimitMiddleware", "RequestObserverMiddleware"]
+__all__ = ["BodyLimitMiddleware", "RequestObserverMiddleware", "SecurityHeadersMiddleware"]
 
 logger = logging.getLogger("glimpse.access")
 
@@ -103,3 +103,37 @@ class BodyLimitMiddleware:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+#: The web page loads only its own files; images are previewed from data: and blob: URLs.
+_CSP = (
+    "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'"
+)
+_SECURITY_HEADERS = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+    (b"content-security-policy", _CSP.encode()),
+)
+
+
+class SecurityHeadersMiddleware:
+    """Headers that keep the page (and any answer it renders) from being framed or sniffed."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", [])}
+                extra = [(k, v) for k, v in _SECURITY_HEADERS if k not in present]
+                message["headers"] = [*message.get("headers", []), *extra]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

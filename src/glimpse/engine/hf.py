@@ -148,7 +148,7 @@ class HFEngine:
         worker = self._worker
         if worker is None or worker.dead is not None:
             raise EngineDead("The model engine has stopped; this server cannot answer any more.")
-        if self._admitted >= self._settings.max_queue + 1:
+        if self._admitted >= self._settings.max_queue + self._settings.max_batch_size:
             raise Overloaded(
                 f"The server is at capacity ({self._admitted} requests admitted); retry shortly.",
                 retry_after=_RETRY_AFTER_S,
