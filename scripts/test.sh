@@ -5,8 +5,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-.venv/bin/ruff check src tests scripts || exit 1
-.venv/bin/ruff format --check src tests scripts || exit 1
+.venv/bin/ruff check src tests scripts bench || exit 1
+.venv/bin/ruff format --check src tests scripts bench || exit 1
 .venv/bin/mypy || exit 1
 
 .venv/bin/python -m pytest "$@"

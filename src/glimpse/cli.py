@@ -71,6 +71,11 @@ def _add_ask(sub: Any) -> None:
 def _add_make_tiny(sub: Any) -> None:
     p = sub.add_parser("make-tiny-model", help="Write the tiny random-weight GLM-4.6V test model.")
     p.add_argument("directory", type=Path, help="Directory to write (replaced if it exists).")
+    p.add_argument(
+        "--full-size",
+        action="store_true",
+        help="Real GLM-4.6V-Flash sizes (about 10 B parameters, 20 GB), random weights: for GPU benchmarks.",
+    )
     p.set_defaults(func=_make_tiny)
 
 
@@ -216,8 +221,12 @@ def _ask(args: argparse.Namespace) -> int:
 
 
 def _make_tiny(args: argparse.Namespace) -> int:
-    from glimpse.engine.tiny_model import build_tiny_model
+    from glimpse.engine.tiny_model import build_full_size_model, build_tiny_model
 
+    if args.full_size:
+        directory = build_full_size_model(args.directory)
+        _console.print(f"Wrote a full-size random-weight GLM-4.6V-Flash model to {directory}")
+        return 0
     directory = build_tiny_model(args.directory)
     _console.print(f"Wrote the tiny random-weight GLM-4.6V model to {directory}")
     return 0

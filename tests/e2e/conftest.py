@@ -36,3 +36,13 @@ def tiny_server(
     log = tmp_path_factory.mktemp("logs") / "tiny_server.log"
     with GlimpseServer(["--model", "tiny"], env=tiny_env, log_path=log) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_model_dir: Path) -> tuple[object, object]:
+    """The tiny model and processor loaded directly, to compare answers with ``model.generate``."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir).eval()
+    return model, processor

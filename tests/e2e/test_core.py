@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import base64
-import io
 import subprocess
 import sys
 
 import httpx
 import openai
 import pytest
-import torch
-from PIL import Image
+from tests.e2e.reference import generate_directly
 from tests.images import png_bytes
-from transformers import AutoModelForImageTextToText, AutoProcessor
 
 QUESTION = "这张图片里有什么？ What is in the picture?"
 
@@ -32,32 +29,12 @@ def _vision_messages(png: bytes, question: str = QUESTION):
     ]
 
 
-@pytest.fixture(scope="module")
-def reference(tiny_model_dir):
-    """The model and processor loaded directly, to compare against ``model.generate``."""
-    processor = AutoProcessor.from_pretrained(tiny_model_dir)
-    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir).eval()
-    return model, processor
-
-
-def _generate_directly(reference, png: bytes, question: str, max_new_tokens: int) -> tuple[str, int]:
-    model, processor = reference
-    image = Image.open(io.BytesIO(png)).convert("RGB")
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    inputs = processor(text=[prompt], images=[image], return_tensors="pt")
-    with torch.inference_mode():
-        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    new_tokens = output[0, inputs["input_ids"].shape[1] :]
-    return processor.decode(new_tokens, skip_special_tokens=True), int(new_tokens.shape[0])
-
-
 @pytest.mark.parametrize(
     ("size", "colour", "max_tokens"), [((96, 64), (200, 40, 40), 24), ((300, 200), (20, 90, 250), 40)]
 )
 def test_greedy_answer_over_http_equals_model_generate(tiny_server, reference, size, colour, max_tokens):
     png = png_bytes(size, colour)
-    expected_text, expected_count = _generate_directly(reference, png, QUESTION, max_tokens)
+    expected_text, expected_count = generate_directly(reference, png, QUESTION, max_tokens)
     response = _client(tiny_server).chat.completions.create(
         model="tiny", messages=_vision_messages(png), max_tokens=max_tokens, temperature=0
     )
@@ -95,7 +72,7 @@ def test_infer_client_shape_is_unchanged(tiny_server, reference):
     payload = {"image": base64.b64encode(png).decode(), "text": "What is this?", "max_new_tokens": 16}
     response = httpx.post(f"{tiny_server.base_url}/infer", json=payload, timeout=120)
     assert response.status_code == 200
-    expected, _ = _generate_directly(reference, png, "What is this?", 16)
+    expected, _ = generate_directly(reference, png, "What is this?", 16)
     assert response.json() == {"response": expected}
 
 
@@ -109,7 +86,7 @@ def test_analyze_upload_and_stop_strings(tiny_server, reference):
     )
     assert response.status_code == 200
     full = response.json()["response"]
-    expected, _ = _generate_directly(reference, png, "What is this?", 16)
+    expected, _ = generate_directly(reference, png, "What is this?", 16)
     assert full == expected
     stop = full[len(full) // 2 : len(full) // 2 + 2]
     cut = _client(tiny_server).chat.completions.create(
@@ -123,7 +100,7 @@ def test_glimpse_ask_prints_the_answer(tiny_server, tmp_path, reference):
     png = png_bytes((80, 80), (120, 120, 0))
     path = tmp_path / "img.png"
     path.write_bytes(png)
-    expected, _ = _generate_directly(reference, png, "Describe it", 12)
+    expected, _ = generate_directly(reference, png, "Describe it", 12)
     for extra in ([], ["--stream"]):
         done = subprocess.run(
             [

@@ -128,7 +128,15 @@ IMAGE_URL = _image_data_url()
 
 
 def _client(base_url: str) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=120.0)
+    # no-cache: identical greedy questions would otherwise be answered by the gateway's result
+    # cache, and no request would reach the nodes this test stops and restarts.
+    return openai.AsyncOpenAI(
+        base_url=f"{base_url}/v1",
+        api_key="unused",
+        max_retries=0,
+        timeout=120.0,
+        default_headers={"Cache-Control": "no-cache"},
+    )
 
 
 async def _model(client: openai.AsyncOpenAI) -> str:

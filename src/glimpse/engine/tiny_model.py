@@ -154,7 +154,19 @@ def _build_tokenizer() -> Any:
     return tokenizer
 
 
-def _model_config(tokenizer: Any) -> Any:
+#: GLM-4.6V-Flash's real text rope settings (the default ``Glm46VConfig`` sizes are the real ones).
+_FULL_TEXT_CONFIG = {
+    "vocab_size": 151552,
+    "rope_parameters": {
+        "rope_type": "default",
+        "rope_theta": 10000.0,
+        "mrope_section": [8, 12, 12],
+        "partial_rotary_factor": 0.5,
+    },
+}
+
+
+def _model_config(tokenizer: Any, full_size: bool = False) -> Any:
     from transformers import Glm46VConfig
 
     def tid(token: str) -> int:
@@ -162,9 +174,10 @@ def _model_config(tokenizer: Any) -> Any:
 
     vocab_size = len(tokenizer)
     eos = [tid("<|endoftext|>"), tid("<|user|>"), tid("<|observation|>")]
+    text = _FULL_TEXT_CONFIG if full_size else {**_TEXT_CONFIG, "vocab_size": vocab_size}
     return Glm46VConfig(
-        text_config={**_TEXT_CONFIG, "vocab_size": vocab_size, "eos_token_id": eos, "pad_token_id": eos[0]},
-        vision_config=_VISION_CONFIG,
+        text_config={**text, "eos_token_id": eos, "pad_token_id": eos[0]},
+        vision_config={} if full_size else _VISION_CONFIG,
         image_token_id=tid("<|image|>"),
         video_token_id=tid("<|video|>"),
         image_start_token_id=tid("<|begin_of_image|>"),
@@ -178,6 +191,20 @@ def _model_config(tokenizer: Any) -> Any:
 
 def build_tiny_model(directory: Path) -> Path:
     """Write the tiny checkpoint to ``directory`` (replaced if present) and return it."""
+    return _build(Path(directory), full_size=False)
+
+
+def build_full_size_model(directory: Path, device: str = "auto") -> Path:
+    """Write a checkpoint of the real GLM-4.6V-Flash sizes (about 10 B parameters) with random weights.
+
+    For GPU benchmarks: weight values do not change speed, so this measures the cost
+    of serving the real model, through the same loading code. About 20 GB on disk
+    (bfloat16); built on the GPU when there is one.
+    """
+    return _build(Path(directory), full_size=True, device=device)
+
+
+def _build(directory: Path, *, full_size: bool, device: str = "cpu") -> Path:
     import torch
     from transformers import (
         GenerationConfig,
@@ -188,16 +215,30 @@ def build_tiny_model(directory: Path) -> Path:
     )
 
     tokenizer = _build_tokenizer()
-    config = _model_config(tokenizer)
+    config = _model_config(tokenizer, full_size)
     torch.manual_seed(_SEED)
-    model = Glm46VForConditionalGeneration(config).eval()
-    # The default init leaves many weights near zero; wider weights make
-    # greedy answers vary with the image and the question, which tests rely on.
-    with torch.no_grad():
-        generator = torch.Generator().manual_seed(_SEED)
-        for param in model.parameters():
-            if param.dim() >= 2:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
+    if full_size:
+        target = (
+            "cuda"
+            if device == "auto" and torch.cuda.is_available()
+            else ("cpu" if device == "auto" else device)
+        )
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(torch.bfloat16)
+        try:
+            with torch.device(target):
+                model = Glm46VForConditionalGeneration(config).eval()
+        finally:
+            torch.set_default_dtype(previous)
+    else:
+        model = Glm46VForConditionalGeneration(config).eval()
+        # The default init leaves many weights near zero; wider weights make
+        # greedy answers vary with the image and the question, which tests rely on.
+        with torch.no_grad():
+            generator = torch.Generator().manual_seed(_SEED)
+            for param in model.parameters():
+                if param.dim() >= 2:
+                    param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
     model.generation_config = GenerationConfig(
         eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id, do_sample=False
     )
@@ -207,16 +248,14 @@ def build_tiny_model(directory: Path) -> Path:
         video_processor=Glm46VVideoProcessor(),
         chat_template=CHAT_TEMPLATE,
     )
-    directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     # Write next to the target and rename, so a half-built model is never loaded.
     staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=directory.parent))
     try:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
-        (staging / "GLIMPSE_TINY_MODEL.json").write_text(
-            json.dumps({"warning": "random weights: answers are meaningless", "seed": _SEED}) + "\n"
-        )
+        note = {"warning": "random weights: answers are meaningless", "seed": _SEED, "full_size": full_size}
+        (staging / "GLIMPSE_TINY_MODEL.json").write_text(json.dumps(note) + "\n")
         if directory.exists():
             shutil.rmtree(directory)
         staging.rename(directory)

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Every GPU check of Glimpse in ONE call on a lent GPU machine (see README, "GPU benchmark").
+#
+# Prepare on the development machine (the GPU machine reaches no registry, and ../shared does not travel):
+#   ../shared/bench/gpu_wheels.sh .gpu-wheels pyjwt cryptography && cp ../shared/bench/hf_baseline.py bench/hf_baseline.py
+# Then run on the GPU, carrying .gpu-wheels:   bash bench/gpu_check.sh
+#
+# It (1) runs the plain-generate() baseline, (2) builds the real-size random-weight GLM-4.6V-Flash
+# checkpoint, (3) serves it with Glimpse on the GPU, (4) checks a 1024x1024 request answers and that
+# greedy batched answers equal single-request generate() on the GPU, (5) runs `glimpse bench` for
+# 1024^2/128 tokens and 448^2/64 tokens at several concurrency levels, and (6) prints the ratios.
+set -uo pipefail
+OUT=${OUT:-/tmp/glimpse-gpu-out}; mkdir -p "$OUT"
+MODEL_DIR=${MODEL_DIR:-/tmp/glm46v-flash-random}
+PORT=${PORT:-8080}
+LEVELS=${LEVELS:-1,8,32,64}
+export PYTHONPATH=src HF_HUB_OFFLINE=1
+py=python3
+
+$py -m pip install -q --no-index --find-links .gpu-wheels fastapi uvicorn pydantic-settings python-multipart redis pyjwt 2>&1 | tail -2
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+
+echo "== 1. baseline: plain generate() ==" | tee -a "$OUT/summary.txt"
+baseline=bench/hf_baseline.py; [ -f "$baseline" ] || baseline=shared/bench/hf_baseline.py
+$py "$baseline" --batches 1,8,32,64 --new 128 --side 1024 --reps 1 | tee "$OUT/baseline.jsonl"
+
+echo "== 2. build the full-size random-weight checkpoint ==" | tee -a "$OUT/summary.txt"
+t0=$(date +%s); $py -m glimpse make-tiny-model "$MODEL_DIR" --full-size; echo "build_s=$(( $(date +%s) - t0 ))" | tee -a "$OUT/summary.txt"
+
+echo "== 3. serve it ==" | tee -a "$OUT/summary.txt"
+t0=$(date +%s)
+GLIMPSE_ENGINE__MAX_BATCH_SIZE=${MAX_BATCH:-64} GLIMPSE_ENGINE__MAX_SEQ_LEN=${MAX_SEQ:-2048} GLIMPSE_CACHE__ENABLED=false \
+  $py -m glimpse serve --model "$MODEL_DIR" --device cuda --port "$PORT" > "$OUT/serve.log" 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null; wait $server 2>/dev/null' EXIT
+until curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null; do
+  kill -0 $server 2>/dev/null || { tail -50 "$OUT/serve.log"; exit 1; }; sleep 2
+done
+echo "ready_s=$(( $(date +%s) - t0 ))" | tee -a "$OUT/summary.txt"
+nvidia-smi --query-gpu=memory.used --format=csv | tee -a "$OUT/summary.txt"
+
+echo "== 4. one 1024x1024 request, and greedy equality on the GPU ==" | tee -a "$OUT/summary.txt"
+$py bench/gpu_correctness.py --url "http://127.0.0.1:$PORT" --model-dir "$MODEL_DIR" | tee -a "$OUT/summary.txt"
+
+echo "== 5. glimpse bench ==" | tee -a "$OUT/summary.txt"
+$py -m glimpse bench --url "http://127.0.0.1:$PORT" --concurrency "$LEVELS" --num-requests 64 --warmup 4 \
+  --image-size 1024 --max-tokens 128 --ignore-eos --json "$OUT/bench_1024.json" | tail -20
+$py -m glimpse bench --url "http://127.0.0.1:$PORT" --concurrency "$LEVELS" --num-requests 64 --warmup 4 \
+  --image-size 448 --max-tokens 64 --ignore-eos --json "$OUT/bench_448.json" | tail -20
+
+echo "== 6. ratios ==" | tee -a "$OUT/summary.txt"
+$py bench/gpu_report.py "$OUT/baseline.jsonl" "$OUT/bench_1024.json" | tee -a "$OUT/summary.txt"
