@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
@@ -183,6 +183,13 @@ class GuardSettings(BaseModel):
     metrics_api_key: SecretStr | None = Field(
         None, description="If set, /metrics requires this bearer key (for scrapers)."
     )
+
+    @field_validator("metrics_api_key", "jwt_secret")
+    @classmethod
+    def _no_empty_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("must not be empty (leave it unset instead)")
+        return value
 
 
 class CacheSettings(BaseModel):
