@@ -176,7 +176,9 @@ class GuardSettings(BaseModel):
     audit_question: Literal["hash", "truncated", "full"] = Field(
         "hash", description="How the question is recorded: length + SHA-256 only, truncated, or in full."
     )
-    audit_truncate_chars: int = Field(200, ge=1, description="Characters kept when audit_question is 'truncated'.")
+    audit_truncate_chars: int = Field(
+        200, ge=1, description="Characters kept when audit_question is 'truncated'."
+    )
     cors_origins: tuple[str, ...] = Field(
         (), description="Origins allowed to call the API from a browser (CORS); empty: same origin only."
     )
