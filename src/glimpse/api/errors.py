@@ -56,6 +56,9 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 
 async def _on_glimpse_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, GlimpseError)
+    state = getattr(request.app.state, "glimpse", None)
+    if state is not None:  # every refusal counted by its stable code (a bounded label set)
+        state.metrics.observe_rejected(exc.code)
     if int(exc.status_code) >= 500:
         logger.error("request failed: %s", exc.message, exc_info=exc.__cause__ is not None)
     return error_response(exc)

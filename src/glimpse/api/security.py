@@ -13,7 +13,7 @@ from fastapi import Request
 
 from glimpse.api.state import StateDep
 from glimpse.engine.protocol import GenerationRequest
-from glimpse.errors import PromptRejected, RateLimited
+from glimpse.errors import PromptRejected
 from glimpse.guard import REFUSAL_MESSAGE, AuditLog, AuditRecord, GuardVerdict
 
 __all__ = ["authorize", "record_audit", "screen_prompt"]
@@ -27,11 +27,7 @@ async def authorize(request: Request, state: StateDep) -> None:
     )
     request.state.principal = principal
     request.state.client_host = client_host
-    try:
-        await state.limiter.check(principal)
-    except RateLimited:
-        state.metrics.observe_rejected("rate_limited")
-        raise
+    await state.limiter.check(principal)
 
 
 async def screen_prompt(request: Request, state: StateDep, gen: GenerationRequest) -> GuardVerdict:
@@ -47,7 +43,6 @@ async def screen_prompt(request: Request, state: StateDep, gen: GenerationReques
     if mode != "off":
         state.metrics.observe_guard("flagged" if verdict.flagged else "clean")
     if verdict.flagged and mode == "block":
-        state.metrics.observe_rejected("prompt_guard")
         raise PromptRejected(REFUSAL_MESSAGE)
     return verdict
 
