@@ -84,6 +84,12 @@ def _add_settings(sub: Any) -> None:
     p.set_defaults(func=_settings_table)
 
 
+def _add_audit(sub: Any) -> None:
+    from glimpse.guard.audit_cli import register_audit
+
+    register_audit(sub, Settings)
+
+
 def _add_client_commands(sub: Any) -> None:
     try:
         from glimpse.client import register_batch, register_bench
@@ -99,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"glimpse {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_serve, _add_ask, _add_make_tiny, _add_settings, _add_client_commands):
+    for add in (_add_serve, _add_ask, _add_make_tiny, _add_settings, _add_audit, _add_client_commands):
         add(sub)
     return parser
 

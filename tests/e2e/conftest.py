@@ -24,8 +24,12 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_env(tiny_model_dir: Path) -> dict[str, str]:
-    return {"GLIMPSE_ENGINE__TINY_MODEL_DIR": str(tiny_model_dir), "GLIMPSE_OBS__LOG_LEVEL": "INFO"}
+def tiny_env(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return {
+        "GLIMPSE_ENGINE__TINY_MODEL_DIR": str(tiny_model_dir),
+        "GLIMPSE_OBS__LOG_LEVEL": "INFO",
+        "GLIMPSE_GUARD__AUDIT_LOG_PATH": str(tmp_path_factory.mktemp("audit") / "audit.sqlite3"),
+    }
 
 
 @pytest.fixture(scope="session")

@@ -91,3 +91,39 @@ async def test_flag_mode_answers_and_audit_records_without_prompt_text(make_clie
     assert record["client_id"] == "key:env-1"
     assert record["prompt_chars"] == len(secret_prompt)
     assert record["status"] == 200
+
+
+async def test_daily_token_quota_refuses_once_spent(make_client):
+    settings = Settings(guard=GuardSettings(token_quota_per_day=12))
+    async with make_client(FakeEngine(), settings) as client:
+        codes = [(await client.post("/infer", json={"image": png_b64(), "text": f"q{i}"})) for i in range(3)]
+    assert [r.status_code for r in codes] == [200, 200, 429]  # each answer costs 7 + 3 tokens
+    assert codes[2].json()["error"]["code"] == "rate_limited"
+    assert int(codes[2].headers["retry-after"]) > 0
+
+
+async def test_every_api_request_lands_in_the_sqlite_audit_store(make_client, tmp_path):
+    from glimpse.guard.audit_query import AuditReader
+
+    path = tmp_path / "audit-store.sqlite3"
+    settings = Settings(guard=GuardSettings(audit_log_path=path, api_keys=(SecretStr(KEY),)))
+    async with make_client(FakeEngine(), settings) as client:
+        ok = await client.post(
+            "/infer", json={"image": png_b64(), "text": "secret question"}, headers={"X-API-Key": KEY}
+        )
+        streamed = await client.post(
+            "/v1/chat/completions", json={**_chat("q"), "stream": True}, headers={"X-API-Key": KEY}
+        )
+        refused = await client.post("/infer", json={"image": png_b64(), "text": "q"})
+    assert (ok.status_code, streamed.status_code, refused.status_code) == (200, 200, 401)
+    with AuditReader(path) as reader:
+        rows = reader.tail(10)
+    assert len(rows) == 3
+    refused_row = next(row for row in rows if row["status"] == 401)
+    assert refused_row["client_id"].startswith("ip:")
+    assert refused_row["auth_method"] == "none"
+    by_route = {row["route"]: row for row in rows if row["status"] == 200}
+    assert by_route["/infer"]["status"] == 200
+    assert by_route["/infer"]["tokens_out"] == 3
+    assert by_route["/v1/chat/completions"]["tokens_out"] == 3  # counted at the end of the stream
+    assert "secret question" not in path.read_bytes().decode(errors="replace")

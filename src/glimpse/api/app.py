@@ -28,7 +28,16 @@ from glimpse.config import CacheSettings, Settings
 from glimpse.engine.factory import build_engine
 from glimpse.engine.protocol import Engine
 from glimpse.errors import GlimpseError, Unauthorized
-from glimpse.guard import AuditLog, Authenticator, PromptGuard, RateLimiter, RedisRateLimitStore, is_loopback
+from glimpse.guard import (
+    AuditLog,
+    Authenticator,
+    PromptGuard,
+    QuotaTracker,
+    RateLimiter,
+    RedisQuotaStore,
+    RedisRateLimitStore,
+    is_loopback,
+)
 from glimpse.media import ImageIntake, create_fetch_client
 from glimpse.obs import Metrics
 
@@ -109,7 +118,9 @@ def create_app(
 ) -> FastAPI:
     """The whole service. ``engine`` may be injected (tests); otherwise built from settings."""
     metrics = Metrics()
-    audit = AuditLog(settings.guard)
+    audit = AuditLog(
+        settings.guard, on_failure=lambda reason: metrics.audit_failures.labels(reason=reason).inc()
+    )
     auth = Authenticator(settings.guard)
     guard = PromptGuard(settings.guard)
     if not auth.auth_enabled and not is_loopback(settings.server.host):
@@ -126,7 +137,14 @@ def create_app(
         cache = _result_cache(settings.cache, metrics)
         fetch_client = create_fetch_client(settings.media)
         redis_url = settings.cache.redis_url
-        limit_store = RedisRateLimitStore.from_url(redis_url.get_secret_value()) if redis_url else None
+        limit_store, quota_store = None, None
+        if redis_url is not None:
+            limit_store = RedisRateLimitStore.from_url(
+                redis_url.get_secret_value(), on_failure=metrics.store_failures.labels(store="rate_limit").inc
+            )
+            quota_store = RedisQuotaStore.from_url(
+                redis_url.get_secret_value(), on_failure=metrics.store_failures.labels(store="quota").inc
+            )
         state = AppState(
             settings=settings,
             engine=used_engine,
@@ -135,6 +153,7 @@ def create_app(
             service=GenerationService(used_engine, cache, settings.cache, metrics),
             auth=auth,
             limiter=RateLimiter(settings.guard, limit_store),
+            quota=QuotaTracker(settings.guard, quota_store),
             guard=guard,
             model_aliases=frozenset({used_engine.model_name, settings.engine.model}),
         )
@@ -151,8 +170,9 @@ def create_app(
             if cache is not None:
                 await cache.close()
             await fetch_client.aclose()
-            if limit_store is not None:
-                await limit_store.aclose()
+            for store in (limit_store, quota_store):
+                if store is not None:
+                    await store.aclose()
             await audit.aclose()
 
     app = FastAPI(

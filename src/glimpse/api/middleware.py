@@ -17,7 +17,8 @@ __all__ = ["BodyLimitMiddleware", "RequestObserverMiddleware", "SecurityHeadersM
 
 logger = logging.getLogger("glimpse.access")
 
-_QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
+_QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/health", "/metrics"})
+_PAGE_ROUTES = frozenset({"/", "/static"})
 
 
 def _route_template(scope: Scope) -> str | None:
@@ -61,7 +62,10 @@ class RequestObserverMiddleware:
                 elapsed = time.perf_counter() - started
                 route = _route_template(scope)
                 self.metrics.observe_request(route, status, elapsed)
-                record_audit(self.audit, scope["state"], route or "unmatched", status, elapsed)
+                if route not in _QUIET_ROUTES and route not in _PAGE_ROUTES:
+                    client = scope.get("client")
+                    host = client[0] if client else None
+                    record_audit(self.audit, scope["state"], host, route or "unmatched", status, elapsed)
                 if route not in _QUIET_ROUTES:
                     logger.info(
                         "request",

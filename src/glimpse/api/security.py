@@ -16,7 +16,7 @@ from glimpse.engine.protocol import GenerationRequest
 from glimpse.errors import PromptRejected
 from glimpse.guard import REFUSAL_MESSAGE, AuditLog, AuditRecord, GuardVerdict
 
-__all__ = ["authorize", "record_audit", "screen_prompt"]
+__all__ = ["authorize", "charge_tokens", "record_audit", "screen_prompt"]
 
 
 async def authorize(request: Request, state: StateDep) -> None:
@@ -26,8 +26,8 @@ async def authorize(request: Request, state: StateDep) -> None:
         request.headers.get("authorization"), request.headers.get("x-api-key"), client_host
     )
     request.state.principal = principal
-    request.state.client_host = client_host
     await state.limiter.check(principal)
+    await state.quota.check(principal)
 
 
 async def screen_prompt(request: Request, state: StateDep, gen: GenerationRequest) -> GuardVerdict:
@@ -37,6 +37,7 @@ async def screen_prompt(request: Request, state: StateDep, gen: GenerationReques
     request.state.audit = {
         "prompt_texts": texts,
         "image_sha256": tuple(image.sha256 for image in gen.images),
+        "image_dims": tuple(image.image.size for image in gen.images),
         "guard": verdict,
     }
     mode = state.settings.guard.prompt_guard
@@ -48,24 +49,37 @@ async def screen_prompt(request: Request, state: StateDep, gen: GenerationReques
 
 
 def record_audit(
-    audit: AuditLog, scope_state: dict[str, Any], route: str, status: int, latency_s: float
+    audit: AuditLog,
+    scope_state: dict[str, Any],
+    client_host: str | None,
+    route: str,
+    status: int,
+    latency_s: float,
 ) -> None:
-    """Write one audit record for an API request that got past authentication."""
+    """Write one audit record for an API request, refused ones (401, 413, ...) included."""
     principal = scope_state.get("principal")
-    if principal is None:
-        return
     details: dict[str, Any] = scope_state.get("audit") or {}
     audit.record(
         AuditRecord.build(
             request_id=str(scope_state.get("request_id", "")),
-            client_id=principal.client_id,
-            auth_method=principal.auth_method,
+            client_id=principal.client_id if principal else f"ip:{client_host}",
+            auth_method=principal.auth_method if principal else "none",
             route=route,
             status=status,
             latency_ms=latency_s * 1000,
-            client_host=scope_state.get("client_host"),
+            client_host=client_host,
             tokens_in=scope_state.get("tokens_in"),
             tokens_out=scope_state.get("tokens_out"),
             **details,
         )
     )
+
+
+async def charge_tokens(
+    request: Request, state: StateDep, prompt_tokens: int, completion_tokens: int
+) -> None:
+    """Count a finished request's tokens against its client's daily quota, and for the audit record."""
+    request.state.tokens_in, request.state.tokens_out = prompt_tokens, completion_tokens
+    principal = getattr(request.state, "principal", None)
+    if principal is not None:
+        await state.quota.consume(principal, prompt_tokens + completion_tokens)

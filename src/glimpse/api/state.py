@@ -11,7 +11,7 @@ from glimpse.api.service import GenerationService
 from glimpse.config import Settings
 from glimpse.engine.protocol import Engine
 from glimpse.errors import ModelNotFound, NotReady
-from glimpse.guard import Authenticator, PromptGuard, RateLimiter
+from glimpse.guard import Authenticator, PromptGuard, QuotaTracker, RateLimiter
 from glimpse.media import ImageIntake
 from glimpse.obs import Metrics
 
@@ -27,6 +27,7 @@ class AppState:
     service: GenerationService
     auth: Authenticator
     limiter: RateLimiter
+    quota: QuotaTracker
     guard: PromptGuard
     draining: bool = False
     load_error: str | None = None

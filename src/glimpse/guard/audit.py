@@ -1,11 +1,13 @@
 """One audit record per request: who, what route, what outcome, what it cost.
 
-Records carry hashes and sizes, never prompt text, images, keys or tokens, so
-the audit trail can be kept and shared without becoming a leak itself. Each
-record goes to the ``glimpse.audit`` logger and, when ``audit_log_path`` is set,
-is appended to that JSON-lines file by a background thread (a ``QueueListener``),
-so a slow disk never stalls the event loop. A failed write never fails the
-request: it is counted (``write_failures``) and logged once.
+Records carry hashes and sizes; the question itself only when the operator asks
+for it (``audit_question``: ``hash`` by default, ``truncated`` or ``full``), and
+never images, keys or tokens, so the audit trail can be kept and shared without
+becoming a leak itself. Each record goes to the ``glimpse.audit`` logger and to
+the configured store (SQLite by default, JSON lines, or none) through one
+background writer thread, so a slow or broken disk never stalls the event loop
+and never fails a request: failed writes and records dropped because the queue
+was full are counted and reported through ``on_failure``.
 """
 
 from __future__ import annotations
@@ -13,26 +15,40 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import queue
-import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from logging.handlers import QueueHandler, QueueListener
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio.to_thread
 
 from glimpse.config import GuardSettings
+from glimpse.guard.audit_store import AuditWriter, JsonlAuditStore, SqliteAuditStore
 from glimpse.guard.prompt import GuardVerdict
 
-__all__ = ["AUDIT_LOGGER", "AuditLog", "AuditRecord", "prompt_fingerprint"]
+__all__ = [
+    "AUDIT_LOGGER",
+    "AuditLog",
+    "AuditRecord",
+    "QuestionMode",
+    "default_audit_path",
+    "prompt_fingerprint",
+]
 
 AUDIT_LOGGER = "glimpse.audit"
 audit_logger = logging.getLogger(AUDIT_LOGGER)
 logger = logging.getLogger(__name__)
+
+QuestionMode = Literal["hash", "truncated", "full"]
+_DEFAULT_DIR = Path("~/.cache/glimpse")
+
+
+def default_audit_path(store: Literal["sqlite", "jsonl"]) -> Path:
+    """Where the store lives when ``audit_log_path`` is unset (a per-user cache dir)."""
+    name = "audit.sqlite3" if store == "sqlite" else "audit.jsonl"
+    return (_DEFAULT_DIR / name).expanduser()
 
 
 def prompt_fingerprint(texts: Sequence[str]) -> tuple[int, str]:
@@ -52,101 +68,124 @@ class AuditRecord:
     client_host: str | None = None
     image_sha256: tuple[str, ...] = ()
     image_bytes: tuple[int, ...] = ()
+    image_dims: tuple[tuple[int, int], ...] = ()  # (width, height) per image
     prompt_chars: int = 0
     prompt_sha256: str | None = None
     guard: GuardVerdict | None = None
     tokens_in: int | None = None
     tokens_out: int | None = None
     ts: float = field(default_factory=time.time)
+    # The prompt text, held only until the record is rendered under the configured
+    # question mode; kept out of repr so a stray log of the record cannot leak it.
+    question: str | None = field(default=None, repr=False)
 
     @classmethod
     def build(cls, *, prompt_texts: Sequence[str] = (), **fields: Any) -> AuditRecord:
-        """A record whose prompt fields are computed from ``prompt_texts`` (then dropped)."""
+        """A record whose prompt fields are computed from ``prompt_texts``."""
         chars, digest = prompt_fingerprint(prompt_texts)
-        return cls(prompt_chars=chars, prompt_sha256=digest if prompt_texts else None, **fields)
+        return cls(
+            prompt_chars=chars,
+            prompt_sha256=digest if prompt_texts else None,
+            question="\n".join(prompt_texts) if prompt_texts else None,
+            **fields,
+        )
 
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["ts"] = datetime.fromtimestamp(self.ts, UTC).isoformat(timespec="milliseconds")
-        data["image_sha256"] = list(self.image_sha256)
-        data["image_bytes"] = list(self.image_bytes)
-        verdict = data.pop("guard")
-        data["guard_flagged"] = bool(verdict and verdict["flagged"])
-        data["guard_rules"] = list(verdict["rule_ids"]) if verdict else []
-        data["latency_ms"] = round(self.latency_ms, 3)
-        return data
+    def to_json(self, question: QuestionMode = "hash", truncate_chars: int = 200) -> dict[str, Any]:
+        """The record as stored; the question appears only when ``question`` says so."""
+        return {
+            "ts": datetime.fromtimestamp(self.ts, UTC).isoformat(timespec="milliseconds"),
+            "request_id": self.request_id,
+            "client_id": self.client_id,
+            "auth_method": self.auth_method,
+            "client_host": self.client_host,
+            "route": self.route,
+            "status": self.status,
+            "latency_ms": round(self.latency_ms, 3),
+            "tokens_in": self.tokens_in,
+            "tokens_out": self.tokens_out,
+            "image_sha256": list(self.image_sha256),
+            "image_bytes": list(self.image_bytes),
+            "image_dims": [list(dims) for dims in self.image_dims],
+            "prompt_chars": self.prompt_chars,
+            "prompt_sha256": self.prompt_sha256,
+            "question": _question(self.question, question, truncate_chars),
+            "guard_flagged": bool(self.guard and self.guard.flagged),
+            "guard_rules": list(self.guard.rule_ids) if self.guard else [],
+        }
 
 
-class _CountingFileHandler(logging.FileHandler):
-    """Counts failed writes instead of printing a traceback to stderr."""
+def _question(text: str | None, mode: QuestionMode, truncate_chars: int) -> str | None:
+    if text is None or mode == "hash":
+        return None
+    if mode == "truncated" and len(text) > truncate_chars:
+        return text[:truncate_chars] + "…"
+    return text
 
-    def __init__(self, path: Path, on_error: Callable[[], None]) -> None:
-        super().__init__(path, mode="a", encoding="utf-8", delay=True)
-        self.setFormatter(logging.Formatter("%(message)s"))
-        self._on_error = on_error
 
-    def emit(self, record: logging.LogRecord) -> None:
-        # FileHandler opens the file (delay=True) outside emit's own error handling.
-        try:
-            super().emit(record)
-        except OSError:
-            self._on_error()
-
-    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
-        self._on_error()
+FailureHook = Callable[[str], None]
 
 
 class AuditLog:
-    """Writes audit records; ``close()`` at shutdown (or ``aclose`` from async code)."""
+    """The audit trail of one server; ``close()`` (or ``aclose()``) at shutdown flushes it.
 
-    def __init__(self, settings: GuardSettings, *, on_failure: Callable[[], None] | None = None) -> None:
-        self.write_failures = 0
+    ``on_failure(reason)`` is called once per record the store did not get, with
+    ``reason`` ``"write"`` (the store refused it; called on the writer thread, so
+    the hook must be thread-safe, as Prometheus counters are) or ``"dropped"``
+    (the queue was full or the log already closed), for the caller's metrics.
+    """
+
+    def __init__(
+        self,
+        settings: GuardSettings,
+        *,
+        on_failure: FailureHook | None = None,
+        clock: Callable[[], float] = time.time,
+        max_queue: int = 10_000,
+    ) -> None:
+        self._mode: QuestionMode = settings.audit_question
+        self._truncate = settings.audit_truncate_chars
         self._on_failure = on_failure
-        self._lock = threading.Lock()
-        self._warned = False
-        self._queue: queue.SimpleQueue[logging.LogRecord] | None = None
-        self._listener: QueueListener | None = None
-        self._handler: _CountingFileHandler | None = None
-        if settings.audit_log_path is not None:
-            self._queue = queue.SimpleQueue()
-            self._handler = _CountingFileHandler(settings.audit_log_path, self._write_failed)
-            self._listener = QueueListener(self._queue, self._handler)
-            self._listener.start()
-            self._enqueue = QueueHandler(self._queue)
+        self._writer: AuditWriter | None = None
+        self.path: Path | None = None
+        if settings.audit_store != "off":
+            self.path = settings.audit_log_path or default_audit_path(settings.audit_store)
+            store = (
+                SqliteAuditStore(self.path, retention_days=settings.audit_retention_days, clock=clock)
+                if settings.audit_store == "sqlite"
+                else JsonlAuditStore(self.path)
+            )
+            self._writer = AuditWriter(store, max_queue=max_queue, on_failure=on_failure)
+
+    @property
+    def write_failures(self) -> int:
+        """Records the store could not write (each one is still in the audit logger's output)."""
+        return self._writer.write_failures if self._writer else 0
+
+    @property
+    def dropped(self) -> int:
+        """Records never handed to the store because its queue was full or it was closed."""
+        return self._writer.dropped if self._writer else 0
 
     def record(self, record: AuditRecord) -> None:
-        """Emit one record; never blocks on the disk and never raises for I/O."""
-        payload = record.to_json()
+        """Log and enqueue one record; never blocks on the disk and never raises for I/O."""
+        payload = record.to_json(self._mode, self._truncate)
         line = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
         audit_logger.info("%s", line, extra={"audit": payload})
-        if self._queue is not None:
-            self._enqueue.handle(logging.makeLogRecord({"name": AUDIT_LOGGER, "msg": line, "levelno": 20}))
+        if self._writer is not None:
+            self._writer.put(record.ts, payload)
 
-    def _write_failed(self) -> None:
-        self.write_failures += 1
-        if self._on_failure is not None:
-            self._on_failure()
-        if not self._warned:
-            self._warned = True
-            logger.warning("cannot write the audit log file; records still go to the %s logger", AUDIT_LOGGER)
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Block until every record so far is written (or failed); False on timeout."""
+        return self._writer.flush(timeout) if self._writer else True
 
-    def flush(self) -> None:
-        """Block until every record so far is in the file (restarts the writer thread)."""
-        with self._lock:
-            if self._listener is None or self._handler is None:
-                return
-            self._listener.stop()
-            self._handler.flush()
-            self._listener.start()
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Write everything queued, then stop the writer; later records only reach the logger.
 
-    def close(self) -> None:
-        with self._lock:
-            if self._listener is None or self._handler is None:
-                return
-            self._listener.stop()
-            self._handler.close()
-            self._listener = None
-            self._queue = None
+        A store that is stuck past ``timeout`` seconds is abandoned (the records
+        still queued are counted as dropped) so shutdown cannot hang on a disk.
+        """
+        if self._writer is not None:
+            self._writer.close(timeout)
 
     async def aclose(self) -> None:
         await anyio.to_thread.run_sync(self.close)

@@ -33,6 +33,7 @@ class Principal:
     scopes: tuple[str, ...] = ()
     rate_limit_per_minute: int | None = None  # None: the server-wide default applies
     auth_method: AuthMethod = "anonymous"
+    token_quota_per_day: int | None = None  # None: the server-wide default applies
 
 
 def is_loopback(host: str) -> bool:
@@ -95,6 +96,7 @@ class Authenticator:
                 scopes=claims.scopes,
                 rate_limit_per_minute=claims.rate_limit_per_minute,
                 auth_method="jwt",
+                token_quota_per_day=claims.token_quota_per_day,
             )
         return self._api_key(credential)
 
@@ -113,4 +115,5 @@ class Authenticator:
             scopes=key.scopes,
             rate_limit_per_minute=key.rate_limit_per_minute,
             auth_method="api_key",
+            token_quota_per_day=key.token_quota_per_day,
         )

@@ -1,7 +1,7 @@
 """Create API keys: prints the key once and the hashed entry for the keys file.
 
     python -m glimpse.guard.keys new --name ci-bot [--expires-at 2026-01-01T00:00:00Z] \\
-        [--scopes infer,chat] [--rate-limit 60]
+        [--scopes infer,chat] [--rate-limit 60] [--token-quota 200000]
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ def _entry(name: str, digest: str, args: argparse.Namespace) -> dict[str, object
         entry["scopes"] = [scope for scope in args.scopes.split(",") if scope]
     if args.rate_limit is not None:
         entry["rate_limit_per_minute"] = args.rate_limit
+    if args.token_quota is not None:
+        entry["token_quota_per_day"] = args.token_quota
     return entry
 
 
@@ -37,6 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     new.add_argument("--expires-at", default=None, help="ISO 8601 time, e.g. 2026-01-01T00:00:00Z")
     new.add_argument("--scopes", default="", help="comma-separated scopes")
     new.add_argument("--rate-limit", type=int, default=None, help="requests per minute for this key")
+    new.add_argument("--token-quota", type=int, default=None, help="tokens per UTC day for this key")
     args = parser.parse_args(argv)
     key = generate_key()
     entry = _entry(args.name, hash_key(key), args)

@@ -45,6 +45,7 @@ class ApiKey:
     expires_at: datetime | None = None
     scopes: tuple[str, ...] = ()
     rate_limit_per_minute: int | None = None
+    token_quota_per_day: int | None = None
 
     def expired(self, now: float) -> bool:
         return self.expires_at is not None and self.expires_at.timestamp() <= now
@@ -58,6 +59,7 @@ class _KeyEntry(BaseModel):
     expires_at: datetime | None = None
     scopes: tuple[str, ...] = ()
     rate_limit_per_minute: int | None = Field(None, ge=0)
+    token_quota_per_day: int | None = Field(None, ge=0)
 
     @field_validator("sha256")
     @classmethod
@@ -90,7 +92,10 @@ def _read_file(path: Path) -> list[ApiKey]:
         entries = KEY_ENTRIES.validate_python(data)
     except ValidationError as exc:
         raise ValueError(f"invalid API keys file {path}: {exc}") from exc
-    return [ApiKey(e.name, e.sha256, e.expires_at, e.scopes, e.rate_limit_per_minute) for e in entries]
+    return [
+        ApiKey(e.name, e.sha256, e.expires_at, e.scopes, e.rate_limit_per_minute, e.token_quota_per_day)
+        for e in entries
+    ]
 
 
 class KeyStore:

@@ -21,12 +21,20 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from glimpse.config import GuardSettings
 from glimpse.errors import Unauthorized
 
-__all__ = ["LEEWAY_S", "RATE_LIMIT_CLAIM", "JwtVerifier", "TokenClaims", "looks_like_jwt"]
+__all__ = [
+    "LEEWAY_S",
+    "RATE_LIMIT_CLAIM",
+    "TOKEN_QUOTA_CLAIM",
+    "JwtVerifier",
+    "TokenClaims",
+    "looks_like_jwt",
+]
 
 logger = logging.getLogger(__name__)
 
 LEEWAY_S = 30
 RATE_LIMIT_CLAIM = "rate_limit_per_minute"
+TOKEN_QUOTA_CLAIM = "token_quota_per_day"  # noqa: S105 (a claim name, not a secret)
 _JWT_SHAPE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
 _SUPPORTED = frozenset(jwt.algorithms.get_default_algorithms()) - {"none"}
 _ERRORS: tuple[tuple[type[jwt.PyJWTError], str], ...] = (
@@ -49,6 +57,7 @@ class TokenClaims:
     name: str
     scopes: tuple[str, ...]
     rate_limit_per_minute: int | None
+    token_quota_per_day: int | None = None
 
 
 def _algorithms_for(key: Any) -> frozenset[str]:
@@ -146,13 +155,20 @@ def _to_claims(claims: dict[str, Any]) -> TokenClaims:
         scopes = tuple(raw_scopes)
     else:
         raise Unauthorized("The bearer token's scope claim is malformed.")
-    limit = claims.get(RATE_LIMIT_CLAIM)
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-        raise Unauthorized(f"The bearer token's '{RATE_LIMIT_CLAIM}' claim must be a non-negative integer.")
+    limit = _count_claim(claims, RATE_LIMIT_CLAIM)
+    quota = _count_claim(claims, TOKEN_QUOTA_CLAIM)
     name = claims.get("name")
     return TokenClaims(
         subject=subject,
         name=name if isinstance(name, str) and name else subject,
         scopes=scopes,
         rate_limit_per_minute=limit,
+        token_quota_per_day=quota,
     )
+
+
+def _count_claim(claims: dict[str, Any], name: str) -> int | None:
+    value = claims.get(name)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise Unauthorized(f"The bearer token's '{name}' claim must be a non-negative integer.")
+    return value

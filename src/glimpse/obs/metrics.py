@@ -100,6 +100,18 @@ class Metrics:
             buckets=_REQUEST_BUCKETS,
             registry=r,
         )
+        self.audit_failures = Counter(
+            "glimpse_audit_failures_total",
+            "Audit records that could not be written (write) or were dropped (dropped); never silent.",
+            ["reason"],
+            registry=r,
+        )
+        self.store_failures = Counter(
+            "glimpse_store_failures_total",
+            "Shared-store (Redis) failures of the rate limiter and quota tracker; requests went through.",
+            ["store"],
+            registry=r,
+        )
         self.rejected_requests = Counter(
             "glimpse_rejected_requests_total",
             "Requests refused before generation, by reason (overloaded, rate_limited, draining, ...).",

@@ -34,7 +34,9 @@ def clock():
 def auth(key, clock):
     keys = KeyStore(
         [
-            ApiKey("main", hash_key(key), scopes=("infer",), rate_limit_per_minute=3),
+            ApiKey(
+                "main", hash_key(key), scopes=("infer",), rate_limit_per_minute=3, token_quota_per_day=900
+            ),
             ApiKey("old", hash_key("old-key"), expires_at=None),
         ]
     )
@@ -58,7 +60,12 @@ def test_env_key_enables_auth():
 def test_api_key_as_bearer(auth, key, header):
     principal = auth.authenticate(header.format(k=key), None, "1.2.3.4")
     assert principal == Principal(
-        client_id="key:main", name="main", scopes=("infer",), rate_limit_per_minute=3, auth_method="api_key"
+        client_id="key:main",
+        name="main",
+        scopes=("infer",),
+        rate_limit_per_minute=3,
+        auth_method="api_key",
+        token_quota_per_day=900,
     )
 
 
@@ -105,13 +112,24 @@ def test_expired_key_is_refused(key):
 
 def test_jwt_bearer(auth):
     token = jwt.encode(
-        {"sub": "svc-42", "exp": int(time.time()) + 60, "scope": "chat", "rate_limit_per_minute": 9},
+        {
+            "sub": "svc-42",
+            "exp": int(time.time()) + 60,
+            "scope": "chat",
+            "rate_limit_per_minute": 9,
+            "token_quota_per_day": 0,
+        },
         SECRET,
         "HS256",
     )
     principal = auth.authenticate(f"Bearer {token}", None, "h")
     assert principal == Principal(
-        client_id="jwt:svc-42", name="svc-42", scopes=("chat",), rate_limit_per_minute=9, auth_method="jwt"
+        client_id="jwt:svc-42",
+        name="svc-42",
+        scopes=("chat",),
+        rate_limit_per_minute=9,
+        auth_method="jwt",
+        token_quota_per_day=0,
     )
 
 

@@ -7,7 +7,22 @@ from glimpse.guard.keystore import KeyStore
 
 
 def test_new_prints_the_key_once_and_an_entry_that_the_store_accepts(tmp_path, capsys):
-    assert main(["new", "--name", "ci-bot", "--scopes", "infer,chat", "--rate-limit", "30"]) == 0
+    assert (
+        main(
+            [
+                "new",
+                "--name",
+                "ci-bot",
+                "--scopes",
+                "infer,chat",
+                "--rate-limit",
+                "30",
+                "--token-quota",
+                "5000",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     key = re.search(r"key \(shown once, store it now\): (\S+)", out).group(1)
     entry = json.loads(out.split("entry for the keys file:\n", 1)[1])
@@ -19,3 +34,4 @@ def test_new_prints_the_key_once_and_an_entry_that_the_store_accepts(tmp_path, c
     assert found is not None
     assert found.name == "ci-bot"
     assert found.rate_limit_per_minute == 30
+    assert found.token_quota_per_day == 5000

@@ -39,6 +39,7 @@ def test_keys_file_entries_with_expiry_scopes_and_limits(tmp_path):
                     "expires_at": "2030-01-01T00:00:00",
                     "scopes": ["infer"],
                     "rate_limit_per_minute": 5,
+                    "token_quota_per_day": 100_000,
                 },
                 {"name": "other", "sha256": hash_key("something-else")},
             ]
@@ -54,6 +55,7 @@ def test_keys_file_entries_with_expiry_scopes_and_limits(tmp_path):
         expires_at=datetime(2030, 1, 1, tzinfo=UTC),  # naive times are UTC
         scopes=("infer",),
         rate_limit_per_minute=5,
+        token_quota_per_day=100_000,
     )
     assert not found.expired(datetime(2029, 12, 31, 23, 59, tzinfo=UTC).timestamp())
     assert found.expired(datetime(2030, 1, 1, tzinfo=UTC).timestamp())
@@ -71,6 +73,7 @@ def test_keys_file_may_wrap_the_list(tmp_path):
         ('[{"name": "a", "sha256": "abc"}]', "64 hexadecimal"),
         ('[{"name": "a", "sha256": "' + "0" * 64 + '", "plain": "k"}]', "invalid API keys file"),
         ('[{"name": "a", "sha256": "' + "0" * 64 + '", "rate_limit_per_minute": -1}]', "invalid"),
+        ('[{"name": "a", "sha256": "' + "0" * 64 + '", "token_quota_per_day": -5}]', "invalid"),
         ("{", "cannot read"),
     ],
 )

@@ -47,6 +47,9 @@ def test_hs256_token_maps_claims():
     assert claims.name == "Alice"
     assert claims.scopes == ("infer", "chat")
     assert claims.rate_limit_per_minute == 7
+    assert claims.token_quota_per_day is None
+    quota = _hs_verifier().verify(jwt.encode(_claims(token_quota_per_day=5000), SECRET, "HS256"))
+    assert quota.token_quota_per_day == 5000
 
 
 def test_wrong_secret_is_refused_without_echoing_the_token():
@@ -111,6 +114,8 @@ def test_audience_and_issuer_when_configured():
         ({"sub": ""}, "sub"),
         ({"scope": 5}, "scope"),
         ({"rate_limit_per_minute": "9"}, "rate_limit_per_minute"),
+        ({"token_quota_per_day": -1}, "token_quota_per_day"),
+        ({"token_quota_per_day": True}, "token_quota_per_day"),
     ],
 )
 def test_malformed_claims_are_refused(extra, message):

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
 
 from glimpse.api.generation import no_cache_requested, with_deadline
-from glimpse.api.security import authorize, screen_prompt
+from glimpse.api.security import authorize, charge_tokens, screen_prompt
 from glimpse.api.service import CACHE_HEADER
 from glimpse.api.state import AppState, StateDep
 from glimpse.media import DecodedImage
@@ -39,7 +39,7 @@ async def _answer(
     await screen_prompt(request, state, gen)
     result, cache = await state.service.collect(gen, request, no_cache=no_cache_requested(request))
     request.state.cache = cache.value
-    request.state.tokens_in, request.state.tokens_out = result.prompt_tokens, result.completion_tokens
+    await charge_tokens(request, state, result.prompt_tokens, result.completion_tokens)
     response.headers[CACHE_HEADER] = cache.value
     return InferResponse(response=result.text)
 

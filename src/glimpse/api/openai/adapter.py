@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from glimpse.api.generation import image_part, sampling_params
@@ -118,8 +118,12 @@ async def sse_stream(
     first: TokenEvent,
     rest: AsyncIterator[TokenEvent],
     include_usage: bool,
+    on_usage: Callable[[int, int], Awaitable[None]] | None = None,
 ) -> AsyncIterator[str]:
-    """OpenAI ``chat.completion.chunk`` events, ending with ``data: [DONE]``."""
+    """OpenAI ``chat.completion.chunk`` events, ending with ``data: [DONE]``.
+
+    ``on_usage(prompt_tokens, completion_tokens)`` runs once the answer is complete.
+    """
     created = int(time.time())
 
     def chunk(delta: dict[str, Any], finish: str | None, usage: dict[str, int] | None = None) -> str:
@@ -141,6 +145,8 @@ async def sse_stream(
             if event.text:
                 yield chunk({"content": event.text}, None)
             if event.finish_reason is not None:
+                if on_usage is not None:
+                    await on_usage(event.prompt_tokens, event.completion_tokens)
                 yield chunk({}, _finish(event.finish_reason))
                 if include_usage:
                     final = {

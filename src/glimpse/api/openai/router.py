@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from glimpse.api.generation import new_completion_id, no_cache_requested, with_deadline
-from glimpse.api.security import authorize, screen_prompt
+from glimpse.api.security import authorize, charge_tokens, screen_prompt
 from glimpse.api.service import CACHE_HEADER
 from glimpse.api.state import StateDep
 
@@ -45,13 +45,20 @@ async def chat_completions(
         request.state.cache = stream.cache.value
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(
-            sse_stream(completion_id, model, stream.first, stream.rest, include_usage),
+            sse_stream(
+                completion_id,
+                model,
+                stream.first,
+                stream.rest,
+                include_usage,
+                on_usage=lambda prompt, completion: charge_tokens(request, state, prompt, completion),
+            ),
             media_type="text/event-stream",
             headers={**_STREAM_HEADERS, CACHE_HEADER: stream.cache.value},
         )
     result, cache = await state.service.collect(gen, request, no_cache=no_cache)
     request.state.cache = cache.value
-    request.state.tokens_in, request.state.tokens_out = result.prompt_tokens, result.completion_tokens
+    await charge_tokens(request, state, result.prompt_tokens, result.completion_tokens)
     return JSONResponse(completion_body(completion_id, model, result), headers={CACHE_HEADER: cache.value})
 
 
