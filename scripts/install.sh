@@ -24,5 +24,7 @@ if [ -z "${GLIMPSE_TORCH:-}" ]; then
 fi
 # shellcheck disable=SC2086
 .venv/bin/python -m pip install --quiet $GLIMPSE_TORCH
-.venv/bin/python -m pip install --quiet -e ".[model,test]"
+# Pinned to the versions the suite was last run with (transformers' model internals move fast).
+.venv/bin/python -m pip install --quiet -c scripts/constraints.txt -e ".[model,test]"
+.venv/bin/python -m pip check >/dev/null || { .venv/bin/python -m pip check; exit 1; }
 .venv/bin/python -c 'import torch, torchvision, transformers; print(f"glimpse installed: torch {torch.__version__}, torchvision {torchvision.__version__}, transformers {transformers.__version__}, cuda={torch.cuda.is_available()}")'
