@@ -9,6 +9,8 @@ from typing import Any, TextIO
 
 import httpx
 
+from glimpse.sse import DONE, iter_sse_data
+
 __all__ = ["ask", "image_data_url"]
 
 _MIME = {b"\xff\xd8\xff": "image/jpeg", b"\x89PNG": "image/png", b"RIFF": "image/webp"}
@@ -70,10 +72,10 @@ def ask(
                 response.read()
                 out.write(f"error {response.status_code}: {_error_message(response)}\n")
                 return 1
-            for line in response.iter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                event = json.loads(line[6:])
+            for data in iter_sse_data(response.iter_lines()):
+                if data == DONE:
+                    break
+                event = json.loads(data)
                 if "error" in event:
                     out.write(f"\nerror: {event['error'].get('message')}\n")
                     return 1

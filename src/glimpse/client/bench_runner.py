@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import httpx
 
 from glimpse.client._http import error_message
-from glimpse.client._sse import DONE, aiter_sse_data
 from glimpse.client.bench_stats import RequestResult
+from glimpse.sse import DONE, aiter_sse_data
 
 __all__ = [
     "OnResult",

@@ -29,7 +29,7 @@ from glimpse.engine.upstream.breaker import CircuitBreaker
 from glimpse.engine.upstream.health import HealthChecker
 from glimpse.engine.upstream.hooks import NullUpstreamMetrics, Outcome, UpstreamMetrics
 from glimpse.engine.upstream.options import UpstreamOptions
-from glimpse.engine.upstream.wire import ImageEncoder, chat_body, error_for_status, iter_sse_data, parse_chunk
+from glimpse.engine.upstream.wire import ImageEncoder, chat_body, error_for_status, parse_chunk
 from glimpse.errors import (
     DeadlineExceeded,
     EngineRequestError,
@@ -40,6 +40,7 @@ from glimpse.errors import (
     UpstreamTimeout,
 )
 from glimpse.media.threads import BlockingRunner
+from glimpse.sse import aiter_sse_data
 
 __all__ = ["UpstreamEngine"]
 
@@ -337,7 +338,7 @@ class UpstreamEngine:
     ) -> None:
         finish: FinishReason | None = None
         usage: tuple[int, int] | None = None
-        async with contextlib.aclosing(iter_sse_data(response.aiter_lines())) as events:
+        async with contextlib.aclosing(aiter_sse_data(response.aiter_lines())) as events:
             async for data in events:
                 if data.strip() == "[DONE]":
                     await _drain(events)

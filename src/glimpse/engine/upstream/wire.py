@@ -13,7 +13,7 @@ import io
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +41,6 @@ __all__ = [
     "chat_body",
     "encode_data_url",
     "error_for_status",
-    "iter_sse_data",
     "parse_chunk",
     "resolve_model",
 ]
@@ -127,24 +126,6 @@ def chat_body(request: GenerationRequest, model: str, messages: list[dict[str, A
         # A vLLM/SGLang extension; sent only when asked so strict servers are not bothered.
         body["ignore_eos"] = True
     return body
-
-
-async def iter_sse_data(lines: AsyncIterator[str]) -> AsyncGenerator[str, None]:
-    """Yield the data of each server-sent event (multi-line data joined with newlines)."""
-    data: list[str] = []
-    async for line in lines:
-        if not line:
-            if data:
-                yield "\n".join(data)
-                data = []
-            continue
-        if line.startswith(":"):
-            continue  # comment / keep-alive
-        field, _, value = line.partition(":")
-        if field == "data":
-            data.append(value.removeprefix(" "))
-    if data:
-        yield "\n".join(data)
 
 
 @dataclass(slots=True, frozen=True)

@@ -12,7 +12,6 @@ from glimpse.engine.upstream.wire import (
     chat_body,
     encode_data_url,
     error_for_status,
-    iter_sse_data,
     parse_chunk,
     resolve_model,
 )
@@ -26,6 +25,7 @@ from glimpse.errors import (
     UpstreamTimeout,
 )
 from glimpse.media.threads import BlockingRunner
+from glimpse.sse import aiter_sse_data
 
 from ._fakes import chunk, make_request
 
@@ -47,7 +47,7 @@ async def test_iter_sse_data_handles_comments_multiline_and_missing_final_blank(
         "",
         "data:[DONE]",
     ]
-    assert [d async for d in iter_sse_data(_lines(*lines))] == ['{"a": 1}', "one\ntwo", "[DONE]"]
+    assert [d async for d in aiter_sse_data(_lines(*lines))] == ['{"a": 1}', "one\ntwo", "[DONE]"]
 
 
 def test_parse_chunk_text_finish_and_usage():

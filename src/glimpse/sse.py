@@ -1,13 +1,14 @@
 """Server-sent events, reduced to what OpenAI-compatible streams use.
 
-Kept separate from the benchmark so that the parsing rules (multi-line ``data``,
+Shared by the upstream engine (reading vLLM/SGLang/Glimpse streams) and the
+clients (bench, batch, ask); stdlib only. Kept on its own so that the parsing rules (multi-line ``data``,
 comments, a missing final blank line) are tested on their own: a parser that
 merges or drops an event silently skews every token count built on top of it.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Iterator
 
 __all__ = ["DONE", "aiter_sse_data", "iter_sse_data"]
 
@@ -54,7 +55,7 @@ def iter_sse_data(lines: Iterable[str]) -> Iterator[str]:
         yield tail
 
 
-async def aiter_sse_data(lines: AsyncIterable[str]) -> AsyncIterator[str]:
+async def aiter_sse_data(lines: AsyncIterable[str]) -> AsyncGenerator[str, None]:
     """Async twin of :func:`iter_sse_data`, fed by ``httpx.Response.aiter_lines()``."""
     acc = _Accumulator()
     async for line in lines:

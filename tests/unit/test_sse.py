@@ -1,4 +1,4 @@
-from glimpse.client._sse import aiter_sse_data, iter_sse_data
+from glimpse.sse import aiter_sse_data, iter_sse_data
 
 
 def test_events_split_on_blank_lines_and_multiline_data_joins():
