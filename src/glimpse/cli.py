@@ -191,8 +191,14 @@ def _serve(args: argparse.Namespace) -> int:
                 yield
                 getattr(self, "_captured_signals", []).clear()
 
+    from glimpse.api.h11_timeouts import HeadTimeoutH11Protocol
+
+    class HeadTimeout(HeadTimeoutH11Protocol):
+        head_timeout_s = settings.server.header_timeout_s
+
     config = uvicorn.Config(
         app,
+        http=HeadTimeout,
         host=settings.server.host,
         port=settings.server.port,
         log_config=None,

@@ -43,6 +43,12 @@ class ServerSettings(BaseModel):
     request_timeout_s: float = Field(
         300.0, gt=0, description="Longest a request may take end to end before it is cancelled (504)."
     )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="Longest a client may take to send its request body (else 408)."
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="Longest a connection may take to send a request's headers (else closed)."
+    )
     graceful_timeout_s: float = Field(
         60.0, ge=0, description="On SIGTERM, how long admitted requests get to finish before exit."
     )

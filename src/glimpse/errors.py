@@ -15,6 +15,7 @@ so layers below the API never import a web framework.
     │   ├─ ModelNotFound [404]
     │   ├─ RequestTooLarge [413]
     │   │   └─ ImageTooLarge [413]
+    │   ├─ RequestTimeout [408]
     │   ├─ UnsupportedMediaType [415]
     │   └─ RateLimited [429, Retry-After]
     ├─ Overloaded [503, Retry-After]
@@ -47,6 +48,7 @@ __all__ = [
     "Overloaded",
     "PromptRejected",
     "RateLimited",
+    "RequestTimeout",
     "RequestTooLarge",
     "Unauthorized",
     "UnsupportedMediaType",
@@ -114,6 +116,13 @@ class RequestTooLarge(ClientError):
 
 class ImageTooLarge(RequestTooLarge):
     code = "image_too_large"
+
+
+class RequestTimeout(ClientError):
+    """The client did not send its request body in time (a stalled or trickling upload)."""
+
+    status_code = HTTPStatus.REQUEST_TIMEOUT
+    code = "request_timeout"
 
 
 class UnsupportedMediaType(ClientError):

@@ -189,7 +189,11 @@ def create_app(
         _add_metrics_route(app)
     if settings.server.web_enabled:
         _mount_web(app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.server.max_body_bytes,
+        read_timeout_s=settings.server.body_timeout_s,
+    )
     app.add_middleware(SecurityHeadersMiddleware)
     if settings.guard.cors_origins:
         app.add_middleware(

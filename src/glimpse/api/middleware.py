@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import time
 
+import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from glimpse.api.errors import error_response
 from glimpse.api.security import record_audit
-from glimpse.errors import RequestTooLarge
+from glimpse.errors import GlimpseError, RequestTimeout, RequestTooLarge
 from glimpse.guard import AuditLog
 from glimpse.obs import Metrics, request_id_context, sanitize_request_id
 
@@ -79,34 +80,80 @@ class RequestObserverMiddleware:
                     )
 
 
-class BodyLimitMiddleware:
-    """413 as soon as the declared or streamed body passes ``max_bytes``, without reading it all."""
+class _BoundedBody:
+    """One request's body, read under a size cap and a deadline.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    When the body breaks a bound, the error response is sent from here (FastAPI
+    would turn an exception raised while it reads the body into a 400) and the
+    app then sees a disconnect; whatever it tries to send afterwards is dropped.
+    """
+
+    def __init__(
+        self, scope: Scope, receive: Receive, send: Send, max_bytes: int, deadline: float | None
+    ) -> None:
+        self.scope, self._receive, self._send = scope, receive, send
+        self.max_bytes = max_bytes
+        self.deadline = deadline
+        self.seen = 0
+        self.body_done = False
+        self.refused = False
+        self.started = False
+
+    async def send(self, message: Message) -> None:
+        if self.refused:
+            return
+        self.started = self.started or message["type"] == "http.response.start"
+        await self._send(message)
+
+    async def _refuse(self, exc: GlimpseError) -> Message:
+        if self.started:
+            raise exc
+        self.refused = True
+        await error_response(exc)(self.scope, self._receive, self._send)
+        return {"type": "http.disconnect"}
+
+    async def receive(self) -> Message:
+        if self.refused:
+            return {"type": "http.disconnect"}
+        if self.body_done or self.deadline is None:
+            message = await self._receive()  # after the body only the disconnect watch waits here
+        else:
+            try:
+                with anyio.fail_after(max(0.0, self.deadline - time.monotonic())):
+                    message = await self._receive()
+            except TimeoutError:
+                return await self._refuse(RequestTimeout("The request body did not arrive in time."))
+        if message["type"] == "http.request":
+            self.seen += len(message.get("body", b""))
+            self.body_done = not message.get("more_body", False)
+            if self.seen > self.max_bytes:
+                return await self._refuse(_too_large(self.max_bytes))
+        return message
+
+
+def _too_large(max_bytes: int) -> RequestTooLarge:
+    return RequestTooLarge(f"The request body is larger than {max_bytes} bytes.")
+
+
+class BodyLimitMiddleware:
+    """413 as soon as the body passes ``max_bytes``; 408 if it is not all in within ``read_timeout_s``."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, read_timeout_s: float | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.read_timeout_s = read_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_large = RequestTooLarge(f"The request body is larger than {self.max_bytes} bytes.")
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await error_response(too_large)(scope, receive, send)
+            await error_response(_too_large(self.max_bytes))(scope, receive, send)
             return
-        seen = 0
-
-        async def limited_receive() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise too_large
-            return message
-
-        await self.app(scope, limited_receive, send)
+        deadline = None if self.read_timeout_s is None else time.monotonic() + self.read_timeout_s
+        body = _BoundedBody(scope, receive, send, self.max_bytes, deadline)
+        await self.app(scope, body.receive, body.send)
 
 
 #: The web page loads only its own files; images are previewed from data: and blob: URLs.

@@ -10,6 +10,7 @@ from glimpse.api.generation import no_cache_requested, with_deadline
 from glimpse.api.security import authorize, charge_tokens, screen_prompt
 from glimpse.api.service import CACHE_HEADER
 from glimpse.api.state import AppState, StateDep
+from glimpse.errors import ImageTooLarge
 from glimpse.media import DecodedImage
 
 from .adapter import to_generation_request
@@ -61,6 +62,9 @@ async def analyze(
     max_new_tokens: Annotated[int | None, Form(ge=1)] = None,
 ) -> InferResponse:
     state.check_admitting()
-    data = await image.read(state.settings.media.max_image_bytes + 1)
+    limit = state.settings.media.max_image_bytes
+    data = await image.read(limit + 1)
+    if len(data) > limit:  # only limit + 1 bytes were read: say "larger than", not a wrong size
+        raise ImageTooLarge(f"The uploaded image is larger than {limit} bytes; the limit is {limit} bytes.")
     decoded = await state.intake.from_bytes(data)
     return await _answer(state, request, response, decoded, question, max_new_tokens)

@@ -44,8 +44,10 @@ async def to_generation_request(
 ) -> GenerationRequest:
     refs = _image_refs(body.messages)
     intake.check_count(len(refs))
-    if not any(m.role == "user" for m in body.messages):
-        raise InvalidRequest("messages must contain at least one 'user' message.", param="messages")
+    if not any(m.role == "user" and m.content for m in body.messages):
+        raise InvalidRequest(
+            "messages must contain at least one 'user' message with content.", param="messages"
+        )
     decoded = iter(await asyncio.gather(*(intake.from_reference(ref) for ref in refs)))
     messages: list[ChatMessage] = []
     for message in body.messages:
