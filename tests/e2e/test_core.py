@@ -147,3 +147,16 @@ def test_serve_explains_a_missing_model_without_a_traceback(model, tmp_path):
     assert "Traceback" not in done.stderr
     assert model in done.stderr
     assert "--model tiny" in done.stderr
+
+
+def test_metrics_report_queue_wait_and_batch_sizes(tiny_server):
+    png = png_bytes((70, 70), (3, 4, 5))
+    _client(tiny_server).chat.completions.create(model="tiny", messages=_vision_messages(png), max_tokens=5)
+    text = httpx.get(f"{tiny_server.base_url}/metrics").text
+    counts = {
+        line.split()[0]: float(line.split()[1])
+        for line in text.splitlines()
+        if line.startswith(("glimpse_engine_queue_wait_seconds_count", "glimpse_engine_batch_size_count"))
+    }
+    assert counts["glimpse_engine_queue_wait_seconds_count"] >= 1
+    assert counts["glimpse_engine_batch_size_count"] >= 1

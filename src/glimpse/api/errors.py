@@ -15,11 +15,12 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from glimpse.errors import GlimpseError
 
-__all__ = ["error_body", "error_response", "install_error_handlers"]
+__all__ = ["ErrorBody", "error_body", "error_response", "error_responses", "install_error_handlers"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +30,24 @@ _TYPE_BY_STATUS = {
     404: "not_found_error",
     429: "rate_limit_error",
 }
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    code: str
+    param: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """The one shape of every error response (OpenAI's)."""
+
+    error: ErrorDetail
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI documentation of the error statuses a route can answer."""
+    return {status: {"model": ErrorBody, "description": HTTPStatus(status).phrase} for status in statuses}
 
 
 def error_body(message: str, error_type: str, code: str, param: str | None = None) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from glimpse.api.errors import error_responses
 from glimpse.api.state import StateDep
 
 __all__ = ["router"]
@@ -19,7 +20,7 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/health", include_in_schema=False)  # what vLLM-style gateways probe
-@router.get("/readyz")
+@router.get("/readyz", responses=error_responses(503))
 async def readyz(state: StateDep) -> JSONResponse:
     """200 once the model is loaded and warmed up, 503 before that and while draining."""
     health = state.engine.health()

@@ -7,7 +7,7 @@ from glimpse.engine.protocol import Engine
 from glimpse.errors import ModelLoadError
 from glimpse.obs import Metrics
 
-__all__ = ["PrometheusUpstreamMetrics", "build_engine"]
+__all__ = ["PrometheusBatchObserver", "PrometheusUpstreamMetrics", "build_engine"]
 
 _NOT_ERRORS = frozenset({"2xx", "4xx", "cancelled"})
 
@@ -31,6 +31,19 @@ class PrometheusUpstreamMetrics:
         self._metrics.upstream_healthy.labels(upstream).set(int(healthy))
 
 
+class PrometheusBatchObserver:
+    """Queue wait and decode batch size of the in-process engine, in Glimpse's registry."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def on_admit(self, queue_wait_s: float) -> None:
+        self._metrics.queue_wait.observe(max(queue_wait_s, 0.0))
+
+    def on_decode_step(self, batch_size: int) -> None:
+        self._metrics.batch_size.observe(batch_size)
+
+
 def build_engine(settings: EngineSettings, metrics: Metrics | None = None) -> Engine:
     if settings.kind == "upstream":
         from glimpse.engine.upstream import UpstreamEngine, UpstreamOptions
@@ -52,4 +65,4 @@ def build_engine(settings: EngineSettings, metrics: Metrics | None = None) -> En
             ) from exc
     from glimpse.engine.hf import HFEngine
 
-    return HFEngine(settings)
+    return HFEngine(settings, PrometheusBatchObserver(metrics) if metrics is not None else None)

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from glimpse.config import EngineSettings
+from glimpse.engine.batching import BatchObserver
 from glimpse.engine.job import Job, JobSink
 from glimpse.engine.loader import LoadedModel
 from glimpse.engine.protocol import (
@@ -65,8 +66,9 @@ def _chat_messages(request: GenerationRequest) -> tuple[list[dict[str, Any]], li
 class HFEngine:
     """Serves one Hugging Face image-text-to-text model in this process."""
 
-    def __init__(self, settings: EngineSettings) -> None:
+    def __init__(self, settings: EngineSettings, observer: BatchObserver | None = None) -> None:
         self._settings = settings
+        self._observer = observer
         self._name = settings.served_model_name or settings.model
         self._pool = ThreadPoolExecutor(settings.preprocess_workers, thread_name_prefix="glimpse-preprocess")
         self._worker: EngineWorker | None = None
@@ -87,7 +89,7 @@ class HFEngine:
         def on_loaded(result: LoadedModel | BaseException) -> None:
             loop.call_soon_threadsafe(done.set_result, result)
 
-        self._worker = EngineWorker(self._settings, on_loaded)
+        self._worker = EngineWorker(self._settings, on_loaded, self._observer)
         self._worker.start()
         result = await done
         if isinstance(result, BaseException):

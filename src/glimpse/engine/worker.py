@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from glimpse.config import EngineSettings
-from glimpse.engine.batching import BatcherConfig, ContinuousBatcher, SequenceRequest
+from glimpse.engine.batching import BatcherConfig, BatchObserver, ContinuousBatcher, SequenceRequest
 from glimpse.engine.job import Job
 from glimpse.engine.loader import LoadedModel, load_model
 from glimpse.engine.protocol import FinishReason
@@ -92,11 +92,15 @@ class EngineWorker(threading.Thread):
     """Loads the model, then serves jobs from a queue until told to stop."""
 
     def __init__(
-        self, settings: EngineSettings, on_loaded: Callable[[LoadedModel | BaseException], None]
+        self,
+        settings: EngineSettings,
+        on_loaded: Callable[[LoadedModel | BaseException], None],
+        observer: BatchObserver | None = None,
     ) -> None:
         super().__init__(name="glimpse-engine", daemon=True)
         self._settings = settings
         self._on_loaded = on_loaded
+        self._observer = observer
         self._jobs: queue.Queue[Job | object] = queue.Queue()
         self.loaded: LoadedModel | None = None
         self.dead: BaseException | None = None
@@ -145,7 +149,7 @@ class EngineWorker(threading.Thread):
             self._settings, max_seq_len=min(self._settings.max_seq_len, context)
         )
         try:
-            return ContinuousBatcher(loaded.model, config)
+            return ContinuousBatcher(loaded.model, config, observer=self._observer)
         except ModelLoadError as exc:
             logger.info("continuous batching unavailable, serving one request at a time: %s", exc.message)
             return None
@@ -193,6 +197,9 @@ class EngineWorker(threading.Thread):
             job.sink.on_finish(FinishReason.CANCELLED)
             return
         job.started_at = time.monotonic()
+        if self._observer is not None:
+            self._observer.on_admit(job.started_at - job.enqueued_at)
+            self._observer.on_decode_step(1)
         self._running = 1
         try:
             self._generate(job)

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
 
+from glimpse.api.errors import error_responses
 from glimpse.api.generation import no_cache_requested, with_deadline
 from glimpse.api.security import authorize, charge_tokens, screen_prompt
 from glimpse.api.service import CACHE_HEADER
@@ -45,14 +46,14 @@ async def _answer(
     return InferResponse(response=result.text)
 
 
-@router.post("/infer")
+@router.post("/infer", responses=error_responses(400, 401, 408, 413, 415, 422, 429, 503, 504))
 async def infer(body: InferRequest, request: Request, response: Response, state: StateDep) -> InferResponse:
     state.check_admitting()
     image = await state.intake.from_base64(body.image)
     return await _answer(state, request, response, image, body.text, body.max_new_tokens)
 
 
-@router.post("/v1/analyze")
+@router.post("/v1/analyze", responses=error_responses(400, 401, 408, 413, 415, 422, 429, 503, 504))
 async def analyze(
     request: Request,
     response: Response,

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from glimpse.api.errors import error_responses
 from glimpse.api.generation import new_completion_id, no_cache_requested, with_deadline
 from glimpse.api.security import authorize, charge_tokens, screen_prompt
 from glimpse.api.service import CACHE_HEADER
@@ -23,7 +24,11 @@ router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(authoriz
 _STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-@router.post("/chat/completions", response_model=None)
+@router.post(
+    "/chat/completions",
+    response_model=None,
+    responses=error_responses(400, 401, 404, 408, 413, 415, 422, 429, 503, 504),
+)
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, state: StateDep
 ) -> JSONResponse | StreamingResponse:
@@ -62,7 +67,7 @@ async def chat_completions(
     return JSONResponse(completion_body(completion_id, model, result), headers={CACHE_HEADER: cache.value})
 
 
-@router.get("/models")
+@router.get("/models", responses=error_responses(401, 429))
 async def list_models(state: StateDep) -> dict[str, Any]:
     return {
         "object": "list",

@@ -10,12 +10,14 @@ from glimpse.engine.batching.sampling import SamplerState, sample_tokens, top_p_
 from glimpse.engine.batching.scheduler import (
     BatcherConfig,
     BatcherStats,
+    BatchObserver,
     ContinuousBatcher,
     SequenceRequest,
     TokenSink,
 )
 
 __all__ = [
+    "BatchObserver",
     "BatcherConfig",
     "BatcherStats",
     "CacheGeometry",

@@ -37,7 +37,14 @@ from glimpse.engine.batching.sampling import SamplerState, sample_tokens
 from glimpse.engine.protocol import FinishReason, SamplingParams
 from glimpse.errors import InvalidRequest, Overloaded, RequestTooLarge
 
-__all__ = ["BatcherConfig", "BatcherStats", "ContinuousBatcher", "SequenceRequest", "TokenSink"]
+__all__ = [
+    "BatchObserver",
+    "BatcherConfig",
+    "BatcherStats",
+    "ContinuousBatcher",
+    "SequenceRequest",
+    "TokenSink",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +134,16 @@ class _Sequence:
         return self.prompt_len + self.request.sampling.max_new_tokens
 
 
+class BatchObserver(Protocol):
+    """Where the scheduler reports what the metrics need (called on the engine thread)."""
+
+    def on_admit(self, queue_wait_s: float) -> None:
+        """A sequence leaves the queue for its prefill after waiting ``queue_wait_s``."""
+
+    def on_decode_step(self, batch_size: int) -> None:
+        """One decode step ran for ``batch_size`` sequences."""
+
+
 class ContinuousBatcher:
     """Waiting and running sequences over one model and one ``SlotKVCache``."""
 
@@ -137,8 +154,10 @@ class ContinuousBatcher:
         *,
         eos_token_ids: frozenset[int] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        observer: BatchObserver | None = None,
     ) -> None:
         self.config = config
+        self._observer = observer
         self.runner = Glm4vRunner(model)
         self.cache = SlotKVCache(self.runner.geometry(), config.max_batch_size, config.max_seq_len)
         self.eos_token_ids = self.runner.eos_token_ids() if eos_token_ids is None else eos_token_ids
@@ -295,6 +314,8 @@ class ContinuousBatcher:
         return admitted
 
     def _prefill(self, seq: _Sequence) -> None:
+        if self._observer is not None:
+            self._observer.on_admit(self._clock() - seq.enqueued_at)
         sampling = seq.request.sampling
         try:
             seq.sampler = SamplerState.create(
@@ -313,6 +334,8 @@ class ContinuousBatcher:
 
     def _decode(self) -> None:
         running = self._running
+        if self._observer is not None:
+            self._observer.on_decode_step(len(running))
         try:
             logits = self.runner.decode(
                 self.cache,
