@@ -12,7 +12,6 @@ counts the failure.
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import time
 from collections.abc import Callable
@@ -23,11 +22,11 @@ from redis.exceptions import RedisError
 
 from glimpse.config import GuardSettings
 from glimpse.errors import RateLimited
+from glimpse.guard._failopen import FailOpen
 from glimpse.guard.auth import Principal
 
 __all__ = ["MemoryQuotaStore", "QuotaStore", "QuotaTracker", "RedisQuotaStore", "day_key"]
 
-logger = logging.getLogger(__name__)
 
 _DAY_S = 86_400
 _KEY_TTL_S = 2 * _DAY_S
@@ -86,9 +85,11 @@ class RedisQuotaStore:
         self._client = client
         self._prefix = prefix
         self._timeout_s = timeout_s
-        self._on_failure = on_failure
-        self._degraded = False
-        self.failures = 0
+        self._health = FailOpen(
+            "quota store unavailable; token quotas are not enforced",
+            "quota store reachable again; token quotas are enforced",
+            on_failure,
+        )
 
     @classmethod
     def from_url(
@@ -105,9 +106,9 @@ class RedisQuotaStore:
             async with asyncio.timeout(self._timeout_s):
                 raw = await self._client.get(self._key(client_id, day))
         except (RedisError, OSError, TimeoutError) as exc:
-            self._failed(exc)
+            self._health.failed(exc)
             return 0
-        self._recovered()
+        self._health.recovered()
         return int(raw) if raw is not None else 0
 
     async def add(self, client_id: str, day: str, tokens: int) -> None:
@@ -119,22 +120,13 @@ class RedisQuotaStore:
                 _ = pipe.expire(key, _KEY_TTL_S)
                 await pipe.execute()
         except (RedisError, OSError, TimeoutError) as exc:
-            self._failed(exc)
+            self._health.failed(exc)
             return
-        self._recovered()
+        self._health.recovered()
 
-    def _failed(self, exc: BaseException) -> None:
-        self.failures += 1
-        if self._on_failure is not None:
-            self._on_failure()
-        if not self._degraded:
-            self._degraded = True
-            logger.warning("quota store unavailable (%s); token quotas are not enforced", type(exc).__name__)
-
-    def _recovered(self) -> None:
-        if self._degraded:
-            self._degraded = False
-            logger.info("quota store reachable again; token quotas are enforced")
+    @property
+    def failures(self) -> int:
+        return self._health.failures
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -10,7 +10,6 @@ the limiter lets it through, logs once per outage and counts the failure.
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import time
 from collections import OrderedDict
@@ -22,11 +21,11 @@ from redis.exceptions import RedisError
 
 from glimpse.config import GuardSettings
 from glimpse.errors import RateLimited
+from glimpse.guard._failopen import FailOpen
 from glimpse.guard.auth import Principal
 
 __all__ = ["MemoryRateLimitStore", "RateLimitStore", "RateLimiter", "RedisRateLimitStore"]
 
-logger = logging.getLogger(__name__)
 
 _WINDOW_S = 60.0
 
@@ -111,9 +110,11 @@ class RedisRateLimitStore:
         self._script = client.register_script(_BUCKET_LUA)
         self._prefix = prefix
         self._timeout_s = timeout_s
-        self._on_failure = on_failure
-        self._degraded = False
-        self.failures = 0
+        self._health = FailOpen(
+            "rate-limit store unavailable; letting requests through",
+            "rate-limit store reachable again; limits are enforced",
+            on_failure,
+        )
 
     @classmethod
     def from_url(
@@ -127,20 +128,14 @@ class RedisRateLimitStore:
             async with asyncio.timeout(self._timeout_s):
                 raw = await self._script(keys=[self._prefix + key], args=[limit_per_minute, now, _WINDOW_S])
         except (RedisError, OSError, TimeoutError) as exc:
-            self._failed(exc)
+            self._health.failed(exc)
             return 0.0
-        if self._degraded:
-            self._degraded = False
-            logger.info("rate-limit store reachable again; limits are enforced")
+        self._health.recovered()
         return float(raw.decode() if isinstance(raw, bytes) else raw)
 
-    def _failed(self, exc: BaseException) -> None:
-        self.failures += 1
-        if self._on_failure is not None:
-            self._on_failure()
-        if not self._degraded:
-            self._degraded = True
-            logger.warning("rate-limit store unavailable (%s); letting requests through", type(exc).__name__)
+    @property
+    def failures(self) -> int:
+        return self._health.failures
 
     async def aclose(self) -> None:
         await self._client.aclose()
