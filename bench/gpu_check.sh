@@ -2,7 +2,8 @@
 # Every GPU check of Glimpse in ONE call on a lent GPU machine (see README, "GPU benchmark").
 #
 # Prepare on the development machine (the GPU machine reaches no registry, and ../shared does not travel):
-#   ../shared/bench/gpu_wheels.sh .gpu-wheels pyjwt cryptography && cp ../shared/bench/hf_baseline.py bench/hf_baseline.py
+#   ../shared/bench/gpu_wheels.sh .gpu-wheels pyjwt cryptography pytest pytest-asyncio openai \
+#     && cp ../shared/bench/hf_baseline.py bench/hf_baseline.py
 # Then run on the GPU, carrying .gpu-wheels:   bash bench/gpu_check.sh
 #
 # It (1) runs the plain-generate() baseline, (2) builds the real-size random-weight GLM-4.6V-Flash
@@ -17,8 +18,12 @@ LEVELS=${LEVELS:-1,8,32,64}
 export PYTHONPATH=src HF_HUB_OFFLINE=1
 py=python3
 
-$py -m pip install -q --no-index --find-links .gpu-wheels fastapi uvicorn pydantic-settings python-multipart redis pyjwt 2>&1 | tail -2
+$py -m pip install -q --no-index --find-links .gpu-wheels fastapi uvicorn pydantic-settings python-multipart redis pyjwt \
+  pytest pytest-asyncio openai 2>&1 | tail -2
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+
+echo "== 0. GPU-marked tests (tiny model on CUDA, float32, token-exact) ==" | tee -a "$OUT/summary.txt"
+$py -m pytest -q -p no:cacheprovider -m gpu tests/gpu 2>&1 | tail -5 | tee -a "$OUT/summary.txt"
 
 echo "== 1. baseline: plain generate() ==" | tee -a "$OUT/summary.txt"
 baseline=bench/hf_baseline.py; [ -f "$baseline" ] || baseline=shared/bench/hf_baseline.py
