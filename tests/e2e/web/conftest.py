@@ -11,7 +11,7 @@ import pytest
 from tests.e2e.web.pagekit import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, PageLog, open_page
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # sync Playwright runs its own event loop: never past the module
 def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is absent: install Debian's chromium package to run the browser tests")
