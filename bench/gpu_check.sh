@@ -35,6 +35,7 @@ t0=$(date +%s); $py -m glimpse make-tiny-model "$MODEL_DIR" --full-size; echo "b
 echo "== 3. serve it ==" | tee -a "$OUT/summary.txt"
 t0=$(date +%s)
 GLIMPSE_ENGINE__MAX_BATCH_SIZE=${MAX_BATCH:-64} GLIMPSE_ENGINE__MAX_SEQ_LEN=${MAX_SEQ:-2048} GLIMPSE_CACHE__ENABLED=false \
+  GLIMPSE_ENGINE__CUDA_GRAPHS=${CUDA_GRAPHS:-true} \
   $py -m glimpse serve --model "$MODEL_DIR" --device cuda --port "$PORT" > "$OUT/serve.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null' EXIT
@@ -52,6 +53,8 @@ $py -m glimpse bench --url "http://127.0.0.1:$PORT" --concurrency "$LEVELS" --nu
   --image-size 1024 --max-tokens 128 --ignore-eos --json "$OUT/bench_1024.json" | tail -20
 $py -m glimpse bench --url "http://127.0.0.1:$PORT" --concurrency "$LEVELS" --num-requests 64 --warmup 4 \
   --image-size 448 --max-tokens 64 --ignore-eos --json "$OUT/bench_448.json" | tail -20
+
+grep -h "CUDA graph capture failed" "$OUT/serve.log" | head -3 | tee -a "$OUT/summary.txt"
 
 echo "== 6. ratios ==" | tee -a "$OUT/summary.txt"
 $py bench/gpu_report.py "$OUT/baseline.jsonl" "$OUT/bench_1024.json" | tee -a "$OUT/summary.txt"

@@ -96,6 +96,13 @@ class EngineSettings(BaseModel):
         description="Prompt tokens prefilled between two decode steps (at least one prompt), so arrivals "
         "do not stall running streams for long.",
     )
+    kv_bucket: int = Field(
+        256, ge=1, description="Decode attends to a length rounded up to this, so step shapes repeat."
+    )
+    cuda_graphs: bool = Field(
+        False,
+        description="Replay decode steps as CUDA graphs on a GPU (experimental: not yet measured on a GPU).",
+    )
     batching: bool = Field(
         True, description="Continuous batching where the model supports it (GLM-4.xV); else one at a time."
     )

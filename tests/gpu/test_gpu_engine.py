@@ -33,13 +33,18 @@ def _reference(model_dir, image: Image.Image, question: str, max_new_tokens: int
     return processor.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
-def test_batched_greedy_answers_on_the_gpu_equal_generate(tmp_path):
+@pytest.mark.parametrize("cuda_graphs", [False, True], ids=["eager", "cuda-graphs"])
+def test_batched_greedy_answers_on_the_gpu_equal_generate(tmp_path, cuda_graphs):
     model_dir = ensure_tiny_model(tmp_path / "tiny")
     images = [
         Image.open(io.BytesIO(png_bytes((40 + 30 * i, 64), (i * 30, 90, 200)))).convert("RGB")
         for i in range(6)
     ]
-    engine = HFEngine(EngineSettings(model=str(model_dir), device="cuda", dtype="float32", max_batch_size=4))
+    settings = EngineSettings(
+        model=str(model_dir), device="cuda", dtype="float32", max_batch_size=4, cuda_graphs=cuda_graphs
+    )
+    engine = HFEngine(settings)
+    replays: list[int] = []
 
     async def run() -> list[str]:
         await engine.start()
@@ -53,9 +58,14 @@ def test_batched_greedy_answers_on_the_gpu_equal_generate(tmp_path):
                 )
                 return "".join([event.text async for event in engine.submit(request)])
 
-            return await asyncio.gather(*(ask(i) for i in range(len(images))))
+            answers = await asyncio.gather(*(ask(i) for i in range(len(images))))
+            graphs = engine._worker._batcher.graphs if engine._worker and engine._worker._batcher else None
+            replays.append(graphs.replays if graphs is not None else 0)
+            return answers
         finally:
             await engine.stop()
 
     answers = asyncio.run(run())
     assert answers == [_reference(model_dir, image, "What is it?", 24) for image in images]
+    if cuda_graphs:
+        assert replays[0] > 0, "no decode step was replayed as a CUDA graph"

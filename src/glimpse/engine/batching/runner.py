@@ -30,12 +30,15 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 
 from glimpse.engine.batching.kv_cache import CacheGeometry, SlotKVCache
+
+if TYPE_CHECKING:
+    from glimpse.engine.batching.cuda_graphs import DecodeGraphs
 from glimpse.errors import ModelLoadError
 
 __all__ = ["Glm4vRunner", "Prefill", "MODEL_INPUT_KEYS"]
@@ -175,23 +178,42 @@ class Glm4vRunner:
         token_ids: Sequence[int],
         positions: Sequence[tuple[int, int, int]],
         kv_bucket: int = 1,
+        graphs: DecodeGraphs | None = None,
     ) -> torch.Tensor:
         """One decode step for slots ``0 .. n-1``; returns their next-token logits ``[n, vocab]`` (float32).
 
         ``token_ids[i]`` is the last token of slot ``i`` and ``positions[i]`` its M-RoPE
         position. ``kv_bucket`` rounds the attended length up, so shapes repeat across
-        steps (for compiled kernels); the mask hides the padding.
+        steps (for compiled kernels and CUDA graphs); the mask hides the padding.
+        With ``graphs`` (CUDA only), the step replays a captured graph when it can.
         """
         n = len(token_ids)
         lengths = cache.lengths()[:n]
-        write_at = torch.tensor(lengths, dtype=torch.long, device=self.device)
         kv_len = min(cache.max_seq_len, -(-(max(lengths) + 1) // kv_bucket) * kv_bucket)
-        mask = torch.arange(kv_len, device=self.device)[None, :] <= write_at[:, None]
-        mask = mask[:, None, None, :]  # [n, 1, 1, kv_len]: row i sees its own tokens only
+        logits = graphs.run(token_ids, positions, lengths, kv_len) if graphs is not None else None
+        if logits is None:
+            ids = torch.tensor(token_ids, dtype=torch.long, device=self.device)[:, None]
+            mrope = torch.tensor(positions, dtype=torch.long, device=self.device).T[:, :, None]  # [3, n, 1]
+            write_at = torch.tensor(lengths, dtype=torch.long, device=self.device)
+            logits = self.decode_core(cache, ids, mrope, write_at, kv_len)
+        cache.advance(n)
+        return logits
 
-        ids = torch.tensor(token_ids, dtype=torch.long, device=self.device)[:, None]
+    def decode_core(
+        self,
+        cache: SlotKVCache,
+        ids: torch.Tensor,
+        mrope: torch.Tensor,
+        write_at: torch.Tensor,
+        kv_len: int,
+    ) -> torch.Tensor:
+        """The step's tensor work only (no host sync, no Python state), so a CUDA graph can capture it.
+
+        ``ids`` is ``[n, 1]``, ``mrope`` ``[3, n, 1]``, ``write_at`` ``[n]`` (each row's cache length).
+        """
+        mask = torch.arange(kv_len, device=write_at.device)[None, :] <= write_at[:, None]
+        mask = mask[:, None, None, :]  # [n, 1, 1, kv_len]: row i sees its own tokens only
         hidden = self._embed(ids)
-        mrope = torch.tensor(positions, dtype=torch.long, device=self.device).T[:, :, None]  # [3, n, 1]
         cos, sin = self._rotary(hidden, mrope)
         for index, layer in enumerate(self._layers):
             residual = hidden
@@ -203,7 +225,6 @@ class Glm4vRunner:
             hidden = residual + hidden
         hidden = self._norm(hidden)
         logits: torch.Tensor = self._lm_head(hidden[:, -1, :])
-        cache.advance(n)
         return logits.to(torch.float32)
 
     def _attention(

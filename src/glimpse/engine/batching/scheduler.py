@@ -31,6 +31,7 @@ from typing import Any, Protocol
 import torch
 
 from glimpse.config import EngineSettings
+from glimpse.engine.batching.cuda_graphs import DecodeGraphs
 from glimpse.engine.batching.kv_cache import SlotKVCache
 from glimpse.engine.batching.runner import Glm4vRunner
 from glimpse.engine.batching.sampling import SamplerState, sample_tokens
@@ -93,6 +94,8 @@ class BatcherConfig:
     prefill_tokens_per_step: int = 8192
     #: Attended length is rounded up to a multiple of this (stable shapes for compiled kernels).
     kv_bucket: int = 64
+    #: Replay decode steps as CUDA graphs (on a CUDA device only).
+    cuda_graphs: bool = False
 
     @classmethod
     def from_settings(cls, settings: EngineSettings, max_seq_len: int) -> BatcherConfig:
@@ -102,6 +105,9 @@ class BatcherConfig:
             max_tokens_in_flight=settings.max_tokens_in_flight,
             max_waiting=settings.max_queue,
             queue_timeout_s=settings.queue_timeout_s,
+            prefill_tokens_per_step=settings.prefill_tokens_per_step,
+            kv_bucket=settings.kv_bucket,
+            cuda_graphs=settings.cuda_graphs,
         )
 
 
@@ -160,6 +166,10 @@ class ContinuousBatcher:
         self._observer = observer
         self.runner = Glm4vRunner(model)
         self.cache = SlotKVCache(self.runner.geometry(), config.max_batch_size, config.max_seq_len)
+        #: Decode steps replayed as CUDA graphs (GPU only, when configured); ``None`` runs them eagerly.
+        self.graphs: DecodeGraphs | None = None
+        if config.cuda_graphs and self.runner.device.type == "cuda":
+            self.graphs = DecodeGraphs(self.runner, self.cache)
         self.eos_token_ids = self.runner.eos_token_ids() if eos_token_ids is None else eos_token_ids
         self._clock = clock
         self._lock = threading.Lock()
@@ -342,6 +352,7 @@ class ContinuousBatcher:
                 [seq.last_token for seq in running],
                 [seq.positions for seq in running],
                 kv_bucket=self.config.kv_bucket,
+                graphs=self.graphs,
             )
             tokens = sample_tokens(logits, [seq.sampler for seq in running])
         except Exception as exc:
