@@ -111,7 +111,11 @@ class EngineSettings(BaseModel):
     )
     default_max_new_tokens: int = Field(512, ge=1, description="Output tokens when a request does not say.")
     max_new_tokens_limit: int = Field(4096, ge=1, description="Largest max_tokens a request may ask for.")
-    preprocess_workers: int = Field(2, ge=1, description="Threads that run the image processor.")
+    preprocess_workers: int | None = Field(
+        None,
+        ge=1,
+        description="Threads that run the chat template and image processor (default: CPU cores, at most 8).",
+    )
     upstreams: tuple[str, ...] = Field(
         (), description="Base URLs of OpenAI-compatible servers (engine 'upstream')."
     )

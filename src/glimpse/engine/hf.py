@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -70,7 +71,8 @@ class HFEngine:
         self._settings = settings
         self._observer = observer
         self._name = settings.served_model_name or settings.model
-        self._pool = ThreadPoolExecutor(settings.preprocess_workers, thread_name_prefix="glimpse-preprocess")
+        workers = settings.preprocess_workers or min(8, os.cpu_count() or 2)
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="glimpse-preprocess")
         self._worker: EngineWorker | None = None
         self._jobs: dict[str, Job] = {}
         self._admitted = 0
