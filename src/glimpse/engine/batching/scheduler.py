@@ -20,6 +20,7 @@ has to wait for capacity stays queued. A failure confined to one sequence
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -32,7 +33,7 @@ import torch
 
 from glimpse.config import EngineSettings
 from glimpse.engine.batching.cuda_graphs import DecodeGraphs
-from glimpse.engine.batching.kv_cache import SlotKVCache
+from glimpse.engine.batching.kv_cache import SlotKVCache, fit_slots
 from glimpse.engine.batching.runner import Glm4vRunner
 from glimpse.engine.batching.sampling import SamplerState, sample_tokens
 from glimpse.engine.protocol import FinishReason, SamplingParams
@@ -162,10 +163,24 @@ class ContinuousBatcher:
         clock: Callable[[], float] = time.monotonic,
         observer: BatchObserver | None = None,
     ) -> None:
-        self.config = config
         self._observer = observer
         self.runner = Glm4vRunner(model)
-        self.cache = SlotKVCache(self.runner.geometry(), config.max_batch_size, config.max_seq_len)
+        geometry = self.runner.geometry()
+        if geometry.device.type == "cuda":
+            free_bytes, _ = torch.cuda.mem_get_info(geometry.device)
+            slots = fit_slots(
+                config.max_batch_size, geometry.bytes_per_token * config.max_seq_len, free_bytes
+            )
+            if slots < config.max_batch_size:
+                logger.warning(
+                    "KV cache for %d slots of %d tokens does not fit the free GPU memory; using %d slots",
+                    config.max_batch_size,
+                    config.max_seq_len,
+                    slots,
+                )
+                config = dataclasses.replace(config, max_batch_size=slots)
+        self.config = config
+        self.cache = SlotKVCache(geometry, config.max_batch_size, config.max_seq_len)
         #: Decode steps replayed as CUDA graphs (GPU only, when configured); ``None`` runs them eagerly.
         self.graphs: DecodeGraphs | None = None
         if config.cuda_graphs and self.runner.device.type == "cuda":
