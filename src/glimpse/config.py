@@ -75,6 +75,11 @@ class EngineSettings(BaseModel):
         "auto", description="Weight dtype: 'auto' is bfloat16 on a GPU and float32 on a CPU."
     )
     trust_remote_code: bool = Field(False, description="Allow model repositories to run their own code.")
+    chat_template_kwargs: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description='Default chat-template variables, e.g. {"enable_thinking": false} for GLM-4.6V; '
+        "a request's chat_template_kwargs override them.",
+    )
     tiny_model_dir: Path | None = Field(
         None, description="Where 'tiny' is built and cached (default: ~/.cache/glimpse/tiny-glm46v)."
     )

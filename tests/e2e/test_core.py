@@ -160,3 +160,17 @@ def test_metrics_report_queue_wait_and_batch_sizes(tiny_server):
     }
     assert counts["glimpse_engine_queue_wait_seconds_count"] >= 1
     assert counts["glimpse_engine_batch_size_count"] >= 1
+
+
+def test_chat_template_kwargs_switch_thinking_off_like_glm46v(tiny_server, reference):
+    png = png_bytes((90, 60), (9, 99, 199))
+    expected, _ = generate_directly(reference, png, QUESTION, 20, enable_thinking=False)
+    default, _ = generate_directly(reference, png, QUESTION, 20)
+    response = _client(tiny_server).chat.completions.create(
+        model="tiny",
+        messages=_vision_messages(png),
+        max_tokens=20,
+        extra_body={"chat_template_kwargs": {"enable_thinking": False}},
+    )
+    assert response.choices[0].message.content == expected
+    assert expected != default  # the template variable really changed the prompt

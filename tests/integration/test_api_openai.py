@@ -178,3 +178,20 @@ async def test_default_max_tokens_comes_from_settings(make_client):
     async with make_client(engine, settings) as client:
         await client.post("/v1/chat/completions", json=_chat(_vision()))
     assert engine.requests[0].sampling.max_new_tokens == 33
+
+
+async def test_chat_template_kwargs_reach_the_engine_and_the_cache_key(make_client):
+    engine = FakeEngine()
+    async with make_client(engine) as client:
+        thinking_off = await client.post(
+            "/v1/chat/completions", json=_chat(_vision(), chat_template_kwargs={"enable_thinking": False})
+        )
+        default = await client.post("/v1/chat/completions", json=_chat(_vision()))
+        too_many = await client.post(
+            "/v1/chat/completions", json=_chat(_vision(), chat_template_kwargs={f"k{i}": i for i in range(9)})
+        )
+    assert engine.requests[0].template_kwargs == (("enable_thinking", False),)
+    assert engine.requests[1].template_kwargs == ()
+    assert thinking_off.headers["x-glimpse-cache"] == "miss"
+    assert default.headers["x-glimpse-cache"] == "miss"  # other template variables, other answer
+    assert too_many.status_code == 422

@@ -117,6 +117,7 @@ class GenerationService:
                 "seed": s.seed,
                 "stop": list(s.stop),
                 "ignore_eos": s.ignore_eos,
+                "template": dict(gen.template_kwargs),
             },
         )
 

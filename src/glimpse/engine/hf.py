@@ -209,7 +209,10 @@ class HFEngine:
         processor = self.loaded.processor
         messages, images = _chat_messages(request)
         try:
-            prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            template_kwargs = {**self._settings.chat_template_kwargs, **dict(request.template_kwargs)}
+            prompt = processor.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=False, **template_kwargs
+            )
             inputs = processor(text=[prompt], images=images or None, return_tensors="pt")
         except GlimpseError:
             raise

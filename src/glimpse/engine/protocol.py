@@ -32,6 +32,7 @@ __all__ = [
 ]
 
 Role = Literal["system", "user", "assistant"]
+TemplateValue = str | int | float | bool
 
 
 @dataclass(slots=True, frozen=True)
@@ -87,6 +88,8 @@ class GenerationRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     #: ``time.monotonic()`` after which the request is abandoned; ``None`` for no deadline.
     deadline: float | None = None
+    #: Extra variables for the model's chat template (e.g. GLM-4.6V's ``enable_thinking``).
+    template_kwargs: tuple[tuple[str, TemplateValue], ...] = ()
 
     @property
     def images(self) -> tuple[ImagePart, ...]:

@@ -74,7 +74,10 @@ CHAT_TEMPLATE = (
     "{%- endif %}"
     "{%- endif %}"
     "{%- endfor %}"
-    "{%- if add_generation_prompt %}<|assistant|>{{ '\\n' }}{%- endif %}"
+    "{%- if add_generation_prompt %}<|assistant|>{{ '\\n' }}"
+    # GLM-4.6V's switch: enable_thinking=false starts the answer with an empty thought.
+    "{%- if enable_thinking is defined and not enable_thinking %}<think></think>{{ '\\n' }}{%- endif %}"
+    "{%- endif %}"
 )
 
 # A small bilingual text the tokenizer learns its merges from: enough to give

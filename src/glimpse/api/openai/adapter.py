@@ -70,7 +70,8 @@ async def to_generation_request(
         stop=body.stop,
         ignore_eos=body.ignore_eos,
     )
-    return GenerationRequest(request_id, tuple(messages), sampling, deadline)
+    template_kwargs = tuple(sorted((body.chat_template_kwargs or {}).items()))
+    return GenerationRequest(request_id, tuple(messages), sampling, deadline, template_kwargs)
 
 
 def _finish(reason: FinishReason | None) -> str | None:

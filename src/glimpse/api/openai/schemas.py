@@ -67,6 +67,11 @@ class ChatCompletionRequest(_Lenient):
     n: int = Field(1, ge=1, le=1, description="Only one choice per request is supported.")
     user: str | None = None
     ignore_eos: bool = Field(False, description="vLLM extension: generate exactly max_tokens tokens.")
+    chat_template_kwargs: dict[str, str | int | float | bool] | None = Field(
+        None,
+        max_length=8,
+        description='vLLM extension: chat-template variables, e.g. {"enable_thinking": false}.',
+    )
 
     @field_validator("stop")
     @classmethod

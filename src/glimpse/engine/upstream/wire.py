@@ -125,6 +125,8 @@ def chat_body(request: GenerationRequest, model: str, messages: list[dict[str, A
     if sampling.ignore_eos:
         # A vLLM/SGLang extension; sent only when asked so strict servers are not bothered.
         body["ignore_eos"] = True
+    if request.template_kwargs:
+        body["chat_template_kwargs"] = dict(request.template_kwargs)  # vLLM/SGLang extension too
     return body
 
 

@@ -192,3 +192,11 @@ def test_resolve_model():
     assert resolve_model("tiny", ["only-one"]) == "only-one"
     assert resolve_model("tiny", ["a", "b"]) is None
     assert resolve_model("tiny", []) is None
+
+
+def test_chat_body_passes_chat_template_kwargs_on():
+    import dataclasses
+
+    request = dataclasses.replace(make_request(), template_kwargs=(("enable_thinking", False),))
+    assert chat_body(request, "m", [])["chat_template_kwargs"] == {"enable_thinking": False}
+    assert "chat_template_kwargs" not in chat_body(make_request(), "m", [])
