@@ -43,7 +43,7 @@ async def test_completion_returns_answer_usage_and_request_id(make_client):
     assert body["usage"] == {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
     assert response.headers["x-request-id"] == "abc-123"
     (request,) = engine.requests
-    assert request.request_id == "abc-123"
+    assert request.request_id.startswith("abc-123.")
     image, text = request.messages[0].content
     assert isinstance(image, ImagePart)
     assert image.image.size == (96, 64)
@@ -195,3 +195,17 @@ async def test_chat_template_kwargs_reach_the_engine_and_the_cache_key(make_clie
     assert thinking_off.headers["x-glimpse-cache"] == "miss"
     assert default.headers["x-glimpse-cache"] == "miss"  # other template variables, other answer
     assert too_many.status_code == 422
+
+
+async def test_concurrent_requests_may_share_an_x_request_id(make_client):
+    import asyncio
+
+    engine = FakeEngine(delay_s=0.02)
+    async with make_client(engine) as client:
+        bodies = [_chat(_vision(f"question {i}")) for i in range(3)]
+        responses = await asyncio.gather(
+            *(client.post("/v1/chat/completions", json=b, headers={"X-Request-ID": "same"}) for b in bodies)
+        )
+    assert [r.status_code for r in responses] == [200, 200, 200]
+    assert len({r.request_id for r in engine.requests}) == 3
+    assert all(r.headers["x-request-id"] == "same" for r in responses)

@@ -12,7 +12,23 @@ from glimpse.engine.protocol import ImagePart, SamplingParams
 from glimpse.errors import InvalidRequest
 from glimpse.media import DecodedImage
 
-__all__ = ["image_part", "new_completion_id", "no_cache_requested", "sampling_params", "with_deadline"]
+__all__ = [
+    "engine_request_id",
+    "image_part",
+    "new_completion_id",
+    "no_cache_requested",
+    "sampling_params",
+    "with_deadline",
+]
+
+
+def engine_request_id(request: Request) -> str:
+    """The request id (from X-Request-ID or generated) made unique for the engine.
+
+    Clients may reuse an X-Request-ID (retries, or one id for a whole conversation);
+    two requests in flight at once must still be two engine requests.
+    """
+    return f"{request.state.request_id}.{uuid.uuid4().hex[:8]}"
 
 
 def new_completion_id() -> str:

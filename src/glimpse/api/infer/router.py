@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
 
 from glimpse.api.errors import error_responses
-from glimpse.api.generation import no_cache_requested, with_deadline
+from glimpse.api.generation import engine_request_id, no_cache_requested, with_deadline
 from glimpse.api.security import authorize, charge_tokens, screen_prompt
 from glimpse.api.service import CACHE_HEADER
 from glimpse.api.state import AppState, StateDep
@@ -34,7 +34,7 @@ async def _answer(
         image,
         question,
         max_new_tokens,
-        request.state.request_id,
+        engine_request_id(request),
         with_deadline(state.settings.server),
         state.settings.engine,
     )

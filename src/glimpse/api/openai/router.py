@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from glimpse.api.errors import error_responses
-from glimpse.api.generation import new_completion_id, no_cache_requested, with_deadline
+from glimpse.api.generation import engine_request_id, new_completion_id, no_cache_requested, with_deadline
 from glimpse.api.security import authorize, charge_tokens, screen_prompt
 from glimpse.api.service import CACHE_HEADER
 from glimpse.api.state import StateDep
@@ -37,7 +37,7 @@ async def chat_completions(
     completion_id = new_completion_id()
     gen = await to_generation_request(
         body,
-        request.state.request_id,
+        engine_request_id(request),
         with_deadline(state.settings.server),
         state.intake,
         state.settings.engine,
