@@ -20,6 +20,7 @@ so layers below the API never import a web framework.
     │   └─ RateLimited [429, Retry-After]
     ├─ Overloaded [503, Retry-After]
     ├─ NotReady [503, Retry-After]
+    ├─ ClientDisconnected [499]   the client went away; nobody reads the answer
     ├─ DeadlineExceeded [504]
     ├─ UpstreamError [502]
     │   └─ UpstreamTimeout [504]
@@ -33,6 +34,7 @@ from http import HTTPStatus
 from typing import ClassVar
 
 __all__ = [
+    "ClientDisconnected",
     "ClientError",
     "DeadlineExceeded",
     "EngineDead",
@@ -60,7 +62,7 @@ __all__ = [
 class GlimpseError(Exception):
     """Root of every error Glimpse raises on purpose."""
 
-    status_code: ClassVar[HTTPStatus] = HTTPStatus.INTERNAL_SERVER_ERROR
+    status_code: ClassVar[int] = HTTPStatus.INTERNAL_SERVER_ERROR
     code: ClassVar[str] = "internal_error"
     error_type: ClassVar[str] = "server_error"
 
@@ -148,6 +150,17 @@ class NotReady(GlimpseError):
 
     status_code = HTTPStatus.SERVICE_UNAVAILABLE
     code = "not_ready"
+
+
+class ClientDisconnected(GlimpseError):
+    """The client closed the connection first; its work was cancelled.
+
+    499 is nginx's "client closed request": it never reaches the client, but logs
+    and metrics show what happened instead of a 500.
+    """
+
+    status_code = 499
+    code = "client_closed_request"
 
 
 class DeadlineExceeded(GlimpseError):

@@ -7,10 +7,12 @@ import base64
 import contextlib
 import json
 import random
+import socket
+import time
 
 import httpx
 from tests.e2e.reference import generate_directly
-from tests.images import png_bytes
+from tests.images import png_b64, png_bytes
 
 QUESTIONS = (
     "What is in the picture?",
@@ -96,3 +98,43 @@ async def test_cancelled_requests_do_not_disturb_the_others(tiny_server, referen
             *(_ask(client, png, q, n, stream=False) for png, q, n in cases),
         )
     assert list(results[4:]) == expected
+
+
+def test_a_client_that_hangs_up_is_cancelled_quietly(tiny_server):
+    """Non-streaming and streaming: the generation stops, no traceback, 499 in the metrics."""
+
+    def running() -> float:
+        text = httpx.get(f"{tiny_server.base_url}/metrics", timeout=5).text
+        return float(
+            next(x for x in text.splitlines() if x.startswith("glimpse_engine_running_requests ")).split()[1]
+        )
+
+    for stream in (False, True):
+        content = [
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64," + png_b64()}},
+            {"type": "text", "text": "a very long answer"},
+        ]
+        body = json.dumps(
+            {
+                "messages": [{"role": "user", "content": content}],
+                "max_tokens": 4000,
+                "ignore_eos": True,
+                "stream": stream,
+            }
+        ).encode()
+        head = (
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Cache-Control: no-cache\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        with socket.create_connection(("127.0.0.1", tiny_server.port)) as sock:
+            sock.sendall(head + body)
+            deadline = time.monotonic() + 30
+            while running() < 1 and time.monotonic() < deadline:  # generating now
+                time.sleep(0.05)
+        deadline = time.monotonic() + 30
+        while running() > 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert running() == 0, "the abandoned generation kept running"
+    metrics = httpx.get(f"{tiny_server.base_url}/metrics", timeout=5).text
+    assert 'route="/v1/chat/completions",status="499"' in metrics
+    assert "Exception in ASGI application" not in tiny_server.log_path.read_text(errors="replace")

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from glimpse.cache import CachedResult, ResultCache, cache_key, is_cacheable
 from glimpse.config import CacheSettings
 from glimpse.engine.protocol import Engine, FinishReason, GenerationRequest, ImagePart, TokenEvent
-from glimpse.errors import EngineRequestError
+from glimpse.errors import ClientDisconnected, EngineRequestError
 from glimpse.obs import Metrics
 
 __all__ = ["CACHE_HEADER", "CacheStatus", "Completion", "GenerationService", "OpenStream"]
@@ -207,7 +207,7 @@ class GenerationService:
             done, _ = await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
             if work in done:
                 return work.result()
-            raise asyncio.CancelledError("client disconnected")
+            raise ClientDisconnected("The client closed the connection before the answer was ready.")
         finally:
             watcher.cancel()
             if not work.done():
