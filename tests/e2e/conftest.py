@@ -40,6 +40,10 @@ def tiny_server(
     log = tmp_path_factory.mktemp("logs") / "tiny_server.log"
     with GlimpseServer(["--model", "tiny"], env=tiny_env, log_path=log) as server:
         yield server
+    # Everything the e2e tests did to it (bad inputs, hang-ups, cancellations, a clean
+    # SIGTERM at the end) must leave no traceback behind: those are bugs, not noise.
+    text = log.read_text(errors="replace")
+    assert "Traceback" not in text, text[text.index("Traceback") - 300 :][:4000]
 
 
 @pytest.fixture(scope="session")

@@ -83,12 +83,13 @@ class GlimpseServer:
         assert self.proc is not None
         self.proc.send_signal(sig)
 
-    def stop(self, timeout: float = 30.0) -> int | None:
+    def stop(self, timeout: float = 30.0, sig: int | None = None) -> int | None:
+        """Signal the process group (SIGTERM: a graceful drain) and wait; SIGKILL after ``timeout``."""
         if self.proc is None:
             return None
         if self.proc.poll() is None:
             with_group = os.getpgid(self.proc.pid)
-            os.killpg(with_group, signal.SIGTERM)
+            os.killpg(with_group, signal.SIGTERM if sig is None else sig)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:

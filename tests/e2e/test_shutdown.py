@@ -66,4 +66,5 @@ def test_sigterm_finishes_every_admitted_request(tiny_env, tmp_path):
     assert statuses.count(200) == 8, results
     assert all('"completion_tokens":1500' in text.replace(" ", "") for _, text in results)
     log = (tmp_path / "server.log").read_text()
+    assert "Traceback" not in log, log[-3000:]
     assert log.index("Shutting down") < log.rindex('"status": 200'), "no request was still running at SIGTERM"

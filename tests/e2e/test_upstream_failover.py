@@ -14,20 +14,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
+from tests.e2e.harness import GlimpseServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -35,85 +31,30 @@ START_TIMEOUT_S = 300.0
 CHAT_ROUTE = "/v1/chat/completions"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class GlimpseProcess:
-    """One ``glimpse serve`` in its own process group, logging to a file."""
-
-    def __init__(self, name: str, args: list[str], port: int, log_dir: Path) -> None:
-        self.name = name
-        self.args = args
-        self.port = port
-        self.log_path = log_dir / f"{name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        log = self.log_path.open("ab")
-        cmd = [sys.executable, "-m", "glimpse", "serve", *self.args, "--port", str(self.port)]
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
-
-    def wait_ready(self, timeout: float = START_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                pytest.fail(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        pytest.fail(f"{self.name} not ready after {timeout:.0f} s:\n{self.log_tail()}")
-
-    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 90.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, sig)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-
 @pytest.fixture(scope="module")
 def cluster(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[tuple[GlimpseProcess, list[GlimpseProcess]]]:
+    tiny_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[GlimpseServer, list[GlimpseServer]]]:
     log_dir = tmp_path_factory.mktemp("upstream-e2e")
-    nodes = [GlimpseProcess(f"node{i}", ["--model", "tiny"], _free_port(), log_dir) for i in range(3)]
-    upstream_args = [arg for node in nodes for arg in ("--upstream", node.url)]
-    gateway = GlimpseProcess("gateway", ["--engine", "upstream", *upstream_args], _free_port(), log_dir)
+
+    def server(name: str, args: list[str]) -> GlimpseServer:
+        return GlimpseServer(
+            args, env=tiny_env, log_path=log_dir / f"{name}.log", ready_timeout=START_TIMEOUT_S
+        )
+
+    nodes = [server(f"node{i}", ["--model", "tiny"]) for i in range(3)]
+    upstream_args = [arg for node in nodes for arg in ("--upstream", node.base_url)]
+    gateway = server("gateway", ["--engine", "upstream", *upstream_args])
     try:
-        # The first node builds the tiny model's cache; the others then only read it.
-        nodes[0].start()
-        nodes[0].wait_ready()
-        for node in nodes[1:]:
+        for node in nodes:
             node.start()
-        for node in nodes[1:]:
+        for node in nodes:
             node.wait_ready()
-        gateway.start()
-        gateway.wait_ready()
+        gateway.start().wait_ready()
         yield gateway, nodes
     finally:
         for process in (gateway, *nodes):
-            process.stop(signal.SIGKILL)
+            process.stop(timeout=10, sig=signal.SIGKILL)
 
 
 def _image_data_url() -> str:
@@ -169,8 +110,8 @@ async def _ask(client: openai.AsyncOpenAI, model: str, question: str, *, stream:
     return "".join(parts)
 
 
-def _chat_requests(node: GlimpseProcess) -> float:
-    text = httpx.get(f"{node.url}/metrics", timeout=5.0).text
+def _chat_requests(node: GlimpseServer) -> float:
+    text = httpx.get(f"{node.base_url}/metrics", timeout=5.0).text
     total = 0.0
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -181,7 +122,7 @@ def _chat_requests(node: GlimpseProcess) -> float:
 
 async def test_greedy_answers_through_the_gateway_equal_a_node_asked_directly(cluster):
     gateway, nodes = cluster
-    node_client, gateway_client = _client(nodes[0].url), _client(gateway.url)
+    node_client, gateway_client = _client(nodes[0].base_url), _client(gateway.base_url)
     node_model, gateway_model = await _model(node_client), await _model(gateway_client)
     for question in ("What is in this picture?", "Describe the colours."):
         direct = await _ask(node_client, node_model, question, stream=False)
@@ -193,10 +134,12 @@ async def test_greedy_answers_through_the_gateway_equal_a_node_asked_directly(cl
 
 async def test_stopping_and_restarting_a_node_under_load_fails_no_request(cluster):
     gateway, nodes = cluster
-    client = _client(gateway.url)
+    client = _client(gateway.base_url)
     model = await _model(client)
     question = "What is in this picture?"
-    expected = await _ask(_client(nodes[0].url), await _model(_client(nodes[0].url)), question, stream=False)
+    expected = await _ask(
+        _client(nodes[0].base_url), await _model(_client(nodes[0].base_url)), question, stream=False
+    )
     answers: list[str] = []
     failures: list[BaseException] = []
     running = True
@@ -213,7 +156,7 @@ async def test_stopping_and_restarting_a_node_under_load_fails_no_request(cluste
         await asyncio.sleep(3)
         before_stop = len(answers)
         victim = nodes[1]
-        await asyncio.to_thread(victim.stop, signal.SIGTERM)
+        await asyncio.to_thread(victim.stop)
         await asyncio.sleep(6)  # traffic runs on the two others
         during_outage = len(answers) - before_stop
         await asyncio.to_thread(victim.start)
@@ -225,9 +168,11 @@ async def test_stopping_and_restarting_a_node_under_load_fails_no_request(cluste
     finally:
         running = False
         await asyncio.gather(*workers)
-    assert failures == [], f"{len(failures)} failed requests, first: {failures[:3]!r}\n{gateway.log_tail()}"
+    assert failures == [], f"{len(failures)} failed requests, first: {failures[:3]!r}\n{gateway.log()}"
     assert before_stop > 0
     assert during_outage > 0
     assert set(answers) == {expected}
     async with httpx.AsyncClient(timeout=5.0) as http:
-        assert (await http.get(f"{gateway.url}/readyz")).status_code == 200
+        assert (await http.get(f"{gateway.base_url}/readyz")).status_code == 200
+    for process in (gateway, *nodes):  # handled failures are log lines, never tracebacks
+        assert "Traceback" not in process.log_path.read_text(errors="replace"), process.log()

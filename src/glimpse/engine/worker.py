@@ -107,7 +107,7 @@ class EngineWorker(threading.Thread):
         self._running = 0
         self._batcher: ContinuousBatcher | None = None
         self._sinks = _BatchSinks()
-        self._stop = threading.Event()
+        self._stop_event = threading.Event()
 
     @property
     def running(self) -> int:
@@ -137,7 +137,7 @@ class EngineWorker(threading.Thread):
             self._batcher.cancel(job.request_id)
 
     def shutdown(self) -> None:
-        self._stop.set()
+        self._stop_event.set()
         self._jobs.put(_SHUTDOWN)
 
     def _make_batcher(self, loaded: LoadedModel) -> ContinuousBatcher | None:
@@ -165,7 +165,7 @@ class EngineWorker(threading.Thread):
         self._on_loaded(self.loaded)
         try:
             if self._batcher is not None:
-                self._batcher.run_forever(self._stop)
+                self._batcher.run_forever(self._stop_event)
                 self._batcher.abort_all(EngineDead("The server is shutting down."))
             else:
                 self._serve()
