@@ -5,6 +5,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
+./scripts/test-deps.sh || exit 1
+
 .venv/bin/ruff check src tests scripts bench || exit 1
 .venv/bin/ruff format --check src tests scripts bench || exit 1
 .venv/bin/mypy || exit 1
