@@ -52,3 +52,21 @@ class FakeEngine:
             yield TokenEvent(word, (i,), None, 7, i)
         reason = FinishReason.LENGTH if len(words) == limit else FinishReason.STOP
         yield TokenEvent("", (), reason, 7, len(words))
+
+
+@dataclass
+class ThinkingEngine(FakeEngine):
+    """Thinks first (``reasoning`` events), then answers, as a reasoning model does."""
+
+    thoughts: tuple[str, ...] = ("let me ", "look")
+
+    async def submit(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+        self.requests.append(request)
+        count = 0
+        for thought in self.thoughts:
+            count += 1
+            yield TokenEvent("", (count,), None, 7, count, reasoning=thought)
+        for word in self.words:
+            count += 1
+            yield TokenEvent(word, (count,), None, 7, count)
+        yield TokenEvent("", (), FinishReason.STOP, 7, count)

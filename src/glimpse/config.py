@@ -75,6 +75,11 @@ class EngineSettings(BaseModel):
         "auto", description="Weight dtype: 'auto' is bfloat16 on a GPU and float32 on a CPU."
     )
     trust_remote_code: bool = Field(False, description="Allow model repositories to run their own code.")
+    reasoning_parser: Literal["none", "think-tags"] = Field(
+        "none",
+        description="'think-tags': send a thinking model's <think>…</think> text as reasoning_content, "
+        "apart from the answer (recommended for GLM-4.6V); 'none': one text.",
+    )
     chat_template_kwargs: dict[str, str | int | float | bool] = Field(
         default_factory=dict,
         description='Default chat-template variables, e.g. {"enable_thinking": false} for GLM-4.6V; '

@@ -45,6 +45,7 @@ class Completion:
     finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+    reasoning: str = ""
 
 
 @dataclass(slots=True)
@@ -77,12 +78,20 @@ def _to_result(events: Sequence[TokenEvent]) -> CachedResult | None:
         return None
     last = events[-1]
     chunks = tuple(e.text for e in events if e.text)
+    reasoning = "".join(e.reasoning for e in events)
     return CachedResult(
-        "".join(chunks), chunks, str(last.finish_reason), last.prompt_tokens, last.completion_tokens
+        "".join(chunks),
+        chunks,
+        str(last.finish_reason),
+        last.prompt_tokens,
+        last.completion_tokens,
+        reasoning,
     )
 
 
 async def _replay(cached: CachedResult) -> AsyncIterator[TokenEvent]:
+    if cached.reasoning:
+        yield TokenEvent("", (), None, cached.prompt_tokens, 0, cached.reasoning)
     for index, chunk in enumerate(cached.chunks, start=1):
         yield TokenEvent(chunk, (), None, cached.prompt_tokens, index)
     reason = FinishReason(cached.finish_reason)
@@ -158,7 +167,7 @@ class GenerationService:
         first_at: float | None = None
         try:
             async for event in events:
-                if first_at is None and (event.text or event.finish_reason is not None):
+                if first_at is None and (event.text or event.reasoning or event.finish_reason is not None):
                     first_at = time.perf_counter()
                 if event.finish_reason in _ANSWERS:  # recorded before the last yield: callers stop here
                     self.metrics.observe_generation(
@@ -189,16 +198,19 @@ class GenerationService:
 
         async def run() -> tuple[Completion, CacheStatus]:
             stream = await self.open(gen, no_cache=no_cache)
-            parts = [stream.first.text]
+            parts, thoughts = [stream.first.text], [stream.first.reasoning]
             last = stream.first
             try:
                 while last.finish_reason is None:
                     last = await stream.rest.__anext__()
                     parts.append(last.text)
+                    thoughts.append(last.reasoning)
             finally:
                 await stream.close()
             reason = last.finish_reason
-            completion = Completion("".join(parts), reason, last.prompt_tokens, last.completion_tokens)
+            completion = Completion(
+                "".join(parts), reason, last.prompt_tokens, last.completion_tokens, "".join(thoughts)
+            )
             return completion, stream.cache
 
         work = asyncio.create_task(run())

@@ -25,6 +25,8 @@ class CachedResult:
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    #: The model's thinking, when the engine separated it from the answer.
+    reasoning: str = ""
 
     def to_bytes(self) -> bytes:
         return json.dumps(
@@ -35,6 +37,7 @@ class CachedResult:
                 "finish_reason": self.finish_reason,
                 "prompt_tokens": self.prompt_tokens,
                 "completion_tokens": self.completion_tokens,
+                "reasoning": self.reasoning,
             },
             separators=(",", ":"),
             ensure_ascii=False,
@@ -55,8 +58,10 @@ class CachedResult:
             raise ValueError("cached value has an unknown format")
         text, chunks, finish = raw.get("text"), raw.get("chunks"), raw.get("finish_reason")
         prompt, completion = raw.get("prompt_tokens"), raw.get("completion_tokens")
+        reasoning = raw.get("reasoning", "")
         if not (
-            isinstance(text, str)
+            isinstance(reasoning, str)
+            and isinstance(text, str)
             and isinstance(finish, str)
             and isinstance(chunks, list)
             and all(isinstance(chunk, str) for chunk in chunks)
@@ -70,6 +75,7 @@ class CachedResult:
             finish_reason=finish,
             prompt_tokens=prompt,
             completion_tokens=completion,
+            reasoning=reasoning,
         )
 
 

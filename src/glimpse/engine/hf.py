@@ -79,6 +79,7 @@ class HFEngine:
         self._ready = False
         self._detail = "loading model"
         self.loaded: LoadedModel | None = None
+        self._think_ids: tuple[int, int] | None = None
 
     @property
     def model_name(self) -> str:
@@ -98,11 +99,26 @@ class HFEngine:
             self._detail = "model failed to load"
             raise result
         self.loaded = result
+        self._think_ids = self._find_think_ids()
         if self._settings.warmup:
             self._detail = "warming up"
             await self._warm_up()
         self._ready = True
         self._detail = "ready"
+
+    def _find_think_ids(self) -> tuple[int, int] | None:
+        """Token ids of ``<think>``/``</think>`` when reasoning is to be separated, else ``None``."""
+        if self._settings.reasoning_parser == "none" or self.loaded is None:
+            return None
+        tokenizer = getattr(self.loaded.processor, "tokenizer", self.loaded.processor)
+        ids = [tokenizer.convert_tokens_to_ids(tag) for tag in ("<think>", "</think>")]
+        unknown = getattr(tokenizer, "unk_token_id", None)
+        if any(not isinstance(i, int) or i == unknown for i in ids):
+            logger.warning(
+                "reasoning_parser is 'think-tags', but the tokenizer has no <think> tokens; ignored"
+            )
+            return None
+        return ids[0], ids[1]
 
     async def _warm_up(self) -> None:
         from PIL import Image
@@ -171,11 +187,14 @@ class HFEngine:
             assert self.loaded is not None
             assert self._worker is not None
             tokenizer = getattr(self.loaded.processor, "tokenizer", self.loaded.processor)
+            think = self._think_ids
             sink = JobSink(
                 loop,
                 lambda ids: str(tokenizer.decode(ids, skip_special_tokens=True)),
                 request.sampling.stop,
                 prompt_tokens,
+                think_ids=think,
+                thinking=think is not None and int(inputs["input_ids"][0, -1]) == think[0],
             )
             job = Job(request.request_id, inputs, request.sampling, sink, prompt_tokens)
             self._jobs[request.request_id] = job

@@ -25,7 +25,14 @@ _Item = TokenEvent | BaseException
 
 
 class JobSink:
-    """Engine-thread → event-loop channel for one request's events."""
+    """Engine-thread → event-loop channel for one request's events.
+
+    With ``think_ids`` (the ids of ``<think>`` and ``</think>``), text between them
+    goes out as ``reasoning`` and the rest as the answer; the tags themselves are
+    dropped. Detection is by token id, as vLLM's reasoning parsers do, so it works
+    whether or not the tokenizer calls the tags special. ``thinking`` says whether
+    the prompt already opened a thought (a template that ends with ``<think>``).
+    """
 
     def __init__(
         self,
@@ -33,11 +40,16 @@ class JobSink:
         decode: Callable[[Sequence[int]], str],
         stops: tuple[str, ...],
         prompt_tokens: int,
+        think_ids: tuple[int, int] | None = None,
+        thinking: bool = False,
     ) -> None:
         self._loop = loop
         self.queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._decode = decode
         self._decoder = IncrementalDecoder(decode)
         self._stops = StopMatcher(stops)
+        self._think_ids = think_ids
+        self._thinking = thinking and think_ids is not None
         self.prompt_tokens = prompt_tokens
         self.completion_tokens = 0
         self.finished = False
@@ -49,6 +61,18 @@ class JobSink:
         except RuntimeError:  # the loop is closed: nobody is listening any more
             self.finished = True
 
+    def _event(
+        self, text: str, reasoning: str, token_ids: tuple[int, ...], reason: FinishReason | None
+    ) -> TokenEvent:
+        return TokenEvent(text, token_ids, reason, self.prompt_tokens, self.completion_tokens, reasoning)
+
+    def _switch(self, thinking: bool) -> str:
+        """At a think tag: finish the text decoded so far, and start a fresh decoder."""
+        tail = self._decoder.flush()
+        self._decoder = IncrementalDecoder(self._decode)
+        was_thinking, self._thinking = self._thinking, thinking
+        return tail if was_thinking else self._stops.feed(tail)
+
     def on_token(self, token_id: int) -> bool:
         """Record one generated token; returns True when a stop string ended the answer."""
         if self.finished:
@@ -56,24 +80,38 @@ class JobSink:
         if self.first_token_at is None:
             self.first_token_at = time.monotonic()
         self.completion_tokens += 1
-        text = self._stops.feed(self._decoder.push(token_id))
+        if self._think_ids is not None and token_id in self._think_ids:
+            was_thinking = self._thinking
+            tail = self._switch(token_id == self._think_ids[0])
+            if was_thinking:
+                self._put(self._event("", tail, (token_id,), None))
+                return False
+            text = tail
+        else:
+            delta = self._decoder.push(token_id)
+            if self._thinking:
+                self._put(self._event("", delta, (token_id,), None))
+                return False
+            text = self._stops.feed(delta)
         if self._stops.stopped:
             self.on_finish(FinishReason.STOP, text)
             return True
-        self._put(TokenEvent(text, (token_id,), None, self.prompt_tokens, self.completion_tokens))
+        self._put(self._event(text, "", (token_id,), None))
         return False
 
     def on_finish(self, reason: FinishReason, pending_text: str = "") -> None:
         if self.finished:
             return
         self.finished = True
-        tail = pending_text
-        if not self._stops.stopped:
+        tail, reasoning = pending_text, ""
+        if self._thinking:  # the thought never closed: what there is, is thinking
+            reasoning = self._decoder.flush()
+        elif not self._stops.stopped:
             tail += self._stops.feed(self._decoder.flush())
             tail += self._stops.flush()
             if self._stops.stopped:
                 reason = FinishReason.STOP
-        self._put(TokenEvent(tail, (), reason, self.prompt_tokens, self.completion_tokens))
+        self._put(self._event(tail, reasoning, (), reason))
 
     def on_error(self, exc: BaseException) -> None:
         if not self.finished:

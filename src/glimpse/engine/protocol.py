@@ -109,8 +109,10 @@ class FinishReason(StrEnum):
 class TokenEvent:
     """A piece of the answer. The last event of a stream has ``finish_reason`` set.
 
-    ``text`` is the new text since the previous event (may be empty, e.g. while a
-    multi-byte character is incomplete or a possible stop string is held back).
+    ``text`` is the new answer text since the previous event (may be empty, e.g. while
+    a multi-byte character is incomplete or a possible stop string is held back).
+    ``reasoning`` is new thinking text, for models that think before answering
+    (GLM-4.6V's ``<think>…</think>``) when the engine separates it.
     """
 
     text: str
@@ -118,6 +120,7 @@ class TokenEvent:
     finish_reason: FinishReason | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    reasoning: str = ""
 
 
 @dataclass(slots=True, frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -188,3 +189,38 @@ def test_screenshots_desktop_and_phone(
             shutil.copyfile(path, docs / name)
     # At phone width nothing may stick out sideways.
     assert page.evaluate("() => document.documentElement.scrollWidth") <= PHONE["width"]
+
+
+def test_a_thinking_models_reasoning_is_folded_above_the_answer(page: Any) -> None:
+    def chunk(delta: dict[str, str], finish: str | None = None) -> str:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        return (
+            "data: "
+            + json.dumps({"id": "x", "object": "chat.completion.chunk", "choices": [choice]})
+            + "\n\n"
+        )
+
+    body = (
+        chunk({"role": "assistant", "content": ""})
+        + chunk({"reasoning_content": "The sky is <b>blue</b>, "})
+        + chunk({"reasoning_content": "so: blue."})
+        + chunk({"content": "**Blue.**"})
+        + chunk({}, "stop")
+        + "data: [DONE]\n\n"
+    )
+    page.route(
+        "**/v1/chat/completions",
+        lambda route: route.fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=body),
+    )
+    choose_image(page, scene_png((80, 60)))
+    ask(page, "What colour is the sky?")
+    answer = wait_answer_done(page, 1)
+    thinking = answer.locator("details.thinking")
+    assert thinking.is_visible()
+    assert thinking.locator("summary").inner_text() == "Thinking"
+    thinking.locator("summary").click()
+    assert (
+        thinking.locator(".thought").inner_text() == "The sky is <b>blue</b>, so: blue."
+    )  # shown, not parsed
+    assert answer.locator(".body").inner_text() == "Blue."
+    assert answer.locator(".body strong").count() == 1

@@ -88,6 +88,13 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
+def _message(result: Completion) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": result.text}
+    if result.reasoning:
+        message["reasoning_content"] = result.reasoning  # as vLLM and DeepSeek send it
+    return message
+
+
 def completion_body(completion_id: str, model: str, result: Completion) -> dict[str, Any]:
     return {
         "id": completion_id,
@@ -97,7 +104,7 @@ def completion_body(completion_id: str, model: str, result: Completion) -> dict[
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": result.text},
+                "message": _message(result),
                 "finish_reason": _finish(result.finish_reason),
                 "logprobs": None,
             }
@@ -145,6 +152,8 @@ async def sse_stream(
     event = first
     try:
         while True:
+            if event.reasoning:
+                yield chunk({"reasoning_content": event.reasoning}, None)
             if event.text:
                 yield chunk({"content": event.text}, None)
             if event.finish_reason is not None:

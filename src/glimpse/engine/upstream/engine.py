@@ -344,10 +344,10 @@ class UpstreamEngine:
                     await _drain(events)
                     break
                 chunk = parse_chunk(data)
-                if chunk.text:
+                if chunk.text or chunk.reasoning:
                     progress.chunks += 1
                     progress.sent = True
-                    queue.put_nowait(TokenEvent(chunk.text))
+                    queue.put_nowait(TokenEvent(chunk.text, reasoning=chunk.reasoning))
                 finish = chunk.finish_reason or finish
                 usage = chunk.usage or usage
         if finish is None:

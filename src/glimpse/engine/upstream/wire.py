@@ -134,6 +134,8 @@ def chat_body(request: GenerationRequest, model: str, messages: list[dict[str, A
 class StreamChunk:
     text: str = ""
     finish_reason: FinishReason | None = None
+    #: Thinking text (``reasoning_content``, or ``reasoning`` as some servers name it).
+    reasoning: str = ""
     #: ``(prompt_tokens, completion_tokens)`` when the chunk carries usage.
     usage: tuple[int, int] | None = None
 
@@ -162,14 +164,16 @@ def parse_chunk(data: str) -> StreamChunk:
         raise UpstreamError("upstream sent a malformed stream event")
     if "error" in payload or payload.get("object") == "error":
         raise UpstreamError(f"upstream failed mid-stream: {_error_message(payload) or 'unknown error'}")
-    text = ""
+    text = reasoning = ""
     finish: FinishReason | None = None
     choices = payload.get("choices")
     if isinstance(choices, list) and choices and isinstance(choices[0], dict):
         choice = choices[0]
         delta = choice.get("delta")
-        if isinstance(delta, dict) and isinstance(delta.get("content"), str):
-            text = delta["content"]
+        if isinstance(delta, dict):
+            text = delta["content"] if isinstance(delta.get("content"), str) else ""
+            thought = delta.get("reasoning_content", delta.get("reasoning"))
+            reasoning = thought if isinstance(thought, str) else ""
         reason = choice.get("finish_reason")
         if isinstance(reason, str):
             # Anything else that ends a turn (tool_calls, content_filter, ...) is a stop to us.
@@ -181,7 +185,7 @@ def parse_chunk(data: str) -> StreamChunk:
             counts = (int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
         except (TypeError, ValueError) as exc:
             raise UpstreamError("upstream sent malformed usage") from exc
-    return StreamChunk(text=text, finish_reason=finish, usage=counts)
+    return StreamChunk(text=text, finish_reason=finish, usage=counts, reasoning=reasoning)
 
 
 def _retry_after(headers: httpx.Headers) -> int | None:

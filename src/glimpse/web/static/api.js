@@ -125,6 +125,8 @@ function handleEvent(payload, onEvent) {
   }
   if (chunk.error) throw describeError(0, chunk, null);
   for (const choice of chunk.choices || []) {
+    const thought = choice?.delta?.reasoning_content;
+    if (typeof thought === "string" && thought) onEvent({ type: "reasoning", text: thought });
     const text = choice?.delta?.content;
     if (typeof text === "string" && text) onEvent({ type: "delta", text });
     if (choice?.finish_reason) onEvent({ type: "finish", reason: choice.finish_reason });

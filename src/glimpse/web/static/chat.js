@@ -57,6 +57,12 @@ class Turn {
     this.user.append(asked);
 
     this.answer = el("article", "msg assistant", { "aria-busy": "true" });
+    // A thinking model's reasoning, folded away above its answer; plain text, never HTML.
+    this.thinking = el("details", "thinking");
+    this.thinking.hidden = true;
+    this.thoughtText = "";
+    this.thought = el("p", "thought plain");
+    this.thinking.append(labelled("summary", "", "chat.reasoning"), this.thought);
     this.body = el("div", "body markdown");
     const meta = el("footer", "meta");
     this.status = el("span", "status");
@@ -66,9 +72,15 @@ class Turn {
     this.copyBtn.hidden = true;
     this.copyBtn.addEventListener("click", () => this.copy());
     meta.append(this.status, this.statsEl, this.copyBtn);
-    this.answer.append(labelled("h3", "who", "chat.assistant"), this.body, meta);
+    this.answer.append(labelled("h3", "who", "chat.assistant"), this.thinking, this.body, meta);
     transcript.append(this.user, this.answer);
     this.relabel();
+  }
+
+  appendReasoning(text) {
+    this.thoughtText += text;
+    this.thinking.hidden = false;
+    this.thought.textContent = this.thoughtText;
   }
 
   append(text) {
@@ -220,9 +232,10 @@ export class Conversation {
         apiKey: this.settings.apiKey,
         signal: controller.signal,
         onEvent: (event) => {
-          if (event.type === "delta") {
+          if (event.type === "delta" || event.type === "reasoning") {
             if (ttft === null) ttft = performance.now() - started;
-            turn.append(event.text);
+            if (event.type === "delta") turn.append(event.text);
+            else turn.appendReasoning(event.text);
           } else if (event.type === "usage") {
             usage = event.usage;
           }

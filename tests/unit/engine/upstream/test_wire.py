@@ -200,3 +200,14 @@ def test_chat_body_passes_chat_template_kwargs_on():
     request = dataclasses.replace(make_request(), template_kwargs=(("enable_thinking", False),))
     assert chat_body(request, "m", [])["chat_template_kwargs"] == {"enable_thinking": False}
     assert "chat_template_kwargs" not in chat_body(make_request(), "m", [])
+
+
+def test_parse_chunk_keeps_reasoning_apart():
+    thought = parse_chunk(
+        '{"choices":[{"index":0,"delta":{"reasoning_content":"hmm"},"finish_reason":null}]}'
+    )
+    answer = parse_chunk('{"choices":[{"index":0,"delta":{"content":"yes"},"finish_reason":null}]}')
+    other = parse_chunk('{"choices":[{"index":0,"delta":{"reasoning":"so"},"finish_reason":null}]}')
+    assert (thought.text, thought.reasoning) == ("", "hmm")
+    assert (answer.text, answer.reasoning) == ("yes", "")
+    assert other.reasoning == "so"
