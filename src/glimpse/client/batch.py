@@ -40,7 +40,7 @@ Sleep = Callable[[float], Awaitable[None]]
 
 
 def register_batch(subparsers: Any) -> None:
-    p = subparsers.add_parser("batch", help="analyse every image in a folder, resumably")
+    p = subparsers.add_parser("batch", help="Analyse every image in a folder, resumably.")
     p.add_argument("directory", nargs="?", type=Path, help="folder of .jpg/.jpeg/.png/.webp images")
     p.add_argument("--list", type=Path, dest="list_file", help="CSV or JSONL with image[,question] instead")
     p.add_argument("--recursive", action="store_true", help="also look in sub-folders")

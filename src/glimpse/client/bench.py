@@ -47,7 +47,7 @@ DEFAULT_NUM_REQUESTS = 100
 
 def register_bench(subparsers: Any) -> None:
     """Add ``bench`` (and ``bench compare``) to the CLI's subparsers."""
-    p = subparsers.add_parser("bench", help="load-test an OpenAI-compatible endpoint")
+    p = subparsers.add_parser("bench", help="Load-test an OpenAI-compatible endpoint.")
     p.add_argument("--url", default="http://127.0.0.1:8080", help="server base URL")
     p.add_argument("--model", help="model name (default: the first one /v1/models lists)")
     p.add_argument("--api-key", help="sent as a Bearer token")
