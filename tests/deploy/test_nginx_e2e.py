@@ -20,7 +20,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from tests.deploy.nginx_harness import NGINX, NginxProcess, render
 from tests.e2e.harness import GlimpseServer, free_port
 from tests.images import data_url, png_b64
@@ -78,16 +77,6 @@ def _access_log(proc: NginxProcess) -> list[dict]:
     return [json.loads(line) for line in proc.layout.access_log.read_text().splitlines() if line]
 
 
-def _requests_served(server: GlimpseServer, route: str) -> float:
-    text = httpx.get(f"{server.base_url}/metrics", timeout=10).text
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "glimpse_http_requests_total" and sample.labels.get("route") == route:
-                total += sample.value
-    return total
-
-
 def _one_request(base_url: str, i: int) -> tuple[str, int, str, str]:
     """(kind, status, sent request id or '', echoed request id); alternates /infer and streaming chat."""
     sent = f"deploy-test-{i}" if i % 3 == 0 else ""
@@ -109,7 +98,9 @@ def _one_request(base_url: str, i: int) -> tuple[str, int, str, str]:
 
 def test_requests_over_tls_are_spread_over_both_replicas(replicas, nginx):
     before = {
-        s.port: _requests_served(s, "/infer") + _requests_served(s, "/v1/chat/completions") for s in replicas
+        s.port: s.metric("glimpse_http_requests_total", route="/infer")
+        + s.metric("glimpse_http_requests_total", route="/v1/chat/completions")
+        for s in replicas
     }
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda i: _one_request(nginx.https_url, i), range(20)))
@@ -130,7 +121,9 @@ def test_requests_over_tls_are_spread_over_both_replicas(replicas, nginx):
 
     # Each replica's own count agrees with nginx's view of who served what.
     for server in replicas:
-        served = _requests_served(server, "/infer") + _requests_served(server, "/v1/chat/completions")
+        served = server.metric("glimpse_http_requests_total", route="/infer") + server.metric(
+            "glimpse_http_requests_total", route="/v1/chat/completions"
+        )
         assert served - before[server.port] == per_replica[f"127.0.0.1:{server.port}"]
 
 

@@ -16,14 +16,28 @@ import time
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
-__all__ = ["GlimpseServer", "free_port"]
+__all__ = ["GlimpseServer", "free_port", "metric_value"]
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def metric_value(base_url: str, name: str, **labels: str) -> float:
+    """A counter's or gauge's value now, summed over the samples matching ``labels``."""
+    text = httpx.get(f"{base_url}/metrics", timeout=10).raise_for_status().text
+    for family in text_string_to_metric_families(text):
+        if family.name == name.removesuffix("_total"):  # the parser drops a counter's suffix
+            return sum(
+                s.value
+                for s in family.samples
+                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+            )
+    raise AssertionError(f"{name} is missing from /metrics")
 
 
 class GlimpseServer:
@@ -75,6 +89,9 @@ class GlimpseServer:
                 pass
             time.sleep(0.3)
         raise TimeoutError(f"glimpse serve not ready after {self.ready_timeout}s:\n{self.log()}")
+
+    def metric(self, name: str, **labels: str) -> float:
+        return metric_value(self.base_url, name, **labels)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-6000:]

@@ -104,10 +104,7 @@ def test_a_client_that_hangs_up_is_cancelled_quietly(tiny_server):
     """Non-streaming and streaming: the generation stops, no traceback, 499 in the metrics."""
 
     def running() -> float:
-        text = httpx.get(f"{tiny_server.base_url}/metrics", timeout=5).text
-        return float(
-            next(x for x in text.splitlines() if x.startswith("glimpse_engine_running_requests ")).split()[1]
-        )
+        return tiny_server.metric("glimpse_engine_running_requests")
 
     for stream in (False, True):
         content = [

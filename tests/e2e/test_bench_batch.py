@@ -16,9 +16,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
+from tests.e2e.harness import metric_value
 
 from glimpse.client.bench_inputs import synthetic_image
 
@@ -29,21 +28,8 @@ CHAT_ROUTE = "/v1/chat/completions"
 INFER_ROUTE = "/infer"
 
 
-def counter(base_url: str, name: str, **labels: str) -> float:
-    """A counter's or gauge's value now (summed over the samples matching ``labels``)."""
-    text = httpx.get(f"{base_url}/metrics", timeout=10).raise_for_status().text
-    for family in text_string_to_metric_families(text):
-        if family.name == name.removesuffix("_total"):  # the parser drops a counter's suffix
-            return sum(
-                s.value
-                for s in family.samples
-                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
-            )
-    raise AssertionError(f"{name} is missing from /metrics")
-
-
 def served(base_url: str, route: str) -> float:
-    return counter(base_url, "glimpse_http_requests_total", route=route, status="200")
+    return metric_value(base_url, "glimpse_http_requests_total", route=route, status="200")
 
 
 def settled(base_url: str, route: str, *, quiet_s: float = 1.0, limit_s: float = 30.0) -> float:
@@ -53,7 +39,7 @@ def settled(base_url: str, route: str, *, quiet_s: float = 1.0, limit_s: float =
     while time.monotonic() < deadline:
         time.sleep(quiet_s)
         now = served(base_url, route)
-        idle = counter(base_url, "glimpse_http_requests_in_flight") <= 1  # this scrape itself
+        idle = metric_value(base_url, "glimpse_http_requests_in_flight") <= 1  # this scrape itself
         if now == last and idle:
             return now
         last = now
@@ -89,7 +75,7 @@ def test_bench_counts_match_the_server_metrics(tiny_server, tmp_path):
 
 def test_bench_cache_hits_match_the_server_metrics(tiny_server, tmp_path):
     base = tiny_server.base_url
-    hits_before = counter(base, "glimpse_cache_requests_total", result="hit")
+    hits_before = metric_value(base, "glimpse_cache_requests_total", result="hit")
     out = tmp_path / "cached.json"
     cmd = [
         *GLIMPSE, "bench", "--url", base, "--concurrency", "1,4", "--num-requests", "8", "--max-tokens", "8",
@@ -99,7 +85,7 @@ def test_bench_cache_hits_match_the_server_metrics(tiny_server, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     hits = sum(level["cache_hits"] for level in json.loads(out.read_text())["levels"])
     assert hits >= 8 + 8 - 1  # one image, one question: only the very first can miss
-    assert counter(base, "glimpse_cache_requests_total", result="hit") - hits_before == hits
+    assert metric_value(base, "glimpse_cache_requests_total", result="hit") - hits_before == hits
 
 
 def _batch(base_url: str, folder: Path, out: Path) -> list[str]:

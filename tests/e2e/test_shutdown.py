@@ -13,12 +13,6 @@ from tests.e2e.harness import GlimpseServer
 from tests.images import png_bytes
 
 
-def _in_flight(server: GlimpseServer) -> float:
-    text = httpx.get(f"{server.base_url}/metrics", timeout=5).text
-    line = next(x for x in text.splitlines() if x.startswith("glimpse_http_requests_in_flight "))
-    return float(line.split()[1]) - 1  # minus this scrape
-
-
 def test_sigterm_finishes_every_admitted_request(tiny_env, tmp_path):
     server = (
         GlimpseServer(["--model", "tiny"], env=tiny_env, log_path=tmp_path / "server.log")
@@ -49,7 +43,8 @@ def test_sigterm_finishes_every_admitted_request(tiny_env, tmp_path):
         for thread in threads:
             thread.start()
         deadline = time.monotonic() + 30
-        while _in_flight(server) < 8 and time.monotonic() < deadline:  # the whole burst is admitted
+        # The whole burst is admitted (in flight counts this scrape too).
+        while server.metric("glimpse_http_requests_in_flight") - 1 < 8 and time.monotonic() < deadline:
             time.sleep(0.05)
         server.signal(signal.SIGTERM)
         time.sleep(0.2)

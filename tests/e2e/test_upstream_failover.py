@@ -22,7 +22,6 @@ import httpx
 import openai
 import pytest
 from PIL import Image
-from prometheus_client.parser import text_string_to_metric_families
 from tests.e2e.harness import GlimpseServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -110,16 +109,6 @@ async def _ask(client: openai.AsyncOpenAI, model: str, question: str, *, stream:
     return "".join(parts)
 
 
-def _chat_requests(node: GlimpseServer) -> float:
-    text = httpx.get(f"{node.base_url}/metrics", timeout=5.0).text
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "glimpse_http_requests_total" and sample.labels.get("route") == CHAT_ROUTE:
-                total += sample.value
-    return total
-
-
 async def test_greedy_answers_through_the_gateway_equal_a_node_asked_directly(cluster):
     gateway, nodes = cluster
     node_client, gateway_client = _client(nodes[0].base_url), _client(gateway.base_url)
@@ -162,7 +151,7 @@ async def test_stopping_and_restarting_a_node_under_load_fails_no_request(cluste
         await asyncio.to_thread(victim.start)
         await asyncio.to_thread(victim.wait_ready)
         deadline = time.monotonic() + 60
-        while await asyncio.to_thread(_chat_requests, victim) == 0:
+        while await asyncio.to_thread(victim.metric, "glimpse_http_requests_total", route=CHAT_ROUTE) == 0:
             assert time.monotonic() < deadline, "traffic never came back to the restarted node"
             await asyncio.sleep(0.5)
     finally:

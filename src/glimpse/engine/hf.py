@@ -238,7 +238,7 @@ class HFEngine:
         except (ValueError, TypeError) as exc:
             raise InvalidRequest(f"The model's processor could not prepare this request: {exc}") from exc
         prompt_tokens = int(inputs["input_ids"].shape[-1])
-        limit = self._context_limit()
+        limit = self.loaded.context_length or 1 << 30
         needed = prompt_tokens + request.sampling.max_new_tokens
         if needed > limit:
             raise RequestTooLarge(
@@ -252,9 +252,3 @@ class HFEngine:
                 f"({self._settings.max_tokens_in_flight})."
             )
         return dict(inputs), prompt_tokens
-
-    def _context_limit(self) -> int:
-        assert self.loaded is not None
-        config = self.loaded.model.config
-        text_config = getattr(config, "text_config", config)
-        return int(getattr(text_config, "max_position_embeddings", 1 << 30))

@@ -33,6 +33,13 @@ class LoadedModel:
     is_tiny: bool
     load_seconds: float
 
+    @property
+    def context_length(self) -> int | None:
+        """Longest sequence the text model was built for (``max_position_embeddings``), if it says."""
+        config = self.model.config
+        length = getattr(getattr(config, "text_config", config), "max_position_embeddings", None)
+        return int(length) if length is not None else None
+
 
 def resolve_model_path(settings: EngineSettings) -> tuple[str, bool]:
     """Return (path or hub id to load, whether it is the tiny model); builds tiny on first use."""

@@ -143,8 +143,7 @@ class EngineWorker(threading.Thread):
     def _make_batcher(self, loaded: LoadedModel) -> ContinuousBatcher | None:
         if not self._settings.batching:
             return None
-        text_config = getattr(loaded.model.config, "text_config", loaded.model.config)
-        context = int(getattr(text_config, "max_position_embeddings", self._settings.max_seq_len))
+        context = loaded.context_length or self._settings.max_seq_len
         config = BatcherConfig.from_settings(
             self._settings, max_seq_len=min(self._settings.max_seq_len, context)
         )
