@@ -130,18 +130,15 @@ class GenerationService:
             },
         )
 
-    def _use_cache(self, gen: GenerationRequest, no_cache: bool) -> bool:
-        return (
-            self.cache is not None
-            and not no_cache
-            and is_cacheable(gen.sampling.temperature, gen.sampling.seed, self.settings.allow_sampled)
+    def _cacheable(self, gen: GenerationRequest, no_cache: bool) -> bool:
+        return not no_cache and is_cacheable(
+            gen.sampling.temperature, gen.sampling.seed, self.settings.allow_sampled
         )
 
     async def open(self, gen: GenerationRequest, *, no_cache: bool = False) -> OpenStream:
         started = time.perf_counter()
-        status = CacheStatus.BYPASS
         events: AsyncIterator[TokenEvent]
-        if self.cache is not None and self._use_cache(gen, no_cache):
+        if self.cache is not None and self._cacheable(gen, no_cache):
             key = self.cache_key(gen)
             cached = await self.cache.lookup(key)
             if cached is not None:
@@ -152,7 +149,7 @@ class GenerationService:
             stream.cache = holder[0] if holder else CacheStatus.MISS
             return stream
         events = self.engine.submit(gen)
-        return await self._first(self._observed(events, started), status)
+        return await self._first(self._observed(events, started), CacheStatus.BYPASS)
 
     async def _shared(
         self, key: str, gen: GenerationRequest, holder: list[CacheStatus]
