@@ -175,7 +175,11 @@ def _serve(args: argparse.Namespace) -> int:
     app = create_app(settings, on_fatal=on_fatal)
 
     class DrainingServer(uvicorn.Server):
-        """On SIGTERM/SIGINT, turn /readyz and new requests to 503 first, then let uvicorn drain."""
+        """On SIGTERM/SIGINT, turn /readyz to 503 first, then let uvicorn drain.
+
+        uvicorn stops accepting connections and waits for the requests it has already
+        received; those are served in full (none is refused half-read), so a drain loses nothing.
+        """
 
         def handle_exit(self, sig: int, frame: Any) -> None:
             state = getattr(app.state, "glimpse", None)

@@ -33,6 +33,7 @@ def make_client(tmp_path) -> ClientFactory:
         async with LifespanManager(app) as manager:
             transport = httpx.ASGITransport(app=manager.app)
             async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                client.app = app  # type: ignore[attr-defined]  # for tests that steer the app's state
                 yield client
 
     return factory

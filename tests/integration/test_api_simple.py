@@ -64,3 +64,16 @@ async def test_health_and_readiness(make_client):
         assert not_ready.headers["retry-after"]
         engine.ready = True
         assert (await client.get("/readyz")).status_code == 200
+
+
+async def test_draining_turns_readiness_off_but_serves_requests_already_received(make_client):
+    # uvicorn stops accepting connections on SIGTERM; what reached the app before that is
+    # answered in full, never refused half-read (the flag only steers load balancers away).
+    async with make_client(FakeEngine()) as client:
+        client.app.state.glimpse.draining = True
+        readiness = await client.get("/readyz")
+        answer = await client.post("/infer", json={"image": png_b64(), "text": "what?"})
+    assert readiness.status_code == 503
+    assert readiness.headers["retry-after"]
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"response": "hello world"}

@@ -10,7 +10,7 @@ from fastapi import Depends, Request
 from glimpse.api.service import GenerationService
 from glimpse.config import Settings
 from glimpse.engine.protocol import Engine
-from glimpse.errors import ModelNotFound, NotReady
+from glimpse.errors import ModelNotFound
 from glimpse.guard import Authenticator, PromptGuard, QuotaTracker, RateLimiter
 from glimpse.media import ImageIntake
 from glimpse.obs import Metrics
@@ -29,7 +29,7 @@ class AppState:
     limiter: RateLimiter
     quota: QuotaTracker
     guard: PromptGuard
-    draining: bool = False
+    draining: bool = False  # only /readyz reads it: a request that arrived is always served
     load_error: str | None = None
     model_aliases: frozenset[str] = field(default_factory=frozenset)
 
@@ -41,10 +41,6 @@ class AppState:
             f"The model '{requested}' is not served here; this server serves '{self.engine.model_name}'.",
             param="model",
         )
-
-    def check_admitting(self) -> None:
-        if self.draining:
-            raise NotReady("The server is shutting down; retry on another replica.", retry_after=1)
 
 
 def get_state(request: Request) -> AppState:
