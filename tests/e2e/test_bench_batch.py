@@ -99,7 +99,8 @@ def _lines(path: Path) -> int:
     return path.read_bytes().count(b"\n") if path.exists() else 0
 
 
-def test_interrupted_batch_resumes_without_repeating_or_skipping(tiny_server, tmp_path):
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupted_batch_resumes_without_repeating_or_skipping(tiny_server, tmp_path, stop_signal):
     folder = tmp_path / "images"
     folder.mkdir()
     count = 60
@@ -117,9 +118,9 @@ def test_interrupted_batch_resumes_without_repeating_or_skipping(tiny_server, tm
         assert proc.poll() is None, f"batch exited early: {proc.communicate()[0]}"
         assert time.monotonic() < deadline, "no results after 240 s"
         time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGINT)
+    os.kill(proc.pid, stop_signal)
     output, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 130, output
+    assert proc.returncode == 128 + stop_signal, output
     assert "interrupted" in output
     first = _lines(out)
     assert 5 <= first < count, "the run must be interrupted midway for this test to mean anything"

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import base64
 import random
+import signal
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -65,7 +66,8 @@ class BatchStats:
     failed: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
     started: float = field(default_factory=time.monotonic)
-    interrupted: bool = False
+    #: The signal that stopped the run (Ctrl-C, or SIGTERM from a scheduler or `kill`).
+    interrupted_by: signal.Signals | None = None
 
 
 def collect_items(args: argparse.Namespace) -> list[BatchItem]:
@@ -201,6 +203,15 @@ async def batch(
     results = ResultsFile(args.out, state)
     policy = RetryPolicy(attempts=args.max_attempts)
     columns = (TextColumn("batch"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+
+    def on_sigterm() -> None:  # stop as Ctrl-C does: lines being written finish, then exit
+        stats.interrupted_by = signal.SIGTERM
+        if main is not None:
+            main.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
     try:
         async with build_client(
             args.url,
@@ -222,12 +233,13 @@ async def batch(
                     on_record=lambda _: bar.advance(task),
                 )
     finally:
+        loop.remove_signal_handler(signal.SIGTERM)
         results.close()
 
 
 def _print_summary(stats: BatchStats, out: Path, console: Console) -> None:
     elapsed = time.monotonic() - stats.started
-    head = "[yellow]interrupted[/yellow] " if stats.interrupted else ""
+    head = "[yellow]interrupted[/yellow] " if stats.interrupted_by else ""
     console.print(
         f"{head}done {stats.done}, skipped {stats.skipped} (already in {out}), "
         f"failed {stats.failed}, of {stats.total} in {elapsed:.1f}s"
@@ -247,8 +259,11 @@ def run_batch(args: argparse.Namespace) -> int:
     try:
         asyncio.run(batch(args, items, stats, err))
     except KeyboardInterrupt:
-        stats.interrupted = True
+        stats.interrupted_by = signal.SIGINT
+    except asyncio.CancelledError:
+        if stats.interrupted_by is None:
+            raise
     _print_summary(stats, args.out, Console())
-    if stats.interrupted:
-        return 130
+    if stats.interrupted_by:
+        return 128 + stats.interrupted_by  # the shell's status for a death by that signal
     return 1 if stats.failed else 0
