@@ -21,48 +21,54 @@ export PYTHONPATH=src HF_HUB_OFFLINE=1 COLUMNS=${COLUMNS:-180}  # rich tables un
 DRY_RUN=${DRY_RUN:-}
 if [ "$DRY_RUN" = cpu ]; then
   py=${PY:-.venv/bin/python}; device=cpu; dtype=float32; size_flag=""; baseline_flags="--tiny --batches 1,4 --new 128"
-  bench_n=8; LEVELS=${LEVELS_DRY:-1,4}; MODEL_DIR=${MODEL_DIR_DRY:-/tmp/glimpse-dry-tiny}; PORT=${PORT_DRY:-18080}
+  bench_load="--num-requests 8"; LEVELS=${LEVELS_DRY:-1,4}; MODEL_DIR=${MODEL_DIR_DRY:-/tmp/glimpse-dry-tiny}; PORT=${PORT_DRY:-18080}
 else
   py=python3; device=cuda; dtype=bfloat16; size_flag="--full-size"; baseline_flags="--batches 1,8,32,64 --new 128"
-  bench_n=64
+  # Seconds per level, not a count: a level of 64 requests one at a time would take minutes, and
+  # the whole check must fit one 10-minute call.
+  bench_load="--duration ${BENCH_S:-20}"
   $py -m pip install -q --no-index --find-links .gpu-wheels fastapi uvicorn pydantic-settings python-multipart redis pyjwt \
     pytest pytest-asyncio openai 2>&1 | tail -2
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 fi
 
-echo "== 0. GPU-marked tests (tiny model on CUDA, float32, token-exact) ==" | tee -a "$OUT/summary.txt"
+echo "== 0. GPU-marked tests (tiny model on CUDA, float32, token-exact) (at ${SECONDS}s) ==" | tee -a "$OUT/summary.txt"
 $py -m pytest -q -p no:cacheprovider -m gpu tests/gpu 2>&1 | tail -5 | tee -a "$OUT/summary.txt"
 
-echo "== 1. baseline: plain generate() ==" | tee -a "$OUT/summary.txt"
+echo "== 1. baseline: plain generate() (at ${SECONDS}s) ==" | tee -a "$OUT/summary.txt"
 baseline=bench/hf_baseline.py; [ -f "$baseline" ] || baseline=shared/bench/hf_baseline.py; [ -f "$baseline" ] || baseline=../shared/bench/hf_baseline.py
 $py "$baseline" $baseline_flags --side 1024 --reps 1 | tee "$OUT/baseline.jsonl"
 
-echo "== 2. build the full-size random-weight checkpoint ==" | tee -a "$OUT/summary.txt"
+echo "== 2. build the full-size random-weight checkpoint (at ${SECONDS}s) ==" | tee -a "$OUT/summary.txt"
 t0=$(date +%s); $py -m glimpse make-tiny-model "$MODEL_DIR" $size_flag; echo "build_s=$(( $(date +%s) - t0 ))" | tee -a "$OUT/summary.txt"
 
-echo "== 3. serve it ==" | tee -a "$OUT/summary.txt"
+echo "== 3. serve it (at ${SECONDS}s) ==" | tee -a "$OUT/summary.txt"
 t0=$(date +%s)
 GLIMPSE_ENGINE__MAX_BATCH_SIZE=${MAX_BATCH:-64} GLIMPSE_ENGINE__MAX_SEQ_LEN=${MAX_SEQ:-2048} GLIMPSE_CACHE__ENABLED=false \
   GLIMPSE_ENGINE__CUDA_GRAPHS=${CUDA_GRAPHS:-true} \
   $py -m glimpse serve --model "$MODEL_DIR" --device "$device" --port "$PORT" > "$OUT/serve.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null' EXIT
-until curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null; do
+ready() {  # Python, not curl: the GPU image is not promised to have curl
+  $py -c "import sys, urllib.request as u; sys.exit(u.urlopen(sys.argv[1], timeout=5).status != 200)" \
+    "http://127.0.0.1:$PORT/readyz" 2>/dev/null
+}
+until ready; do
   kill -0 $server 2>/dev/null || { tail -50 "$OUT/serve.log"; exit 1; }; sleep 2
 done
 echo "ready_s=$(( $(date +%s) - t0 ))" | tee -a "$OUT/summary.txt"
 [ "$device" = cuda ] && nvidia-smi --query-gpu=memory.used --format=csv | tee -a "$OUT/summary.txt"
 
-echo "== 4. one 1024x1024 request, and greedy equality on the GPU ==" | tee -a "$OUT/summary.txt"
+echo "== 4. one 1024x1024 request, and greedy equality on the GPU (at ${SECONDS}s) ==" | tee -a "$OUT/summary.txt"
 $py bench/gpu_correctness.py --url "http://127.0.0.1:$PORT" --model-dir "$MODEL_DIR" --device "$device" --dtype "$dtype" | tee -a "$OUT/summary.txt"
 
-echo "== 5. glimpse bench ==" | tee -a "$OUT/summary.txt"
-$py -m glimpse bench --url "http://127.0.0.1:$PORT" --concurrency "$LEVELS" --num-requests "$bench_n" --warmup 4 \
+echo "== 5. glimpse bench (at ${SECONDS}s) ==" | tee -a "$OUT/summary.txt"
+$py -m glimpse bench --url "http://127.0.0.1:$PORT" --concurrency "$LEVELS" $bench_load --warmup 4 \
   --image-size 1024 --max-tokens 128 --ignore-eos --json "$OUT/bench_1024.json" | tail -20
-$py -m glimpse bench --url "http://127.0.0.1:$PORT" --concurrency "$LEVELS" --num-requests "$bench_n" --warmup 4 \
+$py -m glimpse bench --url "http://127.0.0.1:$PORT" --concurrency "$LEVELS" $bench_load --warmup 4 \
   --image-size 448 --max-tokens 64 --ignore-eos --json "$OUT/bench_448.json" | tail -20
 
 grep -h "CUDA graph capture failed" "$OUT/serve.log" | head -3 | tee -a "$OUT/summary.txt"
 
-echo "== 6. ratios ==" | tee -a "$OUT/summary.txt"
+echo "== 6. ratios (at ${SECONDS}s) ==" | tee -a "$OUT/summary.txt"
 $py bench/gpu_report.py "$OUT/baseline.jsonl" "$OUT/bench_1024.json" | tee -a "$OUT/summary.txt"

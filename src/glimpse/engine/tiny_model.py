@@ -130,7 +130,14 @@ def default_tiny_model_dir() -> Path:
     return Path.home() / ".cache" / "glimpse" / "tiny-glm46v"
 
 
-def _build_tokenizer() -> Any:
+def _build_tokenizer(vocab_size: int | None = None) -> Any:
+    """A byte-level BPE tokenizer with GLM's special tokens; ``vocab_size`` pads it to a model's vocabulary.
+
+    Padding matters for the full-size model: its 151,552 logits would otherwise mostly
+    pick ids no token stands for, which decode to nothing, so a stream would show no
+    text for most tokens and time-to-first-token would be measured wrong. The fillers
+    sit below the special tokens, as in GLM's own tokenizer, and decode to " w<n>".
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -144,6 +151,8 @@ def _build_tokenizer() -> Any:
         show_progress=False,
     )
     backend.train_from_iterator(_CORPUS.strip().splitlines() * 4, trainer=trainer)
+    if vocab_size is not None:
+        backend = _pad_vocab(backend, vocab_size - len(SPECIAL_TOKENS))
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         eos_token="<|endoftext|>",  # noqa: S106 - a token name, not a password
@@ -157,9 +166,22 @@ def _build_tokenizer() -> Any:
     return tokenizer
 
 
+def _pad_vocab(backend: Any, size: int) -> Any:
+    """The same BPE model with filler tokens up to ``size`` ids (decode-only: no merge makes them)."""
+    from tokenizers import Tokenizer
+
+    data = json.loads(backend.to_str())
+    vocab: dict[str, int] = data["model"]["vocab"]
+    next_id = max(vocab.values()) + 1
+    for n in range(size - next_id):
+        vocab[f"\u0120w{n}"] = next_id + n  # "\u0120" is byte-level BPE's space
+    return Tokenizer.from_str(json.dumps(data))
+
+
 #: GLM-4.6V-Flash's real text rope settings (the default ``Glm46VConfig`` sizes are the real ones).
+_FULL_VOCAB_SIZE = 151552
 _FULL_TEXT_CONFIG = {
-    "vocab_size": 151552,
+    "vocab_size": _FULL_VOCAB_SIZE,
     "rope_parameters": {
         "rope_type": "default",
         "rope_theta": 10000.0,
@@ -217,7 +239,7 @@ def _build(directory: Path, *, full_size: bool, device: str = "cpu") -> Path:
         Glm46VVideoProcessor,
     )
 
-    tokenizer = _build_tokenizer()
+    tokenizer = _build_tokenizer(_FULL_VOCAB_SIZE if full_size else None)
     config = _model_config(tokenizer, full_size)
     torch.manual_seed(_SEED)
     if full_size:
