@@ -175,16 +175,14 @@ def _serve(args: argparse.Namespace) -> int:
     app = create_app(settings, on_fatal=on_fatal)
 
     class DrainingServer(uvicorn.Server):
-        """On SIGTERM/SIGINT, turn /readyz to 503 first, then let uvicorn drain.
-
-        uvicorn stops accepting connections and waits for the requests it has already
-        received; those are served in full (none is refused half-read), so a drain loses nothing.
+        """On SIGTERM/SIGINT, start the drain (/readyz and requests arriving from now on get 503),
+        then let uvicorn stop accepting connections and finish every request that arrived before.
         """
 
         def handle_exit(self, sig: int, frame: Any) -> None:
             state = getattr(app.state, "glimpse", None)
             if state is not None:
-                state.draining = True
+                state.start_draining()
             super().handle_exit(sig, frame)
 
         @contextlib.contextmanager

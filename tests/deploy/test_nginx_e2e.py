@@ -182,7 +182,7 @@ def test_metrics_are_not_published_at_the_edge(replicas, nginx):
 
 
 class _Always503(BaseHTTPRequestHandler):
-    """A replica that refuses every request at admission, as a loading or overloaded Glimpse does."""
+    """A replica that refuses every request at admission, as a draining or loading Glimpse does."""
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", 0)))

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator
+
 from tests.fakes import FakeEngine
 from tests.images import png_b64, png_bytes
 
@@ -66,14 +69,26 @@ async def test_health_and_readiness(make_client):
         assert (await client.get("/readyz")).status_code == 200
 
 
-async def test_draining_turns_readiness_off_but_serves_requests_already_received(make_client):
-    # uvicorn stops accepting connections on SIGTERM; what reached the app before that is
-    # answered in full, never refused half-read (the flag only steers load balancers away).
+async def test_draining_refuses_new_requests_but_serves_those_that_arrived_before(make_client):
     async with make_client(FakeEngine()) as client:
-        client.app.state.glimpse.draining = True
+        state = client.app.state.glimpse
+        body = json.dumps({"image": png_b64(), "text": "what?"}).encode()
+
+        async def body_sent_across_the_signal() -> AsyncIterator[bytes]:
+            # The request has arrived (headers in) when the drain starts; its body follows.
+            yield body[:10]
+            state.start_draining()
+            yield body[10:]
+
+        in_progress = await client.post(
+            "/infer", content=body_sent_across_the_signal(), headers={"Content-Type": "application/json"}
+        )
         readiness = await client.get("/readyz")
-        answer = await client.post("/infer", json={"image": png_b64(), "text": "what?"})
+        new = await client.post("/infer", json={"image": png_b64(), "text": "what?"})
+    assert in_progress.status_code == 200, in_progress.text
+    assert in_progress.json() == {"response": "hello world"}
     assert readiness.status_code == 503
     assert readiness.headers["retry-after"]
-    assert answer.status_code == 200, answer.text
-    assert answer.json() == {"response": "hello world"}
+    assert new.status_code == 503
+    assert new.headers["retry-after"] == "1"
+    assert "shutting down" in new.json()["error"]["message"]

@@ -162,7 +162,7 @@ def create_app(
         try:
             yield
         finally:
-            state.draining = True
+            state.start_draining()
             starting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await starting

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -10,7 +11,7 @@ from fastapi import Depends, Request
 from glimpse.api.service import GenerationService
 from glimpse.config import Settings
 from glimpse.engine.protocol import Engine
-from glimpse.errors import ModelNotFound
+from glimpse.errors import ModelNotFound, NotReady
 from glimpse.guard import Authenticator, PromptGuard, QuotaTracker, RateLimiter
 from glimpse.media import ImageIntake
 from glimpse.obs import Metrics
@@ -29,9 +30,31 @@ class AppState:
     limiter: RateLimiter
     quota: QuotaTracker
     guard: PromptGuard
-    draining: bool = False  # only /readyz reads it: a request that arrived is always served
+    #: ``time.monotonic()`` when SIGTERM/SIGINT (or shutdown) started the drain.
+    draining_since: float | None = None
     load_error: str | None = None
     model_aliases: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def draining(self) -> bool:
+        return self.draining_since is not None
+
+    def start_draining(self) -> None:
+        if self.draining_since is None:
+            self.draining_since = time.monotonic()
+
+    def check_admitting(self, request: Request) -> None:
+        """Refuse a request that arrived after the drain began; serve every one that arrived before.
+
+        Arrival is when the request entered the app (stamped by the request middleware),
+        not when its route runs: a request still sending its body when SIGTERM comes was
+        admitted, and is answered in full.
+        """
+        if self.draining_since is None:
+            return
+        arrived_at = getattr(request.state, "arrived_at", None)
+        if arrived_at is None or arrived_at >= self.draining_since:
+            raise NotReady("The server is shutting down; retry on another replica.", retry_after=1)
 
     def check_model(self, requested: str | None) -> None:
         """Accept no model, the served name, or the model argument it was started with."""
