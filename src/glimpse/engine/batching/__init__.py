@@ -4,17 +4,17 @@
 called from any thread, and results come back through each request's ``TokenSink``.
 """
 
-from glimpse.engine.batching.kv_cache import CacheGeometry, SlotKVCache
-from glimpse.engine.batching.runner import Glm4vRunner, Prefill
-from glimpse.engine.batching.sampling import SamplerState, sample_tokens, top_p_filter
-from glimpse.engine.batching.scheduler import (
+from glimpse.engine.batching.interface import (
     BatcherConfig,
     BatcherStats,
     BatchObserver,
-    ContinuousBatcher,
     SequenceRequest,
     TokenSink,
 )
+from glimpse.engine.batching.kv_cache import CacheGeometry, SlotKVCache
+from glimpse.engine.batching.runner import Glm4vRunner, Prefill
+from glimpse.engine.batching.sampling import SamplerState, sample_tokens, top_p_filter
+from glimpse.engine.batching.scheduler import ContinuousBatcher
 
 __all__ = [
     "BatchObserver",
