@@ -73,8 +73,22 @@ def _chat_body(max_tokens: int, **extra) -> dict:
     }
 
 
-def _access_log(proc: NginxProcess) -> list[dict]:
-    return [json.loads(line) for line in proc.layout.access_log.read_text().splitlines() if line]
+def _access_log(
+    proc: NginxProcess, uris: tuple[str, ...], expected: int, timeout_s: float = 10.0
+) -> list[dict]:
+    """The access log's entries for ``uris``, once ``expected`` of them are there (or the time is up).
+
+    nginx writes an entry in its log phase, after the response's last byte went out: a
+    client can hold its whole answer a moment before the line exists.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        lines = proc.layout.access_log.read_text().splitlines(keepends=True)
+        entries = [json.loads(line) for line in lines if line.endswith("\n")]
+        wanted = [e for e in entries if e["uri"] in uris]
+        if len(wanted) >= expected or time.monotonic() > deadline:
+            return wanted
+        time.sleep(0.05)
 
 
 def _one_request(base_url: str, i: int) -> tuple[str, int, str, str]:
@@ -112,7 +126,7 @@ def test_requests_over_tls_are_spread_over_both_replicas(replicas, nginx):
         else:
             assert re.fullmatch(r"[0-9a-f]{32}", echoed)  # nginx's $request_id, passed on
 
-    entries = [e for e in _access_log(nginx) if e["uri"] in ("/infer", "/v1/chat/completions")]
+    entries = _access_log(nginx, ("/infer", "/v1/chat/completions"), expected=20)
     assert len(entries) == 20
     assert {e["request_id"] for e in entries} == {echoed for _, _, _, echoed in results}
     per_replica = Counter(e["upstream_addr"] for e in entries)
@@ -222,7 +236,7 @@ def test_post_is_retried_on_the_other_replica(replicas, refusing_replica, tmp_pa
             client.post("/infer", json={"image": png_b64(), "text": f"r{i}", "max_new_tokens": 4}).status_code
             for i in range(6)
         ]
-        entries = [e for e in _access_log(proc) if e["uri"] == "/infer"]
+        entries = _access_log(proc, ("/infer",), expected=6)
     assert statuses == [200] * 6
     # Some requests went to the bad replica first and were then answered by the good one.
     assert any(e["upstream_addr"].startswith(f"127.0.0.1:{bad}, ") for e in entries), entries
