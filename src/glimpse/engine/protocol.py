@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from PIL.Image import Image
 
 __all__ = [
+    "GREEDY_BELOW_TEMPERATURE",
     "ChatMessage",
     "Engine",
     "EngineHealth",
@@ -65,9 +66,14 @@ class ChatMessage:
         return tuple(part for part in self.content if isinstance(part, ImagePart))
 
 
+#: Temperatures below this decode greedily (as vLLM does): dividing logits by a smaller
+#: one overflows float32, and the sample it stands for is the argmax anyway.
+GREEDY_BELOW_TEMPERATURE = 1e-5
+
+
 @dataclass(slots=True, frozen=True)
 class SamplingParams:
-    """Per-request generation settings; ``temperature == 0`` means greedy."""
+    """Per-request generation settings; temperatures below ``GREEDY_BELOW_TEMPERATURE`` are greedy."""
 
     max_new_tokens: int = 128
     temperature: float = 0.0
@@ -78,7 +84,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature <= 0.0
+        return self.temperature < GREEDY_BELOW_TEMPERATURE
 
 
 @dataclass(slots=True, frozen=True)

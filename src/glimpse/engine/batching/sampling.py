@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from glimpse.engine.protocol import GREEDY_BELOW_TEMPERATURE
+
 __all__ = ["SamplerState", "sample_tokens", "top_p_filter"]
 
 
@@ -27,11 +29,11 @@ class SamplerState:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature <= 0.0
+        return self.temperature < GREEDY_BELOW_TEMPERATURE
 
     @classmethod
     def create(cls, temperature: float, top_p: float, seed: int | None, device: torch.device) -> SamplerState:
-        if temperature <= 0.0:
+        if temperature < GREEDY_BELOW_TEMPERATURE:
             return cls()
         if not 0.0 < top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
@@ -64,7 +66,9 @@ def sample_tokens(logits: torch.Tensor, states: Sequence[SamplerState]) -> list[
     sampled = [i for i, state in enumerate(states) if not state.greedy]
     for row in sampled:
         state = states[row]
-        scores = top_p_filter(logits[row] / state.temperature, state.top_p)
+        # Shifted so the largest is 0 before scaling: the same distribution, and no overflow.
+        row_logits = logits[row]
+        scores = top_p_filter((row_logits - row_logits.max()) / state.temperature, state.top_p)
         probs = scores.softmax(dim=-1)
         tokens[row] = torch.multinomial(probs, num_samples=1, generator=state.generator)[0]
     return [int(t) for t in tokens.tolist()]

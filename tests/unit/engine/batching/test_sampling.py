@@ -51,3 +51,22 @@ def test_invalid_settings_are_rejected():
     with pytest.raises(ValueError, match="rows"):
         sample_tokens(torch.zeros(2, 4), [SamplerState()])
     assert SamplerState.create(0.0, 1.5, None, CPU).greedy  # greedy ignores top_p
+
+
+@pytest.mark.parametrize("temperature", [1e-38, 1e-6])
+def test_a_vanishing_temperature_is_greedy_and_never_fails_its_neighbours(temperature):
+    # Dividing float32 logits by 1e-38 overflows to inf and the softmax to NaN; the API
+    # accepts any temperature >= 0, so such a request must neither fail nor take others down.
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.5], [50.0, 49.0, 0.0, 0.0]])
+    tiny = SamplerState.create(temperature, 1.0, 0, CPU)
+    neighbour = SamplerState.create(1.0, 1.0, 3, CPU)
+    assert tiny.greedy
+    for _ in range(20):
+        assert sample_tokens(logits, [tiny, neighbour])[0] == 1
+
+
+def test_a_small_temperature_above_the_greedy_cut_samples_without_overflow():
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.5]]) * 1e4  # large logits, small temperature
+    state = SamplerState.create(1e-4, 1.0, 0, CPU)
+    assert not state.greedy
+    assert {sample_tokens(logits, [state])[0] for _ in range(20)} == {1}
