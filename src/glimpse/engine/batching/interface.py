@@ -55,7 +55,8 @@ class BatcherConfig:
     max_seq_len: int = 4096
     #: Most prompt + max_new_tokens reserved by running sequences together (None: slots only).
     max_tokens_in_flight: int | None = None
-    #: Most requests waiting for a slot; beyond it ``submit`` raises ``Overloaded`` (None: unbounded).
+    #: Most requests waiting for a slot (beyond the free ones); then ``submit`` raises ``Overloaded``.
+    #: None: unbounded.
     max_waiting: int | None = None
     queue_timeout_s: float | None = None
     #: Prompt tokens prefilled per step before running sequences get their next token.

@@ -123,8 +123,11 @@ class ContinuousBatcher:
         with self._lock:
             if request.seq_id in self._known:
                 raise InvalidRequest(f"sequence id {request.seq_id!r} is already in use")
+            # Waiting means: beyond the slots free now. A burst that arrives between two
+            # steps sits in the inbox, but the free slots will take it at the next step.
             limit = self.config.max_waiting
-            if limit is not None and len(self._inbox) + len(self._waiting) >= limit:
+            queued = len(self._inbox) + len(self._waiting)
+            if limit is not None and queued >= limit + self.cache.free:
                 raise Overloaded("too many requests are waiting", retry_after=1)
             self._known.add(request.seq_id)
             self._inbox.append(seq)

@@ -221,6 +221,21 @@ def test_waiting_queue_bound_and_timeout(model, mixed):
     assert batcher.cache.used == 0
 
 
+def test_a_burst_between_steps_fills_the_free_slots_before_counting_as_waiting(model, mixed):
+    config = BatcherConfig(max_batch_size=4, max_seq_len=256, max_waiting=1)
+    batcher = ContinuousBatcher(model, config)
+    sink = RecordingSink()
+    _, inputs, _, _ = mixed[0]
+    for i in range(5):  # 4 free slots + 1 waiting, all before the engine thread steps
+        batcher.submit(_request(f"r{i}", inputs, sink, 2))
+    with pytest.raises(Overloaded):
+        batcher.submit(_request("r5", inputs, sink, 2))
+    while batcher.has_work:
+        batcher.step()
+    assert set(sink.finished) == {f"r{i}" for i in range(5)}
+    assert batcher.cache.used == 0
+
+
 def test_seeded_sampling_does_not_depend_on_the_batch(model, mixed):
     _, inputs, _, _ = mixed[1]
     sampling = {"temperature": 1.0, "top_p": 0.9, "seed": 7}
