@@ -18,11 +18,17 @@ from collections.abc import Callable
 from typing import Any
 
 from glimpse.config import EngineSettings
-from glimpse.engine.batching import BatcherConfig, BatchObserver, ContinuousBatcher, SequenceRequest
+from glimpse.engine.batching import (
+    BatcherConfig,
+    BatchObserver,
+    ContinuousBatcher,
+    SequenceRequest,
+    generation_eos_ids,
+)
 from glimpse.engine.job import Job
 from glimpse.engine.loader import LoadedModel, load_model
 from glimpse.engine.protocol import FinishReason
-from glimpse.errors import EngineDead, EngineRequestError, GlimpseError, ModelLoadError
+from glimpse.errors import EngineDead, EngineRequestError, GlimpseError, ModelLoadError, Overloaded
 
 __all__ = ["EngineWorker"]
 
@@ -108,6 +114,9 @@ class EngineWorker(threading.Thread):
         self._batcher: ContinuousBatcher | None = None
         self._sinks = _BatchSinks()
         self._stop_event = threading.Event()
+        # Makes "is the engine still taking jobs?" and "hand it this job" one step, so a
+        # job cannot slip into the queue after the thread's last look at it.
+        self._intake = threading.Lock()
 
     @property
     def running(self) -> int:
@@ -119,11 +128,12 @@ class EngineWorker(threading.Thread):
 
     def enqueue(self, job: Job) -> None:
         """Hand a job to the engine (any thread); raises ``Overloaded``/``RequestTooLarge`` at once."""
-        if self.dead is not None:
-            raise EngineDead("The model engine has stopped; this server cannot answer any more.")
-        if self._batcher is None:
-            self._jobs.put(job)
-            return
+        with self._intake:
+            if self.dead is not None:
+                raise EngineDead("The model engine has stopped; this server cannot answer any more.")
+            if self._batcher is None:
+                self._jobs.put(job)
+                return
         self._sinks.jobs[job.request_id] = job
         try:
             self._batcher.submit(SequenceRequest(job.request_id, job.inputs, self._sinks, job.sampling))
@@ -170,14 +180,23 @@ class EngineWorker(threading.Thread):
                 self._serve()
         except BaseException as exc:  # noqa: BLE001 - an engine crash must fail every waiter, not hang them
             logger.exception("engine thread crashed")
-            self.dead = exc
-            self._fail_pending(EngineDead("The model engine crashed; see the server log."))
+            self._close(exc, EngineDead("The model engine crashed; see the server log."))
+            return
+        self._close(EngineDead("The server is shutting down."), EngineDead("The server is shutting down."))
+
+    def _close(self, cause: BaseException, told: BaseException) -> None:
+        """Take no more jobs (``cause`` becomes ``dead``) and fail, with ``told``, those still queued."""
+        with self._intake:
+            if self.dead is None:
+                self.dead = cause
+        if self._batcher is not None:
+            self._batcher.abort_all(told)
+        self._fail_pending(told)
 
     def _serve(self) -> None:
         while True:
             item = self._jobs.get()
             if item is _SHUTDOWN:
-                self._fail_pending(EngineDead("The server is shutting down."))
                 return
             assert isinstance(item, Job)
             self._run_job(item)
@@ -196,6 +215,11 @@ class EngineWorker(threading.Thread):
             job.sink.on_finish(FinishReason.CANCELLED)
             return
         job.started_at = time.monotonic()
+        timeout = self._settings.queue_timeout_s
+        if timeout is not None and job.started_at - job.enqueued_at > timeout:
+            # As the batcher does for its queue: a request that waited this long is refused.
+            job.sink.on_error(Overloaded(f"waited more than {timeout:g}s for capacity", retry_after=1))
+            return
         if self._observer is not None:
             self._observer.on_admit(job.started_at - job.enqueued_at)
             self._observer.on_decode_step(1)
@@ -232,11 +256,14 @@ class EngineWorker(threading.Thread):
         produced = int(output.shape[-1]) - job.prompt_tokens
         if job.sink.finished:
             return
+        ended_on_eos = (
+            produced > 0 and int(output[0, -1]) in generation_eos_ids(config) and not job.sampling.ignore_eos
+        )
         if job.cancelled.is_set():
             job.sink.on_finish(FinishReason.CANCELLED)
-        elif produced >= job.sampling.max_new_tokens:
+        elif produced >= job.sampling.max_new_tokens and not ended_on_eos:
             job.sink.on_finish(FinishReason.LENGTH)
-        else:
+        else:  # an end-of-sequence token, even as the last one allowed, is a stop (as the batcher says)
             job.sink.on_finish(FinishReason.STOP)
 
     def generation_config(self, job: Job) -> Any:

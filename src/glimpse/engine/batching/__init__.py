@@ -12,7 +12,7 @@ from glimpse.engine.batching.interface import (
     TokenSink,
 )
 from glimpse.engine.batching.kv_cache import CacheGeometry, SlotKVCache
-from glimpse.engine.batching.runner import Glm4vRunner, Prefill
+from glimpse.engine.batching.runner import Glm4vRunner, Prefill, generation_eos_ids
 from glimpse.engine.batching.sampling import SamplerState, sample_tokens, top_p_filter
 from glimpse.engine.batching.scheduler import ContinuousBatcher
 
@@ -29,5 +29,6 @@ __all__ = [
     "SlotKVCache",
     "TokenSink",
     "sample_tokens",
+    "generation_eos_ids",
     "top_p_filter",
 ]

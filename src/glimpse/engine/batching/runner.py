@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from glimpse.engine.batching.cuda_graphs import DecodeGraphs
 from glimpse.errors import ModelLoadError
 
-__all__ = ["Glm4vRunner", "Prefill", "MODEL_INPUT_KEYS"]
+__all__ = ["MODEL_INPUT_KEYS", "Glm4vRunner", "Prefill", "generation_eos_ids"]
 
 #: The processor outputs that prefill passes to the model; anything else is ignored.
 MODEL_INPUT_KEYS = (
@@ -64,6 +64,14 @@ _LAYER_PARTS = (
 )
 
 RotaryFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+
+def generation_eos_ids(generation_config: Any) -> frozenset[int]:
+    """End-of-sequence ids of a generation config, as ``generate()`` reads them (one id or a list)."""
+    eos = getattr(generation_config, "eos_token_id", None)
+    if eos is None:
+        return frozenset()
+    return frozenset([int(eos)] if isinstance(eos, int) else (int(t) for t in eos))
 
 
 @dataclass(slots=True, frozen=True)
@@ -118,11 +126,7 @@ class Glm4vRunner:
         )
 
     def eos_token_ids(self) -> frozenset[int]:
-        """End-of-sequence ids from the model's generation config, as ``generate()`` uses them."""
-        eos = getattr(self.model.generation_config, "eos_token_id", None)
-        if eos is None:
-            return frozenset()
-        return frozenset([int(eos)] if isinstance(eos, int) else (int(t) for t in eos))
+        return generation_eos_ids(self.model.generation_config)
 
     @torch.inference_mode()
     def prefill(self, inputs: Mapping[str, torch.Tensor]) -> Prefill:

@@ -108,6 +108,7 @@ class ContinuousBatcher:
         self._known: set[str] = set()  # ids submitted and not yet finished
         self._waiting: deque[_Sequence] = deque()
         self._running: list[_Sequence] = []  # index == cache slot
+        self._closed: BaseException | None = None  # set by abort_all: submit raises it from then on
         logger.info(
             "continuous batcher: %d slots of %d tokens, %.1f MiB of KV cache",
             config.max_batch_size,
@@ -121,6 +122,8 @@ class ContinuousBatcher:
         """Queue a request; raises ``RequestTooLarge``/``InvalidRequest``/``Overloaded`` at once."""
         seq = self._validate(request)
         with self._lock:
+            if self._closed is not None:  # nobody would ever step this request
+                raise self._closed
             if request.seq_id in self._known:
                 raise InvalidRequest(f"sequence id {request.seq_id!r} is already in use")
             # Waiting means: beyond the slots free now. A burst that arrives between two
@@ -206,7 +209,9 @@ class ContinuousBatcher:
         return True
 
     def abort_all(self, error: BaseException) -> None:
-        """Fail every waiting and running sequence (shutdown, dead engine)."""
+        """Fail every waiting and running sequence and refuse new ones (shutdown, dead engine)."""
+        with self._lock:
+            self._closed = error
         self._take_inbox()
         while self._waiting:
             self._fail(self._waiting.popleft(), error)
