@@ -127,3 +127,17 @@ async def test_every_api_request_lands_in_the_sqlite_audit_store(make_client, tm
     assert by_route["/infer"]["tokens_out"] == 3
     assert by_route["/v1/chat/completions"]["tokens_out"] == 3  # counted at the end of the stream
     assert "secret question" not in path.read_bytes().decode(errors="replace")
+
+
+async def test_an_audit_record_that_cannot_be_built_never_fails_the_response(make_client, monkeypatch):
+    import glimpse.api.middleware as middleware
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed")
+
+    monkeypatch.setattr(middleware, "record_audit", broken)
+    async with make_client(FakeEngine()) as client:
+        answer = await client.post("/infer", json={"image": png_b64(), "text": "q"})
+        metrics = (await client.get("/metrics")).text
+    assert answer.status_code == 200
+    assert 'glimpse_audit_failures_total{reason="build"} 1.0' in metrics

@@ -150,7 +150,16 @@ def create_app(
             engine=used_engine,
             intake=ImageIntake(settings.media, fetch_client),
             metrics=metrics,
-            service=GenerationService(used_engine, cache, settings.cache, metrics),
+            service=GenerationService(
+                used_engine,
+                cache,
+                settings.cache,
+                metrics,
+                answer_settings={
+                    "template_defaults": dict(settings.engine.chat_template_kwargs),
+                    "reasoning_parser": settings.engine.reasoning_parser,
+                },
+            ),
             auth=auth,
             limiter=RateLimiter(settings.guard, limit_store),
             quota=QuotaTracker(settings.guard, quota_store),

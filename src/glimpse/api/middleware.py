@@ -68,7 +68,11 @@ class RequestObserverMiddleware:
                 if route not in _QUIET_ROUTES and route not in _PAGE_ROUTES:
                     client = scope.get("client")
                     host = client[0] if client else None
-                    record_audit(self.audit, scope["state"], host, route or "unmatched", status, elapsed)
+                    try:
+                        record_audit(self.audit, scope["state"], host, route or "unmatched", status, elapsed)
+                    except Exception:  # a record that cannot be built must not fail the response
+                        logger.exception("audit record could not be built")
+                        self.metrics.audit_failures.labels(reason="build").inc()
                 if route not in _QUIET_ROUTES:
                     logger.info(
                         "request",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -106,12 +106,20 @@ async def _watch_disconnect(request: Request) -> None:
 
 class GenerationService:
     def __init__(
-        self, engine: Engine, cache: ResultCache | None, settings: CacheSettings, metrics: Metrics
+        self,
+        engine: Engine,
+        cache: ResultCache | None,
+        settings: CacheSettings,
+        metrics: Metrics,
+        answer_settings: Mapping[str, object] | None = None,
     ) -> None:
         self.engine = engine
         self.cache = cache
         self.settings = settings
         self.metrics = metrics
+        #: Server settings that shape answers (template defaults, reasoning split): part of every
+        #: cache key, so replicas configured differently never share entries in one Redis.
+        self.answer_settings = dict(answer_settings or {})
 
     def cache_key(self, gen: GenerationRequest) -> str:
         s = gen.sampling
@@ -127,6 +135,7 @@ class GenerationService:
                 "stop": list(s.stop),
                 "ignore_eos": s.ignore_eos,
                 "template": dict(gen.template_kwargs),
+                "server": self.answer_settings,
             },
         )
 

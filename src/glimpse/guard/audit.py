@@ -54,7 +54,8 @@ def default_audit_path(store: Literal["sqlite", "jsonl"]) -> Path:
 def prompt_fingerprint(texts: Sequence[str]) -> tuple[int, str]:
     """Length and SHA-256 of the prompt: enough to match records, useless to read."""
     joined = "\n".join(texts)
-    return len(joined), hashlib.sha256(joined.encode("utf-8")).hexdigest()
+    # surrogatepass: a fingerprint must exist for any str, even one that is not valid Unicode.
+    return len(joined), hashlib.sha256(joined.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 @dataclass(slots=True, frozen=True)

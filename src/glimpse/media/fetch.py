@@ -87,25 +87,28 @@ class UrlFetcher:
                     return await self._read(response)
             finally:
                 await response.aclose()
-            target = self._check_url(str(target.join(location)))
+            try:
+                next_url = str(target.join(location))
+            except (httpx.InvalidURL, ValueError) as exc:
+                raise InvalidImage("The image URL redirected to an invalid URL.") from exc
+            target = self._check_url(next_url)
         raise InvalidImage(f"The image URL redirected more than {MAX_REDIRECTS} times.")
 
     def _check_url(self, url: str) -> httpx.URL:
         try:
             target = httpx.URL(url)
-        except httpx.InvalidURL as exc:
+            host = target.host  # decodes an IDN host: a malformed one raises idna.IDNAError here
+        except (httpx.InvalidURL, ValueError) as exc:
             raise InvalidImage("The image URL is not a valid URL.") from exc
         if target.scheme not in _DEFAULT_PORTS:
             raise InvalidImage("Only http and https image URLs are allowed.")
         if target.userinfo:
             raise InvalidImage("Image URLs must not contain credentials.")
-        if not target.host:
+        if not host:
             raise InvalidImage("The image URL has no host.")
         allowlist = self._settings.url_allowlist
-        if not (host_allowed(target.host, allowlist) or host_allowed(_ascii_host(target), allowlist)):
-            raise InvalidImage(
-                f"Image URLs may not point at {target.host}: the host is not on the allow-list."
-            )
+        if not (host_allowed(host, allowlist) or host_allowed(_ascii_host(target), allowlist)):
+            raise InvalidImage(f"Image URLs may not point at {host}: the host is not on the allow-list.")
         return target
 
     async def _resolve(self, target: httpx.URL) -> IPAddress:

@@ -102,7 +102,7 @@ class Metrics:
         )
         self.audit_failures = Counter(
             "glimpse_audit_failures_total",
-            "Audit records that could not be written (write) or were dropped (dropped); never silent.",
+            "Audit records that could not be built (build) or written (write), or were dropped (dropped).",
             ["reason"],
             registry=r,
         )

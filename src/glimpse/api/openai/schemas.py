@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, field_validator, model_validator
 
 __all__ = [
     "ChatCompletionRequest",
@@ -19,6 +20,48 @@ __all__ = [
 class _Lenient(BaseModel):
     # Clients (the openai SDK, LangChain, ...) send fields we do not use; accept and ignore them.
     model_config = ConfigDict(extra="ignore")
+
+
+#: ``apply_chat_template``'s own arguments: a request may set template variables, never these
+#: (``chat_template`` would let a client replace the server's template, skipping the prompt guard).
+_RESERVED_TEMPLATE_KEYS = frozenset(
+    {
+        "chat_template",
+        "tokenize",
+        "add_generation_prompt",
+        "continue_final_message",
+        "return_dict",
+        "return_tensors",
+        "return_assistant_tokens_mask",
+        "padding",
+        "truncation",
+        "max_length",
+        "tools",
+        "documents",
+        "messages",
+        "conversation",
+        "tokenizer_kwargs",
+        "processor_kwargs",
+    }
+)
+#: A chat-template variable's value: a scalar (NaN and infinities cannot go into a cache key).
+TemplateValue = bool | int | FiniteFloat | Annotated[str, Field(max_length=256)]
+_TEMPLATE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def _reject_lone_surrogates(value: Any, path: str = "body") -> None:
+    """JSON's ``\\ud800`` escapes decode to strings no UTF-8 can hold; refuse them at the door."""
+    if isinstance(value, str):
+        if _SURROGATE.search(value):
+            raise ValueError(f"{path} contains an unpaired UTF-16 surrogate, which is not valid Unicode text")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _reject_lone_surrogates(key, path)
+            _reject_lone_surrogates(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _reject_lone_surrogates(item, f"{path}[{index}]")
 
 
 class TextContentPart(_Lenient):
@@ -60,18 +103,36 @@ class ChatCompletionRequest(_Lenient):
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1, description="A 64-bit seed for sampling.")
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=1, description="Only one choice per request is supported.")
     user: str | None = None
     ignore_eos: bool = Field(False, description="vLLM extension: generate exactly max_tokens tokens.")
-    chat_template_kwargs: dict[str, str | int | float | bool] | None = Field(
+    chat_template_kwargs: (
+        dict[str, bool | int | FiniteFloat | Annotated[str, Field(max_length=256)]] | None
+    ) = Field(
         None,
         max_length=8,
         description='vLLM extension: chat-template variables, e.g. {"enable_thinking": false}.',
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        _reject_lone_surrogates(data)
+        return data
+
+    @field_validator("chat_template_kwargs")
+    @classmethod
+    def _template_variables_only(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        for key in value or {}:
+            if key in _RESERVED_TEMPLATE_KEYS or not _TEMPLATE_KEY.fullmatch(key):
+                raise ValueError(
+                    f"chat_template_kwargs may set template variables only; {key!r} is not allowed"
+                )
+        return value
 
     @field_validator("stop")
     @classmethod
