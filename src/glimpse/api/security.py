@@ -31,8 +31,12 @@ async def authorize(request: Request, state: StateDep) -> None:
 
 
 async def screen_prompt(request: Request, state: StateDep, gen: GenerationRequest) -> GuardVerdict:
-    """Run the prompt-injection guard on user and system text; refuse in ``block`` mode."""
-    texts = [m.text for m in gen.messages if m.role in ("user", "system") and m.text]
+    """Run the prompt-injection guard on every message's text; refuse in ``block`` mode.
+
+    Assistant turns too: the client sends the whole history, so an "earlier answer" is
+    client text like any other and can carry an injection.
+    """
+    texts = [m.text for m in gen.messages if m.text]
     verdict = await state.guard.acheck(texts)
     request.state.audit = {
         "prompt_texts": texts,

@@ -47,7 +47,7 @@ _OVERSIZE = GuardVerdict(flagged=True, rule_ids=("guard.oversize",), categories=
 
 
 class PromptGuard:
-    """Checks user and system texts against the rule set."""
+    """Checks a request's message texts against the rule set."""
 
     def __init__(
         self, settings: GuardSettings, rules: RuleSet | None = None, *, max_scan_chars: int = MAX_SCAN_CHARS
