@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import httpx
 
 from glimpse.engine.upstream.hooks import Outcome
-from glimpse.errors import GlimpseError, UpstreamError, UpstreamTimeout
+from glimpse.errors import GlimpseError, Overloaded, UpstreamError, UpstreamTimeout
 
 __all__ = ["BadStatus", "Failure", "Progress", "Retry", "classify"]
 
@@ -40,16 +40,24 @@ class Failure:
     outcome: Outcome
     error: GlimpseError
     retry: bool
-    #: Counts against the upstream's circuit breaker (its fault, not the request's).
-    upstream_fault: bool
+    #: Counts against the upstream's circuit breaker (its fault, not the request's);
+    #: ``None``: no verdict on the upstream at all (the fault was on our side).
+    upstream_fault: bool | None
 
 
 def classify(exc: Exception, sent: bool, upstream: str, read_timeout_s: float) -> Failure:
     if isinstance(exc, BadStatus):
         outcome: Outcome = "5xx" if exc.status >= 500 else "4xx"
         return Failure(outcome, exc.error, exc.status == 503 and not sent, exc.status >= 500)
-    if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
-        error: GlimpseError = UpstreamTimeout(f"could not connect to upstream {upstream} in time")
+    if isinstance(exc, httpx.PoolTimeout):
+        # Our own connection pool is full: this says nothing of the upstream, and another
+        # upstream would wait for the same pool.
+        error: GlimpseError = Overloaded(
+            "all connections to the upstreams are busy; retry shortly", retry_after=1
+        )
+        return Failure("local_pool_full", error, False, None)
+    if isinstance(exc, httpx.ConnectTimeout):
+        error = UpstreamTimeout(f"could not connect to upstream {upstream} in time")
         return Failure("timeout", error, not sent, True)
     if isinstance(exc, httpx.TimeoutException):
         error = UpstreamTimeout(f"upstream went silent for {read_timeout_s:g} s")

@@ -25,7 +25,7 @@ from glimpse.config import EngineSettings
 from glimpse.engine.protocol import EngineHealth, FinishReason, GenerationRequest, TokenEvent
 from glimpse.engine.upstream._failures import BadStatus, Progress, Retry, classify
 from glimpse.engine.upstream.balancer import Balancer, Upstream
-from glimpse.engine.upstream.breaker import CircuitBreaker
+from glimpse.engine.upstream.breaker import BreakerState, CircuitBreaker
 from glimpse.engine.upstream.health import HealthChecker
 from glimpse.engine.upstream.hooks import NullUpstreamMetrics, Outcome, UpstreamMetrics
 from glimpse.engine.upstream.options import UpstreamOptions
@@ -234,9 +234,11 @@ class UpstreamEngine:
         tried: set[str] = set()
         failures: list[GlimpseError] = []
         while (upstream := self._balancer.pick(tried)) is not None:
+            # In half-open state pick() just took the one trial slot; only its owner may free it.
+            trial = upstream.breaker.state is BreakerState.HALF_OPEN
             tried.add(upstream.name)
             try:
-                await self._attempt(upstream, request, messages, queue)
+                await self._attempt(upstream, request, messages, queue, trial=trial)
             except Retry as retry:
                 failures.append(retry.error)
                 logger.warning(
@@ -264,6 +266,8 @@ class UpstreamEngine:
         request: GenerationRequest,
         messages: list[dict[str, Any]],
         queue: asyncio.Queue[TokenEvent | None],
+        *,
+        trial: bool = False,
     ) -> None:
         upstream.in_flight += 1
         upstream.attempts += 1
@@ -273,16 +277,26 @@ class UpstreamEngine:
         try:
             await self._exchange(upstream, request, messages, queue, progress)
         except asyncio.CancelledError:
-            self._settle(upstream, "cancelled", started, fault=None)
+            self._settle(upstream, "cancelled", started, fault=None, trial=trial)
             raise
         except (BadStatus, httpx.HTTPError, GlimpseError) as exc:
             failure = classify(exc, progress.sent, upstream.name, self._options.read_timeout_s)
             self._settle(
-                upstream, failure.outcome, started, fault=failure.upstream_fault, error=failure.error
+                upstream,
+                failure.outcome,
+                started,
+                fault=failure.upstream_fault,
+                error=failure.error,
+                trial=trial,
             )
             if failure.retry:
                 raise Retry(failure.error) from exc
             raise failure.error from exc
+        except Exception:
+            # A bug of ours or something no class above covers: the upstream still gets its
+            # verdict (and a trial slot back), or it could stay half-open and unused for good.
+            self._settle(upstream, "stream_error", started, fault=True, trial=trial)
+            raise
         else:
             self._settle(upstream, "2xx", started, fault=False)
         finally:
@@ -297,11 +311,13 @@ class UpstreamEngine:
         *,
         fault: bool | None,
         error: GlimpseError | None = None,
+        trial: bool = False,
     ) -> None:
         self._metrics.on_request(upstream.name, outcome, self._clock() - started)
         was_healthy = upstream.healthy
         if fault is None:
-            upstream.breaker.release()
+            if trial:  # a request sent while the circuit was closed must not free the trial slot
+                upstream.breaker.release()
         elif fault:
             upstream.last_error = error.message if error is not None else outcome
             upstream.breaker.record_failure()

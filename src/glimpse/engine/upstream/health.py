@@ -61,7 +61,10 @@ class HealthChecker:
 
     async def check(self, upstream: Upstream, *, first: bool = False) -> bool:
         was_healthy = upstream.healthy
-        error = await self._probe(upstream)
+        try:
+            error = await self._probe(upstream)
+        except httpx.PoolTimeout:
+            return upstream.healthy  # our own pool is full: no verdict on the upstream
         if error is None:
             upstream.breaker.record_success()
         else:
@@ -98,6 +101,8 @@ class HealthChecker:
                 if response.is_success:
                     return None
                 return f"GET {path} answered {response.status_code}"
+        except httpx.PoolTimeout:
+            raise
         except httpx.HTTPError as exc:
             return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         return "no health endpoint answered"

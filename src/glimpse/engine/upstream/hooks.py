@@ -12,7 +12,9 @@ from typing import Literal, Protocol
 __all__ = ["NullUpstreamMetrics", "Outcome", "UpstreamMetrics"]
 
 #: How one attempt on one upstream ended (a low-cardinality label).
-Outcome = Literal["2xx", "4xx", "5xx", "connect_error", "timeout", "stream_error", "cancelled"]
+Outcome = Literal[
+    "2xx", "4xx", "5xx", "connect_error", "timeout", "stream_error", "cancelled", "local_pool_full"
+]
 
 
 class UpstreamMetrics(Protocol):

@@ -158,7 +158,7 @@ def parse_chunk(data: str) -> StreamChunk:
     """Interpret one ``chat.completion.chunk``; an error event raises ``UpstreamError``."""
     try:
         payload = json.loads(data)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested thousands deep
         raise UpstreamError("upstream sent a malformed stream event") from exc
     if not isinstance(payload, dict):
         raise UpstreamError("upstream sent a malformed stream event")
@@ -172,7 +172,8 @@ def parse_chunk(data: str) -> StreamChunk:
         delta = choice.get("delta")
         if isinstance(delta, dict):
             text = delta["content"] if isinstance(delta.get("content"), str) else ""
-            thought = delta.get("reasoning_content", delta.get("reasoning"))
+            # Servers name it either way, and some send both with one of them null.
+            thought = delta.get("reasoning_content") or delta.get("reasoning")
             reasoning = thought if isinstance(thought, str) else ""
         reason = choice.get("finish_reason")
         if isinstance(reason, str):
@@ -196,7 +197,7 @@ def _retry_after(headers: httpx.Headers) -> int | None:
 def _body_message(body: bytes) -> str:
     try:
         return _error_message(json.loads(body))
-    except ValueError:
+    except (ValueError, RecursionError):
         return body.decode("utf-8", "replace").strip()[:_MAX_MESSAGE]
 
 

@@ -432,3 +432,60 @@ async def test_owns_and_closes_its_client_when_none_is_given():
     await engine.start()  # nothing listens on port 9: started, not ready
     assert not engine.health().ready
     await engine.stop()
+
+
+async def test_a_cancelled_request_from_before_the_trip_keeps_the_half_open_trial_single(h1):
+    """Only the trial's own end frees the trial slot; an old stream's cancellation must not."""
+    old_hold = asyncio.Event()
+
+    async def slow(request, body):
+        return h1["a"].stream(answer("old"), hold=old_hold)
+
+    h1["a"].chat = slow
+    old = asyncio.create_task(collect(h1.engine, make_request("old")))  # sent while closed
+    await wait_until(lambda: h1.chat_attempts()["a"] == 1)
+    h1.upstream("a").breaker.trip()
+    h1.clock.advance(10)
+    trial_hold = asyncio.Event()
+
+    async def held(request, body):
+        return h1["a"].stream(answer("trial"), hold=trial_hold)
+
+    h1["a"].chat = held
+    trial = asyncio.create_task(collect(h1.engine, make_request("trial")))
+    await wait_until(lambda: h1.chat_attempts()["a"] == 2)
+    old.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await old
+    with pytest.raises(Overloaded):  # the trial is still out: no second one
+        h1.engine.submit(make_request("second"))
+    trial_hold.set()
+    assert text_of(await trial) == "trial"
+    assert h1.upstream("a").breaker.state is BreakerState.CLOSED
+
+
+async def test_a_full_local_connection_pool_is_not_blamed_on_the_upstream(h1):
+    async def pool_full(request, body):
+        raise httpx.PoolTimeout("no connection available in the pool", request=request)
+
+    h1["a"].chat = pool_full
+    for i in range(3):  # failure threshold 2: this would open the circuit if it counted
+        with pytest.raises(Overloaded) as info:
+            await collect(h1.engine, make_request(f"r{i}"))
+        assert info.value.retry_after == 1
+    assert h1.chat_attempts()["a"] == 3  # not retried (another upstream would share the pool)
+    assert h1.upstream("a").breaker.state is BreakerState.CLOSED
+    assert h1.engine.health().ready
+
+
+async def test_a_stream_event_nested_too_deep_is_an_upstream_error_with_a_verdict(h1):
+    deep = b"data: " + b"[" * 100_000 + b"]" * 100_000 + b"\n\n"
+
+    async def nested(request, body):
+        return h1["a"].stream([deep])
+
+    h1["a"].chat = nested
+    for i in range(2):
+        with pytest.raises(UpstreamError, match="malformed stream event"):
+            await collect(h1.engine, make_request(f"r{i}"))
+    assert h1.upstream("a").breaker.state is BreakerState.OPEN  # counted as the upstream's failures

@@ -93,3 +93,19 @@ async def test_health_checks_send_the_api_key(setup):
     cluster["a"].handle = spy
     await checker.check(ups[0])
     assert seen == ["Bearer k"]
+
+
+async def test_a_full_local_pool_gives_no_verdict_on_the_upstream(setup):
+    cluster, ups, checker, _, _ = setup
+    ups[0].model = "m"
+    handle = cluster["a"].handle
+
+    async def pool_full(request: httpx.Request) -> httpx.Response:
+        raise httpx.PoolTimeout("no connection available in the pool", request=request)
+
+    cluster["a"].handle = pool_full  # type: ignore[method-assign]
+    for _ in range(3):  # failure threshold 2
+        await checker.check(ups[0])
+    assert ups[0].breaker.state is BreakerState.CLOSED
+    cluster["a"].handle = handle  # type: ignore[method-assign]
+    assert await checker.check(ups[0])

@@ -211,3 +211,10 @@ def test_parse_chunk_keeps_reasoning_apart():
     assert (thought.text, thought.reasoning) == ("", "hmm")
     assert (answer.text, answer.reasoning) == ("yes", "")
     assert other.reasoning == "so"
+
+
+def test_reasoning_under_either_name_even_with_the_other_null():
+    event = {"choices": [{"delta": {"reasoning_content": None, "reasoning": "thinking..."}}]}
+    assert parse_chunk(json.dumps(event)).reasoning == "thinking..."
+    event = {"choices": [{"delta": {"reasoning_content": "pondering", "reasoning": None}}]}
+    assert parse_chunk(json.dumps(event)).reasoning == "pondering"
