@@ -354,10 +354,11 @@ class UpstreamEngine:
     ) -> None:
         finish: FinishReason | None = None
         usage: tuple[int, int] | None = None
+        done = False
         async with contextlib.aclosing(aiter_sse_data(response.aiter_lines())) as events:
             async for data in events:
                 if data.strip() == "[DONE]":
-                    await _drain(events)
+                    done = True
                     break
                 chunk = parse_chunk(data)
                 if chunk.text or chunk.reasoning:
@@ -366,12 +367,14 @@ class UpstreamEngine:
                     queue.put_nowait(TokenEvent(chunk.text, reasoning=chunk.reasoning))
                 finish = chunk.finish_reason or finish
                 usage = chunk.usage or usage
-        if finish is None:
-            raise UpstreamError("the upstream stream ended before the answer was complete")
-        prompt_tokens, completion_tokens = usage or (0, progress.chunks)
-        progress.sent = True
-        queue.put_nowait(
-            TokenEvent(
-                "", finish_reason=finish, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+            if finish is None:
+                raise UpstreamError("the upstream stream ended before the answer was complete")
+            prompt_tokens, completion_tokens = usage or (0, progress.chunks)
+            progress.sent = True
+            queue.put_nowait(
+                TokenEvent(
+                    "", finish_reason=finish, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+                )
             )
-        )
+            if done:  # the client has its answer; now empty the body so the connection can be reused
+                await _drain(events)
