@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from glimpse import __version__
 from glimpse.config import DEFAULT_MODEL, TINY_MODEL, Settings
@@ -209,7 +210,7 @@ def _serve(args: argparse.Namespace) -> int:
     )
     server = DrainingServer(config)
     _console.print(
-        f"Glimpse {__version__}: model [bold]{settings.engine.model}[/] on "
+        f"Glimpse {__version__}: model [bold]{escape(settings.engine.model)}[/] on "
         f"http://{settings.server.host}:{settings.server.port}  (web page at /, API at /v1)"
     )
     server.run()
@@ -239,10 +240,10 @@ def _make_tiny(args: argparse.Namespace) -> int:
 
     if args.full_size:
         directory = build_full_size_model(args.directory)
-        _console.print(f"Wrote a full-size random-weight GLM-4.6V-Flash model to {directory}")
+        _console.print(f"Wrote a full-size random-weight GLM-4.6V-Flash model to {escape(str(directory))}")
         return 0
     directory = build_tiny_model(args.directory)
-    _console.print(f"Wrote the tiny random-weight GLM-4.6V model to {directory}")
+    _console.print(f"Wrote the tiny random-weight GLM-4.6V model to {escape(str(directory))}")
     return 0
 
 
@@ -253,16 +254,32 @@ def _settings_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings_errors(exc: Any) -> list[str]:
+    """One line per invalid setting, naming the environment variable that sets it."""
+    lines = []
+    for error in exc.errors():
+        path = [str(part) for part in error.get("loc", ())]
+        env = "GLIMPSE_" + "__".join(path).upper() if path else "GLIMPSE_*"
+        lines.append(f"setting {'.'.join(path) or '?'} ({env} or its flag): {error.get('msg', 'invalid')}")
+    return lines
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
+    from pydantic import ValidationError
+
     try:
         return func(args)
+    except ValidationError as exc:  # a flag or GLIMPSE_* variable out of range or of the wrong type
+        for line in _settings_errors(exc):
+            _console.print(f"[bold red]error:[/] {escape(line)}")
+        return 2
     except ModelLoadError as exc:
-        _console.print(f"[bold red]error:[/] {exc.message}")
+        _console.print(f"[bold red]error:[/] {escape(exc.message)}")
         return 2
     except GlimpseError as exc:
-        _console.print(f"[bold red]error:[/] {exc.message}")
+        _console.print(f"[bold red]error:[/] {escape(exc.message)}")
         return 1
     except KeyboardInterrupt:
         return 130

@@ -229,6 +229,34 @@ def build_full_size_model(directory: Path, device: str = "auto") -> Path:
     return _build(Path(directory), full_size=True, device=device)
 
 
+_MARKER = "GLIMPSE_TINY_MODEL.json"
+
+
+def _check_target(directory: Path) -> Path:
+    """The folder to (re)write, or ``ModelLoadError`` if replacing it could destroy someone's files.
+
+    The build replaces the folder whole, so it must be new, empty, or a model this
+    command wrote before (it has the marker file); never the current folder or one above it.
+    """
+    from glimpse.errors import ModelLoadError
+
+    target = directory.expanduser().resolve()
+    cwd = Path.cwd().resolve()
+    if target == cwd or target in cwd.parents:
+        raise ModelLoadError(
+            f"Refusing to write the tiny model into {target}: it is the current folder or one above it, "
+            "and the build replaces the folder whole. Name a new folder, e.g. ./tiny-glm46v."
+        )
+    if target.exists() and not target.is_dir():
+        raise ModelLoadError(f"Cannot write the tiny model to {target}: it is a file, not a folder.")
+    if target.is_dir() and any(target.iterdir()) and not (target / _MARKER).is_file():
+        raise ModelLoadError(
+            f"Refusing to write the tiny model into {target}: the folder is not empty and holds no model "
+            "this command wrote, and the build replaces the folder whole. Name a new or empty folder."
+        )
+    return target
+
+
 def _build(directory: Path, *, full_size: bool, device: str = "cpu") -> Path:
     import torch
     from transformers import (
@@ -239,6 +267,7 @@ def _build(directory: Path, *, full_size: bool, device: str = "cpu") -> Path:
         Glm46VVideoProcessor,
     )
 
+    directory = _check_target(Path(directory))
     tokenizer = _build_tokenizer(_FULL_VOCAB_SIZE if full_size else None)
     config = _model_config(tokenizer, full_size)
     torch.manual_seed(_SEED)
@@ -280,7 +309,7 @@ def _build(directory: Path, *, full_size: bool, device: str = "cpu") -> Path:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
         note = {"warning": "random weights: answers are meaningless", "seed": _SEED, "full_size": full_size}
-        (staging / "GLIMPSE_TINY_MODEL.json").write_text(json.dumps(note) + "\n")
+        (staging / _MARKER).write_text(json.dumps(note) + "\n")
         if directory.exists():
             shutil.rmtree(directory)
         staging.rename(directory)
@@ -293,7 +322,7 @@ def _build(directory: Path, *, full_size: bool, device: str = "cpu") -> Path:
 def ensure_tiny_model(directory: Path | None = None) -> Path:
     """Return the tiny model's directory, building it first if it is missing."""
     target = Path(directory) if directory is not None else default_tiny_model_dir()
-    if (target / "GLIMPSE_TINY_MODEL.json").is_file() and (target / "config.json").is_file():
+    if (target / _MARKER).is_file() and (target / "config.json").is_file():
         return target
     logger.info("building the tiny random-weight GLM-4.6V model in %s", target)
     return build_tiny_model(target)

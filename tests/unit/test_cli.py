@@ -1,0 +1,72 @@
+"""The command line's refusals: clean one-line errors and exit 2, never a traceback or lost files."""
+
+from __future__ import annotations
+
+import pytest
+
+from glimpse.cli import main
+from glimpse.engine.tiny_model import build_tiny_model
+
+
+def _err(capsys: pytest.CaptureFixture[str]) -> str:
+    """What went to stderr, with rich's line wrapping undone."""
+    return " ".join(capsys.readouterr().err.split())
+
+
+def test_make_tiny_model_never_replaces_a_folder_with_other_files(tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "important.txt").write_text("keep me")
+    assert main(["make-tiny-model", str(folder)]) == 2
+    assert (folder / "important.txt").read_text() == "keep me"
+    assert "not empty" in _err(capsys)
+
+
+def test_make_tiny_model_never_replaces_the_current_folder_or_a_parent(tmp_path, monkeypatch, capsys):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "notes.txt").write_text("mine")
+    monkeypatch.chdir(work)
+    assert main(["make-tiny-model", "."]) == 2
+    assert main(["make-tiny-model", ".."]) == 2
+    assert (work / "notes.txt").read_text() == "mine"
+    assert "current folder or one above it" in _err(capsys)
+
+
+def test_make_tiny_model_refuses_a_file(tmp_path, capsys):
+    target = tmp_path / "model"
+    target.write_text("not a folder")
+    assert main(["make-tiny-model", str(target)]) == 2
+    assert "is a file" in _err(capsys)
+
+
+@pytest.mark.slow
+def test_make_tiny_model_rebuilds_its_own_folder(tmp_path):
+    folder = build_tiny_model(tmp_path / "tiny")
+    assert main(["make-tiny-model", str(folder)]) == 0
+    assert (folder / "config.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        (["serve", "--model", "tiny", "--port", "70000"], {}, "GLIMPSE_SERVER__PORT"),
+        (["serve", "--model", "tiny"], {"GLIMPSE_SERVER__PORT": "abc"}, "valid integer"),
+        (["serve", "--model", "tiny", "--max-batch-size", "0"], {}, "GLIMPSE_ENGINE__MAX_BATCH_SIZE"),
+    ],
+    ids=["port-out-of-range", "port-from-env-not-a-number", "batch-size-zero"],
+)
+def test_invalid_settings_are_one_line_each_and_exit_2(argv, env, expected, monkeypatch, capsys):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main(argv) == 2
+    err = _err(capsys)
+    assert expected in err
+    assert "Traceback" not in err
+
+
+def test_error_text_with_brackets_is_printed_as_is(capsys):
+    # rich would read "[/path]" in the message as a closing tag and crash.
+    assert main(["serve", "--upstream", "notaurl"]) == 2
+    err = _err(capsys)
+    assert "http(s)://host[:port][/path]" in err
