@@ -149,6 +149,31 @@ def test_api_key_is_sent_and_kept_only_for_the_tab(page: Any) -> None:
     assert "sk-test-123" not in page.evaluate("() => JSON.stringify(Object.assign({}, localStorage))")
 
 
+def test_max_tokens_stops_at_the_servers_default_limit(page: Any) -> None:
+    # engine.max_new_tokens_limit defaults to 4096; anything above it is a 400.
+    assert page.get_attribute("#max-tokens", "max") == "4096"
+    page.click("#settings summary")
+    page.fill("#max-tokens", "8000")
+    page.dispatch_event("#max-tokens", "change")
+    assert page.input_value("#max-tokens") == "4096"
+    # A value remembered by an older page, which allowed 8192, is brought down too.
+    page.evaluate("() => localStorage.setItem('glimpse.settings', JSON.stringify({maxTokens: 8000}))")
+    page.reload()
+    page.wait_for_selector("body[data-ready='true']")
+    assert page.input_value("#max-tokens") == "4096"
+    requests = record_chat_requests(page)
+    page.route(
+        "**/v1/chat/completions",
+        lambda route: route.fulfill(
+            status=200, headers={"Content-Type": "text/event-stream"}, body="data: [DONE]\n\n"
+        ),
+    )
+    choose_image(page, scene_png((80, 60)))
+    ask(page, "Hi")
+    wait_answer_done(page, 1)
+    assert requests[0]["max_tokens"] == 4096
+
+
 def test_replace_and_remove_image(page: Any) -> None:
     choose_image(page, scene_png((200, 100)))
     ask(page, "What is this?")

@@ -104,6 +104,7 @@ def test_corrupt_image_gets_the_servers_invalid_image_message(page: Any) -> None
         (503, "overloaded", {"Retry-After": "12"}, "err.overloaded", "The server is busy. Try again in 12 s"),
         (503, "overloaded", {}, "err.overloaded_now", "The server is busy."),
         (400, "prompt_rejected", {}, "err.prompt_rejected", "safety check refused"),
+        (400, "invalid_request", {}, "err.validation", "rejected the request as invalid"),
         (401, "invalid_api_key", {}, "err.invalid_api_key", "Enter a valid key under Settings"),
         (413, "image_too_large", {}, "err.image_too_large", "image is too large"),
         (415, "unsupported_media_type", {}, "err.unsupported_media_type", "Use JPEG, PNG or WebP"),
@@ -128,6 +129,24 @@ def test_server_error_responses_are_explained(
     assert f"server words for {code}" in text
     if code == "invalid_api_key":
         assert page.locator("#settings").get_attribute("open") is not None
+
+
+def test_max_tokens_above_the_servers_limit_is_explained_in_its_words(page: Any) -> None:
+    # The page stops at the default limit (4096), but a server can be set lower. The
+    # real server's refusal is provoked by raising the page's request above its limit.
+    def raise_max_tokens(route: Any) -> None:
+        body = json.loads(route.request.post_data or "{}")
+        route.continue_(post_data=json.dumps({**body, "max_tokens": 5000}))
+
+    page.route("**/v1/chat/completions", raise_max_tokens)
+    choose_image(page, scene_png((80, 60)))
+    ask(page, "Anything?")
+    key, text = notice(page, "chat-error")
+    assert key == "err.max_tokens"
+    assert "Lower it under Settings" in text
+    assert "max_tokens is 5000, above this server's limit of 4096." in text  # the server's own words
+    assert "HTTP 400" not in text
+    assert page.locator("#settings").get_attribute("open") is not None
 
 
 def test_retry_countdown_reaches_try_again_now(page: Any) -> None:

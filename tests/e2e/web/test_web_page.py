@@ -153,6 +153,35 @@ def test_markdown_renderer_escapes_everything_first(page: Any) -> None:
     assert html[HOSTILE[7]] == "<ul><li>one</li><li>two</li></ul><ol><li>first</li><li>second</li></ol>"
 
 
+NESTED = [
+    "[b `c`](https://e.com)",
+    "[`<i>x</i>` **y**](https://e.com) and `k`",
+    "[j `q`](javascript:alert(1))",
+    "[x](https://e.com/`y`)",
+]
+
+
+def test_markdown_code_span_inside_a_link_label(page: Any) -> None:
+    rendered = page.evaluate(
+        """async (inputs) => {
+            const { renderMarkdown } = await import("/static/markdown.js");
+            return inputs.map(renderMarkdown);
+        }""",
+        NESTED,
+    )
+    html = dict(zip(NESTED, rendered, strict=True))
+    link = '<a href="https://e.com" target="_blank" rel="noopener noreferrer">'
+    assert html[NESTED[0]] == f"<p>{link}b <code>c</code></a></p>"
+    assert html[NESTED[1]] == (
+        f"<p>{link}<code>&lt;i&gt;x&lt;/i&gt;</code> <strong>y</strong></a> and <code>k</code></p>"
+    )
+    # Not an http(s) link: stays text, its code span still rendered.
+    assert html[NESTED[2]] == "<p>[j <code>q</code>](javascript:alert(1))</p>"
+    # A code span never ends up inside an href.
+    assert html[NESTED[3]] == "<p>[x](https://e.com/<code>y</code>)</p>"
+    assert not any("\u0000" in out for out in rendered), "a slot placeholder leaked into the HTML"
+
+
 def test_hostile_model_output_stays_text_on_the_page(page: Any) -> None:
     def sse(route: Any) -> None:
         events = []

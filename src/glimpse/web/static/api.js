@@ -30,6 +30,7 @@ export function parseRetryAfter(value, now = Date.now()) {
 
 // Server error codes (see glimpse/errors.py) that have their own message.
 const CODE_KEYS = {
+  invalid_request: "err.validation",
   invalid_image: "err.invalid_image",
   image_too_large: "err.image_too_large",
   request_too_large: "err.request_too_large",
@@ -44,6 +45,7 @@ const CODE_KEYS = {
 
 // When the body has no usable code, the status still says a lot.
 const STATUS_KEYS = {
+  400: "err.validation",
   401: "err.invalid_api_key",
   403: "err.forbidden",
   413: "err.request_too_large",
@@ -65,12 +67,17 @@ export function describeError(status, body, retryAfterHeader = null) {
   const error = body && typeof body === "object" && body.error && typeof body.error === "object" ? body.error : {};
   const code = typeof error.code === "string" ? error.code : "";
   const detail = typeof error.message === "string" ? error.message : "";
+  const param = typeof error.param === "string" ? error.param : "";
   const retryAfter = parseRetryAfter(retryAfterHeader ?? error.retry_after ?? null);
   if (code === "rate_limited" || (!code && status === 429)) {
     return busyError("rate_limited", status, code, detail, retryAfter);
   }
   if (code === "overloaded" || (!code && status === 503)) {
     return busyError("overloaded", status, code, detail, retryAfter);
+  }
+  if (code === "invalid_request" && (param === "max_tokens" || param === "max_completion_tokens")) {
+    // Above the server's engine.max_new_tokens_limit: its message names the limit.
+    return new ChatError({ key: "err.max_tokens", params: {}, detail, status, code, retryAfter });
   }
   // status 0: the failure came as an event after the answer had started.
   const key = CODE_KEYS[code] || STATUS_KEYS[status] || (status ? "err.server" : "err.stream_failed");

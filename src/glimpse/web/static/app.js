@@ -37,7 +37,7 @@ const conversation = new Conversation({
   },
   onError: (err) => {
     chatNotice.show(err);
-    if (err.key === "err.invalid_api_key") {
+    if (err.key === "err.invalid_api_key" || err.key === "err.max_tokens") {
       $("settings").open = true;
     }
     if (err.code === "not_ready" || err.key === "err.network") readiness.watch();

@@ -28,12 +28,20 @@ function inline(escaped) {
   const slots = [];
   const keep = (html) => `${SLOT}${slots.push(html) - 1}${SLOT}`;
   let s = escaped.replace(/`([^`\n]+)`/g, (_, code) => keep(`<code>${code}</code>`));
+  // A label may hold code-span slots; a URL may not (it would splice HTML into href).
   s = s.replace(
-    /\[([^\]\n]+)\]\((https?:\/\/[^\s()]+)\)/gi,
+    /\[([^\]\n]+)\]\((https?:\/\/[^\s()\u0000]+)\)/gi,
     (_, label, url) => keep(`<a href="${url}" target="_blank" rel="noopener noreferrer">${emphasis(label)}</a>`),
   );
   s = emphasis(s);
-  return s.replace(new RegExp(`${SLOT}(\\d+)${SLOT}`, "g"), (_, n) => slots[Number(n)]);
+  // A slot's HTML can hold other slots (a code span in a link label), and one
+  // replace() pass does not look inside what it inserts, so repeat until no
+  // marker is left. Nesting is at most slots.length deep, which bounds the loop.
+  const marker = new RegExp(`${SLOT}(\\d+)${SLOT}`, "g");
+  for (let round = 0; round <= slots.length && s.includes(SLOT); round++) {
+    s = s.replace(marker, (_, n) => slots[Number(n)] ?? "");
+  }
+  return s;
 }
 
 const FENCE = /^\s*```\s*([\w+#.-]*)\s*$/;

@@ -5,6 +5,11 @@
 const SETTINGS_KEY = "glimpse.settings";
 const API_KEY_KEY = "glimpse.apiKey";
 const DEFAULTS = { maxTokens: 512, temperature: 0.7 };
+// The server's default engine.max_new_tokens_limit. The page cannot learn the
+// real setting (no endpoint reports it), so the input's own max attribute is
+// the one source, with this as the fallback; a server set lower still answers
+// 400, which the page explains with the server's own words.
+const MAX_TOKENS_LIMIT = 4096;
 
 function load(storage, key) {
   try {
@@ -51,7 +56,7 @@ export class Settings {
     } catch {
       saved = {};
     }
-    this.maxTokensInput.value = String(Math.round(clamp(saved.maxTokens, 1, 8192, DEFAULTS.maxTokens)));
+    this.maxTokensInput.value = String(Math.round(clamp(saved.maxTokens, 1, this.maxTokensLimit, DEFAULTS.maxTokens)));
     this.temperatureInput.value = String(clamp(saved.temperature, 0, 2, DEFAULTS.temperature));
     this.apiKeyInput.value = load(window.sessionStorage, API_KEY_KEY) || "";
     this.showTemperature();
@@ -67,8 +72,13 @@ export class Settings {
     save(window.localStorage, SETTINGS_KEY, JSON.stringify(values));
   }
 
+  get maxTokensLimit() {
+    const max = Number(this.maxTokensInput.max);
+    return Number.isFinite(max) && max >= 1 ? max : MAX_TOKENS_LIMIT;
+  }
+
   get maxTokens() {
-    return Math.round(clamp(this.maxTokensInput.value, 1, 8192, DEFAULTS.maxTokens));
+    return Math.round(clamp(this.maxTokensInput.value, 1, this.maxTokensLimit, DEFAULTS.maxTokens));
   }
 
   get temperature() {
