@@ -57,6 +57,8 @@ def _add_serve(sub: Any) -> None:
 
 
 def _add_ask(sub: Any) -> None:
+    from glimpse.client._args import positive_float
+
     p = sub.add_parser("ask", help="Ask a running server about an image.")
     p.add_argument("image", type=Path, help="Image file (JPEG, PNG or WebP).")
     p.add_argument("question", help="The question.")
@@ -65,7 +67,7 @@ def _add_ask(sub: Any) -> None:
     p.add_argument("--max-tokens", type=int, default=None, help="Most tokens in the answer.")
     p.add_argument("--temperature", type=float, default=None, help="0 for greedy (default).")
     p.add_argument("--api-key", default=None, help="API key, when the server requires one.")
-    p.add_argument("--timeout", type=float, default=300.0, help="Seconds to wait for the answer.")
+    p.add_argument("--timeout", type=positive_float, default=300.0, help="Seconds to wait for the answer.")
     p.set_defaults(func=_ask)
 
 

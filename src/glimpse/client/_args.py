@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-__all__ = ["csv_floats", "csv_ints", "positive_float", "positive_int"]
+__all__ = ["csv_floats", "csv_ints", "output_path", "positive_float", "positive_int"]
 
 
 def positive_int(text: str) -> int:
@@ -25,6 +26,16 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{value} is not positive")
     return value
+
+
+def output_path(text: str) -> Path:
+    """A file to write later: checked now, so a typo fails before the work instead of after it."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder, not a file")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"folder {path.parent} does not exist")
+    return path
 
 
 def csv_ints(text: str) -> list[int]:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
 from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
 
+from glimpse.client._http import normalize_base_url
 from glimpse.sse import DONE, iter_sse_data
 
 __all__ = ["ask", "image_data_url"]
@@ -40,6 +42,38 @@ def ask(
     api_key: str | None,
     timeout: float,
     out: TextIO,
+    err: TextIO | None = None,
+) -> int:
+    """Print the answer to ``out``; errors go to ``err`` (stderr) so a redirected answer stays clean.
+
+    Returns 0 on an answer, 1 when the server refused or failed, 2 when no request could be made
+    (an unreadable image, a bad or unreachable URL, a timeout): one line each, no traceback.
+    """
+    err = err or sys.stderr
+    if not timeout > 0:
+        err.write(f"error: --timeout must be positive, got {timeout}\n")
+        return 2
+    try:
+        return _ask(url, image, question, stream, max_tokens, temperature, api_key, timeout, out, err)
+    except OSError as exc:  # the image: missing, a folder, unreadable
+        err.write(f"error: {exc}\n")
+        return 2
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:  # refused, unresolvable, timed out, malformed URL
+        err.write(f"error: {url}: {type(exc).__name__}: {exc}\n")
+        return 2
+
+
+def _ask(
+    url: str,
+    image: Path,
+    question: str,
+    stream: bool,
+    max_tokens: int | None,
+    temperature: float | None,
+    api_key: str | None,
+    timeout: float,
+    out: TextIO,
+    err: TextIO,
 ) -> int:
     body: dict[str, Any] = {
         "messages": [
@@ -58,26 +92,27 @@ def ask(
     if temperature is not None:
         body["temperature"] = temperature
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    endpoint = url.rstrip("/") + "/v1/chat/completions"
+    endpoint = normalize_base_url(url) + "/v1/chat/completions"
     with httpx.Client(timeout=timeout, headers=headers) as client:
         if not stream:
             response = client.post(endpoint, json=body)
             if response.status_code != 200:
-                out.write(f"error {response.status_code}: {_error_message(response)}\n")
+                err.write(f"error {response.status_code}: {_error_message(response)}\n")
                 return 1
             out.write(response.json()["choices"][0]["message"]["content"] + "\n")
             return 0
         with client.stream("POST", endpoint, json=body) as response:
             if response.status_code != 200:
                 response.read()
-                out.write(f"error {response.status_code}: {_error_message(response)}\n")
+                err.write(f"error {response.status_code}: {_error_message(response)}\n")
                 return 1
             for data in iter_sse_data(response.iter_lines()):
                 if data == DONE:
                     break
                 event = json.loads(data)
                 if "error" in event:
-                    out.write(f"\nerror: {event['error'].get('message')}\n")
+                    out.write("\n")
+                    err.write(f"error: {event['error'].get('message')}\n")
                     return 1
                 for choice in event.get("choices", []):
                     out.write(choice.get("delta", {}).get("content") or "")

@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -30,7 +31,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from glimpse.client._args import positive_int
+from glimpse.client._args import output_path, positive_int
 from glimpse.client._http import RETRY_STATUSES, RetryPolicy, build_client, error_message, parse_retry_after
 from glimpse.client.batch_io import BatchItem, ResultsFile, discover_images, load_list, read_results
 
@@ -46,7 +47,7 @@ def register_batch(subparsers: Any) -> None:
     p.add_argument("--list", type=Path, dest="list_file", help="CSV or JSONL with image[,question] instead")
     p.add_argument("--recursive", action="store_true", help="also look in sub-folders")
     p.add_argument("--question", help="question asked about every image (or rows without one)")
-    p.add_argument("--out", type=Path, required=True, help="results, one JSON line per image")
+    p.add_argument("--out", type=output_path, required=True, help="results, one JSON line per image")
     p.add_argument("--concurrency", type=positive_int, default=4)
     p.add_argument("--url", default="http://127.0.0.1:8080", help="server base URL")
     p.add_argument("--api-key", help="sent as a Bearer token")
@@ -199,7 +200,9 @@ async def batch(
     pending = [item for item in items if item.key not in state.done]
     stats.skipped = len(items) - len(pending)
     if state.torn:
-        console.print(f"[yellow]{args.out}: dropped a torn last line from an interrupted run[/yellow]")
+        console.print(
+            f"[yellow]{escape(str(args.out))}: dropped a torn last line from an interrupted run[/yellow]"
+        )
     results = ResultsFile(args.out, state)
     policy = RetryPolicy(attempts=args.max_attempts)
     columns = (TextColumn("batch"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -241,11 +244,11 @@ def _print_summary(stats: BatchStats, out: Path, console: Console) -> None:
     elapsed = time.monotonic() - stats.started
     head = "[yellow]interrupted[/yellow] " if stats.interrupted_by else ""
     console.print(
-        f"{head}done {stats.done}, skipped {stats.skipped} (already in {out}), "
+        f"{head}done {stats.done}, skipped {stats.skipped} (already in {escape(str(out))}), "
         f"failed {stats.failed}, of {stats.total} in {elapsed:.1f}s"
     )
     for reason, count in stats.reasons.most_common():
-        console.print(f"  [red]{count} x[/red] {reason}")
+        console.print(f"  [red]{count} x[/red] {escape(reason)}")
 
 
 def run_batch(args: argparse.Namespace) -> int:
@@ -253,7 +256,7 @@ def run_batch(args: argparse.Namespace) -> int:
     try:
         items = collect_items(args)
     except (OSError, ValueError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
         return 2
     stats = BatchStats(total=len(items))
     try:
@@ -263,6 +266,9 @@ def run_batch(args: argparse.Namespace) -> int:
     except asyncio.CancelledError:
         if stats.interrupted_by is None:
             raise
+    except OSError as exc:  # the results file could not be read or opened (e.g. no permission)
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        return 2
     _print_summary(stats, args.out, Console())
     if stats.interrupted_by:
         return 128 + stats.interrupted_by  # the shell's status for a death by that signal

@@ -8,9 +8,11 @@ interrupted run (Ctrl-C, a crash mid-write) loses at most the line being written
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -27,6 +29,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp"})
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(slots=True, frozen=True)
@@ -53,9 +56,11 @@ def _list_rows(path: Path) -> list[dict[str, Any]]:
     suffix = path.suffix.lower()
     if suffix not in {".csv", ".jsonl"}:
         raise ValueError(f"{path}: a list must be .csv or .jsonl")
-    text = path.read_text(encoding="utf-8")
+    # utf-8-sig: Excel starts its CSVs with a BOM, which would otherwise be part of the first header.
+    text = path.read_text(encoding="utf-8-sig")
     if suffix == ".csv":
-        return list(csv.DictReader(text.splitlines()))
+        # newline="": a quoted field may span lines, and the csv module must see its line breaks.
+        return list(csv.DictReader(io.StringIO(text, newline="")))
     rows = []
     for number, line in enumerate(text.splitlines(), 1):
         if line.strip():
@@ -116,6 +121,17 @@ def read_results(path: Path) -> ResumeState:
     return ResumeState(frozenset(done), end, end < len(data), failed)
 
 
+def _dumps(record: dict[str, Any]) -> str:
+    """One JSON line that is valid UTF-8 even for a file name that is not.
+
+    Linux allows any bytes in a name; Python keeps the undecodable ones as lone surrogates
+    (``b"\\xff"`` -> ``"\\udcff"``), which cannot be encoded as UTF-8. Written as ``\\udcff``
+    escapes they load back as the same string, so :func:`read_results` still matches the key.
+    """
+    text = json.dumps(record, ensure_ascii=False)
+    return _SURROGATE.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
+
+
 class ResultsFile:
     """Append-only JSON lines, each flushed and fsync-ed before the next is written.
 
@@ -130,7 +146,7 @@ class ResultsFile:
         self._file: IO[bytes] = path.open("ab")
 
     def append(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps(record, ensure_ascii=False).encode() + b"\n")
+        self._file.write(_dumps(record).encode() + b"\n")
         self._file.flush()
         os.fsync(self._file.fileno())
 

@@ -19,9 +19,10 @@ from typing import Any
 
 import httpx
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from glimpse.client._args import csv_floats, csv_ints, positive_float, positive_int
+from glimpse.client._args import csv_floats, csv_ints, output_path, positive_float, positive_int
 from glimpse.client._http import build_client, error_message
 from glimpse.client.bench_compare import render_compare
 from glimpse.client.bench_inputs import BenchInput, RequestOptions, directory_inputs, synthetic_inputs
@@ -77,8 +78,8 @@ def register_bench(subparsers: Any) -> None:
     out.add_argument("--slo-ttft", type=positive_float, help="goodput objective for TTFT, seconds")
     out.add_argument("--slo-e2e", type=positive_float, help="goodput objective for E2E latency, seconds")
     out.add_argument("--timeout", type=positive_float, default=600.0, help="per-request timeout, seconds")
-    out.add_argument("--json", type=Path, dest="json_path", help="write the report as JSON")
-    out.add_argument("--plot", type=Path, help="write latency vs throughput as a PNG")
+    out.add_argument("--json", type=output_path, dest="json_path", help="write the report as JSON")
+    out.add_argument("--plot", type=output_path, help="write latency vs throughput as a PNG")
     p.set_defaults(func=run_bench)
     sub = p.add_subparsers(dest="bench_command", required=False, metavar="{compare}")
     c = sub.add_parser("compare", help="compare two --json reports side by side")
@@ -87,14 +88,20 @@ def register_bench(subparsers: Any) -> None:
     c.set_defaults(func=run_compare)
 
 
-def run_compare(args: argparse.Namespace) -> int:
+def _console() -> Console:
+    """The terminal's width, or a wide page when piped (so tables are not cut to 80 columns)."""
     console = Console()
+    return console if console.is_terminal else Console(width=200)
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    console = _console()
     try:
         a, b = load_report(args.a), load_report(args.b)
     except (OSError, ValueError) as exc:
-        Console(stderr=True).print(f"[red]error:[/red] {exc}")
+        Console(stderr=True).print(f"[red]error:[/red] {escape(str(exc))}")
         return 2
-    if render_compare(a, b, console, names=(args.a.name, args.b.name)) == 0:
+    if render_compare(a, b, console, names=(escape(args.a.name), escape(args.b.name))) == 0:
         Console(stderr=True).print("[red]error:[/red] the reports share no load level")
         return 1
     return 0
@@ -111,13 +118,17 @@ def run_bench(args: argparse.Namespace) -> int:
         err.print("[yellow]interrupted[/yellow]")
         return 130
     except (OSError, ValueError, httpx.HTTPError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
         return 2
-    render_report(report, Console())
-    if args.json_path:
-        save_report(report, args.json_path)
-    if args.plot:
-        write_plot(report, args.plot)
+    render_report(report, _console())
+    try:
+        if args.json_path:
+            save_report(report, args.json_path)
+        if args.plot:
+            write_plot(report, args.plot)
+    except OSError as exc:  # e.g. the folder went away during the run: the tables above still stand
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        return 2
     return 0 if all(level.completed for level in report.levels) else 1
 
 
@@ -135,7 +146,7 @@ def _inputs(args: argparse.Namespace, model: str) -> list[BenchInput]:
     options = RequestOptions(model, args.max_tokens, args.ignore_eos, args.temperature)
     if args.images is not None:
         return directory_inputs(args.images, options, questions_file=args.questions)
-    return synthetic_inputs(args.image_size, options, fmt=args.image_format)
+    return synthetic_inputs(args.image_size, options, fmt=args.image_format, seed=args.seed)
 
 
 @dataclass(slots=True, frozen=True)

@@ -83,12 +83,17 @@ def _body(image_url: str, question: str, options: RequestOptions) -> bytes:
 
 
 def synthetic_inputs(
-    sizes: list[int], options: RequestOptions, *, question: str = DEFAULT_QUESTION, fmt: str = "jpeg"
+    sizes: list[int],
+    options: RequestOptions,
+    *,
+    question: str = DEFAULT_QUESTION,
+    fmt: str = "jpeg",
+    seed: int = 0,
 ) -> list[BenchInput]:
     mime = "image/jpeg" if fmt == "jpeg" else "image/png"
     inputs = []
     for size in sizes:
-        url = _data_url(synthetic_image(size, fmt=fmt), mime)
+        url = _data_url(synthetic_image(size, seed=seed, fmt=fmt), mime)
         inputs.append(BenchInput(f"noise-{size}px", _body(url, question, options)))
     return inputs
 

@@ -67,7 +67,7 @@ def save_report(report: BenchReport, path: Path) -> None:
 def load_report(path: Path) -> BenchReport:
     try:
         return BenchReport.from_json(json.loads(path.read_text(encoding="utf-8")))
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, AttributeError) as exc:  # AttributeError: not a JSON object
         raise ValueError(f"{path}: malformed report ({exc})") from exc
 
 

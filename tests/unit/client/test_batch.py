@@ -14,6 +14,7 @@ from rich.console import Console
 from glimpse.client._http import RetryPolicy
 from glimpse.client.batch import (
     BatchStats,
+    _print_summary,
     batch,
     collect_items,
     infer_item,
@@ -196,3 +197,44 @@ async def test_cancelling_mid_write_leaves_whole_lines(tmp_path):
             await task
     results.close()
     assert read_results(out).done == {(str(folder / "a.png"), "Q")}
+
+
+def test_out_must_be_a_file_in_an_existing_folder(tmp_path):
+    folder = images(tmp_path, ["a.png"])
+    for out in (tmp_path / "missing_dir" / "r.jsonl", folder):
+        with pytest.raises(SystemExit) as exited:
+            parse(str(folder), "--question", "Q", "--out", str(out))
+        assert exited.value.code == 2
+
+
+def test_an_unopenable_results_file_is_a_clean_error(tmp_path, monkeypatch, capsys):
+    def refuse(path, state):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr("glimpse.client.batch.ResultsFile", refuse)
+    folder = images(tmp_path, ["a.png"])
+    assert run_batch(parse(str(folder), "--question", "Q", "--out", str(tmp_path / "r.jsonl"))) == 2
+    assert "Permission denied" in capsys.readouterr().err
+
+
+def test_messages_with_brackets_are_printed_verbatim(tmp_path, capsys):
+    missing = tmp_path / "photos[/old]"
+    assert run_batch(parse(str(missing), "--question", "Q", "--out", str(tmp_path / "r.jsonl"))) == 2
+    assert "photos[/old]" in capsys.readouterr().err.replace("\n", "")
+    stats = BatchStats(total=1, failed=1, reasons=Counter({"unreadable image: [Errno 2] 'a[/b]' [bold]": 1}))
+    console = Console(record=True, width=200)
+    _print_summary(stats, tmp_path / "r[/x].jsonl", console)
+    text = console.export_text()
+    assert "r[/x].jsonl" in text
+    assert "'a[/b]' [bold]" in text
+
+
+async def test_torn_line_warning_names_a_bracketed_path_verbatim(tmp_path):
+    folder = images(tmp_path, ["a.png"])
+    (tmp_path / "runs[").mkdir()
+    out = tmp_path / "runs[" / "old].jsonl"  # the path reads .../runs[/old].jsonl
+    out.write_text('{"image": "/x", "qu')  # torn: no newline
+    args = parse(str(folder), "--question", "Q", "--out", str(out))
+    console = Console(record=True, width=400)
+    await batch(args, collect_items(args), BatchStats(), console, transport=FakeInfer().transport())
+    assert "runs[/old].jsonl: dropped a torn last line" in console.export_text()

@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 
@@ -91,3 +92,24 @@ def test_non_ascii_responses_survive(tmp_path):
     results.append({"image": "/é.png", "question": "何?", "response": "猫", "status": 200})
     results.close()
     assert read_results(out).done == {("/é.png", "何?")}
+
+
+def test_a_file_name_that_is_not_utf8_is_written_and_resumed(tmp_path):
+    if os.fsencode("\udcff") != b"\xff":
+        pytest.skip("needs a file system encoding that escapes undecodable bytes (Linux)")
+    (tmp_path / os.fsdecode(b"\xff\xfe.png")).write_bytes(b"x")
+    (image,) = discover_images(tmp_path)
+    out = tmp_path / "r.jsonl"
+    results = ResultsFile(out, read_results(out))
+    results.append({"image": str(image), "question": "q?", "response": "cat", "status": 200})
+    results.close()
+    out.read_bytes().decode("utf-8")  # the results file itself stays valid UTF-8
+    assert read_results(out).done == {(str(image), "q?")}
+
+
+def test_excel_csv_with_a_bom_and_a_multi_line_question(tmp_path):
+    csv_file = tmp_path / "l.csv"
+    csv_file.write_bytes(b'\xef\xbb\xbfimage,question\r\na.png,"First line\r\nsecond line"\r\n')
+    assert load_list(csv_file, default_question=None) == [
+        BatchItem(str(tmp_path / "a.png"), "First line\nsecond line")
+    ]

@@ -8,7 +8,8 @@ import pytest
 from rich.console import Console
 
 from glimpse.client.bench import Plan, bench, register_bench, run_bench, run_compare
-from glimpse.client.bench_report import BenchReport
+from glimpse.client.bench_report import BenchReport, save_report
+from glimpse.client.bench_stats import RequestResult, summarize_level
 
 from .fakes import FakeChat
 
@@ -142,3 +143,71 @@ async def test_server_result_cache_is_bypassed_unless_allowed():
     report = await bench(args, quiet(), transport=server.transport())
     assert set(server.cache_control) == {None}
     assert report.levels[0].cache_hits == 2
+
+
+def test_output_paths_are_checked_before_the_run(tmp_path):
+    for flag in ("--json", "--plot"):
+        with pytest.raises(SystemExit) as exited:
+            parse(flag, str(tmp_path / "missing_dir" / "x"))
+        assert exited.value.code == 2
+        with pytest.raises(SystemExit):
+            parse(flag, str(tmp_path))  # a folder, not a file
+    assert parse("--json", str(tmp_path / "x.json")).json_path == tmp_path / "x.json"
+
+
+@pytest.fixture
+def fake_server(monkeypatch):
+    """Every ``httpx.AsyncClient`` talks to a :class:`FakeChat`, so ``run_bench`` runs end to end."""
+    server = FakeChat(tokens=2)
+    real = httpx.AsyncClient.__init__
+
+    def with_fake_transport(self, *a, **kw):
+        kw["transport"] = server.transport()
+        real(self, *a, **kw)
+
+    monkeypatch.setattr(httpx.AsyncClient, "__init__", with_fake_transport)
+    return server
+
+
+def test_a_failed_final_write_is_a_clean_error_after_the_tables(tmp_path, fake_server, capsys):
+    (tmp_path / "gone").mkdir()
+    args = parse("--url", "http://fake", "--num-requests", "2", "--json", str(tmp_path / "gone" / "r.json"))
+    (tmp_path / "gone").rmdir()  # removed while the benchmark ran
+    assert run_bench(args) == 2
+    captured = capsys.readouterr()
+    assert "TTFT p50" in captured.out
+    assert "error:" in captured.err
+
+
+async def test_seed_changes_the_synthetic_images():
+    def image_urls(server):
+        return {b["messages"][0]["content"][0]["image_url"]["url"] for b in server.bodies}
+
+    seen = []
+    for seed in ("1", "1", "2"):
+        server = FakeChat(tokens=1)
+        args = parse(
+            "--url", "http://f", "--model", "m", "--num-requests", "1", "--warmup", "0", "--seed", seed
+        )
+        await bench(args, quiet(), transport=server.transport())
+        seen.append(image_urls(server))
+    assert seen[0] == seen[1] != seen[2]
+
+
+def test_tables_are_not_cut_to_80_columns_when_piped(fake_server, capsys):
+    assert run_bench(parse("--url", "http://fake", "--num-requests", "2", "--warmup", "0")) == 0
+    assert max(len(line) for line in capsys.readouterr().out.splitlines()) > 80
+
+
+def test_errors_naming_paths_with_brackets_are_printed_verbatim(tmp_path, capsys):
+    missing = tmp_path / "photos[/old]"
+    assert run_bench(parse("--url", "http://f", "--model", "m", "--images", str(missing))) == 2
+    assert "photos[/old]" in capsys.readouterr().err.replace("\n", "")
+    assert run_compare(parse("compare", str(missing / "a.json"), str(missing / "b.json"))) == 2
+    assert "photos[/old]" in capsys.readouterr().err.replace("\n", "")
+    result = RequestResult(ok=True, start=0, e2e=0.5, status=200, ttft=0.1, itls=(0.01,), output_tokens=3)
+    level = summarize_level([result], label="c=1", duration_s=1.0, concurrency=1)
+    report = tmp_path / "run[bold].json"
+    save_report(BenchReport(url="http://h:1", model="m", levels=[level]), report)
+    assert run_compare(parse("compare", str(report), str(report))) == 0
+    assert "A run[bold].json" in capsys.readouterr().out

@@ -26,6 +26,12 @@ def test_synthetic_images_are_seeded_and_sized(fmt):
     assert image.format == fmt.upper()
 
 
+def test_synthetic_bodies_follow_the_seed():
+    options = RequestOptions("m", 16)
+    one, same, other = (synthetic_inputs([32], options, seed=seed)[0].body for seed in (1, 1, 2))
+    assert one == same != other
+
+
 def test_synthetic_bodies_follow_the_options():
     options = RequestOptions("m", 16, ignore_eos=False, temperature=0.7)
     (one,) = synthetic_inputs([32], options, fmt="png")

@@ -37,6 +37,10 @@ def test_load_rejects_foreign_or_broken_files(tmp_path):
     path.write_text(json.dumps({"format": "glimpse-bench/1", "url": "u"}))
     with pytest.raises(ValueError, match="malformed"):
         load_report(path)
+    for not_an_object in ("[]", '"text"', "3"):
+        path.write_text(not_an_object)
+        with pytest.raises(ValueError, match="malformed"):
+            load_report(path)
 
 
 def test_render_shows_levels_errors_and_warnings():
