@@ -54,7 +54,10 @@ def ask(
         err.write(f"error: --timeout must be positive, got {timeout}\n")
         return 2
     try:
-        return _ask(url, image, question, stream, max_tokens, temperature, api_key, timeout, out, err)
+        body = _chat_body(image, question, stream, max_tokens, temperature)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        with httpx.Client(timeout=timeout, headers=headers) as client:
+            return _send(client, normalize_base_url(url) + "/v1/chat/completions", body, stream, out, err)
     except OSError as exc:  # the image: missing, a folder, unreadable
         err.write(f"error: {exc}\n")
         return 2
@@ -63,18 +66,9 @@ def ask(
         return 2
 
 
-def _ask(
-    url: str,
-    image: Path,
-    question: str,
-    stream: bool,
-    max_tokens: int | None,
-    temperature: float | None,
-    api_key: str | None,
-    timeout: float,
-    out: TextIO,
-    err: TextIO,
-) -> int:
+def _chat_body(
+    image: Path, question: str, stream: bool, max_tokens: int | None, temperature: float | None
+) -> dict[str, Any]:
     body: dict[str, Any] = {
         "messages": [
             {
@@ -91,31 +85,34 @@ def _ask(
         body["max_tokens"] = max_tokens
     if temperature is not None:
         body["temperature"] = temperature
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    endpoint = normalize_base_url(url) + "/v1/chat/completions"
-    with httpx.Client(timeout=timeout, headers=headers) as client:
-        if not stream:
-            response = client.post(endpoint, json=body)
-            if response.status_code != 200:
-                err.write(f"error {response.status_code}: {_error_message(response)}\n")
+    return body
+
+
+def _send(
+    client: httpx.Client, endpoint: str, body: dict[str, Any], stream: bool, out: TextIO, err: TextIO
+) -> int:
+    if not stream:
+        response = client.post(endpoint, json=body)
+        if response.status_code != 200:
+            err.write(f"error {response.status_code}: {_error_message(response)}\n")
+            return 1
+        out.write(response.json()["choices"][0]["message"]["content"] + "\n")
+        return 0
+    with client.stream("POST", endpoint, json=body) as response:
+        if response.status_code != 200:
+            response.read()
+            err.write(f"error {response.status_code}: {_error_message(response)}\n")
+            return 1
+        for data in iter_sse_data(response.iter_lines()):
+            if data == DONE:
+                break
+            event = json.loads(data)
+            if "error" in event:
+                out.write("\n")
+                err.write(f"error: {event['error'].get('message')}\n")
                 return 1
-            out.write(response.json()["choices"][0]["message"]["content"] + "\n")
-            return 0
-        with client.stream("POST", endpoint, json=body) as response:
-            if response.status_code != 200:
-                response.read()
-                err.write(f"error {response.status_code}: {_error_message(response)}\n")
-                return 1
-            for data in iter_sse_data(response.iter_lines()):
-                if data == DONE:
-                    break
-                event = json.loads(data)
-                if "error" in event:
-                    out.write("\n")
-                    err.write(f"error: {event['error'].get('message')}\n")
-                    return 1
-                for choice in event.get("choices", []):
-                    out.write(choice.get("delta", {}).get("content") or "")
-                    out.flush()
-        out.write("\n")
+            for choice in event.get("choices", []):
+                out.write(choice.get("delta", {}).get("content") or "")
+                out.flush()
+    out.write("\n")
     return 0

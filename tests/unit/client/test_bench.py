@@ -83,15 +83,7 @@ async def test_bench_fails_fast_when_warmup_all_fails():
         await bench(args, quiet(), transport=server.transport())
 
 
-def test_run_bench_writes_json_and_plot(tmp_path, monkeypatch):
-    server = FakeChat(tokens=2)
-    real = httpx.AsyncClient.__init__
-
-    def with_fake_transport(self, *a, **kw):
-        kw["transport"] = server.transport()
-        real(self, *a, **kw)
-
-    monkeypatch.setattr(httpx.AsyncClient, "__init__", with_fake_transport)
+def test_run_bench_writes_json_and_plot(tmp_path, fake_server):
     out, png = tmp_path / "r.json", tmp_path / "r.png"
     args = parse(
         "--url", "http://fake", "--concurrency", "1,2", "--num-requests", "4", "--image-size", "16",
