@@ -152,7 +152,9 @@ async def test_stopping_and_restarting_a_node_under_load_fails_no_request(cluste
         await asyncio.to_thread(victim.wait_ready)
         deadline = time.monotonic() + 60
         while await asyncio.to_thread(victim.metric, "glimpse_http_requests_total", route=CHAT_ROUTE) == 0:
-            assert time.monotonic() < deadline, "traffic never came back to the restarted node"
+            assert time.monotonic() < deadline, (
+                f"traffic never came back to the restarted node\n{gateway.log()}"
+            )
             await asyncio.sleep(0.5)
     finally:
         running = False

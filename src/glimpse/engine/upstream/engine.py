@@ -354,11 +354,14 @@ class UpstreamEngine:
     ) -> None:
         finish: FinishReason | None = None
         usage: tuple[int, int] | None = None
-        done = False
         async with contextlib.aclosing(aiter_sse_data(response.aiter_lines())) as events:
             async for data in events:
                 if data.strip() == "[DONE]":
-                    done = True
+                    # Drained, and the response closed, before the last event goes out: a
+                    # consumer that has its answer cancels the attempt, and a cancel landing
+                    # while the response closes leaked the pooled connection (measured: a pool
+                    # of 4 exhausted after 4 answers; tests/.../test_engine_keepalive.py).
+                    await _drain(events)
                     break
                 chunk = parse_chunk(data)
                 if chunk.text or chunk.reasoning:
@@ -367,14 +370,12 @@ class UpstreamEngine:
                     queue.put_nowait(TokenEvent(chunk.text, reasoning=chunk.reasoning))
                 finish = chunk.finish_reason or finish
                 usage = chunk.usage or usage
-            if finish is None:
-                raise UpstreamError("the upstream stream ended before the answer was complete")
-            prompt_tokens, completion_tokens = usage or (0, progress.chunks)
-            progress.sent = True
-            queue.put_nowait(
-                TokenEvent(
-                    "", finish_reason=finish, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
-                )
+        if finish is None:
+            raise UpstreamError("the upstream stream ended before the answer was complete")
+        prompt_tokens, completion_tokens = usage or (0, progress.chunks)
+        progress.sent = True
+        queue.put_nowait(
+            TokenEvent(
+                "", finish_reason=finish, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
             )
-            if done:  # the client has its answer; now empty the body so the connection can be reused
-                await _drain(events)
+        )
