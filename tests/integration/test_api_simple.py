@@ -66,7 +66,9 @@ async def test_health_and_readiness(make_client):
         assert not_ready.status_code == 503
         assert not_ready.headers["retry-after"]
         engine.ready = True
-        assert (await client.get("/readyz")).status_code == 200
+        ready = await client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["max_tokens_limit"] == 4096  # what a client may ask for, by default
 
 
 async def test_draining_refuses_new_requests_but_serves_those_that_arrived_before(make_client):

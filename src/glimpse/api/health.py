@@ -37,5 +37,7 @@ async def readyz(state: StateDep) -> JSONResponse:
             "model": state.engine.model_name,
             "queue_depth": health.queue_depth,
             "running": health.running,
+            # For clients that size requests (the web page caps its max-tokens field with it).
+            "max_tokens_limit": state.settings.engine.max_new_tokens_limit,
         }
     )

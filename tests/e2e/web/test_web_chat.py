@@ -182,6 +182,22 @@ def test_max_tokens_stops_at_the_servers_default_limit(page: Any) -> None:
     assert requests[0]["max_tokens"] == 4096
 
 
+def test_max_tokens_follows_the_limit_the_server_reports(page: Any) -> None:
+    # A server configured below the default says so in /readyz; the field follows it.
+    page.evaluate("() => localStorage.setItem('glimpse.settings', JSON.stringify({maxTokens: 2000}))")
+    page.route(
+        "**/readyz",
+        lambda route: route.fulfill(
+            status=200,
+            headers={"Content-Type": "application/json"},
+            body=json.dumps({"status": "ready", "model": "tiny", "max_tokens_limit": 300}),
+        ),
+    )
+    page.reload()
+    page.wait_for_function("() => document.querySelector('#max-tokens').max === '300'", timeout=10_000)
+    assert page.input_value("#max-tokens") == "300"
+
+
 def test_replace_and_remove_image(page: Any) -> None:
     choose_image(page, scene_png((200, 100)))
     ask(page, "What is this?")

@@ -113,14 +113,25 @@ export async function fetchModelId(apiKey, signal) {
   }
 }
 
-/** "ready", "loading" (503) or "unreachable" (no answer). Any other status counts as ready. */
+/**
+ * { status: "ready" | "loading" (503) | "unreachable" (no answer), maxTokens }. Any other
+ * status counts as ready; maxTokens is the server's max_tokens limit when it says one.
+ */
 export async function checkReady(signal) {
+  let response;
   try {
-    const response = await fetch("/readyz", { cache: "no-store", signal });
-    return response.status === 503 ? "loading" : "ready";
+    response = await fetch("/readyz", { cache: "no-store", signal });
   } catch {
-    return "unreachable";
+    return { status: "unreachable", maxTokens: null };
   }
+  if (response.status === 503) return { status: "loading", maxTokens: null };
+  let limit = null;
+  try {
+    limit = (await response.json())?.max_tokens_limit;
+  } catch {
+    // Not JSON (a proxy's page): ready all the same, with no limit to show.
+  }
+  return { status: "ready", maxTokens: Number.isInteger(limit) && limit > 0 ? limit : null };
 }
 
 function handleEvent(payload, onEvent) {

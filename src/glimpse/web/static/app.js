@@ -242,8 +242,11 @@ const readiness = {
       if (!navigator.onLine) {
         this.set("banner.offline");
       } else {
-        const status = await checkReady();
-        if (status === "ready") break;
+        const { status, maxTokens } = await checkReady();
+        if (status === "ready") {
+          if (maxTokens) settings.setMaxTokensLimit(maxTokens);
+          break;
+        }
         this.set(status === "loading" ? "banner.not_ready" : "banner.unreachable");
       }
       await new Promise((resolve) => {

@@ -5,10 +5,9 @@
 const SETTINGS_KEY = "glimpse.settings";
 const API_KEY_KEY = "glimpse.apiKey";
 const DEFAULTS = { maxTokens: 512, temperature: 0.7 };
-// The server's default engine.max_new_tokens_limit. The page cannot learn the
-// real setting (no endpoint reports it), so the input's own max attribute is
-// the one source, with this as the fallback; a server set lower still answers
-// 400, which the page explains with the server's own words.
+// The server's default engine.max_new_tokens_limit. The page learns the real one
+// from /readyz (setMaxTokensLimit sets the input's max attribute, the one source);
+// until then the attribute holds the default, with this as the fallback.
 const MAX_TOKENS_LIMIT = 4096;
 
 function load(storage, key) {
@@ -70,6 +69,12 @@ export class Settings {
     const values = { maxTokens: this.maxTokens, temperature: this.temperature };
     this.maxTokensInput.value = String(values.maxTokens);
     save(window.localStorage, SETTINGS_KEY, JSON.stringify(values));
+  }
+
+  /** The server's own limit (from /readyz): the field's max, and the value brought under it. */
+  setMaxTokensLimit(limit) {
+    this.maxTokensInput.max = String(limit);
+    if (Number(this.maxTokensInput.value) > limit) this.maxTokensInput.value = String(limit);
   }
 
   get maxTokensLimit() {
