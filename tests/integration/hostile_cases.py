@@ -168,6 +168,8 @@ MEDIA_CASES = [
     case("tiff-as-jpg", upload(payload.image_bytes("TIFF")), 415, "unsupported_media_type", "TIFF images"),
     # base64 and data URLs
     case("invalid-base64", infer("not*base64!"), 400, "invalid_image", "not valid base64"),
+    case("infer-given-a-url", infer("https://example.com/cat.png"), 400, "invalid_image",
+         "not a URL; /v1/chat/completions accepts image URLs"),
     case("base64-truncated-padding", infer(png_b64()[:-3]), 400, "invalid_image", "not valid base64"),
     case("base64-urlsafe-alphabet", infer(base64.urlsafe_b64encode(b"\xfb\xff" * 64).decode()), 400,
          "invalid_image", "not valid base64"),

@@ -68,7 +68,12 @@ class ImageIntake:
         return await self._runner.run(decode_image, data, self._settings)
 
     async def from_base64(self, payload: str) -> DecodedImage:
-        """Decode plain base64; a full ``data:`` URL is tolerated here too."""
+        """Decode plain base64; a full ``data:`` URL is tolerated here too, an http(s) URL is not."""
+        if payload.lstrip()[:8].lower().startswith(_URL_PREFIXES):
+            raise InvalidImage(
+                "This field takes the image itself, base64-encoded (or as a data URL), not a URL; "
+                "/v1/chat/completions accepts image URLs in image_url."
+            )
         # Parsing megabytes of text is blocking work too, so all of it goes to the thread.
         return await self._runner.run(_decode_text, payload, self._settings)
 
