@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 __all__ = ["FailOpen"]
@@ -11,16 +12,36 @@ logger = logging.getLogger("glimpse.guard")
 
 
 class FailOpen:
-    """Tracks one store's outages so a Redis blip neither fails requests nor floods the log."""
+    """Tracks one store's outages so a Redis blip neither fails requests nor floods the log.
 
-    def __init__(self, down_message: str, up_message: str, on_failure: Callable[[], None] | None) -> None:
+    After a failure the store is left alone for ``backoff_s``: a Redis that stalls would
+    otherwise cost every request the full timeout on each call, for as long as it stalls.
+    """
+
+    def __init__(
+        self,
+        down_message: str,
+        up_message: str,
+        on_failure: Callable[[], None] | None,
+        *,
+        backoff_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._down = down_message
         self._up = up_message
         self._on_failure = on_failure
+        self._backoff_s = backoff_s
+        self._clock = clock
+        self._retry_at = 0.0
         self.degraded = False
         self.failures = 0
 
+    def should_try(self) -> bool:
+        """False while backing off after a failure: the caller lets the request through unchecked."""
+        return self._clock() >= self._retry_at
+
     def failed(self, exc: BaseException) -> None:
+        self._retry_at = self._clock() + self._backoff_s
         self.failures += 1
         if self._on_failure is not None:
             self._on_failure()

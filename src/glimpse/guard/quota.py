@@ -81,6 +81,7 @@ class RedisQuotaStore:
         prefix: str = "glimpse:quota:",
         timeout_s: float = 0.5,
         on_failure: Callable[[], None] | None = None,
+        backoff_s: float = 2.0,
     ) -> None:
         self._client = client
         self._prefix = prefix
@@ -89,29 +90,40 @@ class RedisQuotaStore:
             "quota store unavailable; token quotas are not enforced",
             "quota store reachable again; token quotas are enforced",
             on_failure,
+            backoff_s=backoff_s,
         )
 
     @classmethod
     def from_url(
-        cls, url: str, *, timeout_s: float = 0.5, on_failure: Callable[[], None] | None = None
+        cls,
+        url: str,
+        *,
+        timeout_s: float = 0.5,
+        on_failure: Callable[[], None] | None = None,
+        backoff_s: float = 2.0,
     ) -> RedisQuotaStore:
         client = aioredis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
-        return cls(client, timeout_s=timeout_s, on_failure=on_failure)
+        return cls(client, timeout_s=timeout_s, on_failure=on_failure, backoff_s=backoff_s)
 
     def _key(self, client_id: str, day: str) -> str:
         return f"{self._prefix}{client_id}:{day}"
 
     async def usage(self, client_id: str, day: str) -> int:
+        if not self._health.should_try():
+            return 0
         try:
             async with asyncio.timeout(self._timeout_s):
                 raw = await self._client.get(self._key(client_id, day))
-        except (RedisError, OSError, TimeoutError) as exc:
+            used = int(raw) if raw is not None else 0
+        except (RedisError, OSError, TimeoutError, ValueError) as exc:  # ValueError: not a number there
             self._health.failed(exc)
             return 0
         self._health.recovered()
-        return int(raw) if raw is not None else 0
+        return used
 
     async def add(self, client_id: str, day: str, tokens: int) -> None:
+        if not self._health.should_try():
+            return
         key = self._key(client_id, day)
         try:
             async with asyncio.timeout(self._timeout_s), self._client.pipeline(transaction=True) as pipe:

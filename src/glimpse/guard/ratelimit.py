@@ -105,6 +105,7 @@ class RedisRateLimitStore:
         prefix: str = "glimpse:ratelimit:",
         timeout_s: float = 0.5,
         on_failure: Callable[[], None] | None = None,
+        backoff_s: float = 2.0,
     ) -> None:
         self._client = client
         self._script = client.register_script(_BUCKET_LUA)
@@ -114,16 +115,24 @@ class RedisRateLimitStore:
             "rate-limit store unavailable; letting requests through",
             "rate-limit store reachable again; limits are enforced",
             on_failure,
+            backoff_s=backoff_s,
         )
 
     @classmethod
     def from_url(
-        cls, url: str, *, timeout_s: float = 0.5, on_failure: Callable[[], None] | None = None
+        cls,
+        url: str,
+        *,
+        timeout_s: float = 0.5,
+        on_failure: Callable[[], None] | None = None,
+        backoff_s: float = 2.0,
     ) -> RedisRateLimitStore:
         client = aioredis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
-        return cls(client, timeout_s=timeout_s, on_failure=on_failure)
+        return cls(client, timeout_s=timeout_s, on_failure=on_failure, backoff_s=backoff_s)
 
     async def acquire(self, key: str, limit_per_minute: int, now: float) -> float:
+        if not self._health.should_try():
+            return 0.0
         try:
             async with asyncio.timeout(self._timeout_s):
                 raw = await self._script(keys=[self._prefix + key], args=[limit_per_minute, now, _WINDOW_S])

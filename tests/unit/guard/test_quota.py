@@ -132,7 +132,7 @@ async def test_two_replicas_share_one_quota_through_redis(redis_stores, redis_ur
 async def test_redis_failure_fails_open_logs_once_and_counts(caplog):
     failures = []
     store = RedisQuotaStore.from_url(
-        "redis://127.0.0.1:1/0", timeout_s=0.5, on_failure=lambda: failures.append(1)
+        "redis://127.0.0.1:1/0", timeout_s=0.5, on_failure=lambda: failures.append(1), backoff_s=0
     )
     tracker = QuotaTracker(GuardSettings(token_quota_per_day=1), store, clock=Clock())
     principal = _principal()
@@ -145,3 +145,14 @@ async def test_redis_failure_fails_open_logs_once_and_counts(caplog):
     assert store.failures == 4
     assert len(failures) == 4
     assert sum("quota store unavailable" in r.getMessage() for r in caplog.records) == 1
+
+
+async def test_a_value_that_is_not_a_count_fails_open(redis_stores, redis_url):
+    store = redis_stores[0]
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await client.set(f"{store._prefix}key:odd:20250615", "not a number")
+    finally:
+        await client.aclose()
+    assert await store.usage("key:odd", "20250615") == 0  # let through, not a 500
+    assert store.failures == 1

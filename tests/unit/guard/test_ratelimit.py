@@ -1,3 +1,6 @@
+import asyncio
+import socket
+import time
 import uuid
 
 import pytest
@@ -110,7 +113,7 @@ async def test_redis_store_is_shared_between_replicas(redis_url):
 async def test_redis_failure_fails_open_logs_once_and_counts(caplog):
     failures = []
     store = RedisRateLimitStore.from_url(
-        "redis://127.0.0.1:1/0", timeout_s=0.5, on_failure=lambda: failures.append(1)
+        "redis://127.0.0.1:1/0", timeout_s=0.5, on_failure=lambda: failures.append(1), backoff_s=0
     )
     limiter = RateLimiter(GuardSettings(rate_limit_per_minute=1), store, clock=Clock())
     try:
@@ -121,3 +124,28 @@ async def test_redis_failure_fails_open_logs_once_and_counts(caplog):
     assert len(failures) == 3
     warnings = [r for r in caplog.records if "rate-limit store unavailable" in r.getMessage()]
     assert len(warnings) == 1
+
+
+async def test_a_stalled_redis_costs_one_timeout_then_is_skipped_until_the_backoff_ends():
+    # A Redis that accepts connections but never answers: without a backoff every request
+    # would wait the full timeout on every call for as long as the stall lasts.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        store = RedisRateLimitStore.from_url(f"redis://127.0.0.1:{port}/0", timeout_s=0.3, backoff_s=0.6)
+        limiter = RateLimiter(GuardSettings(rate_limit_per_minute=1), store, clock=Clock())
+        try:
+            started = time.monotonic()
+            assert await _admitted(limiter, _principal(), 1) == 1  # fails open after the timeout
+            first = time.monotonic() - started
+            started = time.monotonic()
+            assert await _admitted(limiter, _principal(), 5) == 5  # backing off: no waiting
+            skipped = time.monotonic() - started
+            await asyncio.sleep(0.7)
+            assert await _admitted(limiter, _principal(), 1) == 1  # tried again, failed again
+        finally:
+            await store.aclose()
+    assert first >= 0.25
+    assert skipped < 0.1
+    assert store.failures == 2
