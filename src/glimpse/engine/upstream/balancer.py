@@ -18,9 +18,15 @@ __all__ = ["Balancer", "Upstream", "UpstreamSpec", "parse_upstream_url"]
 
 @dataclass(slots=True, frozen=True)
 class UpstreamSpec:
-    #: Base URL without a trailing ``/`` or ``/v1``, e.g. ``http://10.0.0.5:8000``.
+    #: Base URL without a trailing ``/`` or ``/v1``, e.g. ``http://10.0.0.5:8000``; requests go here.
     base_url: str
     weight: float = 1.0
+
+    @property
+    def name(self) -> str:
+        """The base URL without ``user:password@``: what logs, metrics and health details show."""
+        parts = urlsplit(self.base_url)
+        return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
 
 
 def parse_upstream_url(raw: str) -> UpstreamSpec:
@@ -62,6 +68,11 @@ class Upstream:
 
     @property
     def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def url(self) -> str:
+        """Where requests go (credentials included); never shown anywhere."""
         return self.spec.base_url
 
     @property

@@ -337,7 +337,7 @@ class UpstreamEngine:
     ) -> None:
         body = chat_body(request, upstream.model or self._model_name, messages)
         headers = {**self._headers, "X-Request-ID": request.request_id}
-        url = upstream.name + "/v1/chat/completions"
+        url = upstream.url + "/v1/chat/completions"
         async with self._http().stream(
             "POST", url, json=body, headers=headers, timeout=self._timeout
         ) as response:

@@ -85,7 +85,7 @@ class HealthChecker:
         return error is None
 
     async def _get(self, upstream: Upstream, path: str) -> httpx.Response:
-        return await self._client().get(upstream.name + path, headers=self._headers, timeout=self._timeout)
+        return await self._client().get(upstream.url + path, headers=self._headers, timeout=self._timeout)
 
     async def _probe(self, upstream: Upstream) -> str | None:
         """``None`` when the upstream looks able to serve, else why not."""

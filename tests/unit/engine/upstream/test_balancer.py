@@ -112,3 +112,13 @@ def test_rejects_empty_and_duplicates():
             ["http://a:1", "http://a:1/v1"],
             lambda: CircuitBreaker(failure_threshold=1, cooldown_s=1, clock=clock),
         )
+
+
+def test_credentials_in_an_upstream_url_are_used_but_never_shown():
+    spec = parse_upstream_url("http://produser:upPASSWORD42@10.0.0.5:8000/v1")
+    upstream = Upstream(
+        spec=spec, breaker=CircuitBreaker(failure_threshold=1, cooldown_s=1, clock=FakeClock())
+    )
+    assert upstream.url == "http://produser:upPASSWORD42@10.0.0.5:8000"  # requests carry them
+    assert upstream.name == "http://10.0.0.5:8000"  # logs, metric labels and /readyz do not
+    assert parse_upstream_url("http://[::1]:8000").name == "http://[::1]:8000"

@@ -489,3 +489,26 @@ async def test_a_stream_event_nested_too_deep_is_an_upstream_error_with_a_verdic
         with pytest.raises(UpstreamError, match="malformed stream event"):
             await collect(h1.engine, make_request(f"r{i}"))
     assert h1.upstream("a").breaker.state is BreakerState.OPEN  # counted as the upstream's failures
+
+
+async def test_upstream_credentials_stay_out_of_health_details_and_metrics():
+    cluster = Cluster("a")
+    metrics = RecordingMetrics()
+    settings = EngineSettings(kind="upstream", model="GLM-Test", upstreams=("http://user:s3cret@a:8000",))
+    async with httpx.AsyncClient(transport=cluster.transport) as client:
+        engine = UpstreamEngine(
+            settings,
+            http_client=client,
+            metrics_hook=metrics,
+            clock=FakeClock(),
+            options=UpstreamOptions(health_interval_s=3600),
+        )
+        await engine.start()
+        try:
+            assert text_of(await collect(engine, make_request("r"))) == "Hello from a"
+            detail = engine.health().detail
+        finally:
+            await engine.stop()
+    assert "s3cret" not in detail
+    assert "s3cret" not in repr(metrics.__dict__)
+    assert "http://a:8000" in detail
