@@ -65,6 +65,20 @@ async def test_concurrent_identical_requests_run_once(make_client):
     assert sorted(r.headers["x-glimpse-cache"] for r in responses).count("miss") == 1
 
 
+async def test_requests_joining_a_generation_do_not_count_its_tokens_again(make_client):
+    import asyncio
+
+    engine = FakeEngine(delay_s=0.2)
+    async with make_client(engine) as client:
+        body = {"image": png_b64(), "text": "same question"}
+        answers = await asyncio.gather(*(client.post("/infer", json=body) for _ in range(3)))
+        metrics = (await client.get("/metrics")).text
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert len(engine.requests) == 1
+    assert "glimpse_generation_tokens_total 3.0" in metrics  # one generation of 3 tokens
+    assert "glimpse_time_to_first_token_seconds_count 1.0" in metrics
+
+
 async def test_cache_can_be_turned_off(make_client):
     engine = FakeEngine()
     settings = Settings(cache=CacheSettings(enabled=False))

@@ -153,18 +153,21 @@ class GenerationService:
             if cached is not None:
                 return await self._first(_replay(cached), CacheStatus.HIT)
             holder: list[CacheStatus] = []
-            events = self._shared(key, gen, holder)
-            stream = await self._first(self._observed(events, started), CacheStatus.MISS)
+            events = self._shared(key, gen, holder, started)
+            stream = await self._first(events, CacheStatus.MISS)
             stream.cache = holder[0] if holder else CacheStatus.MISS
             return stream
         events = self.engine.submit(gen)
         return await self._first(self._observed(events, started), CacheStatus.BYPASS)
 
     async def _shared(
-        self, key: str, gen: GenerationRequest, holder: list[CacheStatus]
+        self, key: str, gen: GenerationRequest, holder: list[CacheStatus], started: float
     ) -> AsyncIterator[TokenEvent]:
         assert self.cache is not None
-        async with self.cache.stream(key, lambda: self.engine.submit(gen), _to_result) as (items, shared):
+        # Observed where it is generated: requests that join a running generation share its
+        # tokens, and counting them per joiner would count one generation several times.
+        source = lambda: self._observed(self.engine.submit(gen), started)  # noqa: E731
+        async with self.cache.stream(key, source, _to_result) as (items, shared):
             holder.append(CacheStatus.SHARED if shared else CacheStatus.MISS)
             async for event in items:
                 yield event
