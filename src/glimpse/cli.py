@@ -270,12 +270,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
 
     try:
         return func(args)
     except ValidationError as exc:  # a flag or GLIMPSE_* variable out of range or of the wrong type
         for line in _settings_errors(exc):
             _console.print(f"[bold red]error:[/] {escape(line)}")
+        return 2
+    except SettingsError as exc:  # a GLIMPSE_* variable that should hold JSON (a list, a mapping)
+        _console.print(
+            f"[bold red]error:[/] {escape(str(exc))}; list and mapping settings take JSON, "
+            """e.g. GLIMPSE_GUARD__API_KEYS='["key1", "key2"]'"""
+        )
         return 2
     except ModelLoadError as exc:
         _console.print(f"[bold red]error:[/] {escape(exc.message)}")

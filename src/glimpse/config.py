@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
@@ -146,6 +146,22 @@ class EngineSettings(BaseModel):
         5.0, gt=0, description="Seconds an upstream stays out before one trial request may put it back."
     )
 
+    @model_validator(mode="after")
+    def _consistent_token_limits(self) -> EngineSettings:
+        # Refused at start-up: otherwise the server comes up and fails every request that
+        # leaves max_tokens out, blaming a parameter the client never sent.
+        if self.default_max_new_tokens > self.max_new_tokens_limit:
+            raise ValueError(
+                f"default_max_new_tokens ({self.default_max_new_tokens}) is above "
+                f"max_new_tokens_limit ({self.max_new_tokens_limit})"
+            )
+        if self.default_max_new_tokens >= self.max_seq_len:
+            raise ValueError(
+                f"default_max_new_tokens ({self.default_max_new_tokens}) leaves no room for a prompt "
+                f"in max_seq_len ({self.max_seq_len})"
+            )
+        return self
+
 
 class MediaSettings(BaseModel):
     model_config = _FROZEN
@@ -165,6 +181,12 @@ class MediaSettings(BaseModel):
         (), description="Host names (or *.suffix) that image URLs may point at; empty means any public host."
     )
     fetch_timeout_s: float = Field(10.0, gt=0, description="Connect/read timeout for image URLs.")
+
+    @model_validator(mode="after")
+    def _sides_in_order(self) -> MediaSettings:
+        if self.min_side > self.max_side:
+            raise ValueError(f"min_side ({self.min_side}) is above max_side ({self.max_side}): no image fits")
+        return self
 
 
 class GuardSettings(BaseModel):
@@ -219,6 +241,19 @@ class GuardSettings(BaseModel):
         if value is not None and not value.get_secret_value().strip():
             raise ValueError("must not be empty (leave it unset instead)")
         return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _usable_keys(cls, keys: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        # Presented keys are stripped, so an empty or padded key could never match, yet it
+        # would switch authentication on: everyone locked out (e.g. '["${API_KEY}"]' unset).
+        for index, key in enumerate(keys):
+            value = key.get_secret_value()
+            if not value.strip():
+                raise ValueError(f"key {index} is empty")
+            if value != value.strip():
+                raise ValueError(f"key {index} has leading or trailing whitespace")
+        return keys
 
 
 class CacheSettings(BaseModel):

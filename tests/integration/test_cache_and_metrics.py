@@ -102,3 +102,11 @@ async def test_metrics_count_requests_tokens_and_cache(make_client):
     assert "glimpse_generation_tokens_total 3.0" in text
     assert 'glimpse_cache_requests_total{result="hit"} 1.0' in text
     assert "glimpse_time_to_first_token_seconds_count 1.0" in text
+
+
+async def test_page_files_are_counted_under_their_mount_not_as_unmatched(make_client, tmp_path):
+    async with make_client(FakeEngine()) as client:
+        assert (await client.get("/static/app.js")).status_code == 200
+        metrics = (await client.get("/metrics")).text
+    assert 'glimpse_http_requests_total{route="/static",status="200"} 1.0' in metrics
+    assert 'route="unmatched"' not in metrics

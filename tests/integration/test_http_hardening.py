@@ -40,9 +40,13 @@ async def test_metrics_can_be_protected_while_probes_stay_open(make_client):
         anonymous = await client.get("/metrics")
         wrong = await client.get("/metrics", headers={"Authorization": "Bearer nope"})
         scraper = await client.get("/metrics", headers={"Authorization": "Bearer scrape-key"})
+        lower = await client.get("/metrics", headers={"Authorization": "bearer scrape-key"})
+        bare = await client.get("/metrics", headers={"Authorization": "scrape-key"})
         probes = [(await client.get(path)).status_code for path in ("/healthz", "/readyz")]
     assert anonymous.status_code == 401
     assert wrong.status_code == 401
     assert scraper.status_code == 200
+    assert lower.status_code == 200  # the scheme is case-insensitive (RFC 9110), as on the API
+    assert bare.status_code == 401  # a key without a scheme is not a bearer credential
     assert "glimpse_http_requests_total" in scraper.text
     assert probes == [200, 200]

@@ -70,3 +70,12 @@ def test_error_text_with_brackets_is_printed_as_is(capsys):
     assert main(["serve", "--upstream", "notaurl"]) == 2
     err = _err(capsys)
     assert "http(s)://host[:port][/path]" in err
+
+
+def test_a_list_setting_that_is_not_json_is_one_line_and_exit_2(monkeypatch, capsys):
+    monkeypatch.setenv("GLIMPSE_GUARD__API_KEYS", "mysecretplainkey")
+    assert main(["serve", "--model", "tiny"]) == 2
+    err = _err(capsys)
+    assert "take JSON" in err
+    assert "mysecretplainkey" not in err
+    assert "Traceback" not in err

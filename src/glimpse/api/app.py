@@ -101,8 +101,10 @@ def _add_metrics_route(app: FastAPI) -> None:
     async def metrics(request: Request, state: StateDep) -> Response:
         required = state.settings.guard.metrics_api_key
         if required is not None:
-            given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-            if not hmac.compare_digest(given.encode(), required.get_secret_value().encode()):
+            scheme, _, given = request.headers.get("authorization", "").strip().partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                given.strip().encode(), required.get_secret_value().encode()
+            ):
                 raise Unauthorized("/metrics needs the metrics key: Authorization: Bearer <key>.")
         health = state.engine.health()
         state.metrics.queue_depth.set(health.queue_depth)

@@ -6,6 +6,7 @@ import logging
 import time
 
 import anyio
+from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from glimpse.api.errors import error_response
@@ -25,7 +26,12 @@ _PAGE_ROUTES = frozenset({"/", "/static"})
 def _route_template(scope: Scope) -> str | None:
     route = scope.get("route")
     path = getattr(route, "path", None)
-    return path if isinstance(path, str) else None
+    if isinstance(path, str):
+        return path
+    # A Mount (the page's /static files) sets no "route", only the endpoint it handed over to.
+    if isinstance(scope.get("endpoint"), StaticFiles):
+        return "/static"
+    return None
 
 
 class RequestObserverMiddleware:
