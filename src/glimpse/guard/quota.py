@@ -11,18 +11,14 @@ counts the failure.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from collections.abc import Callable
 from typing import Protocol
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
-
 from glimpse.config import GuardSettings
 from glimpse.errors import RateLimited
-from glimpse.guard._failopen import FailOpen
+from glimpse.guard._redis_store import RedisGuardStore
 from glimpse.guard.auth import Principal
 
 __all__ = ["MemoryQuotaStore", "QuotaStore", "QuotaTracker", "RedisQuotaStore", "day_key"]
@@ -71,77 +67,33 @@ class MemoryQuotaStore:
             self._used[client_id] = self._used.get(client_id, 0) + tokens
 
 
-class RedisQuotaStore:
+class RedisQuotaStore(RedisGuardStore):
     """Usage in Redis under ``<prefix><client>:<YYYYMMDD>``, shared by every replica."""
 
-    def __init__(
-        self,
-        client: aioredis.Redis,
-        *,
-        prefix: str = "glimpse:quota:",
-        timeout_s: float = 0.5,
-        on_failure: Callable[[], None] | None = None,
-        backoff_s: float = 2.0,
-    ) -> None:
-        self._client = client
-        self._prefix = prefix
-        self._timeout_s = timeout_s
-        self._health = FailOpen(
-            "quota store unavailable; token quotas are not enforced",
-            "quota store reachable again; token quotas are enforced",
-            on_failure,
-            backoff_s=backoff_s,
-        )
-
-    @classmethod
-    def from_url(
-        cls,
-        url: str,
-        *,
-        timeout_s: float = 0.5,
-        on_failure: Callable[[], None] | None = None,
-        backoff_s: float = 2.0,
-    ) -> RedisQuotaStore:
-        client = aioredis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
-        return cls(client, timeout_s=timeout_s, on_failure=on_failure, backoff_s=backoff_s)
+    DOWN_MESSAGE = "quota store unavailable; token quotas are not enforced"
+    UP_MESSAGE = "quota store reachable again; token quotas are enforced"
+    DEFAULT_PREFIX = "glimpse:quota:"
 
     def _key(self, client_id: str, day: str) -> str:
         return f"{self._prefix}{client_id}:{day}"
 
     async def usage(self, client_id: str, day: str) -> int:
-        if not self._health.should_try():
-            return 0
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                raw = await self._client.get(self._key(client_id, day))
-            used = int(raw) if raw is not None else 0
-        except (RedisError, OSError, TimeoutError, ValueError) as exc:  # ValueError: not a number there
-            self._health.failed(exc)
-            return 0
-        self._health.recovered()
-        return used
+        async def read() -> int:
+            raw = await self._client.get(self._key(client_id, day))
+            return int(raw) if raw is not None else 0
+
+        return await self._run(read, 0, ValueError)  # ValueError: not a number there
 
     async def add(self, client_id: str, day: str, tokens: int) -> None:
-        if not self._health.should_try():
-            return
-        key = self._key(client_id, day)
-        try:
-            async with asyncio.timeout(self._timeout_s), self._client.pipeline(transaction=True) as pipe:
+        async def write() -> None:
+            key = self._key(client_id, day)
+            async with self._client.pipeline(transaction=True) as pipe:
                 # Pipelined commands only queue (typed as awaitables); execute() runs them atomically.
                 _ = pipe.incrby(key, tokens)
                 _ = pipe.expire(key, _KEY_TTL_S)
                 await pipe.execute()
-        except (RedisError, OSError, TimeoutError) as exc:
-            self._health.failed(exc)
-            return
-        self._health.recovered()
 
-    @property
-    def failures(self) -> int:
-        return self._health.failures
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._run(write, None)
 
 
 class QuotaTracker:

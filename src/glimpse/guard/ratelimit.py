@@ -9,7 +9,6 @@ the limiter lets it through, logs once per outage and counts the failure.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from collections import OrderedDict
@@ -17,11 +16,10 @@ from collections.abc import Callable
 from typing import Protocol
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from glimpse.config import GuardSettings
 from glimpse.errors import RateLimited
-from glimpse.guard._failopen import FailOpen
+from glimpse.guard._redis_store import RedisGuardStore
 from glimpse.guard.auth import Principal
 
 __all__ = ["MemoryRateLimitStore", "RateLimitStore", "RateLimiter", "RedisRateLimitStore"]
@@ -95,59 +93,33 @@ return tostring(wait)
 """
 
 
-class RedisRateLimitStore:
+class RedisRateLimitStore(RedisGuardStore):
     """Buckets in Redis, shared by every replica that points at the same server."""
+
+    DOWN_MESSAGE = "rate-limit store unavailable; letting requests through"
+    UP_MESSAGE = "rate-limit store reachable again; limits are enforced"
+    DEFAULT_PREFIX = "glimpse:ratelimit:"
 
     def __init__(
         self,
         client: aioredis.Redis,
         *,
-        prefix: str = "glimpse:ratelimit:",
+        prefix: str | None = None,
         timeout_s: float = 0.5,
         on_failure: Callable[[], None] | None = None,
         backoff_s: float = 2.0,
     ) -> None:
-        self._client = client
-        self._script = client.register_script(_BUCKET_LUA)
-        self._prefix = prefix
-        self._timeout_s = timeout_s
-        self._health = FailOpen(
-            "rate-limit store unavailable; letting requests through",
-            "rate-limit store reachable again; limits are enforced",
-            on_failure,
-            backoff_s=backoff_s,
+        super().__init__(
+            client, prefix=prefix, timeout_s=timeout_s, on_failure=on_failure, backoff_s=backoff_s
         )
-
-    @classmethod
-    def from_url(
-        cls,
-        url: str,
-        *,
-        timeout_s: float = 0.5,
-        on_failure: Callable[[], None] | None = None,
-        backoff_s: float = 2.0,
-    ) -> RedisRateLimitStore:
-        client = aioredis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
-        return cls(client, timeout_s=timeout_s, on_failure=on_failure, backoff_s=backoff_s)
+        self._script = client.register_script(_BUCKET_LUA)
 
     async def acquire(self, key: str, limit_per_minute: int, now: float) -> float:
-        if not self._health.should_try():
-            return 0.0
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                raw = await self._script(keys=[self._prefix + key], args=[limit_per_minute, now, _WINDOW_S])
-        except (RedisError, OSError, TimeoutError) as exc:
-            self._health.failed(exc)
-            return 0.0
-        self._health.recovered()
-        return float(raw.decode() if isinstance(raw, bytes) else raw)
+        async def take() -> float:
+            raw = await self._script(keys=[self._prefix + key], args=[limit_per_minute, now, _WINDOW_S])
+            return float(raw.decode() if isinstance(raw, bytes) else raw)
 
-    @property
-    def failures(self) -> int:
-        return self._health.failures
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
+        return await self._run(take, 0.0)
 
 
 class RateLimiter:
