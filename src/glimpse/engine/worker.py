@@ -174,15 +174,15 @@ class EngineWorker(threading.Thread):
         self._on_loaded(self.loaded)
         try:
             if self._batcher is not None:
-                self._batcher.run_forever(self._stop_event)
-                self._batcher.abort_all(EngineDead("The server is shutting down."))
+                self._batcher.run_forever(self._stop_event)  # _close below fails what is left
             else:
                 self._serve()
         except BaseException as exc:  # noqa: BLE001 - an engine crash must fail every waiter, not hang them
             logger.exception("engine thread crashed")
             self._close(exc, EngineDead("The model engine crashed; see the server log."))
             return
-        self._close(EngineDead("The server is shutting down."), EngineDead("The server is shutting down."))
+        shutting_down = EngineDead("The server is shutting down.")
+        self._close(shutting_down, shutting_down)
 
     def _close(self, cause: BaseException, told: BaseException) -> None:
         """Take no more jobs (``cause`` becomes ``dead``) and fail, with ``told``, those still queued."""
