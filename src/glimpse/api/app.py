@@ -36,6 +36,7 @@ from glimpse.guard import (
     RateLimiter,
     RedisQuotaStore,
     RedisRateLimitStore,
+    bearer_credential,
     is_loopback,
 )
 from glimpse.media import ImageIntake, create_fetch_client
@@ -101,10 +102,11 @@ def _add_metrics_route(app: FastAPI) -> None:
     async def metrics(request: Request, state: StateDep) -> Response:
         required = state.settings.guard.metrics_api_key
         if required is not None:
-            scheme, _, given = request.headers.get("authorization", "").strip().partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(
-                given.strip().encode(), required.get_secret_value().encode()
-            ):
+            try:
+                given = bearer_credential(request.headers.get("authorization", ""))
+            except Unauthorized:
+                given = ""
+            if not hmac.compare_digest(given.encode(), required.get_secret_value().encode()):
                 raise Unauthorized("/metrics needs the metrics key: Authorization: Bearer <key>.")
         health = state.engine.health()
         state.metrics.queue_depth.set(health.queue_depth)

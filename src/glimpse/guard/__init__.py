@@ -6,7 +6,7 @@ address, texts) so the API layer stays a thin adapter.
 
 from glimpse.guard.audit import AuditLog, AuditRecord, default_audit_path, prompt_fingerprint
 from glimpse.guard.audit_query import AuditFilter, AuditReader
-from glimpse.guard.auth import Authenticator, Principal, is_loopback
+from glimpse.guard.auth import Authenticator, Principal, bearer_credential, is_loopback
 from glimpse.guard.keystore import ApiKey, KeyStore, generate_key, hash_key
 from glimpse.guard.prompt import REFUSAL_MESSAGE, GuardVerdict, PromptGuard
 from glimpse.guard.quota import MemoryQuotaStore, QuotaStore, QuotaTracker, RedisQuotaStore
@@ -38,6 +38,7 @@ __all__ = [
     "default_audit_path",
     "generate_key",
     "hash_key",
+    "bearer_credential",
     "is_loopback",
     "prompt_fingerprint",
 ]

@@ -19,7 +19,7 @@ from glimpse.errors import Unauthorized
 from glimpse.guard.keystore import KeyStore
 from glimpse.guard.tokens import JwtVerifier, looks_like_jwt
 
-__all__ = ["AuthMethod", "Authenticator", "Principal", "is_loopback"]
+__all__ = ["AuthMethod", "Authenticator", "Principal", "bearer_credential", "is_loopback"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,8 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _bearer(authorization: str) -> str:
+def bearer_credential(authorization: str) -> str:
+    """The credential of an ``Authorization: Bearer ...`` header (scheme case-insensitive); 401 else."""
     scheme, _, credential = authorization.strip().partition(" ")
     if scheme.lower() != "bearer":
         raise Unauthorized("Unsupported Authorization scheme; send 'Authorization: Bearer <key or token>'.")
@@ -87,7 +88,7 @@ class Authenticator:
             raise Unauthorized(
                 "Authentication required: send 'Authorization: Bearer <key or token>' or 'X-API-Key: <key>'."
             )
-        credential = _bearer(authorization)
+        credential = bearer_credential(authorization)
         if self._tokens.enabled and looks_like_jwt(credential):
             claims = self._tokens.verify(credential)
             return Principal(
