@@ -23,6 +23,8 @@ class FakeEngine:
     cancelled: list[str] = field(default_factory=list)
     started: bool = False
     stopped: bool = False
+    #: Streams opened and not yet closed: the watchdog fixture checks it returns to zero.
+    in_flight: int = 0
 
     @property
     def model_name(self) -> str:
@@ -35,7 +37,7 @@ class FakeEngine:
         self.stopped = True
 
     def health(self) -> EngineHealth:
-        return EngineHealth(self.ready, "ready" if self.ready else "loading")
+        return EngineHealth(self.ready, "ready" if self.ready else "loading", running=self.in_flight)
 
     async def cancel(self, request_id: str) -> None:
         self.cancelled.append(request_id)
@@ -44,14 +46,18 @@ class FakeEngine:
         if self.raise_on_submit is not None:
             raise self.raise_on_submit
         self.requests.append(request)
-        limit = request.sampling.max_new_tokens
-        words = self.words[:limit]
-        for i, word in enumerate(words, start=1):
-            if self.delay_s:
-                await asyncio.sleep(self.delay_s)
-            yield TokenEvent(word, (i,), None, 7, i)
-        reason = FinishReason.LENGTH if len(words) == limit else FinishReason.STOP
-        yield TokenEvent("", (), reason, 7, len(words))
+        self.in_flight += 1
+        try:
+            limit = request.sampling.max_new_tokens
+            words = self.words[:limit]
+            for i, word in enumerate(words, start=1):
+                if self.delay_s:
+                    await asyncio.sleep(self.delay_s)
+                yield TokenEvent(word, (i,), None, 7, i)
+            reason = FinishReason.LENGTH if len(words) == limit else FinishReason.STOP
+            yield TokenEvent("", (), reason, 7, len(words))
+        finally:
+            self.in_flight -= 1
 
 
 @dataclass

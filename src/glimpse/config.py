@@ -53,6 +53,12 @@ class ServerSettings(BaseModel):
         60.0, ge=0, description="On SIGTERM, how long admitted requests get to finish before exit."
     )
     web_enabled: bool = Field(True, description="Serve the web page at /.")
+    allowed_hosts: tuple[str, ...] | None = Field(
+        None,
+        description="Host header names served (exact, or '*.suffix'; any port), others get 400; "
+        "default: localhost, 127.0.0.1 and [::1] when bound to a loopback address (no DNS "
+        "rebinding), any host otherwise.",
+    )
 
 
 class EngineSettings(BaseModel):
@@ -90,7 +96,13 @@ class EngineSettings(BaseModel):
     )
     warmup: bool = Field(True, description="Run one generation at start-up before /readyz turns 200.")
     max_batch_size: int = Field(16, ge=1, description="Most sequences decoded together in one step.")
-    max_queue: int = Field(256, ge=0, description="Most admitted requests waiting to start; beyond it: 503.")
+    max_queue: int = Field(
+        16,
+        ge=0,
+        description="Most admitted requests waiting to start (beyond max_batch_size running); beyond it: "
+        "503 + Retry-After at once, from the headers. Keep it near max_batch_size: each waiting request "
+        "adds its wait to every later one's latency.",
+    )
     max_tokens_in_flight: int = Field(
         65536, ge=1, description="Most prompt + output tokens held in the running batch at once."
     )
@@ -176,6 +188,31 @@ class MediaSettings(BaseModel):
     max_side: int = Field(8192, gt=0, description="Largest width or height.")
     min_side: int = Field(8, gt=0, description="Smallest width or height.")
     max_images_per_request: int = Field(4, ge=1, description="Most images in one request.")
+    max_request_pixels: int = Field(
+        50_000_000,
+        gt=0,
+        description="Largest total width*height of one request's images, checked from their headers "
+        "before any is decoded (413).",
+    )
+    max_pixels_in_flight: int = Field(
+        120_000_000,
+        gt=0,
+        description="Most decoded pixels held at once over the whole server (3 bytes each as RGB), from "
+        "decode until the engine has taken the images; beyond it requests wait.",
+    )
+    pixel_wait_s: float = Field(
+        10.0,
+        gt=0,
+        description="Longest a request waits for room under max_pixels_in_flight (or until its deadline) "
+        "before 503 with Retry-After.",
+    )
+    malloc_mmap_threshold_bytes: int = Field(
+        1024 * 1024,
+        ge=0,
+        le=2**31 - 1,
+        description="glibc: allocations this large or larger get their own mmap, returned to the OS when "
+        "freed, so RSS comes back after large images (0: glibc's default, which keeps them).",
+    )
     allow_urls: bool = Field(False, description="Fetch http(s) image URLs (off by default).")
     url_allowlist: tuple[str, ...] = Field(
         (), description="Host names (or *.suffix) that image URLs may point at; empty means any public host."
@@ -186,6 +223,11 @@ class MediaSettings(BaseModel):
     def _sides_in_order(self) -> MediaSettings:
         if self.min_side > self.max_side:
             raise ValueError(f"min_side ({self.min_side}) is above max_side ({self.max_side}): no image fits")
+        if self.max_request_pixels > self.max_pixels_in_flight:
+            raise ValueError(
+                f"max_request_pixels ({self.max_request_pixels}) is above max_pixels_in_flight "
+                f"({self.max_pixels_in_flight}): a request at the limit could never be decoded"
+            )
         return self
 
 
@@ -223,7 +265,15 @@ class GuardSettings(BaseModel):
     )
     audit_retention_days: int = Field(30, ge=1, description="Audit records older than this are deleted.")
     audit_question: Literal["hash", "truncated", "full"] = Field(
-        "hash", description="How the question is recorded: length + SHA-256 only, truncated, or in full."
+        "hash",
+        description="How the question is recorded: length + keyed hash (HMAC) only, truncated, or in full.",
+    )
+    audit_hash_key: SecretStr | None = Field(
+        None,
+        description=(
+            "Secret key of the audit records' prompt hashes (HMAC-SHA256); unset: a random key per "
+            "process, so hashes do not correlate across restarts."
+        ),
     )
     audit_truncate_chars: int = Field(
         200, ge=1, description="Characters kept when audit_question is 'truncated'."
@@ -235,7 +285,7 @@ class GuardSettings(BaseModel):
         None, description="If set, /metrics requires this bearer key (for scrapers)."
     )
 
-    @field_validator("metrics_api_key", "jwt_secret")
+    @field_validator("metrics_api_key", "jwt_secret", "audit_hash_key")
     @classmethod
     def _no_empty_secret(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and not value.get_secret_value().strip():
@@ -266,6 +316,11 @@ class CacheSettings(BaseModel):
     )
     ttl_s: int = Field(3600, gt=0, description="How long a cached answer lives in Redis.")
     allow_sampled: bool = Field(False, description="Also cache sampled (temperature > 0, no seed) answers.")
+    shared_across_clients: bool = Field(
+        False,
+        description="Share cached answers (and identical requests in flight) between clients (API keys, "
+        "JWT subjects, addresses); off: each client has its own, so a hit reveals nothing about others.",
+    )
     redis_timeout_s: float = Field(
         0.25, gt=0, description="Longest any Redis command may take before Redis counts as down."
     )

@@ -125,7 +125,7 @@ def test_a_client_that_hangs_up_is_cancelled_quietly(tiny_server):
             }
         ).encode()
         head = (
-            f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             f"Cache-Control: no-cache\r\nContent-Length: {len(body)}\r\n\r\n"
         ).encode()
         with socket.create_connection(("127.0.0.1", tiny_server.port)) as sock:

@@ -167,3 +167,25 @@ async def test_stopping_and_restarting_a_node_under_load_fails_no_request(cluste
         assert (await http.get(f"{gateway.base_url}/readyz")).status_code == 200
     for process in (gateway, *nodes):  # handled failures are log lines, never tracebacks
         assert "Traceback" not in process.log_path.read_text(errors="replace"), process.log()
+
+
+async def test_a_burst_of_requests_every_node_would_fail_takes_no_node_out(cluster):
+    """Issue 12, F2: six requests with an image in a system turn, sent in 0.3 s, made the nodes
+    answer 500 and opened both circuits of the gateway for 5 s: every user then got 503."""
+    gateway, _ = cluster
+    hostile = {
+        "max_tokens": 4,
+        "messages": [
+            {"role": "system", "content": [{"type": "image_url", "image_url": {"url": IMAGE_URL}}]},
+            {"role": "user", "content": "What is in this picture?"},
+        ],
+    }
+    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=60.0) as http:
+        burst = await asyncio.gather(*(http.post(CHAT_ROUTE, json=hostile) for _ in range(12)))
+        assert {response.status_code for response in burst} == {400}
+        assert "'user' messages only" in burst[0].json()["error"]["message"]
+        client = _client(gateway.base_url)
+        model = await _model(client)
+        for _ in range(3):  # every node still in rotation: no 503 for the next users
+            assert await _ask(client, model, "What is in this picture?", stream=False)
+        assert (await http.get("/readyz")).status_code == 200

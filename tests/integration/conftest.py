@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
@@ -13,12 +15,37 @@ from glimpse.config import Settings
 
 ClientFactory = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
 
+#: How long the watchdog gives an engine to let go of a finished test's requests.
+WATCHDOG_DEADLINE_S = 3.0
+
+
+async def assert_engine_idle(engine: object, deadline_s: float = WATCHDOG_DEADLINE_S) -> None:
+    """Fail unless the engine's queue depth and running count are back to zero within the deadline.
+
+    A request that hangs, or a slot a refused or abandoned request never gave back,
+    shows here (issue 12, F1).
+    """
+    stop = time.monotonic() + deadline_s
+    while True:
+        health = engine.health()  # type: ignore[attr-defined]
+        if health.queue_depth == 0 and health.running == 0:
+            return
+        if time.monotonic() > stop:
+            raise AssertionError(
+                f"the engine still holds requests {deadline_s:g}s after the test: "
+                f"queue_depth={health.queue_depth}, running={health.running}"
+            )
+        await asyncio.sleep(0.02)
+
 
 @pytest.fixture
 def make_client(tmp_path) -> ClientFactory:
     """An in-process app over ASGITransport, with the given engine and settings.
 
     The audit store goes to the test's temporary directory unless the settings name one.
+    Every test runs under the watchdog: leaving the client's block (normally) waits
+    for the engine to be idle, with the app still running, or fails — so no test,
+    hostile or not, can leave a request hanging or a queue slot taken.
     """
 
     @asynccontextmanager
@@ -29,11 +56,15 @@ def make_client(tmp_path) -> ClientFactory:
         if settings.guard.audit_log_path is None:
             guard = settings.guard.model_copy(update={"audit_log_path": tmp_path / "audit.sqlite3"})
             settings = settings.model_copy(update={"guard": guard})
-        app = create_app(settings, engine=engine or FakeEngine())  # type: ignore[arg-type]
+        engine = engine or FakeEngine()
+        app = create_app(settings, engine=engine)  # type: ignore[arg-type]
         async with LifespanManager(app) as manager:
             transport = httpx.ASGITransport(app=manager.app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            # A loopback name: by default the app serves only those Host headers (DNS rebinding).
+            async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
                 client.app = app  # type: ignore[attr-defined]  # for tests that steer the app's state
+                client.asgi = manager.app  # type: ignore[attr-defined]  # for raw ASGI calls (disconnects)
                 yield client
+                await assert_engine_idle(engine)
 
     return factory

@@ -2,12 +2,15 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
+import jwt
 from pydantic import SecretStr
 from tests.fakes import FakeEngine
-from tests.images import data_url, png_b64
+from tests.images import data_url, png_b64, png_bytes
 
 from glimpse.config import GuardSettings, Settings
+from glimpse.guard import AuditReader, hash_key
 
 KEY = "glk-test-0123456789abcdef0123456789abcdef"
 
@@ -141,3 +144,74 @@ async def test_an_audit_record_that_cannot_be_built_never_fails_the_response(mak
         metrics = (await client.get("/metrics")).text
     assert answer.status_code == 200
     assert 'glimpse_audit_failures_total{reason="build"} 1.0' in metrics
+
+
+async def test_api_key_scopes_are_enforced_per_route(make_client, tmp_path):
+    """F4: a key scoped to "infer" used to be served on chat and analyze too."""
+    keys = tmp_path / "keys.json"
+    keys.write_text(
+        json.dumps(
+            [
+                {"name": "infer-only", "sha256": hash_key("infer-key"), "scopes": ["infer"]},
+                {"name": "everything", "sha256": hash_key("all-key")},
+            ]
+        ),
+        encoding="utf-8",
+    )
+    settings = Settings(guard=GuardSettings(api_keys_file=keys))
+    upload = {"files": {"image": ("a.png", png_bytes(), "image/png")}, "data": {"question": "q"}}
+
+    async def calls(key: str) -> list[int]:
+        headers = {"X-API-Key": key}
+        return [
+            (
+                await client.post("/infer", json={"image": png_b64(), "text": "q"}, headers=headers)
+            ).status_code,
+            (await client.post("/v1/chat/completions", json=_chat("q"), headers=headers)).status_code,
+            (await client.post("/v1/analyze", headers=headers, **upload)).status_code,
+            (await client.get("/v1/models", headers=headers)).status_code,
+        ]
+
+    audit = tmp_path / "audit-scopes.sqlite3"
+    settings = settings.model_copy(
+        update={"guard": settings.guard.model_copy(update={"audit_log_path": audit})}
+    )
+    async with make_client(FakeEngine(), settings) as client:
+        scoped, unscoped = await calls("infer-key"), await calls("all-key")
+        refused = await client.post(
+            "/v1/chat/completions", json=_chat("q"), headers={"X-API-Key": "infer-key"}
+        )
+    assert scoped == [200, 403, 403, 200]  # /v1/models needs no scope: any valid key may list it
+    assert unscoped == [200, 200, 200, 200]  # no scopes listed: every route, as before scopes
+    error = refused.json()["error"]
+    assert error["type"] == "permission_error"
+    assert error["code"] == "forbidden"
+    assert "'chat' scope" in error["message"]
+    with AuditReader(audit) as reader:
+        forbidden = [row for row in reader.tail(20) if row["status"] == 403]
+    assert len(forbidden) == 3
+    assert {(row["client_id"], row["route"]) for row in forbidden} == {
+        ("key:infer-only", "/v1/chat/completions"),  # refused before routing, named all the same
+        ("key:infer-only", "/v1/analyze"),
+    }
+
+
+async def test_jwt_scope_claim_is_enforced_per_route(make_client):
+    secret = "s" * 64
+    settings = Settings(guard=GuardSettings(jwt_secret=SecretStr(secret)))
+
+    def bearer(scope: str) -> dict[str, str]:
+        token = jwt.encode({"sub": "svc", "exp": int(time.time()) + 60, "scope": scope}, secret, "HS256")
+        return {"Authorization": f"Bearer {token}"}
+
+    async with make_client(FakeEngine(), settings) as client:
+        chat_only = await client.post(
+            "/infer", json={"image": png_b64(), "text": "q"}, headers=bearer("chat")
+        )
+        chat = await client.post("/v1/chat/completions", json=_chat("q"), headers=bearer("chat"))
+        foreign = await client.post(
+            "/infer", json={"image": png_b64(), "text": "q"}, headers=bearer("openid")
+        )
+    assert chat_only.status_code == 403
+    assert chat.status_code == 200
+    assert foreign.status_code == 200  # only other services' scopes: not limited here (see README)

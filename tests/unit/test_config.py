@@ -21,6 +21,11 @@ def test_min_side_above_max_side_is_refused():
         MediaSettings(min_side=100, max_side=50)
 
 
+def test_a_request_pixel_limit_above_the_servers_pixel_budget_is_refused():
+    with pytest.raises(ValidationError, match="could never be decoded"):
+        MediaSettings(max_request_pixels=200, max_pixels_in_flight=100)
+
+
 @pytest.mark.parametrize(
     ("keys", "why"), [([""], "is empty"), ([" padded "], "whitespace"), (["ok", " "], "empty")]
 )

@@ -17,9 +17,15 @@ from fastapi.staticfiles import StaticFiles
 
 from glimpse import __version__
 from glimpse.api import health
+from glimpse.api.admission import Admission
 from glimpse.api.errors import install_error_handlers
 from glimpse.api.infer.router import router as infer_router
-from glimpse.api.middleware import BodyLimitMiddleware, RequestObserverMiddleware, SecurityHeadersMiddleware
+from glimpse.api.middleware import (
+    AdmissionMiddleware,
+    BodyLimitMiddleware,
+    RequestObserverMiddleware,
+    SecurityHeadersMiddleware,
+)
 from glimpse.api.openai.router import router as openai_router
 from glimpse.api.service import GenerationService
 from glimpse.api.state import AppState, StateDep
@@ -47,9 +53,12 @@ __all__ = ["create_app"]
 logger = logging.getLogger(__name__)
 
 FatalHandler = Callable[[BaseException], None]
+ReadyHandler = Callable[[], None]
 
 
-async def _start_engine(engine: Engine, state: AppState, on_fatal: FatalHandler | None) -> None:
+async def _start_engine(
+    engine: Engine, state: AppState, on_fatal: FatalHandler | None, on_ready: ReadyHandler | None
+) -> None:
     loop = asyncio.get_running_loop()
     started = loop.time()
     try:
@@ -65,6 +74,8 @@ async def _start_engine(engine: Engine, state: AppState, on_fatal: FatalHandler 
             on_fatal(exc)
         return
     state.metrics.model_load.set(loop.time() - started)
+    if on_ready is not None:
+        on_ready()
     logger.info(
         "engine ready", extra={"model": engine.model_name, "start_seconds": round(loop.time() - started, 2)}
     )
@@ -119,14 +130,20 @@ def create_app(
     settings: Settings,
     engine: Engine | None = None,
     on_fatal: FatalHandler | None = None,
+    on_ready: ReadyHandler | None = None,
 ) -> FastAPI:
-    """The whole service. ``engine`` may be injected (tests); otherwise built from settings."""
+    """The whole service. ``engine`` may be injected (tests); otherwise built from settings.
+
+    ``on_fatal`` is told when the engine cannot start, ``on_ready`` once it has started: the
+    process that runs the server decides what to do then (``cli`` stops, and freezes the heap).
+    """
     metrics = Metrics()
     audit = AuditLog(
         settings.guard, on_failure=lambda reason: metrics.audit_failures.labels(reason=reason).inc()
     )
     auth = Authenticator(settings.guard)
     guard = PromptGuard(settings.guard)
+    admission = Admission(settings)
     if not auth.auth_enabled and not is_loopback(settings.server.host):
         logger.warning(
             "SECURITY: listening on %s with no API keys or JWT configured: anyone who can reach this "
@@ -168,10 +185,11 @@ def create_app(
             limiter=RateLimiter(settings.guard, limit_store),
             quota=QuotaTracker(settings.guard, quota_store),
             guard=guard,
+            admission=admission,
             model_aliases=frozenset({used_engine.model_name, settings.engine.model}),
         )
         app.state.glimpse = state
-        starting = asyncio.create_task(_start_engine(used_engine, state, on_fatal))
+        starting = asyncio.create_task(_start_engine(used_engine, state, on_fatal, on_ready))
         try:
             yield
         finally:
@@ -202,10 +220,15 @@ def create_app(
         _add_metrics_route(app)
     if settings.server.web_enabled:
         _mount_web(app)
+    # Outermost last: observer, CORS, security headers, admission, body limit, routes.
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.server.max_body_bytes,
         read_timeout_s=settings.server.body_timeout_s,
+        route_limits=admission.body_limits(),
+    )
+    app.add_middleware(
+        AdmissionMiddleware, admission=admission, app_state=lambda: getattr(app.state, "glimpse", None)
     )
     app.add_middleware(SecurityHeadersMiddleware)
     if settings.guard.cors_origins:

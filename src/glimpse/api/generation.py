@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable, Sequence
 
 from starlette.requests import Request
 
-from glimpse.config import EngineSettings, ServerSettings
-from glimpse.engine.protocol import ImagePart, SamplingParams
+from glimpse.config import CacheSettings, EngineSettings, ServerSettings
+from glimpse.engine.protocol import Engine, ImagePart, ImageSizeCheck, SamplingParams
 from glimpse.errors import InvalidRequest
-from glimpse.media import DecodedImage
+from glimpse.media import DecodedImage, ImageHeader
 
 __all__ = [
+    "SizeCheck",
+    "cache_partition",
     "engine_request_id",
     "image_part",
+    "image_size_check",
     "new_completion_id",
     "no_cache_requested",
     "sampling_params",
@@ -68,6 +72,34 @@ def sampling_params(
 
 def with_deadline(server: ServerSettings) -> float:
     return time.monotonic() + server.request_timeout_s
+
+
+#: Checks a request's image headers against its ``max_new_tokens`` before anything is decoded.
+SizeCheck = Callable[[Sequence[ImageHeader], int], None]
+
+
+def image_size_check(engine: Engine) -> SizeCheck | None:
+    """The engine's token budget as a check on image headers, if the engine can judge from sizes."""
+    if not isinstance(engine, ImageSizeCheck):
+        return None
+    judge = engine
+
+    def check(headers: Sequence[ImageHeader], max_new_tokens: int) -> None:
+        judge.check_image_sizes([(h.width, h.height) for h in headers], max_new_tokens)
+
+    return check
+
+
+def cache_partition(request: Request, settings: CacheSettings) -> str:
+    """Whose cached answers this request may see: its own client's, unless the operator shares them.
+
+    A hit (``X-Glimpse-Cache: hit``) tells the caller that someone asked exactly
+    this before; per-client partitions keep that from crossing API keys.
+    """
+    if settings.shared_across_clients:
+        return ""
+    principal = getattr(request.state, "principal", None)
+    return "anonymous" if principal is None else str(principal.client_id)
 
 
 def no_cache_requested(request: Request) -> bool:

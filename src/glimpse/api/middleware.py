@@ -1,21 +1,32 @@
-"""ASGI middleware: request ids, metrics and the access log; the streamed body-size limit."""
+"""ASGI middleware: request ids, metrics and the access log; admission from the headers; body limits."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 import anyio
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from glimpse.api.admission import Admission, RequestHead
 from glimpse.api.errors import error_response
 from glimpse.api.security import record_audit
-from glimpse.errors import GlimpseError, RequestTimeout, RequestTooLarge
+from glimpse.errors import GlimpseError, NotReady, RequestTimeout, RequestTooLarge
 from glimpse.guard import AuditLog
 from glimpse.obs import Metrics, request_id_context, sanitize_request_id
 
-__all__ = ["BodyLimitMiddleware", "RequestObserverMiddleware", "SecurityHeadersMiddleware"]
+if TYPE_CHECKING:
+    from glimpse.api.state import AppState
+
+__all__ = [
+    "AdmissionMiddleware",
+    "BodyLimitMiddleware",
+    "RequestObserverMiddleware",
+    "SecurityHeadersMiddleware",
+]
 
 logger = logging.getLogger("glimpse.access")
 
@@ -31,7 +42,9 @@ def _route_template(scope: Scope) -> str | None:
     # A Mount (the page's /static files) sets no "route", only the endpoint it handed over to.
     if isinstance(scope.get("endpoint"), StaticFiles):
         return "/static"
-    return None
+    # Refused by admission before routing: it names the API route it matched.
+    admitted = scope.get("state", {}).get("route_path")
+    return admitted if isinstance(admitted, str) else None
 
 
 class RequestObserverMiddleware:
@@ -148,24 +161,79 @@ def _too_large(max_bytes: int) -> RequestTooLarge:
 
 
 class BodyLimitMiddleware:
-    """413 as soon as the body passes ``max_bytes``; 408 if it is not all in within ``read_timeout_s``."""
+    """413 as soon as the body passes its limit; 408 if it is not all in within ``read_timeout_s``.
 
-    def __init__(self, app: ASGIApp, max_bytes: int, read_timeout_s: float | None = None) -> None:
+    ``route_limits`` gives some paths a smaller limit than ``max_bytes`` (an upload of one
+    image needs less room than a chat with four); a declared ``Content-Length`` above the
+    limit is refused from the headers, before any of the body is read.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        read_timeout_s: float | None = None,
+        route_limits: Mapping[str, int] | None = None,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.read_timeout_s = read_timeout_s
+        self.route_limits = dict(route_limits or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = min(self.max_bytes, self.route_limits.get(scope.get("path", ""), self.max_bytes))
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await error_response(_too_large(self.max_bytes))(scope, receive, send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await error_response(_too_large(limit))(scope, receive, send)
             return
         deadline = None if self.read_timeout_s is None else time.monotonic() + self.read_timeout_s
-        body = _BoundedBody(scope, receive, send, self.max_bytes, deadline)
+        body = _BoundedBody(scope, receive, send, limit, deadline)
         await self.app(scope, body.receive, body.send)
+
+
+class AdmissionMiddleware:
+    """Refuse from the request's head whatever would be refused anyway (see ``api.admission``).
+
+    Sits inside ``RequestObserverMiddleware`` (which stamps the arrival time and records
+    every refusal) and outside the body limit, so a refused body is never read. An
+    admitted generation counts against engine capacity until its response has been sent.
+    """
+
+    def __init__(self, app: ASGIApp, admission: Admission, app_state: Callable[[], AppState | None]) -> None:
+        self.app = app
+        self.admission = admission
+        self.app_state = app_state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        head = RequestHead.from_scope(scope)
+        policy = self.admission.policy(head.method, head.path)
+        state = self.app_state()
+        if policy is not None:  # the table's paths are the routes' own: metrics and logs name them
+            scope.setdefault("state", {})["route_path"] = head.path
+        try:
+            self.admission.check_host(head)
+            if policy is not None:
+                if state is None:  # before the lifespan has built the state: nothing can be served
+                    raise NotReady("The server is starting; try again shortly.", retry_after=1)
+                await self.admission.admit(head, policy, state, scope.setdefault("state", {}))
+        except GlimpseError as exc:
+            if state is not None:
+                state.metrics.observe_rejected(exc.code)
+            await error_response(exc)(scope, receive, send)
+            return
+        if policy is None or not policy.generates:
+            await self.app(scope, receive, send)
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.admission.release()  # the capacity admit() took
 
 
 #: The web page loads only its own files; images are previewed from data: and blob: URLs.

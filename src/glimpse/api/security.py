@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import Request
 
+from glimpse.api.admission import RequestHead, RoutePolicy
 from glimpse.api.state import StateDep
 from glimpse.engine.protocol import GenerationRequest
 from glimpse.errors import PromptRejected
@@ -20,24 +21,31 @@ __all__ = ["authorize", "charge_tokens", "record_audit", "screen_prompt"]
 
 
 async def authorize(request: Request, state: StateDep) -> None:
-    """Dependency of every API route: 401 without a valid credential, 429 over the rate limit."""
-    client_host = request.client.host if request.client else "unknown"
-    principal = state.auth.authenticate(
-        request.headers.get("authorization"), request.headers.get("x-api-key"), client_host
-    )
-    request.state.principal = principal
-    await state.limiter.check(principal)
-    await state.quota.check(principal)
+    """Dependency of every API route: the caller was admitted from the headers (``api.admission``).
+
+    ``AdmissionMiddleware`` authenticated the caller, checked its scope, capacity, rate
+    limit and quota before the body was read, and left the ``Principal`` on the request's
+    state. A route missing from the admission table is admitted here instead, with the
+    same checks (late, after its body was parsed, but never left open).
+    """
+    if getattr(request.state, "principal", None) is not None:
+        return
+    head = RequestHead.from_scope(request.scope)
+    policy = RoutePolicy(scope=None, max_body_bytes=0, generates=False)
+    await state.admission.admit(head, policy, state, request.scope.setdefault("state", {}))
 
 
 async def screen_prompt(request: Request, state: StateDep, gen: GenerationRequest) -> GuardVerdict:
-    """Run the prompt-injection guard on every message's text; refuse in ``block`` mode.
+    """Run the prompt-injection guard on the conversation; refuse in ``block`` mode.
 
-    Assistant turns too: the client sends the whole history, so an "earlier answer" is
-    client text like any other and can carry an injection.
+    The texts are the engine request's, already sanitised by the adapter, so the
+    guard screens exactly what the model will read; the guard screens each
+    message and the user's messages joined (an injection split over two messages
+    is one injection to the model). Assistant turns too: the client sends the whole
+    history, so an "earlier answer" is client text like any other.
     """
     texts = [m.text for m in gen.messages if m.text]
-    verdict = await state.guard.acheck(texts)
+    verdict = await state.guard.acheck(texts, [m.role for m in gen.messages if m.text])
     request.state.audit = {
         "prompt_texts": texts,
         "image_sha256": tuple(image.sha256 for image in gen.images),

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from glimpse.api.admission import Admission
 from glimpse.api.service import GenerationService
 from glimpse.config import Settings
 from glimpse.engine.protocol import Engine
@@ -30,6 +31,7 @@ class AppState:
     limiter: RateLimiter
     quota: QuotaTracker
     guard: PromptGuard
+    admission: Admission
     #: ``time.monotonic()`` when SIGTERM/SIGINT (or shutdown) started the drain.
     draining_since: float | None = None
     load_error: str | None = None
@@ -44,15 +46,18 @@ class AppState:
             self.draining_since = time.monotonic()
 
     def check_admitting(self, request: Request) -> None:
+        """``refuse_if_draining`` for a request whose route is running."""
+        self.refuse_if_draining(getattr(request.state, "arrived_at", None))
+
+    def refuse_if_draining(self, arrived_at: float | None) -> None:
         """Refuse a request that arrived after the drain began; serve every one that arrived before.
 
         Arrival is when the request entered the app (stamped by the request middleware),
         not when its route runs: a request still sending its body when SIGTERM comes was
-        admitted, and is answered in full.
+        admitted, and is answered in full. Admission calls this from the headers.
         """
         if self.draining_since is None:
             return
-        arrived_at = getattr(request.state, "arrived_at", None)
         if arrived_at is None or arrived_at >= self.draining_since:
             raise NotReady("The server is shutting down; retry on another replica.", retry_after=1)
 

@@ -15,7 +15,7 @@ __all__ = ["KEY_VERSION", "cache_key", "is_cacheable"]
 
 #: Bump when the key layout or the cached value's meaning changes, so old
 #: entries in a shared Redis are never read by a newer replica.
-KEY_VERSION = 2
+KEY_VERSION = 3
 
 
 def cache_key(
@@ -23,16 +23,22 @@ def cache_key(
     image_hashes: Sequence[str],
     messages: object,
     settings: Mapping[str, object],
+    partition: str = "",
 ) -> str:
-    """SHA-256 (hex) over everything that determines the answer.
+    """SHA-256 (hex) over everything that determines the answer, and over who may reuse it.
 
     ``messages`` is any JSON-able structure (lists, dicts, str, numbers, bool,
     None) that fully describes the conversation, images by their hash. Values
     that JSON cannot represent exactly raise ``TypeError``/``ValueError``: a key
     that silently dropped information would serve wrong answers.
+
+    ``partition`` names who may share the entry (a client id; ``""`` for everyone):
+    a hit tells its caller that someone in the same partition asked exactly this
+    before, so clients who must not learn of each other's questions get their own.
     """
     document = {
         "v": KEY_VERSION,
+        "partition": partition,
         "model": model,
         "images": list(image_hashes),
         "messages": messages,

@@ -5,15 +5,19 @@ renders the chat template and runs the image processor in a small thread pool
 (so preprocessing overlaps with generation and never blocks the event loop),
 hands jobs to the one ``EngineWorker`` thread, and turns its events back into an
 async stream. Closing that stream early cancels the job.
+
+Client text is tokenized as plain text (``PromptEncoder``); preprocessing runs
+``contained`` and within the request's deadline, so no await here can hang.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -21,6 +25,7 @@ from glimpse.config import EngineSettings
 from glimpse.engine.batching import BatchObserver
 from glimpse.engine.job import Job, JobSink
 from glimpse.engine.loader import LoadedModel
+from glimpse.engine.prompt_tokens import PromptEncoder
 from glimpse.engine.protocol import (
     ChatMessage,
     EngineHealth,
@@ -34,18 +39,22 @@ from glimpse.engine.worker import EngineWorker
 from glimpse.errors import (
     DeadlineExceeded,
     EngineDead,
+    EngineRequestError,
     GlimpseError,
     InvalidRequest,
     NotReady,
     Overloaded,
     RequestTooLarge,
 )
+from glimpse.media.threads import contained, run_in_executor
 
 __all__ = ["HFEngine"]
 
 logger = logging.getLogger(__name__)
 
 _RETRY_AFTER_S = 2
+_DEADLINE_MESSAGE = "The request took longer than the server's time limit."
+_PREPARE_FAILED = "Preparing this request for the model failed unexpectedly; see the server log."
 
 
 def _chat_messages(request: GenerationRequest) -> tuple[list[dict[str, Any]], list[Any]]:
@@ -79,6 +88,7 @@ class HFEngine:
         self._ready = False
         self._detail = "loading model"
         self.loaded: LoadedModel | None = None
+        self._prompts: PromptEncoder | None = None
         self._think_ids: tuple[int, int] | None = None
 
     @property
@@ -89,8 +99,13 @@ class HFEngine:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[LoadedModel | BaseException] = loop.create_future()
 
+        def deliver(result: LoadedModel | BaseException) -> None:
+            if not done.done():  # start() may have been cancelled (shutdown during loading)
+                done.set_result(result)
+
         def on_loaded(result: LoadedModel | BaseException) -> None:
-            loop.call_soon_threadsafe(done.set_result, result)
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(deliver, result)
 
         self._worker = EngineWorker(self._settings, on_loaded, self._observer)
         self._worker.start()
@@ -99,6 +114,7 @@ class HFEngine:
             self._detail = "model failed to load"
             raise result
         self.loaded = result
+        self._prompts = PromptEncoder(result.processor)
         self._think_ids = self._find_think_ids()
         if self._settings.warmup:
             self._detail = "warming up"
@@ -140,7 +156,7 @@ class HFEngine:
             for job in list(self._jobs.values()):
                 self._worker.cancel(job)
             self._worker.shutdown()
-            await asyncio.to_thread(self._worker.join, 30)
+            await run_in_executor(None, self._worker.join, 30)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def health(self) -> EngineHealth:
@@ -153,6 +169,29 @@ class HFEngine:
             queue_depth=max(0, self._admitted - (worker.running if worker else 0)),
             running=worker.running if worker else 0,
         )
+
+    def check_image_sizes(self, sizes: Sequence[tuple[int, int]], max_new_tokens: int) -> None:
+        """Refuse from the images' declared sizes what ``_prepare`` would refuse after decoding them.
+
+        The processor counts each image's tokens from its size alone
+        (``_get_num_multimodal_tokens``, as vLLM uses it); the text only adds tokens,
+        so a request refused here could never have fitted.
+        """
+        loaded = self.loaded
+        count = getattr(loaded.processor, "_get_num_multimodal_tokens", None) if loaded else None
+        if loaded is None or count is None or not sizes:
+            return
+        try:
+            tokens = sum(int(n) for n in count(image_sizes=[(h, w) for w, h in sizes]).num_image_tokens)
+        except (AttributeError, TypeError, ValueError) as exc:  # a processor without the helper's data
+            logger.debug("cannot count image tokens from sizes: %r", exc)
+            return
+        limit = min(loaded.context_length or 1 << 30, self._settings.max_tokens_in_flight)
+        if tokens + max_new_tokens > limit:
+            raise RequestTooLarge(
+                f"The images alone take {tokens} tokens and max_tokens is {max_new_tokens}: more than "
+                f"the {limit} tokens one request may use here. Send smaller or fewer images."
+            )
 
     async def cancel(self, request_id: str) -> None:
         job = self._jobs.get(request_id)
@@ -183,7 +222,7 @@ class HFEngine:
         job: Job | None = None
         try:
             loop = asyncio.get_running_loop()
-            inputs, prompt_tokens = await loop.run_in_executor(self._pool, self._prepare, request)
+            inputs, prompt_tokens = await self._prepared(request)
             assert self.loaded is not None
             assert self._worker is not None
             tokenizer = getattr(self.loaded.processor, "tokenizer", self.loaded.processor)
@@ -208,13 +247,29 @@ class HFEngine:
                     self._worker.cancel(job)
                 self._jobs.pop(request.request_id, None)
 
+    async def _prepared(self, request: GenerationRequest) -> tuple[dict[str, Any], int]:
+        """``_prepare`` in the preprocessing pool, within the request's deadline.
+
+        Whatever the processor raises comes back as an error of this request
+        (``contained``); past the deadline the request ends with ``DeadlineExceeded``
+        even if the thread is still busy (its result is then dropped).
+        """
+        prepare = contained(self._prepare, error=EngineRequestError, message=_PREPARE_FAILED)
+        work = run_in_executor(self._pool, prepare, request)
+        if request.deadline is None:
+            return await work
+        try:
+            return await asyncio.wait_for(work, max(0.0, request.deadline - time.monotonic()))
+        except TimeoutError:
+            raise DeadlineExceeded(_DEADLINE_MESSAGE) from None
+
     async def _drain(self, job: Job, deadline: float | None) -> AsyncIterator[TokenEvent]:
         while True:
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
                 item = await asyncio.wait_for(job.sink.queue.get(), timeout)
             except TimeoutError:
-                raise DeadlineExceeded("The request took longer than the server's time limit.") from None
+                raise DeadlineExceeded(_DEADLINE_MESSAGE) from None
             if isinstance(item, BaseException):
                 raise item
             yield item
@@ -223,16 +278,13 @@ class HFEngine:
 
     def _prepare(self, request: GenerationRequest) -> tuple[dict[str, Any], int]:
         """Chat template + processor: blocking, runs in the preprocessing pool."""
-        if self.loaded is None:
+        if self.loaded is None or self._prompts is None:
             raise NotReady("The model is still loading; try again shortly.", retry_after=_RETRY_AFTER_S)
-        processor = self.loaded.processor
         messages, images = _chat_messages(request)
         try:
             template_kwargs = {**self._settings.chat_template_kwargs, **dict(request.template_kwargs)}
-            prompt = processor.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=False, **template_kwargs
-            )
-            inputs = processor(text=[prompt], images=images or None, return_tensors="pt")
+            # Client text is encoded as plain text: control tokens come only from the template.
+            inputs = self._prompts.encode(messages, images, template_kwargs)
         except GlimpseError:
             raise
         except (ValueError, TypeError) as exc:
@@ -251,4 +303,4 @@ class HFEngine:
                 f"The request needs {needed} tokens, more than the server's max_tokens_in_flight "
                 f"({self._settings.max_tokens_in_flight})."
             )
-        return dict(inputs), prompt_tokens
+        return inputs, prompt_tokens

@@ -10,7 +10,7 @@ same over either.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
@@ -26,6 +26,7 @@ __all__ = [
     "FinishReason",
     "GenerationRequest",
     "ImagePart",
+    "ImageSizeCheck",
     "ContentPart",
     "SamplingParams",
     "TextPart",
@@ -159,3 +160,16 @@ class Engine(Protocol):
     async def cancel(self, request_id: str) -> None: ...
 
     def health(self) -> EngineHealth: ...
+
+
+@runtime_checkable
+class ImageSizeCheck(Protocol):
+    """An engine that can refuse a request from its images' declared sizes, before any is decoded.
+
+    Optional: the API asks engines that offer it, so a request whose images alone
+    cannot fit costs header parses, not decoding and preprocessing.
+    """
+
+    def check_image_sizes(self, sizes: Sequence[tuple[int, int]], max_new_tokens: int) -> None:
+        """Raise ``RequestTooLarge`` if images of these ``(width, height)`` plus ``max_new_tokens``
+        cannot fit whatever the text is; return otherwise (also when the engine cannot tell)."""

@@ -12,9 +12,12 @@ was full are counted and reported through ``on_failure``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import hmac
 import json
 import logging
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +36,7 @@ __all__ = [
     "AuditLog",
     "AuditRecord",
     "QuestionMode",
+    "audit_hash_key",
     "default_audit_path",
     "prompt_fingerprint",
 ]
@@ -51,11 +55,32 @@ def default_audit_path(store: Literal["sqlite", "jsonl"]) -> Path:
     return (_DEFAULT_DIR / name).expanduser()
 
 
-def prompt_fingerprint(texts: Sequence[str]) -> tuple[int, str]:
-    """Length and SHA-256 of the prompt: enough to match records, useless to read."""
-    joined = "\n".join(texts)
+def _keyed_digest(text: str, key: bytes) -> str:
     # surrogatepass: a fingerprint must exist for any str, even one that is not valid Unicode.
-    return len(joined), hashlib.sha256(joined.encode("utf-8", "surrogatepass")).hexdigest()
+    return hmac.new(key, text.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+
+
+def prompt_fingerprint(texts: Sequence[str], key: bytes) -> tuple[int, str]:
+    """Length and HMAC-SHA256 of the prompt under ``key``: matches records, useless to read.
+
+    Keyed because a plain hash of a short prompt is guessable: anyone holding the
+    audit trail could hash candidate questions ("is this user asking about X?")
+    and compare. Without the key the digests say nothing.
+    """
+    joined = "\n".join(texts)
+    return len(joined), _keyed_digest(joined, key)
+
+
+def audit_hash_key(settings: GuardSettings) -> bytes:
+    """The configured ``audit_hash_key``, else a random key for this process.
+
+    A random key means digests correlate only among records of one server
+    process: after a restart the same prompt gets a different digest. Set the
+    key (kept apart from the audit store) to correlate across restarts.
+    """
+    if settings.audit_hash_key is not None:
+        return settings.audit_hash_key.get_secret_value().encode("utf-8")
+    return secrets.token_bytes(32)
 
 
 @dataclass(slots=True, frozen=True)
@@ -71,6 +96,8 @@ class AuditRecord:
     image_bytes: tuple[int, ...] = ()
     image_dims: tuple[tuple[int, int], ...] = ()  # (width, height) per image
     prompt_chars: int = 0
+    # HMAC-SHA256 of the prompt under the server's audit key, filled in by AuditLog.record
+    # (the column keeps its old name so existing stores stay readable).
     prompt_sha256: str | None = None
     guard: GuardVerdict | None = None
     tokens_in: int | None = None
@@ -82,14 +109,9 @@ class AuditRecord:
 
     @classmethod
     def build(cls, *, prompt_texts: Sequence[str] = (), **fields: Any) -> AuditRecord:
-        """A record whose prompt fields are computed from ``prompt_texts``."""
-        chars, digest = prompt_fingerprint(prompt_texts)
-        return cls(
-            prompt_chars=chars,
-            prompt_sha256=digest if prompt_texts else None,
-            question="\n".join(prompt_texts) if prompt_texts else None,
-            **fields,
-        )
+        """A record of ``prompt_texts``; ``AuditLog.record`` adds their keyed digest."""
+        question = "\n".join(prompt_texts)
+        return cls(prompt_chars=len(question), question=question if prompt_texts else None, **fields)
 
     def to_json(self, question: QuestionMode = "hash", truncate_chars: int = 200) -> dict[str, Any]:
         """The record as stored; the question appears only when ``question`` says so."""
@@ -144,6 +166,7 @@ class AuditLog:
         max_queue: int = 10_000,
     ) -> None:
         self._mode: QuestionMode = settings.audit_question
+        self._hash_key = audit_hash_key(settings)
         self._truncate = settings.audit_truncate_chars
         self._on_failure = on_failure
         self._writer: AuditWriter | None = None
@@ -169,6 +192,8 @@ class AuditLog:
 
     def record(self, record: AuditRecord) -> None:
         """Log and enqueue one record; never blocks on the disk and never raises for I/O."""
+        if record.question is not None and record.prompt_sha256 is None:
+            record = dataclasses.replace(record, prompt_sha256=_keyed_digest(record.question, self._hash_key))
         payload = record.to_json(self._mode, self._truncate)
         line = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
         audit_logger.info("%s", line, extra={"audit": payload})

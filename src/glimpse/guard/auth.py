@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from glimpse.config import GuardSettings
-from glimpse.errors import Unauthorized
+from glimpse.errors import Forbidden, Unauthorized
 from glimpse.guard.keystore import KeyStore
+from glimpse.guard.scopes import SCOPES
 from glimpse.guard.tokens import JwtVerifier, looks_like_jwt
 
 __all__ = ["AuthMethod", "Authenticator", "Principal", "bearer_credential", "is_loopback"]
@@ -34,6 +35,21 @@ class Principal:
     rate_limit_per_minute: int | None = None  # None: the server-wide default applies
     auth_method: AuthMethod = "anonymous"
     token_quota_per_day: int | None = None  # None: the server-wide default applies
+
+    def require_scope(self, scope: str) -> None:
+        """403 unless this caller may use ``scope``.
+
+        A credential that lists none of Glimpse's scopes may use them all: keys and tokens
+        issued before scopes were enforced keep working, and so do JWTs whose ``scope`` claim
+        only names other services' scopes (``openid profile``); keep those out with
+        ``jwt_audience``. Unknown scope names in the keys file are refused when it is loaded.
+        """
+        granted = sorted(s for s in self.scopes if s in SCOPES)
+        if granted and scope not in granted:
+            raise Forbidden(
+                f"This credential may not use this route: it needs the '{scope}' scope "
+                f"and has {', '.join(granted)}."
+            )
 
 
 def is_loopback(host: str) -> bool:

@@ -1,6 +1,8 @@
 """Measure the prompt guard against a labelled JSON-lines set.
 
-Each line is ``{"text": ..., "label": "attack"|"benign", "lang": ...}``. The
+Each line is ``{"text": ..., "label": "attack"|"benign", "lang": ...}``, or has
+``"messages": [...]`` (texts of one conversation, screened together as a
+request's messages are) instead of ``"text"``. The
 figures are what the README reports and what the tests hold floors on, so rule
 changes are judged by data, not by the example that prompted them.
 
@@ -24,9 +26,13 @@ __all__ = ["Evaluation", "LabelledPrompt", "Scores", "evaluate", "load_dataset",
 
 @dataclass(slots=True, frozen=True)
 class LabelledPrompt:
-    text: str
+    texts: tuple[str, ...]
     attack: bool
     lang: str
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.texts)
 
 
 @dataclass(slots=True)
@@ -89,9 +95,8 @@ def load_dataset(path: Path) -> list[LabelledPrompt]:
         row = json.loads(line)
         if row.get("label") not in {"attack", "benign"}:
             raise ValueError(f"{path}:{number}: label must be 'attack' or 'benign'")
-        items.append(
-            LabelledPrompt(text=str(row["text"]), attack=row["label"] == "attack", lang=str(row["lang"]))
-        )
+        texts = tuple(str(t) for t in row["messages"]) if "messages" in row else (str(row["text"]),)
+        items.append(LabelledPrompt(texts=texts, attack=row["label"] == "attack", lang=str(row["lang"])))
     return items
 
 
@@ -99,7 +104,7 @@ def evaluate(guard: PromptGuard, dataset_path: Path) -> Evaluation:
     """Run ``guard.check`` over every prompt and count hits and misses."""
     result = Evaluation()
     for item in load_dataset(dataset_path):
-        verdict = guard.check([item.text])
+        verdict = guard.check(item.texts)
         result.overall.add(attack=item.attack, flagged=verdict.flagged)
         result.by_language.setdefault(item.lang, Scores()).add(attack=item.attack, flagged=verdict.flagged)
         if item.attack and not verdict.flagged:
@@ -121,9 +126,9 @@ def format_report(result: Evaluation, *, show_errors: bool = False) -> str:
     out = [_line("overall", result.overall)]
     out += [_line(lang, scores) for lang, scores in sorted(result.by_language.items())]
     if show_errors:
-        out += [f"MISSED      [{item.lang}] {item.text!r}\n" for item in result.missed]
+        out += [f"MISSED      [{item.lang}] {list(item.texts)!r}\n" for item in result.missed]
         out += [
-            f"FALSE ALARM [{item.lang}] {item.text!r} <- {','.join(rules)}\n"
+            f"FALSE ALARM [{item.lang}] {list(item.texts)!r} <- {','.join(rules)}\n"
             for item, rules in result.false_alarms
         ]
     return "".join(out)

@@ -11,7 +11,10 @@ import json
 import sys
 from collections.abc import Sequence
 
+from pydantic import ValidationError
+
 from glimpse.guard.keystore import KEY_ENTRIES, generate_key, hash_key
+from glimpse.guard.scopes import SCOPES
 
 __all__ = ["main"]
 
@@ -37,13 +40,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     new = commands.add_parser("new", help="create a key; prints it once, with the entry for the keys file")
     new.add_argument("--name", required=True)
     new.add_argument("--expires-at", default=None, help="ISO 8601 time, e.g. 2026-01-01T00:00:00Z")
-    new.add_argument("--scopes", default="", help="comma-separated scopes")
+    new.add_argument(
+        "--scopes",
+        default="",
+        help=f"comma-separated routes the key may use, of {','.join(sorted(SCOPES))} (default: all)",
+    )
     new.add_argument("--rate-limit", type=int, default=None, help="requests per minute for this key")
     new.add_argument("--token-quota", type=int, default=None, help="tokens per UTC day for this key")
     args = parser.parse_args(argv)
     key = generate_key()
     entry = _entry(args.name, hash_key(key), args)
-    KEY_ENTRIES.validate_python([entry])  # refuse to print an entry the server would reject
+    try:
+        KEY_ENTRIES.validate_python([entry])  # refuse to print an entry the server would reject
+    except ValidationError as exc:
+        parser.error("; ".join(str(error["msg"]) for error in exc.errors()))
     sys.stdout.write(f"key (shown once, store it now): {key}\n")
     sys.stdout.write("entry for the keys file:\n" + json.dumps(entry, indent=2) + "\n")
     return 0

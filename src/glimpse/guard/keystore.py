@@ -23,6 +23,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from glimpse.config import GuardSettings
+from glimpse.guard.scopes import SCOPES
 
 __all__ = ["KEY_PREFIX", "KEY_ENTRIES", "ApiKey", "KeyStore", "generate_key", "hash_key"]
 
@@ -60,6 +61,15 @@ class _KeyEntry(BaseModel):
     scopes: tuple[str, ...] = ()
     rate_limit_per_minute: int | None = Field(None, ge=0)
     token_quota_per_day: int | None = Field(None, ge=0)
+
+    @field_validator("scopes")
+    @classmethod
+    def _known_scopes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # A misspelt scope would silently lock its key out of the route it was meant for.
+        unknown = sorted(set(value) - SCOPES)
+        if unknown:
+            raise ValueError(f"unknown scope(s) {', '.join(unknown)}; known: {', '.join(sorted(SCOPES))}")
+        return value
 
     @field_validator("sha256")
     @classmethod

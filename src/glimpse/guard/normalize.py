@@ -7,6 +7,17 @@ lower-case ASCII and Chinese; this module folds every such disguise onto that
 form, so one pattern covers them all. The result is only ever matched against,
 never shown or sent to the model, so losing information (diacritics, digits in
 words) is acceptable.
+
+``sanitize_model_text`` is the one exception: it is applied to the text that
+*does* reach the model (the API adapters call it), and removes only characters
+that render as nothing yet carry content a model can read (Unicode tag
+characters, runs of variation selectors, bidi and other invisible controls), so
+the guard and the model see the same visible text.
+
+``normalize`` costs time in proportion to its *output*, and NFKC can grow text
+eighteen-fold (U+FDFA); ``normalize_bounded`` therefore normalises in chunks and
+stops as soon as the output passes a budget, so one request's cost is bounded
+by the budget, not by how far its characters expand.
 """
 
 from __future__ import annotations
@@ -15,7 +26,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-__all__ = ["NormalizedText", "normalize"]
+__all__ = ["NormalizedText", "ScanBudget", "normalize", "normalize_bounded", "sanitize_model_text"]
 
 # Cyrillic, Greek and other look-alikes that NFKC leaves alone, mapped to the Latin
 # letter they imitate (after casefolding, so lower-case forms suffice).
@@ -44,11 +55,14 @@ _TRADITIONAL = (
     "請說輸統詞設預開發規則體們來個沒與對為這從現將無視別於內權員護審濾過戲顯復讀給麼"
     "絕應當後啟動態網頁機義語話記憶聽違幫寫隱衛導遊洩線錄僅屬條約處聯繫決擬嚴禁覽價級"
     "變變"
+    # Variant and Japanese (shinjitai) forms of the same characters: "忽畧" is "忽略".
+    "畧䂓槼説読絶総聴廃棄対発関応従権処戯爲衆"
 )
 _SIMPLIFIED = (
     "请说输统词设预开发规则体们来个没与对为这从现将无视别于内权员护审滤过戏显复读给么"
     "绝应当后启动态网页机义语话记忆听违帮写隐卫导游泄线录仅属条约处联系决拟严禁览价级"
     "变变"
+    "略规规说读绝总听废弃对发关应从权处戏为众"
 )
 _TRADITIONAL_TABLE = str.maketrans(_TRADITIONAL, _SIMPLIFIED)
 
@@ -89,14 +103,92 @@ class NormalizedText:
     squashed: str
 
 
+# What the model must not receive: characters that display as nothing but that a
+# model reads. Tag characters (U+E0000-E007F) spell ASCII invisibly ("ASCII
+# smuggling"); bidi overrides reorder what a reviewer sees; the rest are
+# zero-width spaces, fillers and deprecated format controls. Zero-width
+# (non-)joiners stay: Persian, Indic scripts and emoji sequences need them.
+_MODEL_INVISIBLE = re.compile(
+    "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b\u200e\u200f\u202a-\u202e"
+    "\u2060-\u2064\u2066-\u206f\u3164\ufeff\uffa0\ufff9-\ufffb]"
+)
+# A subdivision flag (black flag, 2-6 tag letters or digits, cancel tag) is the
+# one legitimate use of tag characters; every other run of them is removed.
+_TAG_RUN = re.compile(
+    "(\U0001f3f4[\U000e0030-\U000e0039\U000e0061-\U000e007a]{2,6}\U000e007f)|[\U000e0000-\U000e007f]+"
+)
+# One variation selector picks a glyph (emoji style, an ideographic variant); a run
+# of them encodes bytes behind a single visible character, so only the first stays.
+_SELECTOR_RUN = re.compile("([\ufe00-\ufe0f\U000e0100-\U000e01ef])[\ufe00-\ufe0f\U000e0100-\U000e01ef]+")
+
+# NFKC is applied this many input characters at a time (split before whitespace
+# where possible, so a combining sequence is not cut in two).
+_NFKC_CHUNK = 4096
+
+
+def sanitize_model_text(text: str) -> str:
+    """``text`` without the invisible characters that smuggle content past a reader.
+
+    Visible text is unchanged, so the answer to a normal prompt cannot change;
+    the prompt guard screens this same text.
+    """
+    if text.isascii():
+        return text
+    text = _TAG_RUN.sub(lambda match: match.group(1) or "", text)
+    text = _SELECTOR_RUN.sub(r"\1", text)
+    return _MODEL_INVISIBLE.sub("", text)
+
+
+@dataclass(slots=True)
+class ScanBudget:
+    """Characters that normalisation may still produce for one request, shared by all its texts."""
+
+    chars: int
+
+    def spend(self, count: int) -> bool:
+        """Take ``count`` characters; False once the budget is overdrawn."""
+        self.chars -= count
+        return self.chars >= 0
+
+
+def _nfkc_bounded(text: str, budget: ScanBudget) -> str | None:
+    """NFKC of ``text``, or None once the output overdraws ``budget`` (work stops there)."""
+    if text.isascii():  # NFKC leaves ASCII alone
+        return text if budget.spend(len(text)) else None
+    out: list[str] = []
+    start = 0
+    while start < len(text):
+        end = min(start + _NFKC_CHUNK, len(text))
+        if end < len(text):
+            cut = max(text.rfind(" ", start + 1, end), text.rfind("\n", start + 1, end))
+            end = cut if cut > start else end
+        piece = _nfkc(text[start:end])
+        if not budget.spend(len(piece)):
+            return None
+        out.append(piece)
+        start = end
+    return "".join(out)
+
+
+def _nfkc(text: str) -> str:
+    return unicodedata.normalize("NFKC", text)
+
+
+# Marks that are not disguises: line breaks, and the kana voicing marks that NFC
+# puts back together ("プ" must not become "フ").
+_KEPT = frozenset("\n\t\u3099\u309a")
+_LOOSE_VOICING = str.maketrans("", "", "\u3099\u309a")
+
+
 def _strip_marks(text: str) -> str:
     decomposed = unicodedata.normalize("NFD", text)
     kept = "".join(
         ch
         for ch in decomposed
-        if ch not in _INVISIBLE and unicodedata.category(ch) not in {"Mn", "Me", "Cf", "Cc"} or ch in "\n\t"
+        if ch not in _INVISIBLE and unicodedata.category(ch) not in {"Mn", "Me", "Cf", "Cc"} or ch in _KEPT
     )
-    return unicodedata.normalize("NFC", kept)
+    # A voicing mark NFC could not attach to a kana is a disguise like any other mark.
+    return unicodedata.normalize("NFC", kept).translate(_LOOSE_VOICING)
 
 
 def _join_spaced(match: re.Match[str]) -> str:
@@ -115,7 +207,20 @@ def _deleet(match: re.Match[str]) -> str:
 
 def normalize(text: str) -> NormalizedText:
     """Fold ``text`` onto lower-case ASCII/Chinese with disguises removed."""
-    folded = unicodedata.normalize("NFKC", text)
+    return _fold(_nfkc(text))
+
+
+def normalize_bounded(text: str, budget: ScanBudget) -> NormalizedText | None:
+    """``normalize``, or None when NFKC would make more characters than ``budget`` has left.
+
+    The work done is bounded by the budget (plus one chunk), whatever the input.
+    """
+    folded = _nfkc_bounded(text, budget)
+    return None if folded is None else _fold(folded)
+
+
+def _fold(nfkc_text: str) -> NormalizedText:
+    folded = nfkc_text
     folded = (
         _strip_marks(folded)
         .translate(_UPPER_HOMOGLYPHS)

@@ -54,6 +54,9 @@ class Rule:
     category: str
     view: View
     patterns: tuple[re.Pattern[str], ...]
+    # Some pattern anchors on the start or end of a text ("^", "$"): such a rule is
+    # also matched against each message alone, not only the joined conversation.
+    anchored: bool = False
 
 
 @dataclass(slots=True, frozen=True)
@@ -89,7 +92,8 @@ def _compile(model: _RuleModel, vocab: dict[str, str]) -> Rule:
             compiled.append(re.compile(_expand(raw, vocab, model.id)))
         except re.error as exc:
             raise ValueError(f"prompt rule {model.id!r}: bad pattern: {exc}") from exc
-    return Rule(model.id, model.language, model.category, model.view, tuple(compiled))
+    anchored = any("^" in p.pattern.replace("[^", "") or "$" in p.pattern for p in compiled)
+    return Rule(model.id, model.language, model.category, model.view, tuple(compiled), anchored)
 
 
 def _parse(data: Any, source: str) -> _RuleFile:

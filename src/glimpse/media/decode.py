@@ -33,9 +33,9 @@ from PIL import Image, ImageOps
 from glimpse.config import MediaSettings
 from glimpse.errors import ImageTooLarge, InvalidImage, UnsupportedMediaType
 from glimpse.media.colour import to_rgb
-from glimpse.media.sniff import contains_markup, sniff_format
+from glimpse.media.sniff import contains_markup, sniff_format, webp_size
 
-__all__ = ["DecodedImage", "configure_pillow", "decode_image"]
+__all__ = ["DecodedImage", "ImageHeader", "configure_pillow", "decode_image", "probe_image"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +73,23 @@ class DecodedImage:
     source_bytes: int
 
 
+@dataclass(slots=True, frozen=True)
+class ImageHeader:
+    """What an image's header declares, already checked against the per-image limits.
+
+    Nothing has been decoded: this is what a request's pixel budget is decided on,
+    before any of its images costs more than a header parse.
+    """
+
+    format: str
+    width: int
+    height: int
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
 def configure_pillow(max_pixels: int) -> None:
     """Make Pillow's process-wide bomb check agree with our limit (idempotent)."""
     current = Image.MAX_IMAGE_PIXELS
@@ -81,13 +98,32 @@ def configure_pillow(max_pixels: int) -> None:
     warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 
-def decode_image(data: bytes, settings: MediaSettings) -> DecodedImage:
-    """Check, decode and normalise one encoded image (blocking)."""
+def probe_image(data: bytes, settings: MediaSettings) -> ImageHeader:
+    """Format and declared size, checked against the per-image limits, without decoding (blocking).
+
+    Pillow's ``open`` reads headers only, except for WebP, whose decoder allocates
+    the whole canvas when it is created: its size is read from the RIFF header here.
+    """
     if not data:
         raise InvalidImage("The image is empty (0 bytes).")
     if len(data) > settings.max_image_bytes:
         raise ImageTooLarge(f"The image is {len(data)} bytes; the limit is {settings.max_image_bytes} bytes.")
     fmt = _detect_format(data, settings.allowed_formats)
+    if fmt == "WEBP":
+        size = webp_size(data)
+        if size is None:
+            raise _undecodable(data, fmt, SyntaxError("no readable VP8/VP8L/VP8X header"))
+        width, height = size
+    else:
+        with _open(data, fmt, settings.max_pixels) as image:
+            width, height = image.size
+    check_dimensions(width, height, settings)
+    return ImageHeader(fmt, width, height)
+
+
+def decode_image(data: bytes, settings: MediaSettings) -> DecodedImage:
+    """Check, decode and normalise one encoded image (blocking); the header is checked first."""
+    fmt = probe_image(data, settings).format
     digest = hashlib.sha256(data).hexdigest()
     image = _open(data, fmt, settings.max_pixels)
     with image:

@@ -2,7 +2,9 @@
 
 Each hop (the first request and every redirect, at most ``MAX_REDIRECTS``) goes
 through the same gate: http(s) only, no credentials in the URL, host on the
-allow-list, every resolved address public (see ``addresses.py``). The request
+allow-list, every resolved address public (see ``addresses.py``). A refused
+address and a name that does not resolve get the same answer, so refusals tell a
+caller nothing about the server's network (the reason goes to the log). The request
 then goes to the very address that was checked, with the original name in the
 ``Host`` header and as TLS SNI (so certificates are still verified against the
 name), which closes the DNS-rebinding window between check and connect.
@@ -124,9 +126,8 @@ class UrlFetcher:
         for address in addresses:
             reason = refusal_reason(address)
             if reason is not None:
-                raise InvalidImage(
-                    f"The image URL host {host} resolves to {reason}; only public addresses may be fetched."
-                )
+                logger.info("refused image URL host %s: %s resolves to %s", host, address, reason)
+                raise _not_public(host)
         return addresses[0]
 
     async def _lookup(self, host: str, port: int) -> list[IPAddress]:
@@ -134,9 +135,11 @@ class UrlFetcher:
             texts = await self._resolver(host, port)
             addresses = [ipaddress.ip_address(text) for text in texts]
         except (OSError, ValueError) as exc:
-            raise InvalidImage(f"The image URL host {host} could not be resolved.") from exc
+            logger.info("refused image URL host %s: it could not be resolved (%r)", host, exc)
+            raise _not_public(host) from exc
         if not addresses:
-            raise InvalidImage(f"The image URL host {host} could not be resolved.")
+            logger.info("refused image URL host %s: it resolves to no address", host)
+            raise _not_public(host)
         return addresses
 
     async def _send(self, target: httpx.URL, address: IPAddress) -> httpx.Response:
@@ -185,6 +188,18 @@ class UrlFetcher:
         except httpx.HTTPError as exc:
             raise InvalidImage(f"The image download failed ({type(exc).__name__}).") from exc
         return bytes(body)
+
+
+def _not_public(host: str) -> InvalidImage:
+    """The one refusal for every address reason, "could not be resolved" included.
+
+    Saying which (a private address, loopback, no such name) would turn the server
+    into an oracle on its own network's DNS; the reason is logged for operators.
+    """
+    return InvalidImage(
+        f"The image URL host {host} does not resolve to a public address; only public addresses may be "
+        "fetched."
+    )
 
 
 def _ascii_host(url: httpx.URL) -> str:

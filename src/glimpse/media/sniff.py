@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["contains_markup", "sniff_format"]
+__all__ = ["contains_markup", "sniff_format", "webp_size"]
 
 _PREFIXES: tuple[tuple[bytes, str], ...] = (
     (b"\xff\xd8\xff", "JPEG"),
@@ -74,6 +74,25 @@ def _sniff_markup(head: bytes) -> str | None:
         return "HTML"
     if text.startswith(b"<?xml"):
         return "XML"
+    return None
+
+
+def webp_size(data: bytes) -> tuple[int, int] | None:
+    """Canvas size a WebP file declares (lossy VP8, lossless VP8L or extended VP8X), or None.
+
+    The first chunk after ``RIFF....WEBP`` is one of the three; each stores the size
+    at a fixed offset (RFC 9649, sections 2.5 and 2.7).
+    """
+    if len(data) < 30 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        return None
+    chunk = data[12:16]
+    if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":  # key frame start code
+        return int.from_bytes(data[26:28], "little") & 0x3FFF, int.from_bytes(data[28:30], "little") & 0x3FFF
+    if chunk == b"VP8L" and data[20] == 0x2F:  # lossless signature
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8X":
+        return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
     return None
 
 

@@ -108,8 +108,27 @@ _RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
 }
 
 
+#: What every pattern above needs (in the case-folded text; the key=value pattern only after
+#: a separator): a line without any of it skips the six substitutions. Redaction ran on every
+#: line and on every extra, at about 0.3 ms a line, more than answering a refused request.
+_FOLDED_WORDS = ("authorization", "bearer", "sk-", "://")
+_FOLDED_KEY_VALUE = re.compile(r"""(?:api[-_]?key|passw(?:or)?d|secret|token)["']?\s*[:=]""")
+
+
+def _may_hold_a_credential(text: str) -> bool:
+    # casefold() maps what the patterns' (?i) matches (ſ, the Kelvin sign) to ASCII, except İ and ı.
+    folded = text.casefold().replace("i\u0307", "i").replace("\u0131", "i")
+    return (
+        any(word in folded for word in _FOLDED_WORDS)
+        or "eyJ" in text
+        or _FOLDED_KEY_VALUE.search(folded) is not None
+    )
+
+
 def redact(text: str) -> str:
     """Mask things that look like credentials: a last line of defence, not a licence to log them."""
+    if not _may_hold_a_credential(text):
+        return text
     for pattern, replacement in _REDACTIONS:
         text = pattern.sub(replacement, text)
     return text

@@ -43,6 +43,7 @@ _UPSTREAM_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0
 
 _CACHE_LOOKUP_RESULTS = frozenset({"hit", "miss", "error"})
 _CACHE_STORE_RESULTS = {"stored": "ok", "store_error": "error"}
+_DISCONNECT_STAGES = frozenset({"waiting", "streaming"})
 
 
 class _GpuMemoryCollector:
@@ -116,6 +117,13 @@ class Metrics:
             "glimpse_rejected_requests_total",
             "Requests refused before generation, by reason (overloaded, rate_limited, draining, ...).",
             ["reason"],
+            registry=r,
+        )
+        self.client_disconnects = Counter(
+            "glimpse_client_disconnects_total",
+            "Clients that went away before their answer was complete, by stage (waiting: before "
+            "the answer started, streaming: during a streamed answer); their work was cancelled.",
+            ["stage"],
             registry=r,
         )
 
@@ -260,6 +268,12 @@ class Metrics:
 
     def observe_rejected(self, reason: str) -> None:
         self.rejected_requests.labels(reason=reason).inc()
+
+    def observe_disconnect(self, stage: str) -> None:
+        """A client left early; ``stage`` is ``waiting`` or ``streaming``."""
+        if stage not in _DISCONNECT_STAGES:
+            raise ValueError(f"unknown disconnect stage {stage!r}")
+        self.client_disconnects.labels(stage=stage).inc()
 
     def observe_guard(self, verdict: str) -> None:
         self.guard_verdicts.labels(verdict=verdict).inc()

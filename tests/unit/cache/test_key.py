@@ -87,3 +87,10 @@ def test_unrepresentable_values_are_refused():
 )
 def test_is_cacheable(temperature, seed, allow, expected):
     assert is_cacheable(temperature, seed, allow) is expected
+
+
+def test_the_partition_changes_the_key():
+    """Two clients asking the same thing get two entries, unless both are in the shared partition."""
+    assert base_key(partition="key:a") != base_key(partition="key:b")
+    assert base_key(partition="key:a") != base_key()
+    assert base_key(partition="") == base_key()

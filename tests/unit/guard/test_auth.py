@@ -5,7 +5,7 @@ import pytest
 from pydantic import SecretStr
 
 from glimpse.config import GuardSettings
-from glimpse.errors import Unauthorized
+from glimpse.errors import Forbidden, Unauthorized
 from glimpse.guard.auth import Authenticator, Principal, is_loopback
 from glimpse.guard.keystore import ApiKey, KeyStore, generate_key, hash_key
 
@@ -162,3 +162,39 @@ def test_jwt_only_service_refuses_api_keys():
 )
 def test_is_loopback(host, expected):
     assert is_loopback(host) is expected
+
+
+@pytest.mark.parametrize(
+    ("scopes", "allowed"),
+    [
+        ((), {"chat", "infer", "analyze"}),  # no scopes listed: every route (keys from before scopes)
+        (("infer",), {"infer"}),
+        (("chat", "analyze"), {"chat", "analyze"}),
+        (("openid", "profile"), {"chat", "infer", "analyze"}),  # only other services' scopes
+        (("openid", "chat"), {"chat"}),
+    ],
+)
+def test_scopes_limit_a_principal_to_their_routes(scopes, allowed):
+    principal = Principal(client_id="key:a", name="a", scopes=scopes)
+    for scope in ("chat", "infer", "analyze"):
+        if scope in allowed:
+            principal.require_scope(scope)
+        else:
+            with pytest.raises(Forbidden, match=f"needs the '{scope}' scope") as info:
+                principal.require_scope(scope)
+            assert info.value.status_code == 403
+
+
+def test_a_key_scoped_to_infer_may_not_chat(auth, key):
+    principal = auth.authenticate(None, key, "h")
+    principal.require_scope("infer")
+    with pytest.raises(Forbidden):
+        principal.require_scope("chat")
+
+
+def test_jwt_scope_claim_is_enforced(auth):
+    token = jwt.encode({"sub": "svc", "exp": int(time.time()) + 60, "scope": "analyze"}, SECRET, "HS256")
+    principal = auth.authenticate(f"Bearer {token}", None, "h")
+    principal.require_scope("analyze")
+    with pytest.raises(Forbidden):
+        principal.require_scope("infer")

@@ -1,6 +1,8 @@
 import json
 import re
 
+import pytest
+
 from glimpse.config import GuardSettings
 from glimpse.guard.keys import main
 from glimpse.guard.keystore import KeyStore
@@ -35,3 +37,12 @@ def test_new_prints_the_key_once_and_an_entry_that_the_store_accepts(tmp_path, c
     assert found.name == "ci-bot"
     assert found.rate_limit_per_minute == 30
     assert found.token_quota_per_day == 5000
+
+
+def test_new_refuses_an_unknown_scope(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["new", "--name", "typo", "--scopes", "infer,chta"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown scope(s) chta" in err
+    assert "key (shown once" not in err

@@ -75,6 +75,7 @@ def test_keys_file_may_wrap_the_list(tmp_path):
         ('[{"name": "a", "sha256": "' + "0" * 64 + '", "rate_limit_per_minute": -1}]', "invalid"),
         ('[{"name": "a", "sha256": "' + "0" * 64 + '", "token_quota_per_day": -5}]', "invalid"),
         ("{", "cannot read"),
+        ('[{"name": "a", "sha256": "' + "0" * 64 + '", "scopes": ["infr"]}]', "unknown scope.*infr"),
     ],
 )
 def test_bad_keys_file_is_refused(tmp_path, content, message):

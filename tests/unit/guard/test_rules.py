@@ -15,10 +15,10 @@ def _matches(rules, text):
     ]
 
 
-def test_builtin_rules_load_and_cover_both_languages():
+def test_builtin_rules_load_and_cover_every_language():
     rules = load_rules()
     assert len(rules) >= 20
-    assert {rule.language for rule in rules.rules} == {"en", "zh"}
+    assert {rule.language for rule in rules.rules} == {"en", "zh", "ja"}
     assert len({rule.id for rule in rules.rules}) == len(rules)
 
 
@@ -72,3 +72,9 @@ def test_broken_user_file_is_refused(tmp_path, content, message):
     path.write_text(content, encoding="utf-8")
     with pytest.raises(ValueError, match=message):
         load_rules(path)
+
+
+def test_rules_anchored_on_a_text_start_or_end_are_marked():
+    anchored = {rule.id for rule in load_rules().rules if rule.anchored}
+    assert {"en.delimiter.fake_system", "zh.override.ignore_above"} <= anchored
+    assert "en.override.ignore_instructions" not in anchored  # "[^.!?\\n]" is no anchor

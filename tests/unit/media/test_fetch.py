@@ -14,6 +14,7 @@ from ._images import RED, solid
 
 PUBLIC = "93.184.216.34"
 PNG = solid("PNG", size=(16, 16), colour=RED)
+NOT_PUBLIC = "does not resolve to a public address"
 
 
 class FakeNet:
@@ -85,18 +86,18 @@ async def test_non_default_port_and_ipv6_address():
 @pytest.mark.parametrize(
     ("url", "match"),
     [
-        ("http://127.0.0.1/x.png", "loopback"),
-        ("http://[::1]/x.png", "loopback"),
-        ("http://[::ffff:127.0.0.1]/x.png", "loopback"),
-        ("http://10.0.0.5/x.png", "private"),
-        ("http://169.254.169.254/latest/meta-data/", "metadata"),
-        ("http://0.0.0.0/", "unspecified"),
+        ("http://127.0.0.1/x.png", NOT_PUBLIC),
+        ("http://[::1]/x.png", NOT_PUBLIC),
+        ("http://[::ffff:127.0.0.1]/x.png", NOT_PUBLIC),
+        ("http://10.0.0.5/x.png", NOT_PUBLIC),
+        ("http://169.254.169.254/latest/meta-data/", NOT_PUBLIC),
+        ("http://0.0.0.0/", NOT_PUBLIC),
         ("http://2130706433/x.png", "not a canonical IP address"),
         ("http://0x7f.1/x.png", "not a canonical IP address"),
-        ("http://localhost.internal/x.png", "resolves to a loopback address"),
-        ("http://metadata.google.internal/computeMetadata/v1/", "metadata"),
-        ("http://mixed.example.com/x.png", "private"),
-        ("http://nowhere.example/x.png", "could not be resolved"),
+        ("http://localhost.internal/x.png", NOT_PUBLIC),
+        ("http://metadata.google.internal/computeMetadata/v1/", NOT_PUBLIC),
+        ("http://mixed.example.com/x.png", NOT_PUBLIC),
+        ("http://nowhere.example/x.png", NOT_PUBLIC),
         ("file:///etc/passwd", "file: URLs are not accepted"),
         ("ftp://img.example.com/x.png", "ftp: URLs are not accepted"),
         ("gopher://img.example.com:70/_x", "gopher: URLs are not accepted"),
@@ -118,6 +119,29 @@ async def test_ssrf_targets_are_refused_before_any_request(url, match):
     assert net.requests == []
 
 
+async def test_refusals_do_not_tell_a_private_address_from_a_name_that_does_not_resolve():
+    """No DNS oracle: the answer is the same whatever the name resolves to, or if it does not."""
+    net = FakeNet(
+        names={
+            "intranet.example.com": ["10.1.2.3"],
+            "loop.example.com": ["127.0.0.1"],
+            "meta.example.com": ["169.254.169.254"],
+            "empty.example.com": [],
+        }
+    )
+    intake = net.intake()
+    messages = set()
+    for host in ("intranet", "loop", "meta", "empty", "nowhere"):
+        with pytest.raises(InvalidImage) as caught:
+            await intake.from_reference(f"http://{host}.example.com/x.png")
+        messages.add(caught.value.message.replace(f"{host}.example.com", "HOST"))
+    assert len(messages) == 1, messages
+    (message,) = messages
+    for tell in ("private", "loopback", "metadata", "resolved.", "could not", "no address"):
+        assert tell not in message
+    assert net.requests == []
+
+
 def _redirect(location, status=302):
     return httpx.Response(status, headers={"location": location})
 
@@ -125,9 +149,9 @@ def _redirect(location, status=302):
 @pytest.mark.parametrize(
     ("location", "match"),
     [
-        ("http://127.0.0.1/secret", "loopback"),
-        ("http://169.254.169.254/latest/meta-data/iam", "metadata"),
-        ("http://internal.example.com/admin", "private"),
+        ("http://127.0.0.1/secret", NOT_PUBLIC),
+        ("http://169.254.169.254/latest/meta-data/iam", NOT_PUBLIC),
+        ("http://internal.example.com/admin", NOT_PUBLIC),
         ("file:///etc/passwd", "Only http and https"),
     ],
 )

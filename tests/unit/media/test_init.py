@@ -6,7 +6,18 @@ import glimpse.media
 
 def test_all_matches_the_public_names():
     public = {name for name in dir(glimpse.media) if not name.startswith("_")}
-    modules = {"addresses", "colour", "decode", "encoding", "fetch", "intake", "sniff", "threads"}
+    modules = {
+        "addresses",
+        "budget",
+        "colour",
+        "decode",
+        "encoding",
+        "fetch",
+        "intake",
+        "memory",
+        "sniff",
+        "threads",
+    }
     assert set(glimpse.media.__all__) == public - modules
 
 

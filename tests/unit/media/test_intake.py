@@ -1,16 +1,19 @@
+import asyncio
 import base64
 import hashlib
+import io
 import threading
 import time
 
 import anyio
 import pytest
+from PIL import Image
 
 from glimpse.config import MediaSettings
-from glimpse.errors import ImageTooLarge, InvalidImage, InvalidRequest, UnsupportedMediaType
-from glimpse.media import DecodedImage, ImageIntake
+from glimpse.errors import ImageTooLarge, InvalidImage, InvalidRequest, Overloaded, UnsupportedMediaType
+from glimpse.media import DecodedImage, ImageIntake, probe_image
 
-from ._images import animated, solid
+from ._images import animated, encode, png_bomb, solid
 
 PNG = solid("PNG", size=(20, 10))
 PNG_B64 = base64.b64encode(PNG).decode()
@@ -148,3 +151,109 @@ async def test_base64_parsing_also_runs_in_a_worker_thread(monkeypatch):
     await ImageIntake(MediaSettings()).from_reference(f"data:image/png;base64,{PNG_B64}")
     assert threads
     assert threading.get_ident() not in threads
+
+
+# -- decode_all: a request's images sized from their headers, then decoded under the pixel budget
+
+
+def _spy_decodes(monkeypatch):
+    """Count real decodes (probing headers is not decoding)."""
+    import glimpse.media.intake as intake_module
+
+    calls = []
+    real = intake_module.decode_image
+
+    def spy(data, settings):
+        calls.append(len(data))
+        return real(data, settings)
+
+    monkeypatch.setattr(intake_module, "decode_image", spy)
+    return calls
+
+
+async def test_decode_all_refuses_a_request_over_its_pixel_total_before_decoding_any_image(monkeypatch):
+    """F5: four large images in a small body were all decoded before the request was refused."""
+    decodes = _spy_decodes(monkeypatch)
+    intake = ImageIntake(MediaSettings(max_request_pixels=10_000))
+    small = solid("PNG", size=(50, 50))  # 2,500 pixels: decoding this one first would be too late
+    large = png_bomb(100, 80)  # 8,000 pixels, under the per-image limit
+    with pytest.raises(ImageTooLarge, match="10500 pixels in all; the limit is 10000"):
+        await intake.decode_all([small, large])
+    assert decodes == []
+    assert intake.budget.in_use == 0
+
+
+async def test_decode_all_refuses_an_oversized_image_anywhere_in_the_request_before_decoding(monkeypatch):
+    decodes = _spy_decodes(monkeypatch)
+    intake = ImageIntake(MediaSettings(max_pixels=5_000))
+    with pytest.raises(ImageTooLarge):
+        await intake.decode_all([solid("PNG", size=(20, 20)), png_bomb(100, 80)])
+    assert decodes == []
+
+
+async def test_decode_all_holds_the_pixels_until_free_closes_the_images(intake):
+    batch = await intake.decode_all([PNG, solid("PNG", size=(8, 8))])
+    assert [d.image.size for d in batch.images] == [(20, 10), (8, 8)]
+    assert batch.pixels == 20 * 10 + 8 * 8
+    assert intake.budget.in_use == batch.pixels
+    batch.free()
+    assert intake.budget.in_use == 0
+    for decoded in batch.images:  # the pixel buffers are gone, whoever still holds the objects
+        with pytest.raises(ValueError, match="closed image"):
+            decoded.image.getpixel((0, 0))
+    batch.release()  # idempotent
+    assert intake.budget.in_use == 0
+
+
+async def test_release_returns_the_budget_and_keeps_the_images(intake):
+    batch = await intake.decode_all([PNG])
+    batch.release()
+    assert intake.budget.in_use == 0
+    assert batch.images[0].image.getpixel((0, 0)) == (255, 0, 0)
+
+
+async def test_decode_all_waits_for_room_and_gives_up_at_the_deadline_with_503():
+    intake = ImageIntake(MediaSettings(max_pixels_in_flight=300, max_request_pixels=300, pixel_wait_s=30))
+    held = await intake.decode_all([PNG])  # 200 of 300
+    started = time.monotonic()
+    with pytest.raises(Overloaded) as caught:
+        await intake.decode_all([PNG], deadline=time.monotonic() + 0.1)
+    assert time.monotonic() - started < 5  # the request's deadline, not pixel_wait_s
+    assert caught.value.retry_after
+    waiter = asyncio.create_task(intake.decode_all([PNG]))
+    await asyncio.sleep(0.05)
+    assert not waiter.done()
+    held.free()
+    batch = await asyncio.wait_for(waiter, 5)
+    batch.free()
+    assert intake.budget.in_use == 0
+
+
+async def test_a_failed_decode_returns_the_whole_lease():
+    intake = ImageIntake(MediaSettings())
+    truncated = png_bomb(100, 80, pixel_bytes=10)  # the header is fine, the pixel data runs out
+    with pytest.raises(InvalidImage):
+        await intake.decode_all([PNG, truncated])
+    assert intake.budget.in_use == 0
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        pytest.param(lambda: Image.new("RGB", (300, 200), (1, 2, 3)), id="lossy-VP8"),
+        pytest.param(lambda: Image.new("RGBA", (123, 45), (1, 2, 3, 4)), id="alpha-VP8X"),
+    ],
+)
+@pytest.mark.parametrize("lossless", [False, True])
+def test_webp_sizes_are_read_from_the_riff_header_as_pillow_reads_them(image, lossless):
+    """WebP's decoder allocates the canvas when it opens, so its size is read without Pillow."""
+    data = encode(image(), "WEBP", lossless=lossless)
+    header = probe_image(data, MediaSettings())
+    assert (header.format, header.width, header.height) == ("WEBP", *Image.open(io.BytesIO(data)).size)
+
+
+def test_a_webp_without_a_readable_header_is_refused_by_the_probe():
+    data = encode(Image.new("RGB", (30, 20)), "WEBP")
+    broken = data[:12] + b"VP8Z" + data[16:]
+    with pytest.raises((InvalidImage, UnsupportedMediaType)):
+        probe_image(broken, MediaSettings())

@@ -16,6 +16,7 @@ from glimpse.obs import (
     sanitize_request_id,
     set_request_id,
 )
+from glimpse.obs.logging import _REDACTIONS
 
 
 @pytest.fixture
@@ -125,6 +126,28 @@ def test_redact_masks_credentials(text, secret):
     cleaned = redact(text)
     assert secret not in cleaned
     assert "[REDACTED]" in cleaned
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Authorization: Bearer abc.def-ghi",
+        "PAſSWORD: pw!",  # long s: the patterns' (?i) matches it as an s
+        "x-api-\u212aey: k1",  # Kelvin sign for the k
+        "AUTHOR\u0130ZATION: raw-1",  # dotted capital I, which case-folds to two characters
+        "ap\u0131_key=k1",  # dotless i
+        "the tokens_in field and a bearer-less line",
+        "TOKEN=t1",
+        "redis://user:pa55@host:6379",
+        '{"logger": "glimpse.access", "message": "request", "route": "/v1/chat/completions"}',
+    ],
+)
+def test_the_quick_check_never_skips_a_line_a_pattern_would_change(text):
+    """``redact`` skips lines no pattern matches; it must give what the patterns give."""
+    expected = text
+    for pattern, replacement in _REDACTIONS:
+        expected = pattern.sub(replacement, expected)
+    assert redact(text) == expected
 
 
 @pytest.mark.parametrize(

@@ -120,6 +120,17 @@ def test_rejections_guard_info_and_gauges():
     assert value(metrics, "glimpse_upstream_healthy", upstream="http://a:8000") == 1
 
 
+def test_client_disconnects_are_counted_by_stage():
+    metrics = Metrics()
+    metrics.observe_disconnect("waiting")
+    metrics.observe_disconnect("streaming")
+    metrics.observe_disconnect("streaming")
+    assert value(metrics, "glimpse_client_disconnects_total", stage="waiting") == 1
+    assert value(metrics, "glimpse_client_disconnects_total", stage="streaming") == 2
+    with pytest.raises(ValueError, match="unknown disconnect stage"):
+        metrics.observe_disconnect("user-42")  # labels stay a fixed set
+
+
 def test_gpu_memory_is_empty_without_torch(monkeypatch):
     monkeypatch.delitem(sys.modules, "torch", raising=False)
     assert families(Metrics())["glimpse_gpu_memory_bytes"].samples == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 from glimpse.api.generation import image_part, sampling_params
 from glimpse.config import EngineSettings
 from glimpse.engine.protocol import ChatMessage, GenerationRequest, TextPart
+from glimpse.guard.normalize import sanitize_model_text
 from glimpse.media import DecodedImage
 
 __all__ = ["to_generation_request"]
@@ -18,6 +19,7 @@ def to_generation_request(
     deadline: float,
     settings: EngineSettings,
 ) -> GenerationRequest:
-    message = ChatMessage("user", (image_part(image), TextPart(question)))
+    # Invisible smuggling characters are removed here, so the guard screens what the model reads.
+    message = ChatMessage("user", (image_part(image), TextPart(sanitize_model_text(question))))
     sampling = sampling_params(settings, max_tokens=max_new_tokens)
     return GenerationRequest(request_id, (message,), sampling, deadline)

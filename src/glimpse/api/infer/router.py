@@ -7,12 +7,18 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
 
 from glimpse.api.errors import error_responses
-from glimpse.api.generation import engine_request_id, no_cache_requested, with_deadline
+from glimpse.api.generation import (
+    cache_partition,
+    engine_request_id,
+    image_size_check,
+    no_cache_requested,
+    sampling_params,
+    with_deadline,
+)
 from glimpse.api.security import authorize, charge_tokens, screen_prompt
 from glimpse.api.service import CACHE_HEADER
 from glimpse.api.state import AppState, StateDep
 from glimpse.errors import ImageTooLarge
-from glimpse.media import DecodedImage
 
 from .adapter import to_generation_request
 from .schemas import InferRequest, InferResponse
@@ -26,20 +32,36 @@ async def _answer(
     state: AppState,
     request: Request,
     response: Response,
-    image: DecodedImage,
+    image: bytes,
     question: str,
     max_new_tokens: int | None,
 ) -> InferResponse:
-    gen = to_generation_request(
-        image,
-        question,
-        max_new_tokens,
-        engine_request_id(request),
-        with_deadline(state.settings.server),
-        state.settings.engine,
+    """Decode (under the pixel budget), screen and answer; the image is freed once the engine has it."""
+    deadline = with_deadline(state.settings.server)
+    budget = sampling_params(state.settings.engine, max_tokens=max_new_tokens).max_new_tokens
+    size_check = image_size_check(state.engine)
+    images = await state.intake.decode_all(
+        [image], deadline, None if size_check is None else lambda headers: size_check(headers, budget)
     )
-    await screen_prompt(request, state, gen)
-    result, cache = await state.service.collect(gen, request, no_cache=no_cache_requested(request))
+    try:
+        gen = to_generation_request(
+            images.images[0],
+            question,
+            max_new_tokens,
+            engine_request_id(request),
+            deadline,
+            state.settings.engine,
+        )
+        await screen_prompt(request, state, gen)
+        result, cache = await state.service.collect(
+            gen,
+            request,
+            no_cache=no_cache_requested(request),
+            partition=cache_partition(request, state.settings.cache),
+            on_first_event=images.free,
+        )
+    finally:
+        images.release()
     request.state.cache = cache.value
     await charge_tokens(request, state, result.prompt_tokens, result.completion_tokens)
     response.headers[CACHE_HEADER] = cache.value
@@ -49,7 +71,7 @@ async def _answer(
 @router.post("/infer", responses=error_responses(400, 401, 408, 413, 415, 422, 429, 503, 504))
 async def infer(body: InferRequest, request: Request, response: Response, state: StateDep) -> InferResponse:
     state.check_admitting(request)
-    image = await state.intake.from_base64(body.image)
+    image = await state.intake.load_base64(body.image)
     return await _answer(state, request, response, image, body.text, body.max_new_tokens)
 
 
@@ -67,5 +89,4 @@ async def analyze(
     data = await image.read(limit + 1)
     if len(data) > limit:  # only limit + 1 bytes were read: say "larger than", not a wrong size
         raise ImageTooLarge(f"The uploaded image is larger than {limit} bytes; the limit is {limit} bytes.")
-    decoded = await state.intake.from_bytes(data)
-    return await _answer(state, request, response, decoded, question, max_new_tokens)
+    return await _answer(state, request, response, data, question, max_new_tokens)

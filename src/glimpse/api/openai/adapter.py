@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
-from glimpse.api.generation import image_part, sampling_params
+from glimpse.api.generation import SizeCheck, image_part, sampling_params
 from glimpse.api.service import Completion
 from glimpse.config import EngineSettings
 from glimpse.engine.protocol import (
@@ -20,7 +21,8 @@ from glimpse.engine.protocol import (
     TokenEvent,
 )
 from glimpse.errors import GlimpseError, InvalidRequest
-from glimpse.media import ImageIntake
+from glimpse.guard.normalize import sanitize_model_text
+from glimpse.media import DecodedBatch, DecodedImage, ImageHeader, ImageIntake
 
 from .schemas import ChatCompletionRequest, ChatMessageIn, ImageURLPart
 
@@ -28,10 +30,25 @@ __all__ = ["completion_body", "error_event", "sse_stream", "to_generation_reques
 
 
 def _image_refs(messages: list[ChatMessageIn]) -> list[str]:
+    """Every image reference, in order; refuses an image outside a user turn.
+
+    Chat templates render images in user turns only, so an image in a system or
+    assistant turn failed inside the engine as a 500 (which a gateway counts
+    against the node). It is the client's mistake: a 400 that names the
+    message, raised before any image is fetched or decoded.
+    """
     refs: list[str] = []
-    for message in messages:
-        if isinstance(message.content, list):
-            refs.extend(p.image_url.url for p in message.content if isinstance(p, ImageURLPart))
+    for index, message in enumerate(messages):
+        if not isinstance(message.content, list):
+            continue
+        images = [p.image_url.url for p in message.content if isinstance(p, ImageURLPart)]
+        if images and message.role != "user":
+            raise InvalidRequest(
+                f"Images are accepted in 'user' messages only; messages[{index}] is a "
+                f"'{message.role}' message with an image.",
+                param=f"messages[{index}].content",
+            )
+        refs.extend(images)
     return refs
 
 
@@ -41,26 +58,20 @@ async def to_generation_request(
     deadline: float,
     intake: ImageIntake,
     settings: EngineSettings,
-) -> GenerationRequest:
+    size_check: SizeCheck | None = None,
+) -> tuple[GenerationRequest, DecodedBatch]:
+    """The engine request and its decoded images, whose budget the caller must free or release.
+
+    Everything that can refuse the request cheaply runs before any image is fetched
+    or decoded; all images are sized from their headers (and ``size_check``ed, e.g.
+    against the engine's token budget) before any is decoded.
+    """
     refs = _image_refs(body.messages)
     intake.check_count(len(refs))
     if not any(m.role == "user" and m.content for m in body.messages):
         raise InvalidRequest(
             "messages must contain at least one 'user' message with content.", param="messages"
         )
-    decoded = iter(await asyncio.gather(*(intake.from_reference(ref) for ref in refs)))
-    messages: list[ChatMessage] = []
-    for message in body.messages:
-        role = "system" if message.role == "developer" else message.role
-        parts: list[ContentPart] = []
-        if isinstance(message.content, str):
-            parts.append(TextPart(message.content))
-        elif message.content is not None:
-            for part in message.content:
-                parts.append(
-                    image_part(next(decoded)) if isinstance(part, ImageURLPart) else TextPart(part.text)
-                )
-        messages.append(ChatMessage(role, tuple(parts)))
     sampling = sampling_params(
         settings,
         max_tokens=body.max_completion_tokens or body.max_tokens,
@@ -71,7 +82,38 @@ async def to_generation_request(
         ignore_eos=body.ignore_eos,
     )
     template_kwargs = tuple(sorted((body.chat_template_kwargs or {}).items()))
-    return GenerationRequest(request_id, tuple(messages), sampling, deadline, template_kwargs)
+    blobs = await asyncio.gather(*(intake.load_reference(ref) for ref in refs))
+    check = None if size_check is None else functools.partial(_check, size_check, sampling.max_new_tokens)
+    images = await intake.decode_all(blobs, deadline, check)
+    try:
+        messages = _engine_messages(body.messages, iter(images.images))
+    except BaseException:
+        images.release()
+        raise
+    gen = GenerationRequest(request_id, tuple(messages), sampling, deadline, template_kwargs)
+    return gen, images
+
+
+def _check(size_check: SizeCheck, max_new_tokens: int, headers: Sequence[ImageHeader]) -> None:
+    size_check(headers, max_new_tokens)
+
+
+def _engine_messages(wire: list[ChatMessageIn], decoded: Iterator[DecodedImage]) -> list[ChatMessage]:
+    messages: list[ChatMessage] = []
+    for message in wire:
+        role = "system" if message.role == "developer" else message.role
+        parts: list[ContentPart] = []
+        if isinstance(message.content, str):
+            parts.append(TextPart(sanitize_model_text(message.content)))
+        elif message.content is not None:
+            for part in message.content:
+                parts.append(
+                    image_part(next(decoded))
+                    if isinstance(part, ImageURLPart)
+                    else TextPart(sanitize_model_text(part.text))
+                )
+        messages.append(ChatMessage(role, tuple(parts)))
+    return messages
 
 
 def _finish(reason: FinishReason | None) -> str | None:
@@ -148,9 +190,9 @@ async def sse_stream(
             body["usage"] = usage
         return _sse(body)
 
-    yield chunk({"role": "assistant", "content": ""}, None)
     event = first
-    try:
+    try:  # from the first chunk on: a client gone at any yield still closes ``rest``
+        yield chunk({"role": "assistant", "content": ""}, None)
         while True:
             if event.reasoning:
                 yield chunk({"reasoning_content": event.reasoning}, None)

@@ -9,10 +9,19 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from glimpse.api.errors import error_responses
-from glimpse.api.generation import engine_request_id, new_completion_id, no_cache_requested, with_deadline
+from glimpse.api.generation import (
+    cache_partition,
+    engine_request_id,
+    image_size_check,
+    new_completion_id,
+    no_cache_requested,
+    with_deadline,
+)
 from glimpse.api.security import authorize, charge_tokens, screen_prompt
 from glimpse.api.service import CACHE_HEADER
-from glimpse.api.state import StateDep
+from glimpse.api.state import AppState, StateDep
+from glimpse.engine.protocol import GenerationRequest
+from glimpse.media import DecodedBatch
 
 from .adapter import completion_body, sse_stream, to_generation_request
 from .schemas import ChatCompletionRequest
@@ -35,18 +44,36 @@ async def chat_completions(
     state.check_admitting(request)
     state.check_model(body.model)
     completion_id = new_completion_id()
-    gen = await to_generation_request(
+    gen, images = await to_generation_request(
         body,
         engine_request_id(request),
         with_deadline(state.settings.server),
         state.intake,
         state.settings.engine,
+        image_size_check(state.engine),
     )
+    try:
+        return await _respond(body, request, state, gen, images, completion_id)
+    finally:
+        images.release()
+
+
+async def _respond(
+    body: ChatCompletionRequest,
+    request: Request,
+    state: AppState,
+    gen: GenerationRequest,
+    images: DecodedBatch,
+    completion_id: str,
+) -> JSONResponse | StreamingResponse:
+    """Answer; the decoded images are freed as soon as the engine has taken them (first event)."""
     await screen_prompt(request, state, gen)
     model = state.engine.model_name
     no_cache = no_cache_requested(request)
+    partition = cache_partition(request, state.settings.cache)
     if body.stream:
-        stream = await state.service.open(gen, no_cache=no_cache)
+        stream = await state.service.open(gen, no_cache=no_cache, partition=partition, http_request=request)
+        images.free()
         request.state.cache = stream.cache.value
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(
@@ -61,7 +88,9 @@ async def chat_completions(
             media_type="text/event-stream",
             headers={**_STREAM_HEADERS, CACHE_HEADER: stream.cache.value},
         )
-    result, cache = await state.service.collect(gen, request, no_cache=no_cache)
+    result, cache = await state.service.collect(
+        gen, request, no_cache=no_cache, partition=partition, on_first_event=images.free
+    )
     request.state.cache = cache.value
     await charge_tokens(request, state, result.prompt_tokens, result.completion_tokens)
     return JSONResponse(completion_body(completion_id, model, result), headers={CACHE_HEADER: cache.value})

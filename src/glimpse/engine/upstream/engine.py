@@ -5,14 +5,16 @@ and puts ``TokenEvent``s on a queue the caller's iterator reads. Cancelling that
 task (client gone, ``cancel()``, deadline) leaves the ``httpx`` stream context in
 the task that opened it, which closes the upstream connection, and that is how
 vLLM and SGLang learn to abort the request. A request moves to another upstream
-only while nothing has reached the client and the failure was a connection error
-or a 503: retrying later would repeat text, and a 4xx would fail again anywhere.
+only while nothing has reached the client (retrying later would repeat text) and
+never after a 4xx (it would fail again anywhere); ``_failures`` says which failure
+is whose, and ``_verdicts`` why a 500 that every upstream gives opens no circuit.
+What an upstream sends is read within bounds (``_reader``): error bodies, event
+lines, the whole answer, and no more answer tokens than ``max_tokens``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -23,13 +25,17 @@ import httpx
 
 from glimpse.config import EngineSettings
 from glimpse.engine.protocol import EngineHealth, FinishReason, GenerationRequest, TokenEvent
-from glimpse.engine.upstream._failures import BadStatus, Progress, Retry, classify
+from glimpse.engine.upstream._checks import check_request
+from glimpse.engine.upstream._failures import BadStatus, Progress, Reported, Retry, Verdict, classify
+from glimpse.engine.upstream._reader import IDENTITY, check_identity, read_capped
+from glimpse.engine.upstream._relay import relay
+from glimpse.engine.upstream._verdicts import Suspects, apply_verdict
 from glimpse.engine.upstream.balancer import Balancer, Upstream
 from glimpse.engine.upstream.breaker import BreakerState, CircuitBreaker
 from glimpse.engine.upstream.health import HealthChecker
 from glimpse.engine.upstream.hooks import NullUpstreamMetrics, Outcome, UpstreamMetrics
 from glimpse.engine.upstream.options import UpstreamOptions
-from glimpse.engine.upstream.wire import ImageEncoder, chat_body, error_for_status, parse_chunk
+from glimpse.engine.upstream.wire import ImageEncoder, chat_body, error_for_status
 from glimpse.errors import (
     DeadlineExceeded,
     EngineRequestError,
@@ -40,23 +46,10 @@ from glimpse.errors import (
     UpstreamTimeout,
 )
 from glimpse.media.threads import BlockingRunner
-from glimpse.sse import aiter_sse_data
 
 __all__ = ["UpstreamEngine"]
 
 logger = logging.getLogger(__name__)
-
-#: Seconds to wait for the end of the body after ``[DONE]``.
-_DRAIN_S = 1.0
-
-
-async def _drain(events: AsyncIterator[str]) -> None:
-    """Read to the end of the body so the connection can be reused, without waiting long
-    on a server that keeps it open after ``[DONE]``."""
-    with contextlib.suppress(TimeoutError, httpx.HTTPError, GlimpseError):
-        async with asyncio.timeout(_DRAIN_S):
-            async for _ in events:
-                pass
 
 
 class UpstreamEngine:
@@ -72,6 +65,7 @@ class UpstreamEngine:
         image_runner: BlockingRunner | None = None,
     ) -> None:
         self._model_name = settings.served_model_name or settings.model
+        self._max_new_tokens_limit = settings.max_new_tokens_limit
         self._options = options or UpstreamOptions()
         opts = self._options
         self._clock = clock
@@ -104,6 +98,7 @@ class UpstreamEngine:
             timeout_s=opts.health_timeout_s,
             interval_s=opts.health_interval_s,
             metrics=self._metrics,
+            max_body_bytes=opts.max_event_bytes,
         )
         self._checker_task: asyncio.Task[None] | None = None
         self._producers: dict[str, set[asyncio.Task[None]]] = {}
@@ -175,6 +170,7 @@ class UpstreamEngine:
     def submit(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
         if not self._started or self._stopping:
             raise NotReady("the upstream engine is not running", retry_after=1)
+        check_request(request, self._max_new_tokens_limit)
         if not self._balancer.any_available():
             raise self._no_upstream()
         return self._stream(request)
@@ -233,22 +229,30 @@ class UpstreamEngine:
     ) -> None:
         tried: set[str] = set()
         failures: list[GlimpseError] = []
-        while (upstream := self._balancer.pick(tried)) is not None:
-            # In half-open state pick() just took the one trial slot; only its owner may free it.
-            trial = upstream.breaker.state is BreakerState.HALF_OPEN
-            tried.add(upstream.name)
-            try:
-                await self._attempt(upstream, request, messages, queue, trial=trial)
-            except Retry as retry:
-                failures.append(retry.error)
-                logger.warning(
-                    "request %s: upstream %s failed before the first byte (%s); trying another",
-                    request.request_id,
-                    upstream.name,
-                    retry.error.message,
-                )
-            else:
-                return
+        suspects = Suspects(self._judge)
+        try:
+            while (upstream := self._balancer.pick(tried)) is not None:
+                # In half-open state pick() just took the one trial slot; only its owner may free it.
+                trial = upstream.breaker.state is BreakerState.HALF_OPEN
+                tried.add(upstream.name)
+                try:
+                    await self._attempt(upstream, request, messages, queue, suspects, trial=trial)
+                except Retry as retry:
+                    failures.append(retry.error)
+                    logger.warning(
+                        "request %s: upstream %s failed before the first token (%s)",
+                        request.request_id,
+                        upstream.name,
+                        retry.error.message,
+                    )
+                    if retry.suspect:
+                        suspects.add(upstream, retry.error, trial)
+                        if len(suspects) > 1:  # failed the same way twice: the request's doing
+                            raise self._request_failed(len(suspects), retry.error) from retry.error
+                else:
+                    return
+        finally:
+            suspects.absolve()  # whatever is still held: no other upstream served the request
         if not failures:
             raise self._no_upstream()
         last = failures[-1]
@@ -260,12 +264,21 @@ class UpstreamEngine:
             raise UpstreamTimeout(f"{len(failures)} upstream(s) tried; last: {last.message}") from last
         raise UpstreamError(f"{len(failures)} upstream(s) tried, all failed; last: {last.message}") from last
 
+    @staticmethod
+    def _request_failed(tried: int, last: GlimpseError) -> UpstreamError:
+        kind = UpstreamTimeout if isinstance(last, UpstreamTimeout) else UpstreamError
+        return kind(
+            f"this request failed the same way on {tried} upstream servers ({last.message}); "
+            "it is not tried further"
+        )
+
     async def _attempt(
         self,
         upstream: Upstream,
         request: GenerationRequest,
         messages: list[dict[str, Any]],
         queue: asyncio.Queue[TokenEvent | None],
+        suspects: Suspects,
         *,
         trial: bool = False,
     ) -> None:
@@ -273,32 +286,29 @@ class UpstreamEngine:
         upstream.attempts += 1
         self._metrics.set_in_flight(upstream.name, upstream.in_flight)
         started = self._clock()
-        progress = Progress()
+        # Once this upstream produces output, upstreams that failed the request before it
+        # failed on their own.
+        progress = Progress(on_output=suspects.blame)
         try:
             await self._exchange(upstream, request, messages, queue, progress)
         except asyncio.CancelledError:
-            self._settle(upstream, "cancelled", started, fault=None, trial=trial)
+            self._settle(upstream, "cancelled", started, "none", trial=trial)
             raise
-        except (BadStatus, httpx.HTTPError, GlimpseError) as exc:
-            failure = classify(exc, progress.sent, upstream.name, self._options.read_timeout_s)
-            self._settle(
-                upstream,
-                failure.outcome,
-                started,
-                fault=failure.upstream_fault,
-                error=failure.error,
-                trial=trial,
-            )
+        except (BadStatus, Reported, httpx.HTTPError, GlimpseError) as exc:
+            failure = classify(exc, progress.sent)
+            if isinstance(exc, Reported):
+                logger.warning("upstream %s sent an error event: %r", upstream.name, exc.detail)
+            self._settle(upstream, failure.outcome, started, failure.verdict, failure.error, trial)
             if failure.retry:
-                raise Retry(failure.error) from exc
+                raise Retry(failure.error, suspect=failure.verdict == "suspect") from exc
             raise failure.error from exc
         except Exception:
             # A bug of ours or something no class above covers: the upstream still gets its
             # verdict (and a trial slot back), or it could stay half-open and unused for good.
-            self._settle(upstream, "stream_error", started, fault=True, trial=trial)
+            self._settle(upstream, "stream_error", started, "fault", trial=trial)
             raise
         else:
-            self._settle(upstream, "2xx", started, fault=False)
+            self._settle(upstream, "2xx", started, "healthy")
         finally:
             upstream.in_flight -= 1
             self._metrics.set_in_flight(upstream.name, upstream.in_flight)
@@ -308,24 +318,17 @@ class UpstreamEngine:
         upstream: Upstream,
         outcome: Outcome,
         started: float,
-        *,
-        fault: bool | None,
+        verdict: Verdict,
         error: GlimpseError | None = None,
         trial: bool = False,
     ) -> None:
+        """Record the attempt; a ``suspect`` verdict is held by the request's ``Suspects``."""
         self._metrics.on_request(upstream.name, outcome, self._clock() - started)
-        was_healthy = upstream.healthy
-        if fault is None:
-            if trial:  # a request sent while the circuit was closed must not free the trial slot
-                upstream.breaker.release()
-        elif fault:
-            upstream.last_error = error.message if error is not None else outcome
-            upstream.breaker.record_failure()
-        else:
-            upstream.breaker.record_success()
-        if upstream.healthy != was_healthy:
-            logger.warning("upstream %s is now %s", upstream.name, upstream.breaker.state)
-            self._metrics.set_healthy(upstream.name, upstream.healthy)
+        if verdict != "suspect":
+            self._judge(upstream, verdict, error, trial)
+
+    def _judge(self, upstream: Upstream, verdict: Verdict, error: GlimpseError | None, trial: bool) -> None:
+        apply_verdict(upstream, verdict, error, trial, self._metrics)
 
     async def _exchange(
         self,
@@ -336,46 +339,21 @@ class UpstreamEngine:
         progress: Progress,
     ) -> None:
         body = chat_body(request, upstream.model or self._model_name, messages)
-        headers = {**self._headers, "X-Request-ID": request.request_id}
+        headers = {**self._headers, "X-Request-ID": request.request_id, "Accept-Encoding": IDENTITY}
         url = upstream.url + "/v1/chat/completions"
+        opts = self._options
         async with self._http().stream(
             "POST", url, json=body, headers=headers, timeout=self._timeout
         ) as response:
             if response.status_code != 200:
-                await response.aread()
+                content, _ = await read_capped(response, opts.max_error_body_bytes)
                 error = error_for_status(
-                    response.status_code, response.headers, response.content, upstream.name
+                    response.status_code,
+                    response.headers,
+                    content,
+                    upstream.name,
+                    max_retry_after_s=opts.max_retry_after_s,
                 )
                 raise BadStatus(response.status_code, error)
-            await self._relay(response, queue, progress)
-
-    async def _relay(
-        self, response: httpx.Response, queue: asyncio.Queue[TokenEvent | None], progress: Progress
-    ) -> None:
-        finish: FinishReason | None = None
-        usage: tuple[int, int] | None = None
-        async with contextlib.aclosing(aiter_sse_data(response.aiter_lines())) as events:
-            async for data in events:
-                if data.strip() == "[DONE]":
-                    # Drained, and the response closed, before the last event goes out: a
-                    # consumer that has its answer cancels the attempt, and a cancel landing
-                    # while the response closes leaked the pooled connection (measured: a pool
-                    # of 4 exhausted after 4 answers; tests/.../test_engine_keepalive.py).
-                    await _drain(events)
-                    break
-                chunk = parse_chunk(data)
-                if chunk.text or chunk.reasoning:
-                    progress.chunks += 1
-                    progress.sent = True
-                    queue.put_nowait(TokenEvent(chunk.text, reasoning=chunk.reasoning))
-                finish = chunk.finish_reason or finish
-                usage = chunk.usage or usage
-        if finish is None:
-            raise UpstreamError("the upstream stream ended before the answer was complete")
-        prompt_tokens, completion_tokens = usage or (0, progress.chunks)
-        progress.sent = True
-        queue.put_nowait(
-            TokenEvent(
-                "", finish_reason=finish, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
-            )
-        )
+            check_identity(response)
+            await relay(response, request, queue, progress, self._options)

@@ -10,12 +10,14 @@ that dies is taken out, and one that comes back is put back after its cool-down.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import httpx
 
+from glimpse.engine.upstream._reader import IDENTITY, read_capped
 from glimpse.engine.upstream.balancer import Upstream
 from glimpse.engine.upstream.hooks import UpstreamMetrics
 from glimpse.engine.upstream.wire import resolve_model
@@ -23,6 +25,10 @@ from glimpse.engine.upstream.wire import resolve_model
 __all__ = ["HealthChecker"]
 
 logger = logging.getLogger(__name__)
+
+
+class _TooLarge(Exception):
+    pass
 
 
 class HealthChecker:
@@ -36,11 +42,13 @@ class HealthChecker:
         timeout_s: float,
         interval_s: float,
         metrics: UpstreamMetrics,
+        max_body_bytes: int = 1024 * 1024,
     ) -> None:
         self._client = client
         self._upstreams = upstreams
         self._model_name = model_name
-        self._headers = dict(headers)
+        self._headers = {**headers, "Accept-Encoding": IDENTITY}
+        self._max_body_bytes = max_body_bytes
         self._timeout = httpx.Timeout(timeout_s)
         self._interval_s = interval_s
         self._metrics = metrics
@@ -84,8 +92,15 @@ class HealthChecker:
         self._metrics.set_healthy(upstream.name, upstream.healthy)
         return error is None
 
-    async def _get(self, upstream: Upstream, path: str) -> httpx.Response:
-        return await self._client().get(upstream.url + path, headers=self._headers, timeout=self._timeout)
+    async def _get(self, upstream: Upstream, path: str) -> tuple[int, bytes]:
+        """The status and body, of which at most ``max_body_bytes`` are read; more is a failure."""
+        url = upstream.url + path
+        client = self._client()
+        async with client.stream("GET", url, headers=self._headers, timeout=self._timeout) as response:
+            body, truncated = await read_capped(response, self._max_body_bytes)
+        if truncated:
+            raise _TooLarge(f"GET {path} answered more than {self._max_body_bytes} bytes")
+        return response.status_code, body
 
     async def _probe(self, upstream: Upstream) -> str | None:
         """``None`` when the upstream looks able to serve, else why not."""
@@ -93,27 +108,29 @@ class HealthChecker:
             if upstream.model is None:
                 return await self._discover(upstream)
             for path in upstream.health_paths:
-                response = await self._get(upstream, path)
-                if response.status_code in (404, 405) and path != upstream.health_paths[-1]:
+                status, _ = await self._get(upstream, path)
+                if status in (404, 405) and path != upstream.health_paths[-1]:
                     # No such endpoint on this server: stop asking it.
                     upstream.health_paths = tuple(p for p in upstream.health_paths if p != path)
                     continue
-                if response.is_success:
+                if 200 <= status < 300:
                     return None
-                return f"GET {path} answered {response.status_code}"
+                return f"GET {path} answered {status}"
         except httpx.PoolTimeout:
             raise
         except httpx.HTTPError as exc:
             return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        except _TooLarge as exc:
+            return str(exc)
         return "no health endpoint answered"
 
     async def _discover(self, upstream: Upstream) -> str | None:
-        response = await self._get(upstream, "/v1/models")
-        if not response.is_success:
-            return f"GET /v1/models answered {response.status_code}"
+        status, body = await self._get(upstream, "/v1/models")
+        if not 200 <= status < 300:
+            return f"GET /v1/models answered {status}"
         try:
-            payload: Any = response.json()
-        except ValueError:
+            payload: Any = json.loads(body)
+        except (ValueError, RecursionError):
             return "GET /v1/models answered with malformed JSON"
         data = payload.get("data") if isinstance(payload, dict) else None
         if not isinstance(data, list):

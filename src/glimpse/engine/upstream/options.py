@@ -38,9 +38,24 @@ class UpstreamOptions:
     encode_workers: int = 2
     #: Connection pool size of the client the engine creates when none is given.
     max_connections: int = 512
+    #: Most bytes of an upstream's error body read: a 4xx message goes to the client (500
+    #: characters at most), a 5xx one only to the log.
+    max_error_body_bytes: int = 64 * 1024
+    #: Longest line of an upstream's event stream, and largest ``/v1/models`` answer.
+    max_event_bytes: int = 1024 * 1024
+    #: An answer may be at most ``max_event_bytes`` + this many bytes per requested output
+    #: token (``max_tokens``): about ten times what vLLM's chunks take, so only a runaway
+    #: upstream reaches it.
+    response_bytes_per_token: int = 4096
+    #: An upstream's ``Retry-After`` is passed on clamped to 1..this many seconds.
+    max_retry_after_s: int = 60
 
     def __post_init__(self) -> None:
         if self.failure_threshold < 1:
             raise ValueError("failure_threshold must be at least 1")
         if self.encode_workers < 1:
             raise ValueError("encode_workers must be at least 1")
+        if min(self.max_error_body_bytes, self.max_event_bytes, self.response_bytes_per_token) < 1:
+            raise ValueError("upstream size bounds must be positive")
+        if self.max_retry_after_s < 1:
+            raise ValueError("max_retry_after_s must be at least 1")

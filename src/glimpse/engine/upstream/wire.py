@@ -138,6 +138,8 @@ class StreamChunk:
     reasoning: str = ""
     #: ``(prompt_tokens, completion_tokens)`` when the chunk carries usage.
     usage: tuple[int, int] | None = None
+    #: The upstream's own words when this is an error event (for the log, never the client).
+    error: str | None = None
 
 
 def _error_message(payload: Any) -> str:
@@ -155,7 +157,7 @@ def _error_message(payload: Any) -> str:
 
 
 def parse_chunk(data: str) -> StreamChunk:
-    """Interpret one ``chat.completion.chunk``; an error event raises ``UpstreamError``."""
+    """Interpret one ``chat.completion.chunk`` or error event; malformed data is ``UpstreamError``."""
     try:
         payload = json.loads(data)
     except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested thousands deep
@@ -163,7 +165,7 @@ def parse_chunk(data: str) -> StreamChunk:
     if not isinstance(payload, dict):
         raise UpstreamError("upstream sent a malformed stream event")
     if "error" in payload or payload.get("object") == "error":
-        raise UpstreamError(f"upstream failed mid-stream: {_error_message(payload) or 'unknown error'}")
+        return StreamChunk(error=_error_message(payload) or "unknown error")
     text = reasoning = ""
     finish: FinishReason | None = None
     choices = payload.get("choices")
@@ -189,9 +191,16 @@ def parse_chunk(data: str) -> StreamChunk:
     return StreamChunk(text=text, finish_reason=finish, usage=counts, reasoning=reasoning)
 
 
-def _retry_after(headers: httpx.Headers) -> int | None:
+def _retry_after(headers: httpx.Headers, max_s: int) -> int | None:
+    """Delay seconds clamped to ``1..max_s`` (an upstream's ``99999999999`` is not passed on);
+    an HTTP date or anything else is ignored."""
     value = headers.get("retry-after", "").strip()
-    return max(0, int(value)) if value.isdigit() else None
+    # isascii: "²".isdigit() is true and int() refuses it.
+    if not (value.isascii() and value.isdigit()):
+        return None
+    digits = value.lstrip("0") or "0"
+    # A long digit string is huge: no int() of it (Python refuses past 4300 digits).
+    return max_s if len(digits) > len(str(max_s)) else min(max(1, int(digits)), max_s)
 
 
 def _body_message(body: bytes) -> str:
@@ -201,28 +210,35 @@ def _body_message(body: bytes) -> str:
         return body.decode("utf-8", "replace").strip()[:_MAX_MESSAGE]
 
 
-def error_for_status(status: int, headers: httpx.Headers, body: bytes, upstream: str) -> GlimpseError:
-    """The Glimpse error for a non-200 upstream answer; the client's fault keeps the upstream's words."""
+def error_for_status(
+    status: int, headers: httpx.Headers, body: bytes, upstream: str, *, max_retry_after_s: int = 60
+) -> GlimpseError:
+    """The Glimpse error for a non-200 upstream answer.
+
+    The client's fault (4xx) keeps the upstream's words, which tell the client what to
+    fix; the upstream's own failure (5xx, a 404 that is no missing model) is summarised
+    by its status, and its body only logged: a traceback with paths and environment
+    variable names once reached a client verbatim.
+    """
     message = _body_message(body)
-    retry_after = _retry_after(headers)
+    retry_after = _retry_after(headers, max_retry_after_s)
     if status in (401, 403):
-        logger.error("upstream %s rejected our credentials (%d): %s", upstream, status, message)
+        logger.error("upstream %s rejected our credentials (%d): %r", upstream, status, message)
         return UpstreamError("the upstream server rejected Glimpse's credentials")
-    if status == 404:
-        if "model" in message.lower():
-            return ModelNotFound(message)
-        return UpstreamError(f"upstream answered 404: {message or 'not found'}")
+    if status == 404 and "model" in message.lower():
+        return ModelNotFound(message)
     if status == 413:
         return RequestTooLarge(message or "request too large for the upstream server")
     if status == 429:
         return RateLimited(message or "the upstream server is rate limiting", retry_after=retry_after)
+    if 400 <= status < 500 and status not in (404, 408):
+        return InvalidRequest(message or f"upstream rejected the request ({status})")
+    logger.warning("upstream %s answered %d: %r", upstream, status, message)
     if status in (408, 504):
         return UpstreamTimeout(f"upstream timed out ({status})")
-    if 400 <= status < 500:
-        return InvalidRequest(message or f"upstream rejected the request ({status})")
     if status == 503:
-        return Overloaded(f"upstream unavailable: {message or 'busy'}", retry_after=retry_after or 1)
-    return UpstreamError(f"upstream failed ({status}): {message or 'no detail'}")
+        return Overloaded("upstream unavailable (503)", retry_after=retry_after or 1)
+    return UpstreamError(f"upstream failed ({status})")
 
 
 def resolve_model(ours: str, theirs: Sequence[str]) -> str | None:

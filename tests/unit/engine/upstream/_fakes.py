@@ -9,7 +9,9 @@ from typing import Any
 
 import httpx
 
+from glimpse.config import EngineSettings
 from glimpse.engine.protocol import ChatMessage, GenerationRequest, SamplingParams, TextPart
+from glimpse.engine.upstream import UpstreamEngine, UpstreamOptions
 
 
 class FakeClock:
@@ -99,6 +101,8 @@ class FakeUpstream:
         self.paths: list[str] = []
         self.streams: list[ScriptedStream] = []
         self.chat: ChatHandler = self.default_chat
+        #: When set, ``/v1/models`` answers 200 with this body instead of the model list.
+        self.models_stream: httpx.AsyncByteStream | None = None
 
     async def default_chat(self, request: httpx.Request, body: dict[str, Any]) -> httpx.Response:
         return self.stream(answer("Hello", " from ", self.host, usage=(11, 3)))
@@ -121,6 +125,8 @@ class FakeUpstream:
             raise httpx.ConnectError("connection refused", request=request)
         if request.url.path == "/health":
             return httpx.Response(self.health_status)
+        if request.url.path == "/v1/models" and self.models_stream is not None:
+            return httpx.Response(200, stream=self.models_stream)
         if request.url.path == "/v1/models":
             return httpx.Response(
                 200, json={"object": "list", "data": [{"id": m, "object": "model"} for m in self.models]}
@@ -174,3 +180,67 @@ async def wait_until(predicate: Callable[[], bool], within: float = 2.0) -> None
     async with asyncio.timeout(within):
         while not predicate():  # noqa: ASYNC110
             await asyncio.sleep(0.001)
+
+
+HOSTS = ("a", "b", "c")
+
+
+class Harness:
+    def __init__(self, hosts=HOSTS, **options) -> None:
+        self.cluster = Cluster(*hosts)
+        self.clock = FakeClock()
+        self.metrics = RecordingMetrics()
+        self.client = httpx.AsyncClient(transport=self.cluster.transport)
+        settings = EngineSettings(
+            kind="upstream",
+            model="GLM-Test",
+            upstreams=tuple(f"http://{h}:8000" for h in hosts),
+            upstream_api_key="secret-key",
+        )
+        opts = {"health_interval_s": 3600, "failure_threshold": 2, "cooldown_s": 10} | options
+        self.engine = UpstreamEngine(
+            settings,
+            http_client=self.client,
+            metrics_hook=self.metrics,
+            clock=self.clock,
+            options=UpstreamOptions(**opts),
+        )
+
+    def __getitem__(self, host):
+        return self.cluster[host]
+
+    def upstream(self, host):
+        return next(u for u in self.engine.upstreams if u.name == f"http://{host}:8000")
+
+    def chat_attempts(self):
+        return {h: u.chat_attempts for h, u in self.cluster.upstreams.items()}
+
+
+async def collect(engine, request):
+    return [event async for event in engine.submit(request)]
+
+
+def text_of(events):
+    return "".join(e.text for e in events)
+
+
+class Flood(httpx.AsyncByteStream):
+    """``head``, then ``count`` copies of ``piece``, made lazily; ``sent`` counts what was taken."""
+
+    def __init__(self, piece: bytes, count: int, head: bytes = b"") -> None:
+        self.piece = piece
+        self.count = count
+        self.head = head
+        self.sent = 0
+        self.closed = False
+
+    async def __aiter__(self):  # type: ignore[override]
+        if self.head:
+            self.sent += len(self.head)
+            yield self.head
+        for _ in range(self.count):
+            self.sent += len(self.piece)
+            yield self.piece
+
+    async def aclose(self) -> None:
+        self.closed = True

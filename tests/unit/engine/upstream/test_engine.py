@@ -19,40 +19,20 @@ from glimpse.errors import (
     UpstreamTimeout,
 )
 
-from ._fakes import DONE, Cluster, FakeClock, RecordingMetrics, answer, chunk, make_request, wait_until
-
-HOSTS = ("a", "b", "c")
-
-
-class Harness:
-    def __init__(self, hosts=HOSTS, **options) -> None:
-        self.cluster = Cluster(*hosts)
-        self.clock = FakeClock()
-        self.metrics = RecordingMetrics()
-        self.client = httpx.AsyncClient(transport=self.cluster.transport)
-        settings = EngineSettings(
-            kind="upstream",
-            model="GLM-Test",
-            upstreams=tuple(f"http://{h}:8000" for h in hosts),
-            upstream_api_key="secret-key",
-        )
-        opts = {"health_interval_s": 3600, "failure_threshold": 2, "cooldown_s": 10} | options
-        self.engine = UpstreamEngine(
-            settings,
-            http_client=self.client,
-            metrics_hook=self.metrics,
-            clock=self.clock,
-            options=UpstreamOptions(**opts),
-        )
-
-    def __getitem__(self, host):
-        return self.cluster[host]
-
-    def upstream(self, host):
-        return next(u for u in self.engine.upstreams if u.name == f"http://{host}:8000")
-
-    def chat_attempts(self):
-        return {h: u.chat_attempts for h, u in self.cluster.upstreams.items()}
+from ._fakes import (
+    DONE,
+    HOSTS,
+    Cluster,
+    FakeClock,
+    Harness,
+    RecordingMetrics,
+    answer,
+    chunk,
+    collect,
+    make_request,
+    text_of,
+    wait_until,
+)
 
 
 @pytest.fixture
@@ -71,14 +51,6 @@ async def h1():
     yield harness
     await harness.engine.stop()
     await harness.client.aclose()
-
-
-async def collect(engine, request):
-    return [event async for event in engine.submit(request)]
-
-
-def text_of(events):
-    return "".join(e.text for e in events)
 
 
 async def test_is_an_engine_and_streams_an_answer(h):
@@ -152,20 +124,24 @@ async def test_failover_on_connection_error_before_first_byte(h):
     assert h.upstream("a").breaker.consecutive_failures == 1
 
 
-async def test_failover_on_503_but_not_on_500(h):
+async def test_failover_on_503_and_on_500(h):
     async def unavailable(request, body):
         return httpx.Response(503, json={"error": {"message": "loading"}})
 
     h["a"].chat = unavailable
     assert text_of(await collect(h.engine, make_request("r1"))) == "Hello from b"
+    assert h.upstream("a").breaker.consecutive_failures == 1  # busy is its own state
 
     async def broken(request, body):
         return httpx.Response(500, json={"error": {"message": "boom"}})
 
+    h["a"].chat = h["a"].default_chat
     h["c"].chat = broken  # the rotation starts at c now
-    with pytest.raises(UpstreamError, match="boom"):
-        await collect(h.engine, make_request("r2"))
-    assert h.chat_attempts() == {"a": 1, "b": 1, "c": 1}
+    assert text_of(await collect(h.engine, make_request("r2"))) == "Hello from a"
+    assert h.chat_attempts() == {"a": 2, "b": 1, "c": 1}
+    # `a` served what `c` failed: c's 500 was its own fault.
+    assert h.upstream("c").breaker.consecutive_failures == 1
+    assert h.upstream("c").last_error == "upstream failed (500)"
 
 
 async def test_no_retry_after_the_first_byte(h):
@@ -187,9 +163,12 @@ async def test_error_event_mid_stream_is_not_retried(h):
         return h["a"].stream([chunk("x"), b'data: {"error": {"message": "engine crashed"}}\n\n', DONE])
 
     h["a"].chat = error_event
-    with pytest.raises(UpstreamError, match="engine crashed"):
+    with pytest.raises(UpstreamError, match="failed during the answer") as info:
         await collect(h.engine, make_request())
+    assert "engine crashed" not in info.value.message  # the upstream's words are logged, not relayed
     assert h.chat_attempts() == {"a": 1, "b": 0, "c": 0}
+    # After text went out, whose fault it was cannot be told: no verdict either way.
+    assert h.upstream("a").breaker.consecutive_failures == 0
 
 
 async def test_connection_break_before_any_text_is_retried(h):
@@ -258,14 +237,24 @@ async def test_all_upstreams_busy_is_overloaded(h):
     assert info.value.retry_after == 2
 
 
-async def test_read_timeout_is_upstream_timeout_without_retry(h):
+async def test_read_timeout_after_the_first_token_is_upstream_timeout_without_retry(h):
     async def slow(request, body):
-        return h["a"].stream([], after=[httpx.ReadTimeout("read timed out")])
+        return h["a"].stream([chunk("x")], after=[httpx.ReadTimeout("read timed out")])
 
     h["a"].chat = slow
     with pytest.raises(UpstreamTimeout):
         await collect(h.engine, make_request())
     assert h.chat_attempts() == {"a": 1, "b": 0, "c": 0}
+    assert h.upstream("a").breaker.consecutive_failures == 1
+
+
+async def test_read_timeout_before_the_first_token_is_retried_once(h):
+    async def silent(request, body):
+        return h["a"].stream([], after=[httpx.ReadTimeout("read timed out")])
+
+    h["a"].chat = silent
+    assert text_of(await collect(h.engine, make_request())) == "Hello from b"
+    assert h.upstream("a").breaker.consecutive_failures == 1  # b answered: a's silence was a's
 
 
 async def test_circuit_opens_skips_upstream_then_half_open_trial_closes_it(h):
