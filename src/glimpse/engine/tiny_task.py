@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw
 
 __all__ = [
     "COLORS",
+    "FORMATS",
     "POSITIONS",
     "SHAPES",
     "TASKS",
@@ -30,6 +31,7 @@ __all__ = [
     "Question",
     "Turn",
     "Sample",
+    "answer",
     "ask",
     "draw",
     "encode",
@@ -261,6 +263,27 @@ def _centres(picture: Picture, size: float, rng: random.Random) -> list[tuple[fl
         half = size / 2
 
 
+def _size(picture: Picture, rng: random.Random) -> float:
+    """The shapes' size: from 1/8 of the short side; 40 % of the pictures show big shapes.
+
+    Big shapes fill much of the picture, so that even a model that has not yet learnt
+    where to look sees their colour; the others teach it to find small ones.
+    """
+    short = min(picture.width, picture.height)
+    big = rng.random() < 0.4
+    if picture.count == 1:
+        size = rng.uniform(0.45, 0.85) if big else rng.uniform(0.125, 0.45)
+        room = {
+            "left": picture.width,
+            "right": picture.width,
+            "top": picture.height,
+            "bottom": picture.height,
+        }
+        return min(size * short, 0.4 * room.get(picture.position or "", 10 * short))
+    high = {2: 0.3, 3: 0.24, 4: 0.22}[picture.count]
+    return (rng.uniform(high, high * 1.5) if big else rng.uniform(0.125, high)) * short
+
+
 def draw(picture: Picture) -> Image.Image:
     """Render ``picture`` (deterministic for its seed) as an RGB image."""
     rng = random.Random(picture.seed)
@@ -268,9 +291,7 @@ def draw(picture: Picture) -> Image.Image:
     rgb = tuple(max(0, min(255, c + rng.randint(-18, 18))) for c in base)
     background = _background(base, rng)
     image = Image.new("RGB", (picture.width, picture.height), background)
-    short = min(picture.width, picture.height)
-    low, high = (0.16, 0.45) if picture.count == 1 else (0.125, 0.3 if picture.count == 2 else 0.24)
-    size = rng.uniform(low, high) * short
+    size = _size(picture, rng)
     canvas = ImageDraw.Draw(image)
     for x, y in _centres(picture, size, rng):
         half = size / 2
