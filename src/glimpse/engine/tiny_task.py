@@ -36,6 +36,7 @@ __all__ = [
     "draw",
     "encode",
     "grade",
+    "make_easy_sample",
     "make_sample",
     "random_picture",
 ]
@@ -102,6 +103,8 @@ class Picture:
     width: int
     height: int
     seed: int
+    #: draw the shape big (most of the picture): the easy pictures training starts with
+    big: bool = False
 
 
 @dataclass(slots=True, frozen=True)
@@ -270,7 +273,7 @@ def _size(picture: Picture, rng: random.Random) -> float:
     where to look sees their colour; the others teach it to find small ones.
     """
     short = min(picture.width, picture.height)
-    big = rng.random() < 0.4
+    big = rng.random() < 0.4 or picture.big
     if picture.count == 1:
         size = rng.uniform(0.45, 0.85) if big else rng.uniform(0.125, 0.45)
         room = {
@@ -349,6 +352,19 @@ def make_sample(rng: random.Random, *, max_turns: int = 4, two_images: float = 0
         sample.formats.append(rng.choice(FORMATS))
         sample.qualities.append(rng.randint(60, 95))
     return sample
+
+
+def make_easy_sample(rng: random.Random) -> Sample:
+    """One big shape and one question about its colour or kind: what training starts with.
+
+    Its answer depends on most of the picture, so a model still learning where to
+    look gets a strong signal to look at the image at all.
+    """
+    pic = random_picture(rng, count=1)
+    pic = Picture(pic.color, pic.shape, 1, pic.position, pic.width, pic.height, pic.seed, big=True)
+    task: Task = "color" if rng.random() < 0.7 else "shape"
+    question = ask(task, rng.choice(("en", "zh")), rng)
+    return Sample([pic], [Turn(question, answer(pic, task, question.lang))], [rng.choice(FORMATS)], [90])
 
 
 _WORDS: dict[tuple[str, Lang], dict[str, str]] = {

@@ -41,9 +41,11 @@ class TrainConfig:
 
     seed: int = 0
     samples: int = 5000
+    #: conversations about one big shape's colour or kind, trained on once before the others
+    easy_samples: int = 1500
     epochs: int = 7
     batch_size: int = 16
-    lr: float = 4e-3
+    lr: float = 1.2e-3
     warmup_steps: int = 50
     weight_decay: float = 0.01
     threads: int = 2
@@ -64,10 +66,11 @@ class TrainConfig:
     vision_ffn: int = 192
 
     def check(self) -> None:
-        positive = [f.name for f in dataclasses.fields(self) if f.name not in ("seed", "eval_seed", "lr")]
-        for name in positive:
-            if getattr(self, name) <= 0 and name != "warmup_steps" and name != "weight_decay":
-                raise TrainingError(f"training config: {name} must be positive, got {getattr(self, name)}")
+        may_be_zero = ("seed", "eval_seed", "lr", "warmup_steps", "weight_decay", "easy_samples")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value < 0 or (value == 0 and f.name not in may_be_zero):
+                raise TrainingError(f"training config: {f.name} must be positive, got {value}")
         if not 0 < self.lr < 1:
             raise TrainingError(f"training config: lr must be between 0 and 1, got {self.lr}")
         if self.text_hidden % self.text_heads or self.text_heads % self.text_kv_heads:
@@ -240,9 +243,9 @@ def train(directory: Path, config: TrainConfig, command: str = "") -> dict[str, 
     import torch
     from rich.progress import Progress
 
-    from glimpse.engine.tiny_data import collate, encode_sample
+    from glimpse.engine.tiny_data import encode_sample
     from glimpse.engine.tiny_eval import evaluate, format_table
-    from glimpse.engine.tiny_task import make_sample
+    from glimpse.engine.tiny_task import make_easy_sample, make_sample
 
     target = _writable_target(directory)
     started, cpu_started = time.monotonic(), time.process_time()
@@ -252,40 +255,22 @@ def train(directory: Path, config: TrainConfig, command: str = "") -> dict[str, 
     rng = random.Random(config.seed)
     pad_id = int(processor.tokenizer.pad_token_id)
     with Progress(transient=False) as progress:
-        prepare = progress.add_task("preparing conversations", total=config.samples)
-        data = []
-        for _ in range(config.samples):
-            data.append(encode_sample(processor, make_sample(rng), rng))
+        prepare = progress.add_task("preparing conversations", total=config.samples + config.easy_samples)
+        easy: list[Any] = []
+        data: list[Any] = []
+        for i in range(config.easy_samples + config.samples):
+            sample = make_easy_sample(rng) if i < config.easy_samples else make_sample(rng)
+            (easy if i < config.easy_samples else data).append(encode_sample(processor, sample, rng))
             progress.advance(prepare)
-        steps_per_epoch = len(data) // config.batch_size
-        total = steps_per_epoch * config.epochs
-        optimizer = torch.optim.AdamW(
-            model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.98)
-        )
-        bar = progress.add_task("training", total=total)
-        model.train()
-        step = 0
-        losses: list[float] = []
+        batches = [rng.sample(easy, len(easy))]
         for _epoch in range(config.epochs):
-            order = list(range(len(data)))
-            rng.shuffle(order)
-            for b in range(steps_per_epoch):
-                batch = collate(
-                    [data[i] for i in order[b * config.batch_size : (b + 1) * config.batch_size]], pad_id
-                )
-                for group in optimizer.param_groups:
-                    group["lr"] = _lr_at(step, total, config)
-                loss = model(**batch).loss
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                losses.append(float(loss.detach()))
-                step += 1
-                recent = sum(losses[-20:]) / len(losses[-20:])
-                progress.update(bar, advance=1, description=f"training (loss {recent:.3f})")
-                if not progress.console.is_terminal and step % max(1, total // 20) == 0:
-                    progress.console.print(f"step {step}/{total} loss {recent:.3f}")
+            batches.append(rng.sample(data, len(data)))
+        plan = [
+            epoch[b * config.batch_size : (b + 1) * config.batch_size]
+            for epoch in batches
+            for b in range(len(epoch) // config.batch_size)
+        ]
+        losses = _fit(model, plan, config, pad_id, progress)
     train_seconds, cpu_seconds = time.monotonic() - started, time.process_time() - cpu_started
     model.eval()
     table = evaluate(model, processor, seed=config.eval_seed, per_cell=config.eval_per_cell)
@@ -297,7 +282,7 @@ def train(directory: Path, config: TrainConfig, command: str = "") -> dict[str, 
         "train_seconds": round(train_seconds, 1),
         "train_cpu_seconds": round(cpu_seconds, 1),
         "final_loss": round(sum(losses[-20:]) / max(1, len(losses[-20:])), 4),
-        "steps": total,
+        "steps": len(losses),
         "parameters": sum(p.numel() for p in model.parameters()),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "versions": {"torch": torch.__version__, "transformers": _version("transformers")},
@@ -305,6 +290,35 @@ def train(directory: Path, config: TrainConfig, command: str = "") -> dict[str, 
     }
     _save(model, processor, target, manifest)
     return manifest
+
+
+def _fit(model: Any, plan: list[list[Any]], config: TrainConfig, pad_id: int, progress: Any) -> list[float]:
+    """One optimizer step per batch of ``plan``; returns the losses."""
+    import torch
+
+    from glimpse.engine.tiny_data import collate
+
+    total = len(plan)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.98)
+    )
+    bar = progress.add_task("training", total=total)
+    model.train()
+    losses: list[float] = []
+    for step, chunk in enumerate(plan):
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(step, total, config)
+        loss = model(**collate(chunk, pad_id)).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        recent = sum(losses[-20:]) / len(losses[-20:])
+        progress.update(bar, advance=1, description=f"training (loss {recent:.3f})")
+        if not progress.console.is_terminal and (step + 1) % max(1, total // 20) == 0:
+            progress.console.print(f"step {step + 1}/{total} loss {recent:.3f}")
+    return losses
 
 
 def _version(package: str) -> str:
