@@ -27,8 +27,9 @@ _console = Console(stderr=True, highlight=False)
 
 _TINY_BANNER = (
     "[bold yellow]" + "!" * 72 + "\n"
-    "  Serving Glimpse's TINY test model: a real GLM-4.6V architecture with RANDOM weights.\n"
-    "  Its answers are meaningless. It exists to try and test the service offline.\n"
+    "  Serving Glimpse's TINY test model: a real GLM-4.6V architecture, about 1 M parameters,\n"
+    "  trained only to answer questions about pictures of coloured shapes. It is NOT GLM-4.6V:\n"
+    "  it exists to try and test the service offline; other questions get nonsense.\n"
     "  For real answers: glimpse serve --model zai-org/GLM-4.6V-Flash (or a local copy).\n" + "!" * 72 + "[/]"
 )
 
