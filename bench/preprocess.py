@@ -20,7 +20,7 @@ from transformers import AutoProcessor
 
 from glimpse.engine.hf import _chat_messages
 from glimpse.engine.protocol import ChatMessage, GenerationRequest, ImagePart, TextPart
-from glimpse.engine.tiny_model import ensure_tiny_model
+from glimpse.engine.tiny_model import ensure_random_tiny_model
 
 
 def main() -> None:
@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--side", type=int, default=1024)
     parser.add_argument("--images", type=int, default=32)
     args = parser.parse_args()
-    processor = AutoProcessor.from_pretrained(ensure_tiny_model(Path("/tmp/glimpse-bench-tiny")))
+    processor = AutoProcessor.from_pretrained(ensure_random_tiny_model(Path("/tmp/glimpse-bench-tiny")))
     rng = np.random.default_rng(0)
     jpegs = []
     for _ in range(args.images):

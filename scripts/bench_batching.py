@@ -53,9 +53,9 @@ def _sync(device: torch.device) -> None:
 def _tiny(side: int, directory: Path | None) -> tuple[Any, dict[str, torch.Tensor]]:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from glimpse.engine.tiny_model import ensure_tiny_model
+    from glimpse.engine.tiny_model import ensure_random_tiny_model
 
-    directory = ensure_tiny_model(directory)
+    directory = ensure_random_tiny_model(directory)
     processor = AutoProcessor.from_pretrained(directory)
     model = AutoModelForImageTextToText.from_pretrained(directory).eval()
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (side, side, 3), dtype=np.uint8))

@@ -1,4 +1,4 @@
-"""The ``glimpse`` command: serve, ask, make-tiny-model, settings (and bench / batch).
+"""The ``glimpse`` command: serve, ask, make-tiny-model, train-tiny, settings (and bench / batch).
 
 This is the only place that turns command-line flags into a ``Settings``; flags
 override ``GLIMPSE_*`` environment variables, which override the defaults.
@@ -28,8 +28,9 @@ _console = Console(stderr=True, highlight=False)
 
 _TINY_BANNER = (
     "[bold yellow]" + "!" * 72 + "\n"
-    "  Serving Glimpse's TINY test model: a real GLM-4.6V architecture with RANDOM weights.\n"
-    "  Its answers are meaningless. It exists to try and test the service offline.\n"
+    "  Serving Glimpse's TINY test model: a real GLM-4.6V architecture, about 1 M parameters,\n"
+    "  trained only to answer questions about pictures of coloured shapes. It is NOT GLM-4.6V:\n"
+    "  it exists to try and test the service offline; other questions get nonsense.\n"
     "  For real answers: glimpse serve --model zai-org/GLM-4.6V-Flash (or a local copy).\n" + "!" * 72 + "[/]"
 )
 
@@ -83,6 +84,22 @@ def _add_make_tiny(sub: Any) -> None:
     p.set_defaults(func=_make_tiny)
 
 
+def _add_train_tiny(sub: Any) -> None:
+    p = sub.add_parser(
+        "train-tiny",
+        help="Train the tiny GLM-4.6V test model on the shapes task (the one --model tiny serves).",
+        description="Train the tiny GLM-4.6V test model from scratch on generated pictures of coloured "
+        "shapes, print the held-out accuracy table and write the checkpoint with MANIFEST.json.",
+    )
+    p.add_argument("directory", type=Path, help="Directory to write (replaced if it holds a tiny model).")
+    p.add_argument("--config", type=Path, help="JSON file of training settings (see TrainConfig).")
+    p.add_argument("--seed", type=int, help="Random seed (default 0).")
+    p.add_argument("--samples", type=int, help="Training conversations generated.")
+    p.add_argument("--epochs", type=int, help="Passes over them.")
+    p.add_argument("--threads", type=int, help="torch threads (default 2; the weights depend on it).")
+    p.set_defaults(func=_train_tiny)
+
+
 def _add_settings(sub: Any) -> None:
     p = sub.add_parser("settings", help="List every setting with its GLIMPSE_* variable and default.")
     p.set_defaults(func=_settings_table)
@@ -109,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"glimpse {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_serve, _add_ask, _add_make_tiny, _add_settings, _add_audit, _add_client_commands):
+    adders = (_add_serve, _add_ask, _add_make_tiny, _add_train_tiny, _add_settings, _add_audit)
+    for add in (*adders, _add_client_commands):
         add(sub)
     return parser
 
@@ -251,14 +269,31 @@ def _ask(args: argparse.Namespace) -> int:
 
 
 def _make_tiny(args: argparse.Namespace) -> int:
-    from glimpse.engine.tiny_model import build_full_size_model, build_tiny_model
+    from glimpse.engine.tiny_model import build_full_size_model, build_random_tiny_model
 
     if args.full_size:
         directory = build_full_size_model(args.directory)
         _console.print(f"Wrote a full-size random-weight GLM-4.6V-Flash model to {escape(str(directory))}")
         return 0
-    directory = build_tiny_model(args.directory)
+    directory = build_random_tiny_model(args.directory)
     _console.print(f"Wrote the tiny random-weight GLM-4.6V model to {escape(str(directory))}")
+    return 0
+
+
+def _train_tiny(args: argparse.Namespace) -> int:
+    import shlex
+
+    from glimpse.engine.tiny_train import TrainingError, load_config, train
+
+    try:
+        config = load_config(
+            args.config, seed=args.seed, samples=args.samples, epochs=args.epochs, threads=args.threads
+        )
+        train(args.directory, config, command=shlex.join(["glimpse", *sys.argv[1:]]))
+    except TrainingError as exc:
+        _console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        return 2
+    _console.print(f"Wrote the trained tiny model to {escape(str(args.directory))}")
     return 0
 
 

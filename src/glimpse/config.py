@@ -70,7 +70,8 @@ class EngineSettings(BaseModel):
     )
     model: str = Field(
         DEFAULT_MODEL,
-        description="Hugging Face model id or local directory; 'tiny' builds the random-weight test model.",
+        description="Hugging Face model id or local directory; 'tiny' is the shipped tiny test model "
+        "(trained on coloured shapes only).",
     )
     served_model_name: str | None = Field(
         None,
@@ -92,7 +93,9 @@ class EngineSettings(BaseModel):
         "a request's chat_template_kwargs override them.",
     )
     tiny_model_dir: Path | None = Field(
-        None, description="Where 'tiny' is built and cached (default: ~/.cache/glimpse/tiny-glm46v)."
+        None,
+        description="A tiny checkpoint that 'tiny' serves instead of the shipped one "
+        "(written by glimpse train-tiny or make-tiny-model).",
     )
     warmup: bool = Field(True, description="Run one generation at start-up before /readyz turns 200.")
     max_batch_size: int = Field(16, ge=1, description="Most sequences decoded together in one step.")

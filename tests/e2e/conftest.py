@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from tests.e2e.harness import GlimpseServer
 
-from glimpse.engine.tiny_model import ensure_tiny_model
+from glimpse.engine.tiny_model import ensure_random_tiny_model
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -19,8 +19,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model, built once per test session and shared by every server."""
-    return ensure_tiny_model(tmp_path_factory.mktemp("models") / "tiny-glm46v")
+    """The tiny random-weight model, built once per test session and shared by the servers that
+    test the batching machinery (long, varied answers); ``seeing_server`` serves the trained one."""
+    return ensure_random_tiny_model(tmp_path_factory.mktemp("models") / "tiny-glm46v")
 
 
 @pytest.fixture(scope="session")
@@ -42,6 +43,20 @@ def tiny_server(
         yield server
     # Everything the e2e tests did to it (bad inputs, hang-ups, cancellations, a clean
     # SIGTERM at the end) must leave no traceback behind: those are bugs, not noise.
+    text = log.read_text(errors="replace")
+    assert "Traceback" not in text, text[text.index("Traceback") - 300 :][:4000]
+
+
+@pytest.fixture(scope="session")
+def seeing_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GlimpseServer]:
+    """``glimpse serve --model tiny`` on the shipped trained checkpoint, continuous batching on."""
+    log = tmp_path_factory.mktemp("logs") / "seeing_server.log"
+    env = {
+        "GLIMPSE_OBS__LOG_LEVEL": "INFO",
+        "GLIMPSE_GUARD__AUDIT_LOG_PATH": str(tmp_path_factory.mktemp("audit") / "audit.sqlite3"),
+    }
+    with GlimpseServer(["--model", "tiny", "--max-batch-size", "8"], env=env, log_path=log) as server:
+        yield server
     text = log.read_text(errors="replace")
     assert "Traceback" not in text, text[text.index("Traceback") - 300 :][:4000]
 

@@ -17,7 +17,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from glimpse.config import EngineSettings
 from glimpse.engine.hf import HFEngine
 from glimpse.engine.protocol import ChatMessage, GenerationRequest, ImagePart, SamplingParams, TextPart
-from glimpse.engine.tiny_model import ensure_tiny_model
+from glimpse.engine.tiny_model import ensure_random_tiny_model
 
 pytestmark = pytest.mark.gpu
 
@@ -35,7 +35,7 @@ def _reference(model_dir, image: Image.Image, question: str, max_new_tokens: int
 
 @pytest.mark.parametrize("cuda_graphs", [False, True], ids=["eager", "cuda-graphs"])
 def test_batched_greedy_answers_on_the_gpu_equal_generate(tmp_path, cuda_graphs):
-    model_dir = ensure_tiny_model(tmp_path / "tiny")
+    model_dir = ensure_random_tiny_model(tmp_path / "tiny")
     images = [
         Image.open(io.BytesIO(png_bytes((40 + 30 * i, 64), (i * 30, 90, 200)))).convert("RGB")
         for i in range(6)

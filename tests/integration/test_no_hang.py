@@ -170,9 +170,9 @@ async def test_typed_image_placeholders_with_an_image_are_answered_and_leave_not
 ):
     from glimpse.config import EngineSettings
     from glimpse.engine.hf import HFEngine
-    from glimpse.engine.tiny_model import ensure_tiny_model
+    from glimpse.engine.tiny_model import ensure_random_tiny_model
 
-    directory = ensure_tiny_model(tmp_path_factory.mktemp("tiny") / "glm46v")
+    directory = ensure_random_tiny_model(tmp_path_factory.mktemp("tiny") / "glm46v")
     engine = HFEngine(EngineSettings(model=str(directory), device="cpu", warmup=False))
     url = f"data:image/png;base64,{png_b64()}"
 

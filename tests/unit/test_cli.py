@@ -7,7 +7,7 @@ import gc
 import pytest
 
 from glimpse.cli import main
-from glimpse.engine.tiny_model import build_tiny_model
+from glimpse.engine.tiny_model import build_random_tiny_model
 
 
 def _err(capsys: pytest.CaptureFixture[str]) -> str:
@@ -42,9 +42,41 @@ def test_make_tiny_model_refuses_a_file(tmp_path, capsys):
     assert "is a file" in _err(capsys)
 
 
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ('{"samples": -5}', "samples must be positive"),
+        ('{"learning_rate": 0.1}', "unknown setting(s) learning_rate"),
+        ('{"lr": "fast"}', "lr must be a number"),
+        ('{"text_hidden": 100, "text_heads": 3}', "text_hidden must divide by text_heads"),
+        ("[1, 2]", "expected a JSON object"),
+        ("{not json", "cannot read the training config"),
+    ],
+)
+def test_train_tiny_refuses_a_bad_config_in_one_line(tmp_path, capsys, config, message):
+    path = tmp_path / "train.json"
+    path.write_text(config)
+    assert main(["train-tiny", str(tmp_path / "out"), "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in " ".join(err.split())
+    assert len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_tiny_refuses_an_unwritable_folder_in_one_line(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["train-tiny", str(blocker / "model"), "--samples", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write the trained model" in " ".join(err.split())
+    assert len(err.strip().splitlines()) == 1, err
+    assert main(["train-tiny", str(tmp_path), "--epochs", "0"]) == 2
+    assert "epochs must be positive" in _err(capsys)
+
+
 @pytest.mark.slow
 def test_make_tiny_model_rebuilds_its_own_folder(tmp_path):
-    folder = build_tiny_model(tmp_path / "tiny")
+    folder = build_random_tiny_model(tmp_path / "tiny")
     assert main(["make-tiny-model", str(folder)]) == 0
     assert (folder / "config.json").is_file()
 

@@ -1,7 +1,7 @@
 """Find and load a Hugging Face image-text-to-text model with the Auto classes.
 
 The same code path serves the real GLM-4.6V-Flash checkpoint, any other
-image-text-to-text model, and the project's tiny random-weight model, so tests
+image-text-to-text model, and the project's tiny models, so tests
 exercise exactly what production runs. Failures become one ``ModelLoadError``
 whose message says what was tried and how to fix it, because the person reading
 it is an operator at a terminal, not a developer reading a traceback.
@@ -42,11 +42,16 @@ class LoadedModel:
 
 
 def resolve_model_path(settings: EngineSettings) -> tuple[str, bool]:
-    """Return (path or hub id to load, whether it is the tiny model); builds tiny on first use."""
-    if settings.model == TINY_MODEL:
-        from glimpse.engine.tiny_model import ensure_tiny_model
+    """Return (path or hub id to load, whether it is the tiny model).
 
-        return str(ensure_tiny_model(settings.tiny_model_dir)), True
+    ``tiny`` is the trained checkpoint shipped in the package, or the one in
+    ``tiny_model_dir`` when that is set (a model ``glimpse train-tiny`` or
+    ``glimpse make-tiny-model`` wrote there).
+    """
+    if settings.model == TINY_MODEL:
+        from glimpse.engine.tiny_model import shipped_tiny_model_dir
+
+        return str(settings.tiny_model_dir or shipped_tiny_model_dir()), True
     return settings.model, False
 
 

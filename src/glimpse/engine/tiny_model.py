@@ -1,6 +1,13 @@
-"""Build a tiny, random-weight model of the real GLM-4.6V architecture, offline.
+"""The tiny models of the real GLM-4.6V architecture: the shipped trained one, and random ones.
 
-No weights can be downloaded where Glimpse is developed and tested, yet every
+``--model tiny`` serves the checkpoint in ``tiny_weights/`` next to this module:
+trained offline on coloured shapes by ``glimpse train-tiny`` (see ``tiny_train``
+and its ``MANIFEST.json``), so its answers about such pictures are right or wrong.
+The rest of this module builds the random-weight models: a tiny one for fast
+tests of the batching machinery, and a full-size one for GPU benchmarks.
+
+
+Random models: no weights can be downloaded where Glimpse is developed and tested, yet every
 test must go through the same loading code as the real checkpoint. So this
 module writes a real ``Glm46VForConditionalGeneration`` checkpoint directory:
 a few small layers with seeded random weights, a byte-level BPE tokenizer trained
@@ -12,19 +19,24 @@ like any checkpoint. Its answers are meaningless by construction.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 __all__ = [
     "CHAT_TEMPLATE",
     "SPECIAL_TOKENS",
-    "build_tiny_model",
-    "default_tiny_model_dir",
-    "ensure_tiny_model",
+    "build_full_size_model",
+    "build_random_tiny_model",
+    "default_random_tiny_model_dir",
+    "ensure_random_tiny_model",
+    "shipped_tiny_model_dir",
+    "staged_directory",
 ]
 
 logger = logging.getLogger(__name__)
@@ -126,11 +138,16 @@ _VOCAB_SIZE = 1024
 _SEED = 1234
 
 
-def default_tiny_model_dir() -> Path:
-    return Path.home() / ".cache" / "glimpse" / "tiny-glm46v"
+def shipped_tiny_model_dir() -> Path:
+    """The trained tiny model that ships inside the package (what ``--model tiny`` serves)."""
+    return Path(__file__).parent / "tiny_weights"
 
 
-def _build_tokenizer(vocab_size: int | None = None) -> Any:
+def default_random_tiny_model_dir() -> Path:
+    return Path.home() / ".cache" / "glimpse" / "tiny-glm46v-random"
+
+
+def _build_tokenizer(vocab_size: int | None = None, extra_corpus: tuple[str, ...] = ()) -> Any:
     """A byte-level BPE tokenizer with GLM's special tokens; ``vocab_size`` pads it to a model's vocabulary.
 
     Padding matters for the full-size model: its 151,552 logits would otherwise mostly
@@ -150,7 +167,7 @@ def _build_tokenizer(vocab_size: int | None = None) -> Any:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    backend.train_from_iterator(_CORPUS.strip().splitlines() * 4, trainer=trainer)
+    backend.train_from_iterator(_CORPUS.strip().splitlines() * 4 + list(extra_corpus), trainer=trainer)
     if vocab_size is not None:
         backend = _pad_vocab(backend, vocab_size - len(SPECIAL_TOKENS))
     tokenizer = PreTrainedTokenizerFast(
@@ -191,7 +208,12 @@ _FULL_TEXT_CONFIG = {
 }
 
 
-def _model_config(tokenizer: Any, full_size: bool = False) -> Any:
+def _model_config(
+    tokenizer: Any,
+    full_size: bool = False,
+    text_config: dict[str, Any] | None = None,
+    vision_config: dict[str, Any] | None = None,
+) -> Any:
     from transformers import Glm46VConfig
 
     def tid(token: str) -> int:
@@ -199,10 +221,10 @@ def _model_config(tokenizer: Any, full_size: bool = False) -> Any:
 
     vocab_size = len(tokenizer)
     eos = [tid("<|endoftext|>"), tid("<|user|>"), tid("<|observation|>")]
-    text = _FULL_TEXT_CONFIG if full_size else {**_TEXT_CONFIG, "vocab_size": vocab_size}
+    text = _FULL_TEXT_CONFIG if full_size else {**(text_config or _TEXT_CONFIG), "vocab_size": vocab_size}
     return Glm46VConfig(
         text_config={**text, "eos_token_id": eos, "pad_token_id": eos[0]},
-        vision_config={} if full_size else _VISION_CONFIG,
+        vision_config={} if full_size else (vision_config or _VISION_CONFIG),
         image_token_id=tid("<|image|>"),
         video_token_id=tid("<|video|>"),
         image_start_token_id=tid("<|begin_of_image|>"),
@@ -214,8 +236,8 @@ def _model_config(tokenizer: Any, full_size: bool = False) -> Any:
     )
 
 
-def build_tiny_model(directory: Path) -> Path:
-    """Write the tiny checkpoint to ``directory`` (replaced if present) and return it."""
+def build_random_tiny_model(directory: Path) -> Path:
+    """Write the tiny random-weight checkpoint to ``directory`` (replaced if present) and return it."""
     return _build(Path(directory), full_size=False)
 
 
@@ -302,27 +324,37 @@ def _build(directory: Path, *, full_size: bool, device: str = "cpu") -> Path:
         video_processor=Glm46VVideoProcessor(),
         chat_template=CHAT_TEMPLATE,
     )
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    # Write next to the target and rename, so a half-built model is never loaded.
-    staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=directory.parent))
-    try:
+    note = {"warning": "random weights: answers are meaningless", "seed": _SEED, "full_size": full_size}
+    with staged_directory(directory) as staging:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
-        note = {"warning": "random weights: answers are meaningless", "seed": _SEED, "full_size": full_size}
         (staging / _MARKER).write_text(json.dumps(note) + "\n")
+    return directory
+
+
+@contextlib.contextmanager
+def staged_directory(directory: Path) -> Iterator[Path]:
+    """A folder beside ``directory`` to write a model into; it replaces ``directory`` once the block ends.
+
+    Written next to the target and renamed, so a half-written model is never loaded;
+    if the block fails, the target is left as it was and the staging folder removed.
+    """
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=directory.parent))
+    try:
+        yield staging
         if directory.exists():
             shutil.rmtree(directory)
         staging.rename(directory)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-    return directory
 
 
-def ensure_tiny_model(directory: Path | None = None) -> Path:
-    """Return the tiny model's directory, building it first if it is missing."""
-    target = Path(directory) if directory is not None else default_tiny_model_dir()
+def ensure_random_tiny_model(directory: Path | None = None) -> Path:
+    """Return the tiny random-weight model's directory, building it first if it is missing."""
+    target = Path(directory) if directory is not None else default_random_tiny_model_dir()
     if (target / _MARKER).is_file() and (target / "config.json").is_file():
         return target
     logger.info("building the tiny random-weight GLM-4.6V model in %s", target)
-    return build_tiny_model(target)
+    return build_random_tiny_model(target)

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 from tests.e2e.web.pagekit import (
-    DESKTOP,
-    PHONE,
-    REPO,
     answer_lengths,
     ask,
     capture_chat_streams,
@@ -208,36 +204,6 @@ def test_replace_and_remove_image(page: Any) -> None:
     page.click("#remove-btn")
     assert page.locator("#preview").is_hidden()
     assert page.locator("#dropzone").is_visible()
-
-
-def test_screenshots_desktop_and_phone(
-    page: Any, artifacts: Path, update_docs_screenshots: bool, page_log: Any
-) -> None:
-    choose_image(page, scene_png((640, 420)))
-    page.click("#settings summary")
-    page.fill("#max-tokens", "48")
-    page.dispatch_event("#max-tokens", "change")
-    ask(page, "What is in this picture?")
-    wait_answer_done(page, 1)
-    ask(page, "Is there a sun?")
-    wait_answer_done(page, 2)
-    page.click("#settings summary")  # closed again: the phone shot shows the conversation
-    page.mouse.move(0, 0)  # no hover highlight in the pictures
-    shots = {"desktop.png": DESKTOP, "phone.png": PHONE}
-    for name, viewport in shots.items():
-        page.set_viewport_size(viewport)
-        # Desktop: the top of the page. Phone: scrolled to the conversation and question box.
-        at_top = name == "desktop.png"
-        page.evaluate("(top) => window.scrollTo(0, top ? 0 : document.body.scrollHeight)", at_top)
-        path = artifacts / name
-        page.screenshot(path=str(path))
-        assert path.stat().st_size > 10_000
-        if update_docs_screenshots:
-            docs = REPO / "docs" / "screenshots"
-            docs.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, docs / name)
-    # At phone width nothing may stick out sideways.
-    assert page.evaluate("() => document.documentElement.scrollWidth") <= PHONE["width"]
 
 
 def test_a_thinking_models_reasoning_is_folded_above_the_answer(page: Any) -> None:

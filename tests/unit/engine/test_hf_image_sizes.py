@@ -12,7 +12,7 @@ from transformers import AutoProcessor
 from glimpse.config import EngineSettings
 from glimpse.engine.hf import HFEngine
 from glimpse.engine.protocol import ImageSizeCheck
-from glimpse.engine.tiny_model import ensure_tiny_model
+from glimpse.engine.tiny_model import ensure_random_tiny_model
 from glimpse.errors import RequestTooLarge
 
 CONTEXT = 8192
@@ -21,7 +21,7 @@ CONTEXT = 8192
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> HFEngine:
     """An HFEngine with the tiny model's processor loaded (no model thread: sizes need none)."""
-    directory: Path = ensure_tiny_model(tmp_path_factory.mktemp("tiny") / "glm46v")
+    directory: Path = ensure_random_tiny_model(tmp_path_factory.mktemp("tiny") / "glm46v")
     engine = HFEngine(EngineSettings(model="tiny"))
     config = SimpleNamespace(text_config=SimpleNamespace(max_position_embeddings=CONTEXT))
     engine.loaded = SimpleNamespace(  # type: ignore[assignment]

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from glimpse.engine.prompt_tokens import PromptEncoder
-from glimpse.engine.tiny_model import SPECIAL_TOKENS, ensure_tiny_model
+from glimpse.engine.tiny_model import SPECIAL_TOKENS, ensure_random_tiny_model
 from glimpse.errors import InvalidRequest
 
 pytestmark = pytest.mark.slow
@@ -28,7 +28,7 @@ IMAGE = Image.new("RGB", (64, 48), (200, 40, 90))
 def processor(tmp_path_factory: pytest.TempPathFactory) -> Any:
     from transformers import AutoProcessor
 
-    directory: Path = ensure_tiny_model(tmp_path_factory.mktemp("tiny") / "glm46v")
+    directory: Path = ensure_random_tiny_model(tmp_path_factory.mktemp("tiny") / "glm46v")
     return AutoProcessor.from_pretrained(directory)
 
 

@@ -10,12 +10,12 @@ import torch
 from PIL import Image
 
 from glimpse.engine.protocol import FinishReason
-from glimpse.engine.tiny_model import ensure_tiny_model
+from glimpse.engine.tiny_model import ensure_random_tiny_model
 
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return ensure_tiny_model(tmp_path_factory.mktemp("tiny") / "glm46v")
+    return ensure_random_tiny_model(tmp_path_factory.mktemp("tiny") / "glm46v")
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,8 @@ requests in 0.3 s opened both circuits of a gateway for 5 s. F14: a request whos
 upstream failed before sending anything got a 502 instead of a try elsewhere.
 """
 
+import functools
+
 import httpx
 import pytest
 from PIL import Image
@@ -13,7 +15,7 @@ from glimpse.engine.protocol import ChatMessage, GenerationRequest, ImagePart, S
 from glimpse.engine.upstream import BreakerState
 from glimpse.errors import InvalidRequest, UpstreamError
 
-from ._fakes import Harness, collect, make_request, text_of
+from ._fakes import collect, make_request, text_of
 
 TRACEBACK = (
     "Traceback (most recent call last):\n"
@@ -27,19 +29,8 @@ async def server_error(request, body):
 
 
 @pytest.fixture
-async def make():
-    made = []
-
-    async def factory(hosts=("a", "b", "c"), **options):
-        harness = Harness(hosts=hosts, **options)
-        await harness.engine.start()
-        made.append(harness)
-        return harness
-
-    yield factory
-    for harness in made:
-        await harness.engine.stop()
-        await harness.client.aclose()
+def make(harnesses):
+    return functools.partial(harnesses, hosts=("a", "b", "c"))
 
 
 def closed_and_clean(harness):

@@ -6,13 +6,15 @@ F10: an upstream's 5xx body (a traceback) reached the client verbatim, and its
 ``Retry-After: 99999999999`` was passed on.
 """
 
+import functools
+
 import httpx
 import pytest
 
 from glimpse.engine.protocol import FinishReason
 from glimpse.errors import Overloaded, RateLimited, UpstreamError
 
-from ._fakes import Flood, Harness, answer, chunk, collect, make_request, text_of
+from ._fakes import Flood, answer, chunk, collect, make_request, text_of
 
 MIB = 1024 * 1024
 PIECE = 64 * 1024
@@ -20,19 +22,8 @@ SECRETS = ("Traceback", "/srv/", "GLIMPSE_ENGINE__UPSTREAM_API_KEY", "http://")
 
 
 @pytest.fixture
-async def make():
-    made = []
-
-    async def factory(hosts=("a",), **options):
-        harness = Harness(hosts=hosts, **options)
-        await harness.engine.start()
-        made.append(harness)
-        return harness
-
-    yield factory
-    for harness in made:
-        await harness.engine.stop()
-        await harness.client.aclose()
+def make(harnesses):
+    return functools.partial(harnesses, hosts=("a",))
 
 
 def flood_with(h, host, status, flood, headers=None):

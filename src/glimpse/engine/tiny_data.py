@@ -1,0 +1,124 @@
+"""Turn the tiny task's conversations into model inputs, exactly as the server would.
+
+The images go through Glimpse's own decoder (``glimpse.media.decode_image``: EXIF
+orientation, RGB), the text through the checkpoint's chat template and the real
+``Glm46VProcessor``. Training labels are the answer tokens (and the end-of-turn
+token after them) only.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from glimpse.config import MediaSettings
+from glimpse.engine.tiny_task import Question, Sample, draw, encode
+from glimpse.media.decode import decode_image
+
+__all__ = ["Encoded", "chat_messages", "collate", "decoded_images", "encode_sample", "prompt_inputs"]
+
+IGNORE = -100
+#: the token a trained answer ends with: GLM-4.6V ends a turn by starting the next one
+END_OF_TURN = "<|user|>"
+
+
+@dataclass(slots=True)
+class Encoded:
+    """One training conversation, processed: token ids, labels and image patches."""
+
+    input_ids: Any
+    labels: Any
+    mm_token_type_ids: Any
+    pixel_values: Any
+    image_grid_thw: Any
+
+
+def decoded_images(sample: Sample) -> list[Any]:
+    """Draw, encode (JPEG/PNG/WebP) and decode each picture as the server would."""
+    settings = MediaSettings()
+    images = []
+    for picture, fmt, quality in zip(sample.pictures, sample.formats, sample.qualities, strict=True):
+        data = encode(draw(picture), fmt, quality)
+        images.append(decode_image(data, settings).image)
+    return images
+
+
+def chat_messages(
+    n_images: int, questions: list[Question], answers: list[str], image_first: bool = True
+) -> list[dict[str, Any]]:
+    """The chat: the images with the first question, then one turn per question (answers in between)."""
+    messages: list[dict[str, Any]] = []
+    for i, question in enumerate(questions):
+        content: list[dict[str, Any]] = [{"type": "text", "text": question.text}]
+        if i == 0:
+            images = [{"type": "image"} for _ in range(n_images)]
+            content = images + content if image_first else content + images
+        messages.append({"role": "user", "content": content})
+        if i < len(answers):
+            messages.append({"role": "assistant", "content": [{"type": "text", "text": answers[i]}]})
+    return messages
+
+
+def prompt_inputs(processor: Any, messages: list[dict[str, Any]], *, thinking_off: bool = True) -> str:
+    """The served prompt: the chat template with the generation prompt (thinking disabled)."""
+    kwargs = {"enable_thinking": False} if thinking_off else {}
+    return str(processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **kwargs))
+
+
+def encode_sample(processor: Any, sample: Sample, rng: random.Random) -> Encoded:
+    """Process one conversation for training; labels on every answer and its end-of-turn token."""
+    import torch
+
+    questions = [turn.question for turn in sample.turns]
+    answers = [turn.answer for turn in sample.turns]
+    messages = chat_messages(len(sample.pictures), questions, answers[:-1], image_first=rng.random() < 0.7)
+    text = prompt_inputs(processor, messages, thinking_off=rng.random() < 0.5) + answers[-1] + END_OF_TURN
+    inputs = processor(text=[text], images=decoded_images(sample), return_tensors="pt")
+    ids = inputs["input_ids"][0]
+    labels = torch.full_like(ids, IGNORE)
+    tokenizer = processor.tokenizer
+    assistant, user, think = tokenizer.convert_tokens_to_ids(["<|assistant|>", END_OF_TURN, "<think>"])
+    i = 0
+    values = ids.tolist()
+    while i < len(values):
+        if values[i] != assistant:
+            i += 1
+            continue
+        start = i + 2  # after "<|assistant|>" and its newline
+        if start < len(values) and values[start] == think:  # "<think></think>\n"
+            start += 3
+        end = values.index(user, start) if user in values[start:] else len(values) - 1
+        labels[start : end + 1] = ids[start : end + 1]
+        i = end + 1
+    return Encoded(
+        input_ids=ids,
+        labels=labels,
+        mm_token_type_ids=inputs["mm_token_type_ids"][0],
+        pixel_values=inputs["pixel_values"],
+        image_grid_thw=inputs["image_grid_thw"],
+    )
+
+
+def collate(batch: list[Encoded], pad_id: int) -> dict[str, Any]:
+    """Right-pad a batch; images concatenated in order, as the processor does for a batch."""
+    import torch
+
+    length = max(len(e.input_ids) for e in batch)
+
+    def pad(rows: list[Any], value: int) -> Any:
+        out = torch.full((len(rows), length), value, dtype=rows[0].dtype)
+        for r, row in enumerate(rows):
+            out[r, : len(row)] = row
+        return out
+
+    ids = pad([e.input_ids for e in batch], pad_id)
+    mask = pad([torch.ones_like(e.input_ids) for e in batch], 0)
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "labels": pad([e.labels for e in batch], IGNORE),
+        "mm_token_type_ids": pad([e.mm_token_type_ids for e in batch], 0),
+        "pixel_values": torch.cat([e.pixel_values for e in batch]),
+        "image_grid_thw": torch.cat([e.image_grid_thw for e in batch]),
+    }

@@ -1,0 +1,50 @@
+"""Training inputs: the served chat template and processor, labels on the answers only."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from glimpse.engine.tiny_data import IGNORE, collate, encode_sample
+from glimpse.engine.tiny_task import Picture, Question, Sample, Turn
+from glimpse.engine.tiny_train import TrainConfig, untrained_model
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return untrained_model(TrainConfig(text_layers=1, vision_depth=1))[1]
+
+
+def _sample() -> Sample:
+    pic = Picture("red", "circle", 1, "left", 200, 120, 1)
+    turns = [
+        Turn(Question("color", "en", "What color is the shape?"), "It is red."),
+        Turn(Question("position", "zh", "图形在哪里？"), "在左边。"),
+    ]
+    return Sample([pic], turns, ["JPEG"], [80])
+
+
+@pytest.mark.parametrize("seed", range(4))  # image before or after the text, thinking off or not
+def test_labels_are_the_answers_and_their_end_of_turn_only(processor, seed):
+    encoded = encode_sample(processor, _sample(), random.Random(seed))
+    tokenizer = processor.tokenizer
+    labelled = encoded.labels[encoded.labels != IGNORE]
+    assert tokenizer.decode(labelled) == "It is red.<|user|>在左边。<|user|>"
+    text = tokenizer.decode(encoded.input_ids)
+    assert text.count("<|image|>") == int(encoded.image_grid_thw.prod()) // 4
+    assert "What color is the shape?" in text
+    assert "图形在哪里？" in text
+
+
+def test_a_batch_is_right_padded_with_images_in_order(processor):
+    rng = random.Random(0)
+    one = encode_sample(processor, _sample(), rng)
+    short = _sample()
+    short.turns = short.turns[:1]
+    two = encode_sample(processor, short, rng)
+    batch = collate([one, two], pad_id=processor.tokenizer.pad_token_id)
+    assert batch["input_ids"].shape == (2, len(one.input_ids))
+    assert int(batch["attention_mask"][1].sum()) == len(two.input_ids)
+    assert (batch["labels"][1, len(two.input_ids) :] == IGNORE).all()
+    assert batch["pixel_values"].shape[0] == one.pixel_values.shape[0] + two.pixel_values.shape[0]
