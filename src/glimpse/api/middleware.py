@@ -62,7 +62,7 @@ class RequestObserverMiddleware:
         raw = dict(scope.get("headers") or []).get(b"x-request-id")
         request_id = sanitize_request_id(raw.decode("latin-1") if raw else None)
         # A fresh per-request state: some servers hand every request the same lifespan dict.
-        # Its arrival time decides admission during a drain (AppState.check_admitting).
+        # Its arrival time decides admission during a drain (AppState.refuse_if_draining).
         arrival = {"request_id": request_id, "arrived_at": time.monotonic()}
         scope["state"] = {**scope.get("state", {}), **arrival}
         status = 500

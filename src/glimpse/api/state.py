@@ -45,10 +45,6 @@ class AppState:
         if self.draining_since is None:
             self.draining_since = time.monotonic()
 
-    def check_admitting(self, request: Request) -> None:
-        """``refuse_if_draining`` for a request whose route is running."""
-        self.refuse_if_draining(getattr(request.state, "arrived_at", None))
-
     def refuse_if_draining(self, arrived_at: float | None) -> None:
         """Refuse a request that arrived after the drain began; serve every one that arrived before.
 

@@ -70,7 +70,6 @@ async def _answer(
 
 @router.post("/infer", responses=error_responses(400, 401, 408, 413, 415, 422, 429, 503, 504))
 async def infer(body: InferRequest, request: Request, response: Response, state: StateDep) -> InferResponse:
-    state.check_admitting(request)
     image = await state.intake.load_base64(body.image)
     return await _answer(state, request, response, image, body.text, body.max_new_tokens)
 
@@ -84,7 +83,6 @@ async def analyze(
     question: Annotated[str, Form(min_length=1, description="The question about the image.")],
     max_new_tokens: Annotated[int | None, Form(ge=1)] = None,
 ) -> InferResponse:
-    state.check_admitting(request)
     limit = state.settings.media.max_image_bytes
     data = await image.read(limit + 1)
     if len(data) > limit:  # only limit + 1 bytes were read: say "larger than", not a wrong size

@@ -41,7 +41,6 @@ _STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, state: StateDep
 ) -> JSONResponse | StreamingResponse:
-    state.check_admitting(request)
     state.check_model(body.model)
     completion_id = new_completion_id()
     gen, images = await to_generation_request(
