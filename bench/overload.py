@@ -71,11 +71,15 @@ class Pool:
     target: Target
     idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = field(default_factory=list)
 
-    async def take(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def take(self) -> tuple[tuple[asyncio.StreamReader, asyncio.StreamWriter], bool]:
+        """A connection, and whether it is a kept-alive one (which the server may have closed)."""
         while self.idle:
             reader, writer = self.idle.pop()
             if not writer.is_closing() and not reader.at_eof():
-                return reader, writer
+                return (reader, writer), True
+        return await self.open(), False
+
+    async def open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         return await asyncio.open_connection(self.target.host, self.target.port, limit=1 << 20)
 
     def give_back(self, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], reusable: bool) -> None:
@@ -108,17 +112,36 @@ async def _exchange(
     return status, "retry-after" in headers, headers.get("connection", "").lower() != "close"
 
 
+async def _send(pool: Pool) -> tuple[int, bool]:
+    """(status, has Retry-After) of one request.
+
+    A kept-alive connection that the server closed while it sat idle fails before a
+    byte of the response arrives; as HTTP clients do, the request is then sent once
+    more on a new connection (the server never saw it). Any other failure counts.
+    """
+    conn, reused = await pool.take()
+    for attempt in range(2):
+        try:
+            status, retry_after, reusable = await _exchange(conn, pool.target.request)
+        except BaseException as exc:
+            conn[1].close()
+            unanswered = isinstance(exc, ConnectionError) or (
+                isinstance(exc, asyncio.IncompleteReadError) and not exc.partial
+            )
+            if attempt or not reused or not unanswered:
+                raise
+            conn = await pool.open()
+            continue
+        pool.give_back(conn, reusable)
+        return status, retry_after
+    raise AssertionError("unreachable")
+
+
 async def _one(pool: Pool, timeout_s: float, started: float) -> Result:
     t0 = time.perf_counter()
     try:
         async with asyncio.timeout(timeout_s):
-            conn = await pool.take()
-            try:
-                status, retry_after, reusable = await _exchange(conn, pool.target.request)
-            except BaseException:
-                conn[1].close()
-                raise
-            pool.give_back(conn, reusable)
+            status, retry_after = await _send(pool)
     except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError):
         return Result(t0 - started, 0, time.perf_counter() - t0, False)
     return Result(t0 - started, status, time.perf_counter() - t0, retry_after)

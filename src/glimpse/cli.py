@@ -186,6 +186,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from glimpse.api.app import create_app
+    from glimpse.cpu_share import ThreadNicer
     from glimpse.engine.loader import check_model_available
 
     settings = settings_from_args(args)
@@ -206,6 +207,8 @@ def _serve(args: argparse.Namespace) -> int:
         from glimpse.engine.factory import build_engine
 
         build_engine(settings.engine)  # validates the upstream URLs before the server starts
+    sys.setswitchinterval(settings.server.switch_interval_ms / 1000)
+    ThreadNicer(settings.server.worker_nice).start()
     app = create_app(settings, on_fatal=on_fatal, on_ready=_freeze_heap)
 
     class DrainingServer(uvicorn.Server):
@@ -227,14 +230,15 @@ def _serve(args: argparse.Namespace) -> int:
                 yield
                 getattr(self, "_captured_signals", []).clear()
 
-    from glimpse.api.h11_timeouts import HeadTimeoutH11Protocol
+    from glimpse.api.h11_shed import SheddingH11Protocol
 
-    class HeadTimeout(HeadTimeoutH11Protocol):
+    class Protocol(SheddingH11Protocol):
         head_timeout_s = settings.server.header_timeout_s
+        shedder = getattr(app, "shedder", None)
 
     config = uvicorn.Config(
         app,
-        http=HeadTimeout,
+        http=Protocol,
         host=settings.server.host,
         port=settings.server.port,
         log_config=None,

@@ -52,6 +52,20 @@ class ServerSettings(BaseModel):
     graceful_timeout_s: float = Field(
         60.0, ge=0, description="On SIGTERM, how long admitted requests get to finish before exit."
     )
+    worker_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="Niceness added to every thread of glimpse serve but the HTTP event loop's (Linux), so "
+        "the OS runs the loop first when the CPU is short; 0 leaves them all at one priority.",
+    )
+    switch_interval_ms: float = Field(
+        0.5,
+        gt=0,
+        le=100,
+        description="How long a thread may keep Python's interpreter lock while another waits (Python's "
+        "default is 5): short, so the event loop answers between the engine's steps.",
+    )
     web_enabled: bool = Field(True, description="Serve the web page at /.")
     allowed_hosts: tuple[str, ...] | None = Field(
         None,
@@ -140,6 +154,12 @@ class EngineSettings(BaseModel):
         None,
         ge=1,
         description="Threads that run the chat template and image processor (default: CPU cores, at most 8).",
+    )
+    cpu_threads: int | None = Field(
+        None,
+        ge=1,
+        description="Torch threads for a model on the CPU (default: every core but one, which is left to the "
+        "HTTP event loop so refusals stay fast and admitted requests keep moving under overload).",
     )
     upstreams: tuple[str, ...] = Field(
         (), description="Base URLs of OpenAI-compatible servers (engine 'upstream')."

@@ -15,6 +15,7 @@ from tests.images import data_url, png_b64, png_bytes
 from glimpse.api.admission import Admission
 from glimpse.api.app import create_app
 from glimpse.api.security import authorize
+from glimpse.api.shedding import SMALL_BODY_BYTES
 from glimpse.config import EngineSettings, GuardSettings, MediaSettings, Settings
 
 KEY = "glk-test-0123456789abcdef0123456789abcdef"
@@ -71,8 +72,10 @@ async def test_overloaded_engine_refuses_from_the_headers(make_client):
         async with asyncio.timeout(5):
             while engine.in_flight == 0:  # noqa: ASYNC110 - the fake engine has no event to wait on
                 await asyncio.sleep(0.005)
-        body = LazyBody(1024)
-        refused = await client.post("/v1/chat/completions", content=body, headers=_json_headers(1024))
+        body = LazyBody(SMALL_BODY_BYTES + 1)  # a small body that has arrived is consumed (keep-alive)
+        refused = await client.post(
+            "/v1/chat/completions", content=body, headers=_json_headers(SMALL_BODY_BYTES + 1)
+        )
         infer = await client.post("/infer", json={"image": png_b64(), "text": "q"})
         models = await client.get("/v1/models")  # not a generation: never refused for capacity
         assert (await running).status_code == 200
@@ -88,7 +91,7 @@ async def test_overloaded_engine_refuses_from_the_headers(make_client):
     assert after.status_code == 200  # the slot was given back when the first answer was sent
     assert len(engine.requests) == 2
     assert 'glimpse_rejected_requests_total{reason="overloaded"} 2.0' in metrics
-    # Refused before routing, yet counted (and logged, and audited) under the route it asked for.
+    # Shed in front of the app (api.shedding), yet counted under the route it asked for.
     assert 'glimpse_http_requests_total{route="/v1/chat/completions",status="503"} 1.0' in metrics
     assert 'glimpse_http_requests_total{route="/infer",status="503"} 1.0' in metrics
     assert admitted == 0

@@ -174,6 +174,13 @@ class Admission:
         # A proxy that forwards "Host: $host" drops the port the browser used (nginx).
         return ":" not in host.rsplit("]", 1)[-1] and _host_name(netloc) == _host_name(host)
 
+    def at_capacity(self, state: AppState) -> bool:
+        """Whether a new generation would find the engine full (ready or not: not-ready is admission's)."""
+        if self.capacity is None:
+            return False
+        health = state.engine.health()
+        return health.ready and max(self.in_flight, health.queue_depth + health.running) >= self.capacity
+
     def check_capacity(self, state: AppState) -> None:
         """503 at once when the engine could not take the request (the engine's own rule, early)."""
         if self.capacity is None:

@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 
 from glimpse import __version__
 from glimpse.api import health
@@ -28,6 +29,7 @@ from glimpse.api.middleware import (
 )
 from glimpse.api.openai.router import router as openai_router
 from glimpse.api.service import GenerationService
+from glimpse.api.shedding import LoadShedder
 from glimpse.api.state import AppState, StateDep
 from glimpse.cache import MemoryCache, RedisCache, ResultCache
 from glimpse.config import CacheSettings, Settings
@@ -54,6 +56,18 @@ logger = logging.getLogger(__name__)
 
 FatalHandler = Callable[[BaseException], None]
 ReadyHandler = Callable[[], None]
+
+
+class GlimpseApp(FastAPI):
+    """FastAPI with a load shedder in front of its whole middleware stack (see ``api.shedding``)."""
+
+    shedder: LoadShedder | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.shedder is not None and self.shedder.refuses(scope):
+            await self.shedder.refuse(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 async def _start_engine(
@@ -206,7 +220,7 @@ def create_app(
                     await store.aclose()
             await audit.aclose()
 
-    app = FastAPI(
+    app = GlimpseApp(
         title="Glimpse",
         version=__version__,
         description="Ask questions about images: an OpenAI-compatible vision-language model server.",
@@ -241,4 +255,10 @@ def create_app(
             max_age=600,
         )
     app.add_middleware(RequestObserverMiddleware, metrics=metrics, audit=audit)
+    app.shedder = LoadShedder(
+        admission,
+        metrics,
+        lambda: getattr(app.state, "glimpse", None),
+        cors=bool(settings.guard.cors_origins),
+    )
     return app

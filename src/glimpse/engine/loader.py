@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from glimpse.config import TINY_MODEL, EngineSettings
+from glimpse.cpu_share import cpu_threads
 from glimpse.errors import ModelLoadError
 
 __all__ = ["LoadedModel", "check_model_available", "load_model", "resolve_device", "resolve_model_path"]
@@ -121,6 +122,12 @@ def load_model(settings: EngineSettings) -> LoadedModel:
     source, is_tiny = resolve_model_path(settings)
     device = resolve_device(settings.device)
     dtype = _resolve_dtype(settings.dtype, device)
+    threads = None
+    if device == "cpu":  # on a GPU torch's CPU threads barely work; leave them alone
+        import torch
+
+        threads = cpu_threads(settings.cpu_threads)
+        torch.set_num_threads(threads)
     try:
         processor = AutoProcessor.from_pretrained(source, trust_remote_code=settings.trust_remote_code)
         model = AutoModelForImageTextToText.from_pretrained(
@@ -136,6 +143,7 @@ def load_model(settings: EngineSettings) -> LoadedModel:
             "model": settings.model,
             "device": device,
             "dtype": str(dtype),
+            "cpu_threads": threads,
             "load_seconds": round(elapsed, 2),
         },
     )
