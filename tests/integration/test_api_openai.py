@@ -4,10 +4,10 @@ import json
 
 import pytest
 from tests.fakes import FakeEngine
-from tests.images import data_url
+from tests.images import data_url, png_b64
 
 from glimpse.config import EngineSettings, ServerSettings, Settings
-from glimpse.engine.protocol import ImagePart, TextPart
+from glimpse.engine.protocol import ImagePart, SamplingParams, TextPart
 from glimpse.errors import Overloaded
 
 
@@ -206,7 +206,11 @@ def test_server_settings_that_shape_answers_are_part_of_the_cache_key():
 
     def key(**answer_settings: object) -> str:
         service = GenerationService(FakeEngine(), None, CacheSettings(), Metrics(), answer_settings)
-        return service.cache_key(GenerationRequest("r", (ChatMessage("user", (TextPart("hi"),)),)))
+        return service.cache_key(
+            GenerationRequest(
+                "r", (ChatMessage("user", (TextPart("hi"),)),), SamplingParams(max_new_tokens=8)
+            )
+        )
 
     plain = key(template_defaults={}, reasoning_parser="none")
     assert plain == key(template_defaults={}, reasoning_parser="none")
@@ -226,3 +230,39 @@ async def test_concurrent_requests_may_share_an_x_request_id(make_client):
     assert [r.status_code for r in responses] == [200, 200, 200]
     assert len({r.request_id for r in engine.requests}) == 3
     assert all(r.headers["x-request-id"] == "same" for r in responses)
+
+
+@pytest.mark.parametrize(
+    ("path", "kwargs"),
+    [
+        ("/v1/chat/completions", {"json": _chat(_vision(), max_tokens=5000)}),
+        ("/v1/chat/completions", {"json": _chat(_vision(), max_completion_tokens=5000)}),
+        ("/infer", {"json": {"image": png_b64(), "text": "what?", "max_new_tokens": 5000}}),
+        (
+            "/v1/analyze",
+            {"files": {"image": ("a.png", b"x")}, "data": {"question": "q", "max_new_tokens": "5000"}},
+        ),
+    ],
+)
+async def test_max_tokens_above_the_limit_is_refused_naming_max_tokens_on_every_route(
+    make_client, path, kwargs
+):
+    engine = FakeEngine()
+    async with make_client(engine) as client:
+        response = await client.post(path, **kwargs)
+    _assert_error_shape(response, 400, "invalid_request")
+    error = response.json()["error"]
+    assert error["param"] == "max_tokens"
+    assert error["message"] == "max_tokens is 5000, above this server's limit of 4096."
+    assert engine.requests == []
+
+
+async def test_a_vanishing_temperature_is_greedy_for_the_cache_too(make_client):
+    # The engine decodes temperatures below 1e-5 greedily; the cache must agree and reuse them.
+    engine = FakeEngine()
+    async with make_client(engine) as client:
+        first = await client.post("/v1/chat/completions", json=_chat(_vision(), temperature=1e-6))
+        again = await client.post("/v1/chat/completions", json=_chat(_vision(), temperature=1e-6))
+        sampled = await client.post("/v1/chat/completions", json=_chat(_vision(), temperature=0.5))
+    assert (first.headers["x-glimpse-cache"], again.headers["x-glimpse-cache"]) == ("miss", "hit")
+    assert sampled.headers["x-glimpse-cache"] != "hit"

@@ -9,8 +9,8 @@ from collections.abc import Callable, Sequence
 from starlette.requests import Request
 
 from glimpse.config import CacheSettings, EngineSettings, ServerSettings
+from glimpse.engine.max_tokens import resolve_max_tokens
 from glimpse.engine.protocol import Engine, ImagePart, ImageSizeCheck, SamplingParams
-from glimpse.errors import InvalidRequest
 from glimpse.media import DecodedImage, ImageHeader
 
 __all__ = [
@@ -53,12 +53,9 @@ def sampling_params(
     stop: str | list[str] | None = None,
     ignore_eos: bool = False,
 ) -> SamplingParams:
-    max_new = settings.default_max_new_tokens if max_tokens is None else max_tokens
-    if max_new > settings.max_new_tokens_limit:
-        raise InvalidRequest(
-            f"max_tokens is {max_new}, above this server's limit of {settings.max_new_tokens_limit}.",
-            param="max_tokens",
-        )
+    max_new = resolve_max_tokens(
+        max_tokens, default=settings.default_max_new_tokens, limit=settings.max_new_tokens_limit
+    )
     stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
     return SamplingParams(
         max_new_tokens=max_new,

@@ -216,7 +216,7 @@ class GenerationService:
 
     def _cacheable(self, gen: GenerationRequest, no_cache: bool) -> bool:
         return not no_cache and is_cacheable(
-            gen.sampling.temperature, gen.sampling.seed, self.settings.allow_sampled
+            gen.sampling.greedy, gen.sampling.seed, self.settings.allow_sampled
         )
 
     async def open(

@@ -50,10 +50,11 @@ def cache_key(
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def is_cacheable(temperature: float, seed: int | None, allow_sampled: bool = False) -> bool:
+def is_cacheable(greedy: bool, seed: int | None, allow_sampled: bool = False) -> bool:
     """Only answers that would come out the same again are worth reusing.
 
-    Greedy decoding and an explicit seed are reproducible; sampled answers are
-    cached only when the operator says repeating one sample is acceptable.
+    Greedy decoding (as the engine's ``SamplingParams.greedy`` decides; the cache
+    keeps no rule of its own) and an explicit seed are reproducible; sampled answers
+    are cached only when the operator says repeating one sample is acceptable.
     """
-    return temperature <= 0.0 or seed is not None or allow_sampled
+    return greedy or seed is not None or allow_sampled

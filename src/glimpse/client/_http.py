@@ -6,20 +6,19 @@ the rules for base URLs, auth, pool sizes and retry delays live in one place.
 
 from __future__ import annotations
 
-import email.utils
 import json
 import random
-import time
 from dataclasses import dataclass
 
 import httpx
+
+from glimpse import openai_wire
 
 __all__ = [
     "RetryPolicy",
     "build_client",
     "error_message",
     "normalize_base_url",
-    "parse_retry_after",
 ]
 
 #: Statuses that mean "come back later" rather than "this request is wrong".
@@ -58,23 +57,6 @@ def build_client(
     )
 
 
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
-    if value is None or not value.strip():
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    current = time.time() if now is None else now
-    return max(0.0, when.timestamp() - current)
-
-
 @dataclass(slots=True, frozen=True)
 class RetryPolicy:
     """Bounded retries: a server that keeps saying 503 must not stall a batch forever."""
@@ -101,13 +83,7 @@ def error_message(response: httpx.Response) -> str:
     """A one-line reason from an error body, whichever error shape the server uses."""
     text = response.text
     try:
-        body = json.loads(text)
-    except ValueError:
-        body = None
-    message: object = None
-    if isinstance(body, dict):
-        err = body.get("error", body.get("detail"))
-        message = err.get("message") if isinstance(err, dict) else err
-    if not message:
-        message = text.strip() or response.reason_phrase
-    return f"{response.status_code}: {str(message)[:300]}"
+        message = openai_wire.error_text(json.loads(text))
+    except (ValueError, RecursionError):
+        message = ""
+    return f"{response.status_code}: {(message or text.strip() or response.reason_phrase)[:300]}"

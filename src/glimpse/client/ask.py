@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import base64
-import json
 import sys
 from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
 
+from glimpse import openai_wire
 from glimpse.client._http import normalize_base_url
 from glimpse.sse import DONE, iter_sse_data
 
@@ -26,9 +26,10 @@ def image_data_url(path: Path) -> str:
 
 def _error_message(response: httpx.Response) -> str:
     try:
-        return str(response.json()["error"]["message"])
-    except (ValueError, KeyError, TypeError):
-        return response.text[:500]
+        message = openai_wire.error_text(response.json())
+    except ValueError:
+        message = ""
+    return message or response.text[: openai_wire.MAX_MESSAGE]
 
 
 def ask(
@@ -106,13 +107,15 @@ def _send(
         for data in iter_sse_data(response.iter_lines()):
             if data == DONE:
                 break
-            event = json.loads(data)
-            if "error" in event:
+            try:
+                chunk = openai_wire.parse_chunk(data)
+            except openai_wire.MalformedChunk:
+                chunk = openai_wire.StreamChunk(error=f"the server sent a malformed event: {data[:80]}")
+            if chunk.error is not None:
                 out.write("\n")
-                err.write(f"error: {event['error'].get('message')}\n")
+                err.write(f"error: {chunk.error}\n")
                 return 1
-            for choice in event.get("choices", []):
-                out.write(choice.get("delta", {}).get("content") or "")
-                out.flush()
+            out.write(chunk.text)
+            out.flush()
     out.write("\n")
     return 0

@@ -32,8 +32,9 @@ from rich.progress import (
 )
 
 from glimpse.client._args import output_path, positive_int
-from glimpse.client._http import RETRY_STATUSES, RetryPolicy, build_client, error_message, parse_retry_after
+from glimpse.client._http import RETRY_STATUSES, RetryPolicy, build_client, error_message
 from glimpse.client.batch_io import BatchItem, ResultsFile, discover_images, load_list, read_results
+from glimpse.openai_wire import parse_retry_after
 
 __all__ = ["BatchStats", "batch", "collect_items", "infer_item", "register_batch", "run_batch", "run_items"]
 

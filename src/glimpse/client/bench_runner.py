@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from glimpse import openai_wire
 from glimpse.client._http import error_message
 from glimpse.client.bench_stats import RequestResult
 from glimpse.sse import DONE, aiter_sse_data
@@ -47,23 +47,15 @@ class Chunk:
 def parse_chunk(data: str) -> Chunk:
     """Reasoning tokens count as content: a thinking model's first token is still its first."""
     try:
-        obj = json.loads(data)
-    except ValueError:
+        chunk = openai_wire.parse_chunk(data)
+    except openai_wire.MalformedChunk:
         return Chunk(error=f"bad_chunk: {data[:80]}")
-    if not isinstance(obj, dict):
-        return Chunk(error=f"bad_chunk: {data[:80]}")
-    if "error" in obj:
-        err = obj["error"]
-        return Chunk(error=f"stream_error: {err.get('message') if isinstance(err, dict) else err}")
-    text = ""
-    for choice in obj.get("choices") or ():
-        delta = choice.get("delta") or {}
-        for key in ("content", "reasoning_content", "reasoning"):
-            if isinstance(delta.get(key), str):
-                text += delta[key]
-    usage = obj.get("usage")
-    tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
-    return Chunk(text=text, completion_tokens=tokens if isinstance(tokens, int) else None)
+    if chunk.error is not None:
+        return Chunk(error=f"stream_error: {chunk.error}")
+    return Chunk(
+        text=chunk.text + chunk.reasoning,
+        completion_tokens=None if chunk.usage is None else chunk.usage[1],
+    )
 
 
 async def _consume(response: httpx.Response, start: float, clock: Clock) -> RequestResult:

@@ -25,6 +25,7 @@ from glimpse.config import EngineSettings
 from glimpse.engine.batching import BatchObserver
 from glimpse.engine.job import Job, JobSink
 from glimpse.engine.loader import LoadedModel
+from glimpse.engine.max_tokens import resolve_max_tokens
 from glimpse.engine.prompt_tokens import PromptEncoder
 from glimpse.engine.protocol import (
     ChatMessage,
@@ -44,7 +45,6 @@ from glimpse.errors import (
     InvalidRequest,
     NotReady,
     Overloaded,
-    RequestTooLarge,
 )
 from glimpse.media.threads import contained, run_in_executor
 
@@ -186,12 +186,19 @@ class HFEngine:
         except (AttributeError, TypeError, ValueError) as exc:  # a processor without the helper's data
             logger.debug("cannot count image tokens from sizes: %r", exc)
             return
-        limit = min(loaded.context_length or 1 << 30, self._settings.max_tokens_in_flight)
-        if tokens + max_new_tokens > limit:
-            raise RequestTooLarge(
-                f"The images alone take {tokens} tokens and max_tokens is {max_new_tokens}: more than "
-                f"the {limit} tokens one request may use here. Send smaller or fewer images."
-            )
+        resolve_max_tokens(
+            max_new_tokens, prompt_tokens=tokens, room=self._room(loaded), counted="the images alone take"
+        )
+
+    def _room(self, loaded: LoadedModel) -> int:
+        """Most prompt + answer tokens one request may hold: the model's context, the in-flight
+        budget and, when batching, a cache slot (what the scheduler would refuse later)."""
+        limits = [self._settings.max_tokens_in_flight]
+        if loaded.context_length:
+            limits.append(loaded.context_length)
+        if self._worker is not None and self._worker.sequence_room is not None:
+            limits.append(self._worker.sequence_room)
+        return min(limits)
 
     async def cancel(self, request_id: str) -> None:
         job = self._jobs.get(request_id)
@@ -290,17 +297,7 @@ class HFEngine:
         except (ValueError, TypeError) as exc:
             raise InvalidRequest(f"The model's processor could not prepare this request: {exc}") from exc
         prompt_tokens = int(inputs["input_ids"].shape[-1])
-        limit = self.loaded.context_length or 1 << 30
-        needed = prompt_tokens + request.sampling.max_new_tokens
-        if needed > limit:
-            raise RequestTooLarge(
-                f"The prompt takes {prompt_tokens} tokens and max_tokens is "
-                f"{request.sampling.max_new_tokens}: more than this model's context of {limit} tokens. "
-                "Use a smaller image or fewer tokens."
-            )
-        if needed > self._settings.max_tokens_in_flight:
-            raise RequestTooLarge(
-                f"The request needs {needed} tokens, more than the server's max_tokens_in_flight "
-                f"({self._settings.max_tokens_in_flight})."
-            )
+        resolve_max_tokens(
+            request.sampling.max_new_tokens, prompt_tokens=prompt_tokens, room=self._room(self.loaded)
+        )
         return inputs, prompt_tokens

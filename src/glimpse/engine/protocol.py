@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
@@ -74,9 +74,13 @@ GREEDY_BELOW_TEMPERATURE = 1e-5
 
 @dataclass(slots=True, frozen=True)
 class SamplingParams:
-    """Per-request generation settings; temperatures below ``GREEDY_BELOW_TEMPERATURE`` are greedy."""
+    """Per-request generation settings; temperatures below ``GREEDY_BELOW_TEMPERATURE`` are greedy.
 
-    max_new_tokens: int = 128
+    ``max_new_tokens`` has no default here: the one default is the server's setting
+    (``engine.default_max_new_tokens``), applied with the limits by ``resolve_max_tokens``.
+    """
+
+    max_new_tokens: int
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
@@ -85,6 +89,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
+        """The one test of greedy decoding: the batch sampler, ``generate()`` and the cache all ask this."""
         return self.temperature < GREEDY_BELOW_TEMPERATURE
 
 
@@ -92,7 +97,7 @@ class SamplingParams:
 class GenerationRequest:
     request_id: str
     messages: tuple[ChatMessage, ...]
-    sampling: SamplingParams = field(default_factory=SamplingParams)
+    sampling: SamplingParams
     #: ``time.monotonic()`` after which the request is abandoned; ``None`` for no deadline.
     deadline: float | None = None
     #: Extra variables for the model's chat template (e.g. GLM-4.6V's ``enable_thinking``).

@@ -126,6 +126,11 @@ class EngineWorker(threading.Thread):
     def batching(self) -> bool:
         return self._batcher is not None
 
+    @property
+    def sequence_room(self) -> int | None:
+        """Most prompt + answer tokens the batcher lets one sequence hold (``None``: no batcher)."""
+        return self._batcher.sequence_room if self._batcher is not None else None
+
     def enqueue(self, job: Job) -> None:
         """Hand a job to the engine (any thread); raises ``Overloaded``/``RequestTooLarge`` at once."""
         with self._intake:

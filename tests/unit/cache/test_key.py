@@ -77,16 +77,16 @@ def test_unrepresentable_values_are_refused():
 
 
 @pytest.mark.parametrize(
-    ("temperature", "seed", "allow", "expected"),
+    ("greedy", "seed", "allow", "expected"),
     [
-        (0.0, None, False, True),
-        (0.7, None, False, False),
-        (0.7, 42, False, True),
-        (0.7, None, True, True),
+        (True, None, False, True),
+        (False, None, False, False),
+        (False, 42, False, True),
+        (False, None, True, True),
     ],
 )
-def test_is_cacheable(temperature, seed, allow, expected):
-    assert is_cacheable(temperature, seed, allow) is expected
+def test_is_cacheable(greedy, seed, allow, expected):
+    assert is_cacheable(greedy, seed, allow) is expected
 
 
 def test_the_partition_changes_the_key():

@@ -1,6 +1,4 @@
 import random
-from datetime import UTC, datetime
-from email.utils import format_datetime
 
 import httpx
 import pytest
@@ -10,7 +8,6 @@ from glimpse.client._http import (
     build_client,
     error_message,
     normalize_base_url,
-    parse_retry_after,
 )
 
 
@@ -26,18 +23,6 @@ from glimpse.client._http import (
 )
 def test_normalize_base_url(given, expected):
     assert normalize_base_url(given) == expected
-
-
-def test_retry_after_seconds_and_http_date():
-    assert parse_retry_after("3") == 3.0
-    assert parse_retry_after(" 1.5 ") == 1.5
-    assert parse_retry_after("-2") == 0.0
-    assert parse_retry_after(None) is None
-    assert parse_retry_after("soon") is None
-    when = datetime(2030, 1, 1, 0, 0, 10, tzinfo=UTC)
-    assert parse_retry_after(format_datetime(when, usegmt=True), now=when.timestamp() - 10) == pytest.approx(
-        10
-    )
 
 
 def test_delay_honours_retry_after_with_bounded_jitter():

@@ -93,3 +93,11 @@ def test_unreachable_server_and_bad_timeout_are_one_line_errors(image, server):
     assert run(image) == (2, "", "error: http://h:1: ConnectError: Connection refused\n")
     code, out, err = run(image, timeout=0)
     assert (code, out, err) == (2, "", "error: --timeout must be positive, got 0\n")
+
+
+def test_a_malformed_event_mid_stream_is_a_one_line_error_not_a_traceback(image, server):
+    events = b'data: {"choices": [{"delta": {"content": "a c"}}]}\n\ndata: {not json\n\n'
+    server.reply = lambda request: httpx.Response(200, content=events)
+    code, out, err = run(image, stream=True)
+    assert (code, out) == (1, "a c\n")
+    assert err.startswith("error: the server sent a malformed event")

@@ -20,7 +20,7 @@ from glimpse.engine.protocol import (
     TextPart,
 )
 from glimpse.engine.tiny_model import ensure_random_tiny_model
-from glimpse.errors import DeadlineExceeded, EngineDead, EngineRequestError, Overloaded
+from glimpse.errors import DeadlineExceeded, EngineDead, EngineRequestError, Overloaded, RequestTooLarge
 
 pytestmark = pytest.mark.slow
 
@@ -90,6 +90,31 @@ def test_an_end_of_sequence_token_as_the_last_allowed_one_is_a_stop(tiny_dir):
     tokens, reason = asyncio.run(run())
     assert len(tokens) == 4
     assert reason == FinishReason.STOP
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [{"batching": False, "max_tokens_in_flight": 600}, {"batching": True, "max_seq_len": 600}],
+    ids=["in-flight", "cache-slot"],
+)
+def test_a_prompt_and_max_tokens_that_cannot_fit_are_refused_naming_max_tokens(tiny_dir, limits):
+    # Whichever limit binds (the in-flight budget or a batcher's cache slot), one refusal shape.
+    engine = _engine(tiny_dir, default_max_new_tokens=8, **limits)
+
+    async def run() -> RequestTooLarge:
+        await engine.start()
+        try:
+            await _collect(engine, _request("fits", 8))
+            with pytest.raises(RequestTooLarge) as caught:
+                await _collect(engine, _request("big", 600))
+            return caught.value
+        finally:
+            await engine.stop()
+
+    error = asyncio.run(run())
+    assert error.param == "max_tokens"
+    assert error.message.startswith("max_tokens is 600 and the prompt takes ")
+    assert "more than the 600 tokens one request may use here" in error.message
 
 
 @pytest.mark.parametrize("batching", [False, True], ids=["generate", "batcher"])

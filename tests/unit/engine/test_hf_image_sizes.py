@@ -48,8 +48,9 @@ def test_the_engine_offers_the_check(engine: HFEngine) -> None:
 
 def test_images_that_cannot_fit_are_refused_from_their_sizes(engine: HFEngine) -> None:
     """Four 12-megapixel photos: refused before a byte of them is decoded."""
-    with pytest.raises(RequestTooLarge, match="images alone take"):
+    with pytest.raises(RequestTooLarge, match="^max_tokens is 16 and the images alone take") as caught:
         engine.check_image_sizes([(4000, 3000)] * 4, 16)
+    assert caught.value.param == "max_tokens"
 
 
 def test_the_count_matches_what_the_processor_produces_after_decoding(engine: HFEngine) -> None:

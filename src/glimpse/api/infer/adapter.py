@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from glimpse.api.generation import image_part, sampling_params
-from glimpse.config import EngineSettings
-from glimpse.engine.protocol import ChatMessage, GenerationRequest, TextPart
+from glimpse.api.generation import image_part
+from glimpse.engine.protocol import ChatMessage, GenerationRequest, SamplingParams, TextPart
 from glimpse.guard.normalize import sanitize_model_text
 from glimpse.media import DecodedImage
 
@@ -14,12 +13,10 @@ __all__ = ["to_generation_request"]
 def to_generation_request(
     image: DecodedImage,
     question: str,
-    max_new_tokens: int | None,
+    sampling: SamplingParams,
     request_id: str,
     deadline: float,
-    settings: EngineSettings,
 ) -> GenerationRequest:
     # Invisible smuggling characters are removed here, so the guard screens what the model reads.
     message = ChatMessage("user", (image_part(image), TextPart(sanitize_model_text(question))))
-    sampling = sampling_params(settings, max_tokens=max_new_tokens)
     return GenerationRequest(request_id, (message,), sampling, deadline)

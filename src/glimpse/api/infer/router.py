@@ -38,8 +38,9 @@ async def _answer(
 ) -> InferResponse:
     """Decode (under the pixel budget), screen and answer; the image is freed once the engine has it."""
     deadline = with_deadline(state.settings.server)
-    budget = sampling_params(state.settings.engine, max_tokens=max_new_tokens).max_new_tokens
+    sampling = sampling_params(state.settings.engine, max_tokens=max_new_tokens)
     size_check = image_size_check(state.engine)
+    budget = sampling.max_new_tokens
     images = await state.intake.decode_all(
         [image], deadline, None if size_check is None else lambda headers: size_check(headers, budget)
     )
@@ -47,10 +48,9 @@ async def _answer(
         gen = to_generation_request(
             images.images[0],
             question,
-            max_new_tokens,
+            sampling,
             engine_request_id(request),
             deadline,
-            state.settings.engine,
         )
         await screen_prompt(request, state, gen)
         result, cache = await state.service.collect(

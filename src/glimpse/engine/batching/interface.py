@@ -7,7 +7,7 @@ without reading how sequences are scheduled.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -45,7 +45,7 @@ class SequenceRequest:
     seq_id: str
     inputs: Mapping[str, torch.Tensor]
     sink: TokenSink
-    sampling: SamplingParams = field(default_factory=SamplingParams)
+    sampling: SamplingParams
 
 
 @dataclass(slots=True, frozen=True)

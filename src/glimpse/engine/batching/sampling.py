@@ -14,14 +14,15 @@ from dataclasses import dataclass
 
 import torch
 
-from glimpse.engine.protocol import GREEDY_BELOW_TEMPERATURE
+from glimpse.engine.protocol import SamplingParams
 
 __all__ = ["SamplerState", "sample_tokens", "top_p_filter"]
 
 
 @dataclass(slots=True)
 class SamplerState:
-    """How one sequence picks its tokens; ``generator`` is only set when it samples."""
+    """How one sequence picks its tokens: greedy unless it has a ``generator`` (set by ``create``
+    for sampled requests, as ``SamplingParams.greedy`` decides)."""
 
     temperature: float = 0.0
     top_p: float = 1.0
@@ -29,18 +30,19 @@ class SamplerState:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature < GREEDY_BELOW_TEMPERATURE
+        return self.generator is None
 
     @classmethod
-    def create(cls, temperature: float, top_p: float, seed: int | None, device: torch.device) -> SamplerState:
-        if temperature < GREEDY_BELOW_TEMPERATURE:
+    def create(cls, sampling: SamplingParams, device: torch.device) -> SamplerState:
+        if sampling.greedy:
             return cls()
-        if not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        if not 0.0 < sampling.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {sampling.top_p}")
         generator = torch.Generator(device=device)
         # An unseeded request still gets its own stream, so it never perturbs a seeded neighbour.
+        seed = sampling.seed
         generator.manual_seed(seed if seed is not None else random.getrandbits(63))  # noqa: S311
-        return cls(temperature=temperature, top_p=top_p, generator=generator)
+        return cls(temperature=sampling.temperature, top_p=sampling.top_p, generator=generator)
 
 
 def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:

@@ -36,8 +36,9 @@ from glimpse.engine.batching.interface import BatcherConfig, BatcherStats, Batch
 from glimpse.engine.batching.kv_cache import SlotKVCache, fit_slots
 from glimpse.engine.batching.runner import Glm4vRunner
 from glimpse.engine.batching.sampling import SamplerState, sample_tokens
+from glimpse.engine.max_tokens import resolve_max_tokens
 from glimpse.engine.protocol import FinishReason
-from glimpse.errors import InvalidRequest, Overloaded, RequestTooLarge
+from glimpse.errors import InvalidRequest, Overloaded
 
 __all__ = ["ContinuousBatcher"]
 
@@ -143,6 +144,11 @@ class ContinuousBatcher:
                 self._cancelled.add(seq_id)
         self._wakeup.set()
 
+    @property
+    def sequence_room(self) -> int:
+        """Most prompt + answer tokens one sequence may hold: a cache slot, and the in-flight budget."""
+        return min(self.config.max_seq_len, self.config.max_tokens_in_flight or self.config.max_seq_len)
+
     def stats(self) -> BatcherStats:
         with self._lock:
             waiting = len(self._inbox) + len(self._waiting)
@@ -159,17 +165,9 @@ class ContinuousBatcher:
         if input_ids is None or input_ids.dim() != 2 or input_ids.shape[0] != 1 or input_ids.shape[1] == 0:
             raise InvalidRequest("a sequence needs input_ids of shape [1, length > 0]")
         sampling = request.sampling
-        if sampling.max_new_tokens < 1:
-            raise InvalidRequest("max_new_tokens must be at least 1", param="max_tokens")
         prompt_len = int(input_ids.shape[1])
-        needed = prompt_len + sampling.max_new_tokens
-        capacity = min(self.config.max_seq_len, self.config.max_tokens_in_flight or self.config.max_seq_len)
-        if needed > capacity:
-            raise RequestTooLarge(
-                f"prompt ({prompt_len} tokens) + max_new_tokens ({sampling.max_new_tokens}) "
-                f"exceeds the {capacity} tokens one sequence may hold",
-                param="max_tokens",
-            )
+        # The engine refuses these before they get here; kept so no caller can overrun a cache slot.
+        resolve_max_tokens(sampling.max_new_tokens, prompt_tokens=prompt_len, room=self.sequence_room)
         if not sampling.greedy and not 0.0 < sampling.top_p <= 1.0:
             raise InvalidRequest(f"top_p must be in (0, 1], got {sampling.top_p}", param="top_p")
         return _Sequence(request=request, prompt_len=prompt_len, enqueued_at=self._clock())
@@ -265,9 +263,7 @@ class ContinuousBatcher:
             self._observer.on_admit(self._clock() - seq.enqueued_at)
         sampling = seq.request.sampling
         try:
-            seq.sampler = SamplerState.create(
-                sampling.temperature, sampling.top_p, sampling.seed, self.runner.device
-            )
+            seq.sampler = SamplerState.create(sampling, self.runner.device)
             result = self.runner.prefill(seq.request.inputs)
             token = sample_tokens(result.logits[None, :], [seq.sampler])[0]
             seq.slot = self.cache.allocate(result.kv)

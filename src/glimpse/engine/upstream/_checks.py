@@ -8,6 +8,7 @@ engine does not rely on them, because its output bounds are sized from ``max_tok
 
 from __future__ import annotations
 
+from glimpse.engine.max_tokens import resolve_max_tokens
 from glimpse.engine.protocol import GenerationRequest
 from glimpse.errors import InvalidRequest
 
@@ -25,9 +26,4 @@ def check_request(request: GenerationRequest, max_new_tokens_limit: int) -> None
                 f"'{message.role}' message with an image.",
                 param=f"messages[{index}].content",
             )
-    max_tokens = request.sampling.max_new_tokens
-    if not 1 <= max_tokens <= max_new_tokens_limit:
-        raise InvalidRequest(
-            f"max_tokens is {max_tokens}; this server accepts 1 to {max_new_tokens_limit}.",
-            param="max_tokens",
-        )
+    resolve_max_tokens(request.sampling.max_new_tokens, limit=max_new_tokens_limit)

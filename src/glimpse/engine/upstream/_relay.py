@@ -20,7 +20,7 @@ from glimpse.engine.protocol import FinishReason, GenerationRequest, TokenEvent
 from glimpse.engine.upstream._failures import Progress, Reported
 from glimpse.engine.upstream._reader import bounded_lines
 from glimpse.engine.upstream.options import UpstreamOptions
-from glimpse.engine.upstream.wire import parse_chunk
+from glimpse.engine.upstream.wire import finish_reason, parse_chunk
 from glimpse.errors import GlimpseError, UpstreamError
 from glimpse.sse import DONE, aiter_sse_data
 
@@ -81,7 +81,7 @@ async def relay(
                 progress.tokens += 1
                 queue.put_nowait(TokenEvent(chunk.text, reasoning=chunk.reasoning))
                 progress.output()
-            finish = chunk.finish_reason or finish
+            finish = finish_reason(chunk.finish_reason) or finish
             usage = chunk.usage or usage
     if finish is None:
         raise UpstreamError("the upstream stream ended before the answer was complete")

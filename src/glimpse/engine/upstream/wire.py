@@ -12,11 +12,12 @@ import base64
 import io
 import json
 import logging
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from glimpse import openai_wire
 from glimpse.engine.protocol import ChatMessage, FinishReason, GenerationRequest, ImagePart, TextPart
 from glimpse.errors import (
     EngineRequestError,
@@ -30,6 +31,7 @@ from glimpse.errors import (
     UpstreamTimeout,
 )
 from glimpse.media.threads import BlockingRunner
+from glimpse.openai_wire import StreamChunk
 
 if TYPE_CHECKING:
     import httpx
@@ -41,6 +43,7 @@ __all__ = [
     "chat_body",
     "encode_data_url",
     "error_for_status",
+    "finish_reason",
     "parse_chunk",
     "resolve_model",
 ]
@@ -48,7 +51,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _FINISH_REASONS = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH, "abort": FinishReason.CANCELLED}
-_MAX_MESSAGE = 500
 
 
 def encode_data_url(image: Image, png_max_pixels: int) -> str:
@@ -130,84 +132,31 @@ def chat_body(request: GenerationRequest, model: str, messages: list[dict[str, A
     return body
 
 
-@dataclass(slots=True, frozen=True)
-class StreamChunk:
-    text: str = ""
-    finish_reason: FinishReason | None = None
-    #: Thinking text (``reasoning_content``, or ``reasoning`` as some servers name it).
-    reasoning: str = ""
-    #: ``(prompt_tokens, completion_tokens)`` when the chunk carries usage.
-    usage: tuple[int, int] | None = None
-    #: The upstream's own words when this is an error event (for the log, never the client).
-    error: str | None = None
-
-
-def _error_message(payload: Any) -> str:
-    if isinstance(payload, dict):
-        inner = payload.get("error", payload)
-        if isinstance(inner, dict):
-            message = inner.get("message") or inner.get("detail")
-            if message:
-                return str(message)[:_MAX_MESSAGE]
-        elif isinstance(inner, str):
-            return inner[:_MAX_MESSAGE]
-        if "detail" in payload:
-            return str(payload["detail"])[:_MAX_MESSAGE]
-    return ""
-
-
 def parse_chunk(data: str) -> StreamChunk:
-    """Interpret one ``chat.completion.chunk`` or error event; malformed data is ``UpstreamError``."""
+    """Interpret one stream event (``glimpse.openai_wire``'s reading); malformed data is ``UpstreamError``."""
     try:
-        payload = json.loads(data)
-    except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested thousands deep
+        return openai_wire.parse_chunk(data)
+    except openai_wire.MalformedChunk as exc:
         raise UpstreamError("upstream sent a malformed stream event") from exc
-    if not isinstance(payload, dict):
-        raise UpstreamError("upstream sent a malformed stream event")
-    if "error" in payload or payload.get("object") == "error":
-        return StreamChunk(error=_error_message(payload) or "unknown error")
-    text = reasoning = ""
-    finish: FinishReason | None = None
-    choices = payload.get("choices")
-    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
-        choice = choices[0]
-        delta = choice.get("delta")
-        if isinstance(delta, dict):
-            text = delta["content"] if isinstance(delta.get("content"), str) else ""
-            # Servers name it either way, and some send both with one of them null.
-            thought = delta.get("reasoning_content") or delta.get("reasoning")
-            reasoning = thought if isinstance(thought, str) else ""
-        reason = choice.get("finish_reason")
-        if isinstance(reason, str):
-            # Anything else that ends a turn (tool_calls, content_filter, ...) is a stop to us.
-            finish = _FINISH_REASONS.get(reason, FinishReason.STOP)
-    usage = payload.get("usage")
-    counts: tuple[int, int] | None = None
-    if isinstance(usage, dict):
-        try:
-            counts = (int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
-        except (TypeError, ValueError) as exc:
-            raise UpstreamError("upstream sent malformed usage") from exc
-    return StreamChunk(text=text, finish_reason=finish, usage=counts, reasoning=reasoning)
+
+
+def finish_reason(word: str | None) -> FinishReason | None:
+    """Our finish reason for the upstream's word; anything else that ends a turn
+    (``tool_calls``, ``content_filter`` ...) is a stop to us."""
+    return None if word is None else _FINISH_REASONS.get(word, FinishReason.STOP)
 
 
 def _retry_after(headers: httpx.Headers, max_s: int) -> int | None:
-    """Delay seconds clamped to ``1..max_s`` (an upstream's ``99999999999`` is not passed on);
-    an HTTP date or anything else is ignored."""
-    value = headers.get("retry-after", "").strip()
-    # isascii: "²".isdigit() is true and int() refuses it.
-    if not (value.isascii() and value.isdigit()):
-        return None
-    digits = value.lstrip("0") or "0"
-    # A long digit string is huge: no int() of it (Python refuses past 4300 digits).
-    return max_s if len(digits) > len(str(max_s)) else min(max(1, int(digits)), max_s)
+    """Whole seconds clamped to ``1..max_s``: an upstream's ``99999999999`` is not passed on."""
+    seconds = openai_wire.parse_retry_after(headers.get("retry-after"))
+    return None if seconds is None else max(1, math.ceil(min(seconds, max_s)))
 
 
 def _body_message(body: bytes) -> str:
     try:
-        return _error_message(json.loads(body))
+        return openai_wire.error_text(json.loads(body))
     except (ValueError, RecursionError):
-        return body.decode("utf-8", "replace").strip()[:_MAX_MESSAGE]
+        return body.decode("utf-8", "replace").strip()[: openai_wire.MAX_MESSAGE]
 
 
 def error_for_status(

@@ -187,8 +187,13 @@ def test_submit_refuses_what_can_never_fit(model, mixed):
     prompt = inputs["input_ids"].shape[1]
     batcher = ContinuousBatcher(model, BatcherConfig(max_batch_size=2, max_seq_len=prompt + 10))
     sink = RecordingSink()
-    with pytest.raises(RequestTooLarge):
+    with pytest.raises(
+        RequestTooLarge, match=f"^max_tokens is 11 and the prompt takes {prompt} tokens"
+    ) as big:
         batcher.submit(_request("big", inputs, sink, 11))
+    with pytest.raises(InvalidRequest, match="^max_tokens is 0, below the minimum of 1") as none:
+        batcher.submit(_request("none", inputs, sink, 0))
+    assert big.value.param == none.value.param == "max_tokens"
     batcher.submit(_request("fits", inputs, sink, 10))
     with pytest.raises(InvalidRequest):
         batcher.submit(_request("fits", inputs, sink, 10))

@@ -167,11 +167,19 @@ class RecordingMetrics:
         self.healthy[upstream] = healthy
 
 
+#: What a request asks for when a test does not say (the API resolves a real one from settings).
+MAX_TOKENS = 128
+
+
+def make_sampling(**sampling: Any) -> SamplingParams:
+    return SamplingParams(**{"max_new_tokens": MAX_TOKENS, **sampling})
+
+
 def make_request(request_id: str = "req-1", text: str = "Describe it.", **sampling: Any) -> GenerationRequest:
     return GenerationRequest(
         request_id=request_id,
         messages=(ChatMessage(role="user", content=(TextPart(text),)),),
-        sampling=SamplingParams(**sampling),
+        sampling=make_sampling(**sampling),
     )
 
 

@@ -30,6 +30,7 @@ from ._fakes import (
     chunk,
     collect,
     make_request,
+    make_sampling,
     text_of,
     wait_until,
 )
@@ -77,6 +78,7 @@ async def test_images_go_as_data_urls(h):
     request = GenerationRequest(
         request_id="img",
         messages=(ChatMessage(role="user", content=(ImagePart(image, "f" * 64), TextPart("What colour?"))),),
+        sampling=make_sampling(),
     )
     await collect(h.engine, request)
     content = h["a"].chat_bodies[0]["messages"][0]["content"]
@@ -358,6 +360,7 @@ async def test_deadline_closes_the_stream(h):
     request = GenerationRequest(
         request_id="late",
         messages=make_request().messages,
+        sampling=make_sampling(),
         deadline=time.monotonic() + 0.05,
     )
     with pytest.raises(DeadlineExceeded):

@@ -11,11 +11,11 @@ import httpx
 import pytest
 from PIL import Image
 
-from glimpse.engine.protocol import ChatMessage, GenerationRequest, ImagePart, SamplingParams, TextPart
+from glimpse.engine.protocol import ChatMessage, GenerationRequest, ImagePart, TextPart
 from glimpse.engine.upstream import BreakerState
 from glimpse.errors import InvalidRequest, UpstreamError
 
-from ._fakes import collect, make_request, text_of
+from ._fakes import collect, make_request, make_sampling, text_of
 
 TRACEBACK = (
     "Traceback (most recent call last):\n"
@@ -164,7 +164,7 @@ def image_request(role, **sampling):
             ChatMessage(role=role, content=(image, TextPart("look"))),
             ChatMessage(role="user", content=(TextPart("what is it?"),)),
         ),
-        sampling=SamplingParams(**sampling),
+        sampling=make_sampling(**sampling),
     )
 
 
@@ -173,13 +173,15 @@ def image_request(role, **sampling):
     [
         (image_request("system"), r"'user' messages only; messages\[0\] is a 'system'"),
         (image_request("assistant"), r"messages\[0\] is a 'assistant'"),
-        (make_request(max_new_tokens=5000), "max_tokens is 5000"),
-        (make_request(max_new_tokens=0), "max_tokens is 0"),
+        (make_request(max_new_tokens=5000), "^max_tokens is 5000, above this server's limit of 4096"),
+        (make_request(max_new_tokens=0), "^max_tokens is 0, below the minimum of 1"),
     ],
 )
 async def test_what_the_gateway_can_check_is_refused_before_any_upstream(make, request_, match):
     h = await make()
-    with pytest.raises(InvalidRequest, match=match):
+    with pytest.raises(InvalidRequest, match=match) as caught:
         h.engine.submit(request_)
+    if "max_tokens" in match:
+        assert caught.value.param == "max_tokens"
     assert sum(h.chat_attempts().values()) == 0
     assert closed_and_clean(h)

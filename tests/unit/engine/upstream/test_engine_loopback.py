@@ -18,7 +18,14 @@ import pytest
 from PIL import Image
 
 from glimpse.config import EngineSettings
-from glimpse.engine.protocol import ChatMessage, FinishReason, GenerationRequest, ImagePart, TextPart
+from glimpse.engine.protocol import (
+    ChatMessage,
+    FinishReason,
+    GenerationRequest,
+    ImagePart,
+    SamplingParams,
+    TextPart,
+)
 from glimpse.engine.upstream import UpstreamEngine, UpstreamOptions
 from glimpse.errors import UpstreamTimeout
 
@@ -126,6 +133,7 @@ async def test_streams_from_an_independent_server_with_an_image(standins):
         request = GenerationRequest(
             request_id="r1",
             messages=(ChatMessage(role="user", content=(ImagePart(image, "0" * 64), TextPart("Colour?"))),),
+            sampling=SamplingParams(max_new_tokens=16),
         )
         events = [event async for event in engine.submit(request)]
     finally:

@@ -12,6 +12,7 @@ from glimpse.engine.upstream.wire import (
     chat_body,
     encode_data_url,
     error_for_status,
+    finish_reason,
     parse_chunk,
     resolve_model,
 )
@@ -52,8 +53,15 @@ async def test_iter_sse_data_handles_comments_multiline_and_missing_final_blank(
 
 def test_parse_chunk_text_finish_and_usage():
     assert parse_chunk(chunk("Hi").decode()[6:]).text == "Hi"
-    assert parse_chunk(chunk(finish="length").decode()[6:]).finish_reason is FinishReason.LENGTH
-    assert parse_chunk(chunk(finish="tool_calls").decode()[6:]).finish_reason is FinishReason.STOP
+    assert (
+        finish_reason(parse_chunk(chunk(finish="length").decode()[6:]).finish_reason) is FinishReason.LENGTH
+    )
+    assert (
+        finish_reason(parse_chunk(chunk(finish="tool_calls").decode()[6:]).finish_reason) is FinishReason.STOP
+    )
+    assert (
+        finish_reason(parse_chunk(chunk(finish="abort").decode()[6:]).finish_reason) is FinishReason.CANCELLED
+    )
     assert parse_chunk(chunk(usage=(7, 2)).decode()[6:]).usage == (7, 2)
     role_only = parse_chunk('{"choices": [{"delta": {"role": "assistant"}, "finish_reason": null}]}')
     assert (role_only.text, role_only.finish_reason, role_only.usage) == ("", None, None)
@@ -235,7 +243,10 @@ def test_reasoning_under_either_name_even_with_the_other_null():
         ("0", 1),
         ("²".encode(), None),  # str.isdigit() says yes, int() raised ValueError
         ("-3", None),
-        ("Fri, 31 Dec 1999 23:59:59 GMT", None),
+        ("1.2", 2),  # a fraction is rounded up: never sooner than the upstream asked
+        ("Fri, 31 Dec 1999 23:59:59 GMT", 1),  # a past date: retry now, which is 1 s to a client
+        ("Tue, 31 Dec 2999 23:59:59 GMT", 60),
+        ("soon", None),
     ],
 )
 def test_retry_after_from_an_upstream_is_clamped(value, expected):
