@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 
 from glimpse.engine.protocol import EngineHealth, FinishReason, GenerationRequest, TokenEvent
@@ -42,7 +42,7 @@ class FakeEngine:
     async def cancel(self, request_id: str) -> None:
         self.cancelled.append(request_id)
 
-    async def submit(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+    async def submit(self, request: GenerationRequest) -> AsyncGenerator[TokenEvent, None]:
         if self.raise_on_submit is not None:
             raise self.raise_on_submit
         self.requests.append(request)
@@ -66,7 +66,7 @@ class ThinkingEngine(FakeEngine):
 
     thoughts: tuple[str, ...] = ("let me ", "look")
 
-    async def submit(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+    async def submit(self, request: GenerationRequest) -> AsyncGenerator[TokenEvent, None]:
         self.requests.append(request)
         count = 0
         for thought in self.thoughts:

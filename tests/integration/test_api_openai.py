@@ -7,7 +7,7 @@ from tests.fakes import FakeEngine
 from tests.images import data_url, png_b64
 
 from glimpse.config import EngineSettings, ServerSettings, Settings
-from glimpse.engine.protocol import ImagePart, SamplingParams, TextPart
+from glimpse.engine.protocol import ImagePart, TextPart
 from glimpse.errors import Overloaded
 
 
@@ -195,27 +195,6 @@ async def test_chat_template_kwargs_reach_the_engine_and_the_cache_key(make_clie
     assert thinking_off.headers["x-glimpse-cache"] == "miss"
     assert default.headers["x-glimpse-cache"] == "miss"  # other template variables, other answer
     assert too_many.status_code == 422
-
-
-def test_server_settings_that_shape_answers_are_part_of_the_cache_key():
-    # Replicas sharing one Redis but configured differently must not serve each other's answers.
-    from glimpse.api.service import GenerationService
-    from glimpse.config import CacheSettings
-    from glimpse.engine.protocol import ChatMessage, GenerationRequest, TextPart
-    from glimpse.obs import Metrics
-
-    def key(**answer_settings: object) -> str:
-        service = GenerationService(FakeEngine(), None, CacheSettings(), Metrics(), answer_settings)
-        return service.cache_key(
-            GenerationRequest(
-                "r", (ChatMessage("user", (TextPart("hi"),)),), SamplingParams(max_new_tokens=8)
-            )
-        )
-
-    plain = key(template_defaults={}, reasoning_parser="none")
-    assert plain == key(template_defaults={}, reasoning_parser="none")
-    assert plain != key(template_defaults={"enable_thinking": False}, reasoning_parser="none")
-    assert plain != key(template_defaults={}, reasoning_parser="think-tags")
 
 
 async def test_concurrent_requests_may_share_an_x_request_id(make_client):

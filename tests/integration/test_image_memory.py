@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 
 import pytest
@@ -35,7 +35,7 @@ class ClosedCheckingEngine(FakeEngine):
 
     closed_after_first: list[bool] = field(default_factory=list)
 
-    async def submit(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+    async def submit(self, request: GenerationRequest) -> AsyncGenerator[TokenEvent, None]:
         events = super().submit(request)
         yield await events.__anext__()
         await asyncio.sleep(0.05)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +29,7 @@ class StallingEngine(FakeEngine):
 
     first_word: bool = False
 
-    async def submit(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+    async def submit(self, request: GenerationRequest) -> AsyncGenerator[TokenEvent, None]:
         self.requests.append(request)
         self.in_flight += 1
         try:

@@ -9,19 +9,20 @@ off, the drain, the credential and its scope, engine capacity, then the caller's
 rate limit and quota. Only then does the body limit let the body in.
 
 The route table below is the one place that says which scope a route needs and
-how large its body may be. The caller found here is left on the request's scope
-state, where ``api.security.authorize`` and the audit record read it.
+how large its body may be. The caller found here is left on the request's context
+(``api.context``), where ``api.security.authorize`` and the audit record read it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from starlette.types import Scope
 
+from glimpse.api.context import RequestContext, request_context
 from glimpse.config import Settings
 from glimpse.errors import Forbidden, InvalidRequest, NotReady, Overloaded
 from glimpse.guard import Principal, is_loopback
@@ -84,13 +85,12 @@ class RequestHead:
     def from_scope(cls, scope: Scope) -> RequestHead:
         raw: list[tuple[bytes, bytes]] = scope.get("headers") or []
         client = scope.get("client")
-        arrived = scope.get("state", {}).get("arrived_at")
         return cls(
             method=str(scope.get("method", "")),
             path=str(scope.get("path", "")),
             headers={k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw},
             client_host=str(client[0]) if client else "unknown",
-            arrived_at=arrived if isinstance(arrived, float) else None,
+            arrived_at=request_context(scope).arrived_at,
         )
 
 
@@ -199,9 +199,9 @@ class Admission:
             )
 
     async def admit(
-        self, head: RequestHead, policy: RoutePolicy, state: AppState, request_state: dict[str, Any]
+        self, head: RequestHead, policy: RoutePolicy, state: AppState, context: RequestContext
     ) -> None:
-        """Leave the caller on ``request_state`` once every check that needs no body has passed.
+        """Leave the caller on ``context`` once every check that needs no body has passed.
 
         The caller is left there as soon as it is known, so a later refusal (403, 503, 429)
         is audited under the caller's name, not its address.
@@ -218,7 +218,7 @@ class Admission:
         principal = auth.authenticate(
             head.headers.get("authorization"), head.headers.get("x-api-key"), head.client_host
         )
-        request_state["principal"] = principal
+        context.principal = principal
         if policy.scope is not None:
             principal.require_scope(policy.scope)
         if not policy.generates:

@@ -140,6 +140,69 @@ def _add_metrics_route(app: FastAPI) -> None:
         return Response(body, headers={"Content-Type": content_type})
 
 
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def _open_state(
+    resources: contextlib.AsyncExitStack,
+    settings: Settings,
+    engine: Engine | None,
+    metrics: Metrics,
+    auth: Authenticator,
+    guard: PromptGuard,
+    admission: Admission,
+) -> AppState:
+    """The routes' shared state; each resource it opens is closed by ``resources``."""
+    used_engine = engine if engine is not None else build_engine(settings.engine, metrics)
+    resources.push_async_callback(used_engine.stop)
+    metrics.set_info(version=__version__, engine=settings.engine.kind, model=used_engine.model_name)
+    cache = _result_cache(settings.cache, metrics)
+    if cache is not None:
+        resources.push_async_callback(cache.close)
+    fetch_client = create_fetch_client(settings.media)
+    resources.push_async_callback(fetch_client.aclose)
+    redis_url = settings.cache.redis_url
+    limit_store, quota_store = None, None
+    if redis_url is not None:
+        limit_store = RedisRateLimitStore.from_url(
+            redis_url.get_secret_value(), on_failure=metrics.store_failures.labels(store="rate_limit").inc
+        )
+        resources.push_async_callback(limit_store.aclose)
+        quota_store = RedisQuotaStore.from_url(
+            redis_url.get_secret_value(), on_failure=metrics.store_failures.labels(store="quota").inc
+        )
+        resources.push_async_callback(quota_store.aclose)
+    quota = QuotaTracker(settings.guard, quota_store)
+    return AppState(
+        settings=settings,
+        engine=used_engine,
+        intake=ImageIntake(settings.media, fetch_client),
+        metrics=metrics,
+        service=GenerationService(
+            used_engine,
+            cache,
+            settings.cache,
+            metrics,
+            guard=guard,
+            guard_mode=settings.guard.prompt_guard,
+            quota=quota,
+            answer_settings={
+                "template_defaults": dict(settings.engine.chat_template_kwargs),
+                "reasoning_parser": settings.engine.reasoning_parser,
+            },
+        ),
+        auth=auth,
+        limiter=RateLimiter(settings.guard, limit_store),
+        quota=quota,
+        guard=guard,
+        admission=admission,
+        model_aliases=frozenset({used_engine.model_name, settings.engine.model}),
+    )
+
+
 def create_app(
     settings: Settings,
     engine: Engine | None = None,
@@ -167,58 +230,16 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        used_engine = engine if engine is not None else build_engine(settings.engine, metrics)
-        metrics.set_info(version=__version__, engine=settings.engine.kind, model=used_engine.model_name)
-        cache = _result_cache(settings.cache, metrics)
-        fetch_client = create_fetch_client(settings.media)
-        redis_url = settings.cache.redis_url
-        limit_store, quota_store = None, None
-        if redis_url is not None:
-            limit_store = RedisRateLimitStore.from_url(
-                redis_url.get_secret_value(), on_failure=metrics.store_failures.labels(store="rate_limit").inc
-            )
-            quota_store = RedisQuotaStore.from_url(
-                redis_url.get_secret_value(), on_failure=metrics.store_failures.labels(store="quota").inc
-            )
-        state = AppState(
-            settings=settings,
-            engine=used_engine,
-            intake=ImageIntake(settings.media, fetch_client),
-            metrics=metrics,
-            service=GenerationService(
-                used_engine,
-                cache,
-                settings.cache,
-                metrics,
-                answer_settings={
-                    "template_defaults": dict(settings.engine.chat_template_kwargs),
-                    "reasoning_parser": settings.engine.reasoning_parser,
-                },
-            ),
-            auth=auth,
-            limiter=RateLimiter(settings.guard, limit_store),
-            quota=QuotaTracker(settings.guard, quota_store),
-            guard=guard,
-            admission=admission,
-            model_aliases=frozenset({used_engine.model_name, settings.engine.model}),
-        )
-        app.state.glimpse = state
-        starting = asyncio.create_task(_start_engine(used_engine, state, on_fatal, on_ready))
-        try:
+        # Every resource is closed through one stack, last opened first closed, each even
+        # when closing another failed: an engine that fails to stop leaks nothing else.
+        async with contextlib.AsyncExitStack() as resources:
+            resources.push_async_callback(audit.aclose)
+            state = _open_state(resources, settings, engine, metrics, auth, guard, admission)
+            app.state.glimpse = state
+            starting = asyncio.create_task(_start_engine(state.engine, state, on_fatal, on_ready))
+            resources.push_async_callback(_cancel, starting)
+            resources.callback(state.start_draining)  # first of all: refuse new work, then stop
             yield
-        finally:
-            state.start_draining()
-            starting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await starting
-            await used_engine.stop()
-            if cache is not None:
-                await cache.close()
-            await fetch_client.aclose()
-            for store in (limit_store, quota_store):
-                if store is not None:
-                    await store.aclose()
-            await audit.aclose()
 
     app = GlimpseApp(
         title="Glimpse",

@@ -1,4 +1,4 @@
-"""Small pieces every API surface shares: sampling limits, images, deadlines, ids."""
+"""Small pieces every API surface shares: sampling limits, images, deadlines, completion ids."""
 
 from __future__ import annotations
 
@@ -6,33 +6,19 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 
-from starlette.requests import Request
-
-from glimpse.config import CacheSettings, EngineSettings, ServerSettings
+from glimpse.config import EngineSettings, ServerSettings
 from glimpse.engine.max_tokens import resolve_max_tokens
 from glimpse.engine.protocol import Engine, ImagePart, ImageSizeCheck, SamplingParams
 from glimpse.media import DecodedImage, ImageHeader
 
 __all__ = [
     "SizeCheck",
-    "cache_partition",
-    "engine_request_id",
     "image_part",
     "image_size_check",
     "new_completion_id",
-    "no_cache_requested",
     "sampling_params",
     "with_deadline",
 ]
-
-
-def engine_request_id(request: Request) -> str:
-    """The request id (from X-Request-ID or generated) made unique for the engine.
-
-    Clients may reuse an X-Request-ID (retries, or one id for a whole conversation);
-    two requests in flight at once must still be two engine requests.
-    """
-    return f"{request.state.request_id}.{uuid.uuid4().hex[:8]}"
 
 
 def new_completion_id() -> str:
@@ -85,21 +71,3 @@ def image_size_check(engine: Engine) -> SizeCheck | None:
         judge.check_image_sizes([(h.width, h.height) for h in headers], max_new_tokens)
 
     return check
-
-
-def cache_partition(request: Request, settings: CacheSettings) -> str:
-    """Whose cached answers this request may see: its own client's, unless the operator shares them.
-
-    A hit (``X-Glimpse-Cache: hit``) tells the caller that someone asked exactly
-    this before; per-client partitions keep that from crossing API keys.
-    """
-    if settings.shared_across_clients:
-        return ""
-    principal = getattr(request.state, "principal", None)
-    return "anonymous" if principal is None else str(principal.client_id)
-
-
-def no_cache_requested(request: Request) -> bool:
-    """``Cache-Control: no-cache`` (or ``no-store``) from the client skips the result cache."""
-    value = request.headers.get("cache-control", "").lower()
-    return "no-cache" in value or "no-store" in value

@@ -12,11 +12,12 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from glimpse.api.admission import Admission, RequestHead
+from glimpse.api.context import RequestContext, request_context
 from glimpse.api.errors import error_response
 from glimpse.api.security import record_audit
 from glimpse.errors import GlimpseError, NotReady, RequestTimeout, RequestTooLarge
 from glimpse.guard import AuditLog
-from glimpse.obs import Metrics, request_id_context, sanitize_request_id
+from glimpse.obs import Metrics, request_id_context
 
 if TYPE_CHECKING:
     from glimpse.api.state import AppState
@@ -35,7 +36,7 @@ _QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/health", "/metrics"})
 _PAGE_ROUTES = frozenset({"/", "/static"})
 
 
-def _route_template(scope: Scope) -> str | None:
+def _route_template(scope: Scope, context: RequestContext) -> str | None:
     route = scope.get("route")
     path = getattr(route, "path", None)
     if isinstance(path, str):
@@ -44,8 +45,7 @@ def _route_template(scope: Scope) -> str | None:
     if isinstance(scope.get("endpoint"), StaticFiles):
         return "/static"
     # Refused by admission before routing: it names the API route it matched.
-    admitted = scope.get("state", {}).get("route_path")
-    return admitted if isinstance(admitted, str) else None
+    return context.route_path
 
 
 class RequestObserverMiddleware:
@@ -60,12 +60,9 @@ class RequestObserverMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        raw = dict(scope.get("headers") or []).get(b"x-request-id")
-        request_id = sanitize_request_id(raw.decode("latin-1") if raw else None)
-        # A fresh per-request state: some servers hand every request the same lifespan dict.
-        # Its arrival time decides admission during a drain (AppState.refuse_if_draining).
-        arrival = {"request_id": request_id, "arrived_at": time.monotonic()}
-        scope["state"] = {**scope.get("state", {}), **arrival}
+        context = RequestContext.from_scope(scope)
+        context.attach(scope)
+        request_id = context.request_id
         status = 500
         started = time.perf_counter()
 
@@ -83,13 +80,13 @@ class RequestObserverMiddleware:
             finally:
                 self.metrics.http_requests_in_flight.dec()
                 elapsed = time.perf_counter() - started
-                route = _route_template(scope)
+                route = _route_template(scope, context)
                 self.metrics.observe_request(route, status, elapsed)
                 if route not in _QUIET_ROUTES and route not in _PAGE_ROUTES:
                     client = scope.get("client")
                     host = client[0] if client else None
                     try:
-                        record_audit(self.audit, scope["state"], host, route or "unmatched", status, elapsed)
+                        record_audit(self.audit, context, host, route or "unmatched", status, elapsed)
                     except Exception:  # a record that cannot be built must not fail the response
                         logger.exception("audit record could not be built")
                         self.metrics.audit_failures.labels(reason="build").inc()
@@ -101,7 +98,7 @@ class RequestObserverMiddleware:
                             "route": route or "unmatched",
                             "status": status,
                             "duration_ms": round(elapsed * 1000, 1),
-                            "cache": scope["state"].get("cache"),
+                            "cache": None if context.cache is None else context.cache.value,
                         },
                     )
 
@@ -215,14 +212,15 @@ class AdmissionMiddleware:
         head = RequestHead.from_scope(scope)
         policy = self.admission.policy(head.method, head.path)
         state = self.app_state()
+        context = request_context(scope)
         if policy is not None:  # the table's paths are the routes' own: metrics and logs name them
-            scope.setdefault("state", {})["route_path"] = head.path
+            context.route_path = head.path
         try:
             self.admission.check_host(head)
             if policy is not None:
                 if state is None:  # before the lifespan has built the state: nothing can be served
                     raise NotReady("The server is starting; try again shortly.", retry_after=1)
-                await self.admission.admit(head, policy, state, scope.setdefault("state", {}))
+                await self.admission.admit(head, policy, state, context)
         except GlimpseError as exc:
             if state is not None:
                 state.metrics.observe_rejected(exc.code)

@@ -1,10 +1,14 @@
-"""Running a generation for any API surface: cache, single-flight, metrics, disconnects.
+"""Running a generation for any API surface: guard, cache, single-flight, engine, quota.
 
-Both ``/v1/chat/completions`` and ``/infer`` come through here, so a cached
-answer, a coalesced duplicate and a fresh generation look the same to them: a
-first event (awaited before any response is sent, so errors still get their
-status code) and the rest of the stream. Closing the stream early cancels the
-work it was waiting for, unless other identical requests still follow it.
+Every route that generates calls ``GenerationService.handle`` once, with the engine
+request its adapter built, the request's context and a way to see the client leave;
+the prompt is screened, the answer comes from the cache, from an identical request
+already running or from the engine, and the tokens are charged to the caller's
+quota. A cached answer, a coalesced duplicate and a fresh generation look the same
+to the routes: a first event (awaited before any response is sent, so errors still
+get their status code) and the rest of the stream, or the whole ``Completion``.
+Closing the stream early cancels the work it was waiting for, unless other
+identical requests still follow it.
 
 Nothing here waits for ever (issue 12, F1): every wait for the next event ends at
 the request's deadline (``DeadlineExceeded``, 504), and a client that goes away
@@ -18,20 +22,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any, Literal, Protocol, TypeVar, overload
 
-from starlette.requests import Request
+from starlette.types import Receive
 
+from glimpse.api.context import AuditDetails, RequestContext
 from glimpse.cache import CachedResult, ResultCache, cache_key, is_cacheable
 from glimpse.config import CacheSettings
 from glimpse.engine.protocol import Engine, FinishReason, GenerationRequest, ImagePart, TokenEvent
-from glimpse.errors import ClientDisconnected, DeadlineExceeded, EngineRequestError
+from glimpse.errors import ClientDisconnected, DeadlineExceeded, EngineRequestError, PromptRejected
+from glimpse.guard import REFUSAL_MESSAGE, PromptGuard, QuotaTracker
 from glimpse.obs import Metrics
 
-__all__ = ["CACHE_HEADER", "CacheStatus", "Completion", "GenerationService", "OpenStream"]
+__all__ = [
+    "CACHE_HEADER",
+    "CacheStatus",
+    "Completion",
+    "DisconnectWatcher",
+    "GenerationService",
+    "OpenStream",
+    "ReceiveWatcher",
+    "TokenStream",
+]
 
 _ANSWERS = (FinishReason.STOP, FinishReason.LENGTH)
 _T = TypeVar("_T")
@@ -47,23 +62,56 @@ class CacheStatus(StrEnum):
     BYPASS = "bypass"  # not cacheable, or the client said no-cache
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class Completion:
+    """A whole answer, and where it came from."""
+
     text: str
     finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+    cache: CacheStatus
     reasoning: str = ""
+
+
+class TokenStream(Protocol):
+    """Events that can be closed before their end (an async generator is one): closing frees the work."""
+
+    def __aiter__(self) -> AsyncIterator[TokenEvent]: ...
+
+    async def __anext__(self) -> TokenEvent: ...
+
+    async def aclose(self) -> None: ...
 
 
 @dataclass(slots=True)
 class OpenStream:
+    """A streamed answer: its first event is in, the rest follows; ``close`` cancels what is left."""
+
     first: TokenEvent
-    rest: AsyncIterator[TokenEvent]
+    rest: TokenStream
     cache: CacheStatus
 
     async def close(self) -> None:
-        await self.rest.aclose()  # type: ignore[attr-defined]
+        await self.rest.aclose()
+
+
+class DisconnectWatcher(Protocol):
+    """Tells the service when the client has gone away, so its work can be cancelled."""
+
+    async def disconnected(self) -> None:
+        """Return once the client has gone away (never, while it stays)."""
+
+
+@dataclass(slots=True, frozen=True)
+class ReceiveWatcher:
+    """Watches an ASGI ``receive`` for ``http.disconnect`` (the request body has been read by then)."""
+
+    receive: Receive
+
+    async def disconnected(self) -> None:
+        while (await self.receive())["type"] != "http.disconnect":
+            pass
 
 
 def _message_shape(gen: GenerationRequest) -> list[dict[str, object]]:
@@ -97,7 +145,7 @@ def _to_result(events: Sequence[TokenEvent]) -> CachedResult | None:
     )
 
 
-async def _replay(cached: CachedResult) -> AsyncIterator[TokenEvent]:
+async def _replay(cached: CachedResult) -> AsyncGenerator[TokenEvent, None]:
     if cached.reasoning:
         yield TokenEvent("", (), None, cached.prompt_tokens, 0, cached.reasoning)
     for index, chunk in enumerate(cached.chunks, start=1):
@@ -106,13 +154,9 @@ async def _replay(cached: CachedResult) -> AsyncIterator[TokenEvent]:
     yield TokenEvent("", (), reason, cached.prompt_tokens, cached.completion_tokens)
 
 
-async def _watch_disconnect(request: Request) -> None:
-    """Return once the client has gone away (the body has been read by then)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-async def _within(events: AsyncIterator[TokenEvent], deadline: float | None) -> AsyncIterator[TokenEvent]:
+async def _within(
+    events: AsyncGenerator[TokenEvent, None], deadline: float | None
+) -> AsyncGenerator[TokenEvent, None]:
     """``events``, each wait for the next one ending at ``deadline`` (``time.monotonic()``).
 
     Whatever the source waits on (a queue, a thread, an upstream, a shared
@@ -134,24 +178,31 @@ async def _within(events: AsyncIterator[TokenEvent], deadline: float | None) -> 
                 raise
             yield event
     finally:
-        await events.aclose()  # type: ignore[attr-defined]
+        await events.aclose()
 
 
-class _DisconnectCounter:
-    """The rest of a streamed answer: counts a consumer that stops before the final event.
+class _StreamTail:
+    """The rest of a streamed answer: runs ``on_final`` with the final event, counts an early stop.
 
     After the 200 only a client that went away (Starlette then cancels the
     response) or a shutdown ends a stream early; an error is not counted, it ends
-    the stream. A class, not a generator, so ``aclose`` reaches the source even
-    when the consumer never asked for a second event.
+    the stream. A class, not a generator function, so ``aclose`` reaches the source
+    even when the consumer never asked for a second event.
     """
 
-    def __init__(self, source: AsyncIterator[TokenEvent], metrics: Metrics, done: bool) -> None:
+    def __init__(
+        self,
+        source: TokenStream,
+        metrics: Metrics,
+        done: bool,
+        on_final: Callable[[TokenEvent], Awaitable[None]],
+    ) -> None:
         self._source = source
         self._metrics = metrics
         self._done = done
+        self._on_final = on_final
 
-    def __aiter__(self) -> _DisconnectCounter:
+    def __aiter__(self) -> _StreamTail:
         return self
 
     async def __anext__(self) -> TokenEvent:
@@ -165,6 +216,7 @@ class _DisconnectCounter:
             raise
         if event.finish_reason is not None:
             self._done = True
+            await self._on_final(event)
         return event
 
     def _left(self) -> None:
@@ -174,25 +226,138 @@ class _DisconnectCounter:
 
     async def aclose(self) -> None:
         self._left()
-        await self._source.aclose()  # type: ignore[attr-defined]
+        await self._source.aclose()
 
 
 class GenerationService:
+    """The one way a route turns an engine request into an answer (see the module's docstring)."""
+
     def __init__(
         self,
         engine: Engine,
         cache: ResultCache | None,
         settings: CacheSettings,
         metrics: Metrics,
+        *,
+        guard: PromptGuard,
+        guard_mode: Literal["off", "flag", "block"],
+        quota: QuotaTracker,
         answer_settings: Mapping[str, object] | None = None,
     ) -> None:
         self.engine = engine
         self.cache = cache
         self.settings = settings
         self.metrics = metrics
+        self.guard = guard
+        self.guard_mode = guard_mode
+        self.quota = quota
         #: Server settings that shape answers (template defaults, reasoning split): part of every
         #: cache key, so replicas configured differently never share entries in one Redis.
         self.answer_settings = dict(answer_settings or {})
+
+    @overload
+    async def handle(
+        self,
+        gen: GenerationRequest,
+        context: RequestContext,
+        watcher: DisconnectWatcher,
+        *,
+        stream: Literal[False],
+        on_first_event: Callable[[], None] | None = None,
+    ) -> Completion: ...
+
+    @overload
+    async def handle(
+        self,
+        gen: GenerationRequest,
+        context: RequestContext,
+        watcher: DisconnectWatcher,
+        *,
+        stream: Literal[True],
+        on_first_event: Callable[[], None] | None = None,
+    ) -> OpenStream: ...
+
+    async def handle(
+        self,
+        gen: GenerationRequest,
+        context: RequestContext,
+        watcher: DisconnectWatcher,
+        *,
+        stream: bool,
+        on_first_event: Callable[[], None] | None = None,
+    ) -> Completion | OpenStream:
+        """Screen, answer (cache, single-flight or engine) and charge the caller's quota.
+
+        A client that leaves before the answer (or its first event, for a ``stream``) is
+        ready cancels the work at once (``ClientDisconnected``); one that leaves during
+        a stream is counted. ``on_first_event`` runs once the first event is in (the
+        engine has taken the request's images by then), e.g. to free the decoded images
+        before the answer ends. The context gets the audit details, the cache status and
+        the tokens; a stream's tokens are charged when its final event passes.
+        """
+        await self._screen(gen, context)
+        partition = self._partition(context)
+        if not stream:
+            completion = await self._unless_disconnected(
+                self._collect(gen, context.no_cache, partition, on_first_event), watcher
+            )
+            context.cache = completion.cache
+            await self._charge(context, completion.prompt_tokens, completion.completion_tokens)
+            return completion
+        opened = await self._unless_disconnected(
+            self._open(gen, no_cache=context.no_cache, partition=partition), watcher
+        )
+        if on_first_event is not None:
+            on_first_event()
+        context.cache = opened.cache
+
+        async def charge(final: TokenEvent) -> None:
+            await self._charge(context, final.prompt_tokens, final.completion_tokens)
+
+        done = opened.first.finish_reason is not None
+        if done:
+            await charge(opened.first)
+        opened.rest = _StreamTail(opened.rest, self.metrics, done, charge)
+        return opened
+
+    async def _screen(self, gen: GenerationRequest, context: RequestContext) -> None:
+        """Run the prompt-injection guard on the conversation; refuse in ``block`` mode.
+
+        The texts are the engine request's, already sanitised by the adapter, so the
+        guard screens exactly what the model will read; the guard screens each
+        message and the user's messages joined (an injection split over two messages
+        is one injection to the model). Assistant turns too: the client sends the whole
+        history, so an "earlier answer" is client text like any other.
+        """
+        texts = [m.text for m in gen.messages if m.text]
+        verdict = await self.guard.acheck(texts, [m.role for m in gen.messages if m.text])
+        context.audit = AuditDetails(
+            prompt_texts=tuple(texts),
+            image_sha256=tuple(image.sha256 for image in gen.images),
+            image_dims=tuple(image.image.size for image in gen.images),
+            guard=verdict,
+        )
+        if self.guard_mode != "off":
+            self.metrics.observe_guard("flagged" if verdict.flagged else "clean")
+        if verdict.flagged and self.guard_mode == "block":
+            raise PromptRejected(REFUSAL_MESSAGE)
+
+    def _partition(self, context: RequestContext) -> str:
+        """Whose cached answers this request may see: its own client's, unless the operator shares them.
+
+        A hit (``X-Glimpse-Cache: hit``) tells the caller that someone asked exactly
+        this before; per-client partitions keep that from crossing API keys.
+        """
+        if self.settings.shared_across_clients:
+            return ""
+        principal = context.principal
+        return "anonymous" if principal is None else str(principal.client_id)
+
+    async def _charge(self, context: RequestContext, prompt_tokens: int, completion_tokens: int) -> None:
+        """Count a finished request's tokens against its client's daily quota, and for the audit record."""
+        context.tokens_in, context.tokens_out = prompt_tokens, completion_tokens
+        if context.principal is not None:
+            await self.quota.consume(context.principal, prompt_tokens + completion_tokens)
 
     def cache_key(self, gen: GenerationRequest, partition: str = "") -> str:
         """``partition``: who may share the entry (a client id), ``""`` for everyone."""
@@ -219,39 +384,17 @@ class GenerationService:
             gen.sampling.greedy, gen.sampling.seed, self.settings.allow_sampled
         )
 
-    async def open(
-        self,
-        gen: GenerationRequest,
-        *,
-        no_cache: bool = False,
-        partition: str = "",
-        http_request: Request | None = None,
-    ) -> OpenStream:
-        """The first event and the rest of the stream, for a streamed answer.
-
-        With ``http_request``, a client that disconnects before the first event
-        cancels the work at once (``ClientDisconnected``), and one that leaves
-        during the stream is counted.
-        """
-        if http_request is None:
-            return await self._open(gen, no_cache=no_cache, partition=partition)
-        opening = self._open(gen, no_cache=no_cache, partition=partition)
-        stream = await self._unless_disconnected(opening, http_request)
-        done = stream.first.finish_reason is not None
-        stream.rest = _DisconnectCounter(stream.rest, self.metrics, done)
-        return stream
-
     async def _open(self, gen: GenerationRequest, *, no_cache: bool, partition: str) -> OpenStream:
         started = time.perf_counter()
-        events: AsyncIterator[TokenEvent]
         if self.cache is not None and self._cacheable(gen, no_cache):
             key = self.cache_key(gen, partition)
             cached = await self.cache.lookup(key)
             if cached is not None:
                 return await self._first(_replay(cached), CacheStatus.HIT, gen.deadline)
             holder: list[CacheStatus] = []
-            events = self._shared(key, gen, holder, started)
-            stream = await self._first(events, CacheStatus.MISS, gen.deadline)
+            stream = await self._first(
+                self._shared(key, gen, holder, started), CacheStatus.MISS, gen.deadline
+            )
             stream.cache = holder[0] if holder else CacheStatus.MISS
             return stream
         events = self.engine.submit(gen)
@@ -259,7 +402,7 @@ class GenerationService:
 
     async def _shared(
         self, key: str, gen: GenerationRequest, holder: list[CacheStatus], started: float
-    ) -> AsyncIterator[TokenEvent]:
+    ) -> AsyncGenerator[TokenEvent, None]:
         assert self.cache is not None
         # Observed where it is generated: requests that join a running generation share its
         # tokens, and counting them per joiner would count one generation several times.
@@ -269,7 +412,9 @@ class GenerationService:
             async for event in items:
                 yield event
 
-    async def _observed(self, events: AsyncIterator[TokenEvent], started: float) -> AsyncIterator[TokenEvent]:
+    async def _observed(
+        self, events: AsyncGenerator[TokenEvent, None], started: float
+    ) -> AsyncGenerator[TokenEvent, None]:
         first_at: float | None = None
         try:
             async for event in events:
@@ -284,11 +429,11 @@ class GenerationService:
                     )
                 yield event
         finally:
-            await events.aclose()  # type: ignore[attr-defined]
+            await events.aclose()
 
     @staticmethod
     async def _first(
-        source: AsyncIterator[TokenEvent], status: CacheStatus, deadline: float | None
+        source: AsyncGenerator[TokenEvent, None], status: CacheStatus, deadline: float | None
     ) -> OpenStream:
         events = _within(source, deadline)
         try:
@@ -296,58 +441,51 @@ class GenerationService:
         except StopAsyncIteration:  # every stream must end with a finish event
             raise EngineRequestError("The engine produced no output.") from None
         except BaseException:
-            await events.aclose()  # type: ignore[attr-defined]
+            await events.aclose()
             raise
         return OpenStream(first, events, status)
 
-    async def collect(
+    async def _collect(
         self,
         gen: GenerationRequest,
-        http_request: Request,
-        *,
-        no_cache: bool = False,
-        partition: str = "",
-        on_first_event: Callable[[], None] | None = None,
-    ) -> tuple[Completion, CacheStatus]:
-        """Run to the end; a client that disconnects first cancels the work.
+        no_cache: bool,
+        partition: str,
+        on_first_event: Callable[[], None] | None,
+    ) -> Completion:
+        stream = await self._open(gen, no_cache=no_cache, partition=partition)
+        if on_first_event is not None:
+            on_first_event()
+        parts, thoughts = [stream.first.text], [stream.first.reasoning]
+        last = stream.first
+        try:
+            while last.finish_reason is None:
+                last = await stream.rest.__anext__()
+                parts.append(last.text)
+                thoughts.append(last.reasoning)
+        finally:
+            await stream.close()
+        reason = last.finish_reason
+        return Completion(
+            "".join(parts),
+            reason,
+            last.prompt_tokens,
+            last.completion_tokens,
+            stream.cache,
+            "".join(thoughts),
+        )
 
-        ``on_first_event`` runs once the first event is in (the engine has taken the
-        request's images by then), e.g. to free the decoded images before the answer ends.
-        """
-
-        async def run() -> tuple[Completion, CacheStatus]:
-            stream = await self._open(gen, no_cache=no_cache, partition=partition)
-            if on_first_event is not None:
-                on_first_event()
-            parts, thoughts = [stream.first.text], [stream.first.reasoning]
-            last = stream.first
-            try:
-                while last.finish_reason is None:
-                    last = await stream.rest.__anext__()
-                    parts.append(last.text)
-                    thoughts.append(last.reasoning)
-            finally:
-                await stream.close()
-            reason = last.finish_reason
-            completion = Completion(
-                "".join(parts), reason, last.prompt_tokens, last.completion_tokens, "".join(thoughts)
-            )
-            return completion, stream.cache
-
-        return await self._unless_disconnected(run(), http_request)
-
-    async def _unless_disconnected(self, work: Coroutine[Any, Any, _T], http_request: Request) -> _T:
+    async def _unless_disconnected(self, work: Coroutine[Any, Any, _T], watcher: DisconnectWatcher) -> _T:
         """``work``'s result; ``ClientDisconnected`` (``work`` cancelled) if the client leaves first."""
         task = asyncio.create_task(work)
-        watcher = asyncio.create_task(_watch_disconnect(http_request))
+        gone = asyncio.create_task(watcher.disconnected())
         try:
-            done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
             if task in done:
                 return task.result()
             self.metrics.observe_disconnect("waiting")
             raise ClientDisconnected("The client closed the connection before the answer was ready.")
         finally:
-            watcher.cancel()
+            gone.cancel()
             if not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

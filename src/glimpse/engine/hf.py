@@ -17,7 +17,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -205,7 +205,7 @@ class HFEngine:
         if job is not None and self._worker is not None:
             self._worker.cancel(job)
 
-    def submit(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+    def submit(self, request: GenerationRequest) -> AsyncGenerator[TokenEvent, None]:
         return self._generate(request, admit_check=True)
 
     def _admit(self) -> None:
@@ -220,7 +220,9 @@ class HFEngine:
                 retry_after=_RETRY_AFTER_S,
             )
 
-    async def _generate(self, request: GenerationRequest, *, admit_check: bool) -> AsyncIterator[TokenEvent]:
+    async def _generate(
+        self, request: GenerationRequest, *, admit_check: bool
+    ) -> AsyncGenerator[TokenEvent, None]:
         if admit_check:
             self._admit()
         if request.request_id in self._jobs:
@@ -270,7 +272,7 @@ class HFEngine:
         except TimeoutError:
             raise DeadlineExceeded(_DEADLINE_MESSAGE) from None
 
-    async def _drain(self, job: Job, deadline: float | None) -> AsyncIterator[TokenEvent]:
+    async def _drain(self, job: Job, deadline: float | None) -> AsyncGenerator[TokenEvent, None]:
         while True:
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:

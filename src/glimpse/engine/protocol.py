@@ -10,7 +10,7 @@ same over either.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
@@ -156,10 +156,10 @@ class Engine(Protocol):
     async def stop(self) -> None:
         """Finish or cancel what is running and release resources."""
 
-    def submit(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+    def submit(self, request: GenerationRequest) -> AsyncGenerator[TokenEvent, None]:
         """Admit the request (or raise ``Overloaded`` at once) and stream its events.
 
-        Closing the iterator early (client gone) cancels the request.
+        Closing the generator early (``aclose()``: client gone) cancels the request.
         """
 
     async def cancel(self, request_id: str) -> None: ...

@@ -6,17 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
 
+from glimpse.api.context import ContextDep, RequestContext
 from glimpse.api.errors import error_responses
-from glimpse.api.generation import (
-    cache_partition,
-    engine_request_id,
-    image_size_check,
-    no_cache_requested,
-    sampling_params,
-    with_deadline,
-)
-from glimpse.api.security import authorize, charge_tokens, screen_prompt
-from glimpse.api.service import CACHE_HEADER
+from glimpse.api.generation import image_size_check, sampling_params, with_deadline
+from glimpse.api.security import authorize
+from glimpse.api.service import CACHE_HEADER, ReceiveWatcher
 from glimpse.api.state import AppState, StateDep
 from glimpse.errors import ImageTooLarge
 
@@ -30,6 +24,7 @@ router = APIRouter(tags=["simple"], dependencies=[Depends(authorize)])
 
 async def _answer(
     state: AppState,
+    context: RequestContext,
     request: Request,
     response: Response,
     image: bytes,
@@ -49,29 +44,23 @@ async def _answer(
             images.images[0],
             question,
             sampling,
-            engine_request_id(request),
+            context.engine_request_id(),
             deadline,
         )
-        await screen_prompt(request, state, gen)
-        result, cache = await state.service.collect(
-            gen,
-            request,
-            no_cache=no_cache_requested(request),
-            partition=cache_partition(request, state.settings.cache),
-            on_first_event=images.free,
-        )
+        watcher = ReceiveWatcher(request.receive)
+        result = await state.service.handle(gen, context, watcher, stream=False, on_first_event=images.free)
     finally:
         images.release()
-    request.state.cache = cache.value
-    await charge_tokens(request, state, result.prompt_tokens, result.completion_tokens)
-    response.headers[CACHE_HEADER] = cache.value
+    response.headers[CACHE_HEADER] = result.cache.value
     return InferResponse(response=result.text)
 
 
 @router.post("/infer", responses=error_responses(400, 401, 408, 413, 415, 422, 429, 503, 504))
-async def infer(body: InferRequest, request: Request, response: Response, state: StateDep) -> InferResponse:
+async def infer(
+    body: InferRequest, request: Request, response: Response, state: StateDep, context: ContextDep
+) -> InferResponse:
     image = await state.intake.load_base64(body.image)
-    return await _answer(state, request, response, image, body.text, body.max_new_tokens)
+    return await _answer(state, context, request, response, image, body.text, body.max_new_tokens)
 
 
 @router.post("/v1/analyze", responses=error_responses(400, 401, 408, 413, 415, 422, 429, 503, 504))
@@ -79,6 +68,7 @@ async def analyze(
     request: Request,
     response: Response,
     state: StateDep,
+    context: ContextDep,
     image: Annotated[UploadFile, File(description="The image file (JPEG, PNG or WebP).")],
     question: Annotated[str, Form(min_length=1, description="The question about the image.")],
     max_new_tokens: Annotated[int | None, Form(ge=1)] = None,
@@ -87,4 +77,4 @@ async def analyze(
     data = await image.read(limit + 1)
     if len(data) > limit:  # only limit + 1 bytes were read: say "larger than", not a wrong size
         raise ImageTooLarge(f"The uploaded image is larger than {limit} bytes; the limit is {limit} bytes.")
-    return await _answer(state, request, response, data, question, max_new_tokens)
+    return await _answer(state, context, request, response, data, question, max_new_tokens)

@@ -6,11 +6,11 @@ import asyncio
 import functools
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 from glimpse.api.generation import SizeCheck, image_part, sampling_params
-from glimpse.api.service import Completion
+from glimpse.api.service import Completion, TokenStream
 from glimpse.config import EngineSettings
 from glimpse.engine.protocol import (
     ChatMessage,
@@ -168,14 +168,10 @@ async def sse_stream(
     completion_id: str,
     model: str,
     first: TokenEvent,
-    rest: AsyncIterator[TokenEvent],
+    rest: TokenStream,
     include_usage: bool,
-    on_usage: Callable[[int, int], Awaitable[None]] | None = None,
 ) -> AsyncIterator[str]:
-    """OpenAI ``chat.completion.chunk`` events, ending with ``data: [DONE]``.
-
-    ``on_usage(prompt_tokens, completion_tokens)`` runs once the answer is complete.
-    """
+    """OpenAI ``chat.completion.chunk`` events, ending with ``data: [DONE]``."""
     created = int(time.time())
 
     def chunk(delta: dict[str, Any], finish: str | None, usage: dict[str, int] | None = None) -> str:
@@ -199,8 +195,6 @@ async def sse_stream(
             if event.text:
                 yield chunk({"content": event.text}, None)
             if event.finish_reason is not None:
-                if on_usage is not None:
-                    await on_usage(event.prompt_tokens, event.completion_tokens)
                 yield chunk({}, _finish(event.finish_reason))
                 if include_usage:
                     final = {
@@ -217,5 +211,5 @@ async def sse_stream(
     except GlimpseError as exc:  # after the 200 was sent, an error can only be an event
         yield error_event(exc)
     finally:
-        await rest.aclose()  # type: ignore[attr-defined]
+        await rest.aclose()
     yield _sse("[DONE]")

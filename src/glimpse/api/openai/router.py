@@ -8,17 +8,11 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from glimpse.api.context import ContextDep, RequestContext
 from glimpse.api.errors import error_responses
-from glimpse.api.generation import (
-    cache_partition,
-    engine_request_id,
-    image_size_check,
-    new_completion_id,
-    no_cache_requested,
-    with_deadline,
-)
-from glimpse.api.security import authorize, charge_tokens, screen_prompt
-from glimpse.api.service import CACHE_HEADER
+from glimpse.api.generation import image_size_check, new_completion_id, with_deadline
+from glimpse.api.security import authorize
+from glimpse.api.service import CACHE_HEADER, ReceiveWatcher
 from glimpse.api.state import AppState, StateDep
 from glimpse.engine.protocol import GenerationRequest
 from glimpse.media import DecodedBatch
@@ -39,20 +33,20 @@ _STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     responses=error_responses(400, 401, 404, 408, 413, 415, 422, 429, 503, 504),
 )
 async def chat_completions(
-    body: ChatCompletionRequest, request: Request, state: StateDep
+    body: ChatCompletionRequest, request: Request, state: StateDep, context: ContextDep
 ) -> JSONResponse | StreamingResponse:
     state.check_model(body.model)
     completion_id = new_completion_id()
     gen, images = await to_generation_request(
         body,
-        engine_request_id(request),
+        context.engine_request_id(),
         with_deadline(state.settings.server),
         state.intake,
         state.settings.engine,
         image_size_check(state.engine),
     )
     try:
-        return await _respond(body, request, state, gen, images, completion_id)
+        return await _respond(body, request, state, context, gen, images, completion_id)
     finally:
         images.release()
 
@@ -61,38 +55,26 @@ async def _respond(
     body: ChatCompletionRequest,
     request: Request,
     state: AppState,
+    context: RequestContext,
     gen: GenerationRequest,
     images: DecodedBatch,
     completion_id: str,
 ) -> JSONResponse | StreamingResponse:
     """Answer; the decoded images are freed as soon as the engine has taken them (first event)."""
-    await screen_prompt(request, state, gen)
     model = state.engine.model_name
-    no_cache = no_cache_requested(request)
-    partition = cache_partition(request, state.settings.cache)
+    watcher = ReceiveWatcher(request.receive)
     if body.stream:
-        stream = await state.service.open(gen, no_cache=no_cache, partition=partition, http_request=request)
-        images.free()
-        request.state.cache = stream.cache.value
+        stream = await state.service.handle(gen, context, watcher, stream=True, on_first_event=images.free)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(
-            sse_stream(
-                completion_id,
-                model,
-                stream.first,
-                stream.rest,
-                include_usage,
-                on_usage=lambda prompt, completion: charge_tokens(request, state, prompt, completion),
-            ),
+            sse_stream(completion_id, model, stream.first, stream.rest, include_usage),
             media_type="text/event-stream",
             headers={**_STREAM_HEADERS, CACHE_HEADER: stream.cache.value},
         )
-    result, cache = await state.service.collect(
-        gen, request, no_cache=no_cache, partition=partition, on_first_event=images.free
+    result = await state.service.handle(gen, context, watcher, stream=False, on_first_event=images.free)
+    return JSONResponse(
+        completion_body(completion_id, model, result), headers={CACHE_HEADER: result.cache.value}
     )
-    request.state.cache = cache.value
-    await charge_tokens(request, state, result.prompt_tokens, result.completion_tokens)
-    return JSONResponse(completion_body(completion_id, model, result), headers={CACHE_HEADER: cache.value})
 
 
 @router.get("/models", responses=error_responses(401, 429))

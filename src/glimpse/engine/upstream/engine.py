@@ -18,7 +18,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import httpx
@@ -167,7 +167,7 @@ class UpstreamEngine:
         if tasks:
             await asyncio.wait(tasks)
 
-    def submit(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+    def submit(self, request: GenerationRequest) -> AsyncGenerator[TokenEvent, None]:
         if not self._started or self._stopping:
             raise NotReady("the upstream engine is not running", retry_after=1)
         check_request(request, self._max_new_tokens_limit)
@@ -181,7 +181,7 @@ class UpstreamEngine:
         wait = max(1, math.ceil(self._balancer.seconds_until_trial()))
         return Overloaded("no healthy upstream server", retry_after=wait)
 
-    async def _stream(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+    async def _stream(self, request: GenerationRequest) -> AsyncGenerator[TokenEvent, None]:
         # Unbounded is fine: the stream is bounded by max_tokens and events are small.
         queue: asyncio.Queue[TokenEvent | None] = asyncio.Queue()
         producer = asyncio.create_task(self._produce(request, queue), name=f"upstream:{request.request_id}")
