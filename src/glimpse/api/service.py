@@ -33,8 +33,8 @@ from glimpse.api.context import AuditDetails, RequestContext
 from glimpse.cache import CachedResult, ResultCache, cache_key, is_cacheable
 from glimpse.config import CacheSettings
 from glimpse.engine.protocol import Engine, FinishReason, GenerationRequest, ImagePart, TokenEvent
-from glimpse.errors import ClientDisconnected, DeadlineExceeded, EngineRequestError, PromptRejected
-from glimpse.guard import REFUSAL_MESSAGE, PromptGuard, QuotaTracker
+from glimpse.errors import ClientDisconnected, DeadlineExceeded, EngineRequestError
+from glimpse.guard import PromptGuard, QuotaTracker
 from glimpse.obs import Metrics
 
 __all__ = [
@@ -339,8 +339,7 @@ class GenerationService:
         )
         if self.guard_mode != "off":
             self.metrics.observe_guard("flagged" if verdict.flagged else "clean")
-        if verdict.flagged and self.guard_mode == "block":
-            raise PromptRejected(REFUSAL_MESSAGE)
+        self.guard.decide(verdict)
 
     def _partition(self, context: RequestContext) -> str:
         """Whose cached answers this request may see: its own client's, unless the operator shares them.

@@ -128,20 +128,14 @@ class PromptGuard:
             return _CLEAN
         return GuardVerdict(flagged=True, rule_ids=tuple(rule_ids), categories=tuple(categories))
 
-    def enforce(self, texts: Sequence[str], roles: Sequence[str] | None = None) -> GuardVerdict:
-        """``check``, then refuse in ``block`` mode; the caller records the verdict."""
-        return self._decide(self.check(texts, roles))
-
     async def acheck(self, texts: Sequence[str], roles: Sequence[str] | None = None) -> GuardVerdict:
         """``check`` for async callers: long texts are matched in a worker thread."""
         if self._mode == "off" or sum(len(text) for text in texts) <= OFFLOAD_CHARS:
             return self.check(texts, roles)
         return await anyio.to_thread.run_sync(self.check, texts, roles)
 
-    async def aenforce(self, texts: Sequence[str], roles: Sequence[str] | None = None) -> GuardVerdict:
-        return self._decide(await self.acheck(texts, roles))
-
-    def _decide(self, verdict: GuardVerdict) -> GuardVerdict:
+    def decide(self, verdict: GuardVerdict) -> GuardVerdict:
+        """Refuse a flagged prompt in ``block`` mode (after the caller has recorded the verdict)."""
         if verdict.flagged:
             logger.info("prompt guard matched rules %s (mode %s)", ",".join(verdict.rule_ids), self._mode)
             if self._mode == "block":
