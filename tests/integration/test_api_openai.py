@@ -200,18 +200,19 @@ async def test_chat_template_kwargs_reach_the_engine_and_the_cache_key(make_clie
 def test_server_settings_that_shape_answers_are_part_of_the_cache_key():
     # Replicas sharing one Redis but configured differently must not serve each other's answers.
     from glimpse.api.service import GenerationService
-    from glimpse.config import CacheSettings
+    from glimpse.config import CacheSettings, EngineSettings
     from glimpse.engine.protocol import ChatMessage, GenerationRequest, TextPart
     from glimpse.obs import Metrics
 
-    def key(**answer_settings: object) -> str:
-        service = GenerationService(FakeEngine(), None, CacheSettings(), Metrics(), answer_settings)
+    def key(**engine_settings: object) -> str:
+        answer = EngineSettings(**engine_settings).answer_defaults
+        service = GenerationService(FakeEngine(), None, CacheSettings(), Metrics(), answer)
         return service.cache_key(GenerationRequest("r", (ChatMessage("user", (TextPart("hi"),)),)))
 
-    plain = key(template_defaults={}, reasoning_parser="none")
-    assert plain == key(template_defaults={}, reasoning_parser="none")
-    assert plain != key(template_defaults={"enable_thinking": False}, reasoning_parser="none")
-    assert plain != key(template_defaults={}, reasoning_parser="think-tags")
+    plain = key()
+    assert plain == key(chat_template_kwargs={}, reasoning_parser="none")
+    assert plain != key(chat_template_kwargs={"enable_thinking": False})
+    assert plain != key(reasoning_parser="think-tags")
 
 
 async def test_concurrent_requests_may_share_an_x_request_id(make_client):

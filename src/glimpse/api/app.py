@@ -32,7 +32,7 @@ from glimpse.api.service import GenerationService
 from glimpse.api.shedding import LoadShedder
 from glimpse.api.state import AppState, StateDep
 from glimpse.cache import MemoryCache, RedisCache, ResultCache
-from glimpse.config import CacheSettings, Settings
+from glimpse.config import Settings
 from glimpse.engine.factory import build_engine
 from glimpse.engine.protocol import Engine
 from glimpse.errors import GlimpseError, Unauthorized
@@ -49,6 +49,7 @@ from glimpse.guard import (
 )
 from glimpse.media import ImageIntake, create_fetch_client
 from glimpse.obs import Metrics
+from glimpse.redis_pool import RedisPools
 
 __all__ = ["create_app"]
 
@@ -95,18 +96,18 @@ async def _start_engine(
     )
 
 
-def _result_cache(settings: CacheSettings, metrics: Metrics) -> ResultCache | None:
-    if not settings.enabled:
+def _result_cache(settings: Settings, metrics: Metrics, redis: RedisPools) -> ResultCache | None:
+    if not settings.cache.enabled:
         return None
-    if settings.redis_url is not None:
+    url = settings.redis_url_for("cache")
+    if url is not None:
         backend: MemoryCache | RedisCache = RedisCache(
-            settings.redis_url.get_secret_value(),
-            settings.ttl_s,
-            timeout_s=settings.redis_timeout_s,
-            backoff_s=settings.redis_backoff_s,
+            redis.connect(url),
+            settings.cache.ttl_s,
+            on_failure=metrics.store_failures.labels(store="cache").inc,
         )
     else:
-        backend = MemoryCache(settings.max_bytes)
+        backend = MemoryCache(settings.cache.max_bytes)
     return ResultCache(backend, on_event=metrics.observe_cache)
 
 
@@ -167,18 +168,21 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        used_engine = engine if engine is not None else build_engine(settings.engine, metrics)
+        used_engine = (
+            engine if engine is not None else build_engine(settings.engine, settings.upstream, metrics)
+        )
         metrics.set_info(version=__version__, engine=settings.engine.kind, model=used_engine.model_name)
-        cache = _result_cache(settings.cache, metrics)
+        redis = RedisPools(settings.redis)
+        cache = _result_cache(settings, metrics, redis)
         fetch_client = create_fetch_client(settings.media)
-        redis_url = settings.cache.redis_url
+        guard_url = settings.redis_url_for("guard")
         limit_store, quota_store = None, None
-        if redis_url is not None:
-            limit_store = RedisRateLimitStore.from_url(
-                redis_url.get_secret_value(), on_failure=metrics.store_failures.labels(store="rate_limit").inc
+        if guard_url is not None:
+            limit_store = RedisRateLimitStore(
+                redis.connect(guard_url), on_failure=metrics.store_failures.labels(store="rate_limit").inc
             )
-            quota_store = RedisQuotaStore.from_url(
-                redis_url.get_secret_value(), on_failure=metrics.store_failures.labels(store="quota").inc
+            quota_store = RedisQuotaStore(
+                redis.connect(guard_url), on_failure=metrics.store_failures.labels(store="quota").inc
             )
         state = AppState(
             settings=settings,
@@ -190,10 +194,7 @@ def create_app(
                 cache,
                 settings.cache,
                 metrics,
-                answer_settings={
-                    "template_defaults": dict(settings.engine.chat_template_kwargs),
-                    "reasoning_parser": settings.engine.reasoning_parser,
-                },
+                answer_settings=settings.engine.answer_defaults,
             ),
             auth=auth,
             limiter=RateLimiter(settings.guard, limit_store),
@@ -215,9 +216,7 @@ def create_app(
             if cache is not None:
                 await cache.close()
             await fetch_client.aclose()
-            for store in (limit_store, quota_store):
-                if store is not None:
-                    await store.aclose()
+            await redis.aclose()
             await audit.aclose()
 
     app = GlimpseApp(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from starlette.requests import Request
 
 from glimpse.cache import CachedResult, ResultCache, cache_key, is_cacheable
-from glimpse.config import CacheSettings
+from glimpse.config import AnswerDefaults, CacheSettings
 from glimpse.engine.protocol import Engine, FinishReason, GenerationRequest, ImagePart, TokenEvent
 from glimpse.errors import ClientDisconnected, DeadlineExceeded, EngineRequestError
 from glimpse.obs import Metrics
@@ -184,7 +184,7 @@ class GenerationService:
         cache: ResultCache | None,
         settings: CacheSettings,
         metrics: Metrics,
-        answer_settings: Mapping[str, object] | None = None,
+        answer_settings: AnswerDefaults | None = None,
     ) -> None:
         self.engine = engine
         self.cache = cache
@@ -192,7 +192,7 @@ class GenerationService:
         self.metrics = metrics
         #: Server settings that shape answers (template defaults, reasoning split): part of every
         #: cache key, so replicas configured differently never share entries in one Redis.
-        self.answer_settings = dict(answer_settings or {})
+        self.answer_settings = answer_settings if answer_settings is not None else AnswerDefaults()
 
     def cache_key(self, gen: GenerationRequest, partition: str = "") -> str:
         """``partition``: who may share the entry (a client id), ``""`` for everyone."""
@@ -209,7 +209,7 @@ class GenerationService:
                 "stop": list(s.stop),
                 "ignore_eos": s.ignore_eos,
                 "template": dict(gen.template_kwargs),
-                "server": self.answer_settings,
+                "server": self.answer_settings.model_dump(mode="json"),
             },
             partition,
         )

@@ -17,9 +17,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
-from glimpse.config import EngineSettings
+from glimpse.config import EngineSettings, UpstreamSettings
 from glimpse.engine.protocol import ChatMessage, FinishReason, GenerationRequest, ImagePart, TextPart
-from glimpse.engine.upstream import UpstreamEngine, UpstreamOptions
+from glimpse.engine.upstream import UpstreamEngine
 from glimpse.errors import UpstreamTimeout
 
 from ._fakes import make_request
@@ -113,8 +113,8 @@ def standins():
 
 
 def make_engine(*urls: str, **options) -> UpstreamEngine:
-    settings = EngineSettings(kind="upstream", model="GLM-4.6V-Flash", upstreams=urls)
-    return UpstreamEngine(settings, options=UpstreamOptions(health_interval_s=3600, **options))
+    settings = EngineSettings(kind="upstream", model="GLM-4.6V-Flash")
+    return UpstreamEngine(settings, UpstreamSettings(urls=urls, health_interval_s=3600, **options))
 
 
 async def test_streams_from_an_independent_server_with_an_image(standins):
