@@ -137,6 +137,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     engine: dict[str, Any] = {}
     server: dict[str, Any] = {}
     obs: dict[str, Any] = {}
+    upstream: dict[str, Any] = {}
     pairs: Sequence[tuple[dict[str, Any], str, str]] = (
         (engine, "model", "model"),
         (engine, "device", "device"),
@@ -154,11 +155,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         if value is not None:
             target[field] = value
     if getattr(args, "upstream", None):
-        engine["upstreams"] = tuple(args.upstream)
+        upstream["urls"] = tuple(args.upstream)
         engine.setdefault("kind", "upstream")
     if getattr(args, "no_warmup", False):
         engine["warmup"] = False
-    return Settings(engine=engine, server=server, obs=obs)
+    return Settings(engine=engine, upstream=upstream, server=server, obs=obs)
 
 
 def _configure_logging(settings: Settings) -> None:
@@ -206,7 +207,8 @@ def _serve(args: argparse.Namespace) -> int:
     if settings.engine.kind == "upstream":
         from glimpse.engine.factory import build_engine
 
-        build_engine(settings.engine)  # validates the upstream URLs before the server starts
+        # Validates the upstream URLs before the server starts.
+        build_engine(settings.engine, settings.upstream)
     sys.setswitchinterval(settings.server.switch_interval_ms / 1000)
     ThreadNicer(settings.server.worker_nice).start()
     app = create_app(settings, on_fatal=on_fatal, on_ready=_freeze_heap)
@@ -328,19 +330,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return func(args)
     except ValidationError as exc:  # a flag or GLIMPSE_* variable out of range or of the wrong type
         for line in _settings_errors(exc):
-            _console.print(f"[bold red]error:[/] {escape(line)}")
+            _console.print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True)
         return 2
     except SettingsError as exc:  # a GLIMPSE_* variable that should hold JSON (a list, a mapping)
         _console.print(
             f"[bold red]error:[/] {escape(str(exc))}; list and mapping settings take JSON, "
-            """e.g. GLIMPSE_GUARD__API_KEYS='["key1", "key2"]'"""
+            """e.g. GLIMPSE_GUARD__API_KEYS='["key1", "key2"]'""",
+            soft_wrap=True,
         )
         return 2
     except ModelLoadError as exc:
-        _console.print(f"[bold red]error:[/] {escape(exc.message)}")
+        _console.print(f"[bold red]error:[/] {escape(exc.message)}", soft_wrap=True)
         return 2
     except GlimpseError as exc:
-        _console.print(f"[bold red]error:[/] {escape(exc.message)}")
+        _console.print(f"[bold red]error:[/] {escape(exc.message)}", soft_wrap=True)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -8,20 +8,25 @@ the code base reads the environment. Every field carries a description because
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
+    "AnswerDefaults",
     "CacheSettings",
     "EngineSettings",
     "GuardSettings",
     "MediaSettings",
+    "MOVED_SETTINGS",
     "ObsSettings",
+    "RedisSettings",
     "ServerSettings",
     "Settings",
+    "UpstreamSettings",
     "DEFAULT_MODEL",
     "TINY_MODEL",
 ]
@@ -73,6 +78,17 @@ class ServerSettings(BaseModel):
         "default: localhost, 127.0.0.1 and [::1] when bound to a loopback address (no DNS "
         "rebinding), any host otherwise.",
     )
+
+
+class AnswerDefaults(BaseModel):
+    """Server settings that shape every answer: part of every cache key, so replicas configured
+    differently never share entries in one Redis. Built from ``EngineSettings.answer_defaults``.
+    """
+
+    model_config = _FROZEN
+
+    template_defaults: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    reasoning_parser: Literal["none", "think-tags"] = "none"
 
 
 class EngineSettings(BaseModel):
@@ -161,25 +177,13 @@ class EngineSettings(BaseModel):
         description="Torch threads for a model on the CPU (default: every core but one, which is left to the "
         "HTTP event loop so refusals stay fast and admitted requests keep moving under overload).",
     )
-    upstreams: tuple[str, ...] = Field(
-        (), description="Base URLs of OpenAI-compatible servers (engine 'upstream')."
-    )
-    upstream_api_key: SecretStr | None = Field(None, description="Bearer key sent to upstream servers.")
-    upstream_connect_timeout_s: float = Field(
-        5.0, gt=0, description="Seconds to connect to an upstream; a failure moves the request to another."
-    )
-    upstream_read_timeout_s: float = Field(
-        120.0, gt=0, description="Longest silence from an upstream (first token included) before 504."
-    )
-    upstream_health_interval_s: float = Field(
-        3.0, gt=0, description="Seconds between active health checks of each upstream."
-    )
-    upstream_failure_threshold: int = Field(
-        3, ge=1, description="Consecutive failures that take an upstream out of rotation."
-    )
-    upstream_cooldown_s: float = Field(
-        5.0, gt=0, description="Seconds an upstream stays out before one trial request may put it back."
-    )
+
+    @property
+    def answer_defaults(self) -> AnswerDefaults:
+        """The settings here that change what a request's answer is (part of every cache key)."""
+        return AnswerDefaults(
+            template_defaults=dict(self.chat_template_kwargs), reasoning_parser=self.reasoning_parser
+        )
 
     @model_validator(mode="after")
     def _consistent_token_limits(self) -> EngineSettings:
@@ -196,6 +200,76 @@ class EngineSettings(BaseModel):
                 f"in max_seq_len ({self.max_seq_len})"
             )
         return self
+
+
+class UpstreamSettings(BaseModel):
+    """The upstream engine's servers and tuning (engine 'upstream'): its only source of knobs."""
+
+    model_config = _FROZEN
+
+    urls: tuple[str, ...] = Field(
+        (), description="Base URLs of OpenAI-compatible servers (engine 'upstream')."
+    )
+    api_key: SecretStr | None = Field(None, description="Bearer key sent to upstream servers.")
+    connect_timeout_s: float = Field(
+        5.0, gt=0, description="Seconds to connect to an upstream; a failure moves the request to another."
+    )
+    read_timeout_s: float = Field(
+        120.0, gt=0, description="Longest silence from an upstream (first token included) before 504."
+    )
+    write_timeout_s: float = Field(
+        30.0, gt=0, description="Seconds to send a request body (images included) to an upstream."
+    )
+    pool_timeout_s: float = Field(
+        10.0, gt=0, description="Seconds to wait for a free pooled connection to the upstreams."
+    )
+    health_interval_s: float = Field(
+        3.0, gt=0, description="Seconds between active health checks of each upstream."
+    )
+    health_timeout_s: float = Field(2.0, gt=0, description="Time-out of one health check request.")
+    failure_threshold: int = Field(
+        3,
+        ge=1,
+        description="Consecutive failures (requests or health checks) that take an upstream out of rotation.",
+    )
+    cooldown_s: float = Field(
+        5.0, gt=0, description="Seconds an upstream stays out before one trial request may put it back."
+    )
+    max_in_flight_per_upstream: int | None = Field(
+        None,
+        ge=1,
+        description="Most requests open to one upstream at once (default: no limit; the upstream queues).",
+    )
+    png_max_pixels: int = Field(
+        1_000_000,
+        ge=1,
+        description="Images up to this many pixels go upstream as lossless PNG, larger ones as JPEG quality "
+        "95 (1 MP keeps even a noisy PNG under a Glimpse node's default 5 MiB image limit).",
+    )
+    encode_workers: int = Field(2, ge=1, description="Threads that encode images into data URLs at once.")
+    max_connections: int = Field(
+        512, ge=1, description="Connection pool size of the client to the upstreams."
+    )
+    max_error_body_bytes: int = Field(
+        64 * 1024,
+        ge=1,
+        description="Most bytes of an upstream's error body read: a 4xx message goes to the client (500 "
+        "characters at most), a 5xx one only to the log.",
+    )
+    max_event_bytes: int = Field(
+        1024 * 1024,
+        ge=1,
+        description="Longest line of an upstream's event stream, and largest /v1/models answer.",
+    )
+    response_bytes_per_token: int = Field(
+        4096,
+        ge=1,
+        description="An answer may be at most max_event_bytes + this many bytes per requested output token: "
+        "about ten times what vLLM's chunks take, so only a runaway upstream reaches it.",
+    )
+    max_retry_after_s: int = Field(
+        60, ge=1, description="An upstream's Retry-After is passed on clamped to 1..this many seconds."
+    )
 
 
 class MediaSettings(BaseModel):
@@ -307,6 +381,11 @@ class GuardSettings(BaseModel):
     metrics_api_key: SecretStr | None = Field(
         None, description="If set, /metrics requires this bearer key (for scrapers)."
     )
+    redis_url: SecretStr | None = Field(
+        None,
+        description="Redis for rate limits and token quotas shared by replicas; default: redis.url, else "
+        "cache.redis_url.",
+    )
 
     @field_validator("metrics_api_key", "jwt_secret", "audit_hash_key")
     @classmethod
@@ -335,7 +414,8 @@ class CacheSettings(BaseModel):
     enabled: bool = Field(True, description="Cache answers of deterministic requests.")
     max_bytes: int = Field(64 * 1024 * 1024, ge=0, description="Size bound of the in-process cache.")
     redis_url: SecretStr | None = Field(
-        None, description="Use Redis (shared by replicas) instead of in-process."
+        None,
+        description="Redis for the cache (shared by replicas) instead of in-process; default: redis.url.",
     )
     ttl_s: int = Field(3600, gt=0, description="How long a cached answer lives in Redis.")
     allow_sampled: bool = Field(False, description="Also cache sampled (temperature > 0, no seed) answers.")
@@ -344,11 +424,29 @@ class CacheSettings(BaseModel):
         description="Share cached answers (and identical requests in flight) between clients (API keys, "
         "JWT subjects, addresses); off: each client has its own, so a hit reveals nothing about others.",
     )
-    redis_timeout_s: float = Field(
+
+
+class RedisSettings(BaseModel):
+    """The Redis that replicas share, and how long any use of it may wait (cache, rate limits, quotas)."""
+
+    model_config = _FROZEN
+
+    url: SecretStr | None = Field(
+        None,
+        description="Redis shared by replicas for the result cache, rate limits and token quotas (each may "
+        "name its own with cache.redis_url / guard.redis_url); unset: all in-process.",
+    )
+    timeout_s: float = Field(
         0.25, gt=0, description="Longest any Redis command may take before Redis counts as down."
     )
-    redis_backoff_s: float = Field(
-        2.0, gt=0, description="After a Redis failure, how long to serve without it before trying again."
+    backoff_s: float = Field(
+        2.0,
+        ge=0,
+        description="After a Redis failure, how long to serve without it (cache off, limits and quotas not "
+        "enforced) before one request tries it again.",
+    )
+    max_connections: int = Field(
+        64, ge=1, description="Connections to one Redis URL, shared by its uses; beyond it commands queue."
     )
 
 
@@ -356,7 +454,11 @@ class ObsSettings(BaseModel):
     model_config = _FROZEN
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
-    log_json: bool = Field(True, description="One JSON object per log line (else human-readable).")
+    log_json: bool | None = Field(
+        None,
+        description="One JSON object per log line (true) or human-readable lines (false); default: "
+        "human-readable on a terminal, JSON otherwise.",
+    )
     metrics_enabled: bool = Field(True, description="Serve Prometheus metrics at /metrics.")
 
 
@@ -369,9 +471,66 @@ class Settings(BaseSettings):
 
     server: ServerSettings = Field(default_factory=ServerSettings, description="HTTP server.")
     engine: EngineSettings = Field(default_factory=EngineSettings, description="Model and scheduling.")
+    upstream: UpstreamSettings = Field(
+        default_factory=UpstreamSettings, description="Upstream servers (engine 'upstream')."
+    )
     media: MediaSettings = Field(default_factory=MediaSettings, description="Image intake limits.")
     guard: GuardSettings = Field(
         default_factory=GuardSettings, description="Auth, rate limits, prompt guard."
     )
     cache: CacheSettings = Field(default_factory=CacheSettings, description="Result cache.")
+    redis: RedisSettings = Field(default_factory=RedisSettings, description="Shared Redis.")
     obs: ObsSettings = Field(default_factory=ObsSettings, description="Logs and metrics.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_settings(cls, data: Any) -> Any:
+        """Accept the names settings had before they moved section (env vars, flags, mappings)."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for (old_section, old_name), (new_section, new_name) in MOVED_SETTINGS.items():
+            section = data.get(old_section)
+            if not isinstance(section, dict) or old_name not in section:
+                continue
+            section = dict(section)
+            value = section.pop(old_name)
+            if isinstance(value, str) and value.lstrip().startswith("["):
+                # The environment source decodes JSON only for fields it knows as lists.
+                value = json.loads(value)
+            data[old_section] = section
+            target = data.get(new_section)
+            if target is None:
+                target = {}
+            if isinstance(target, dict):
+                data[new_section] = {new_name: value, **target}  # the new name wins over the old
+        return data
+
+    def redis_url_for(self, use: Literal["cache", "guard"]) -> str | None:
+        """The Redis URL one use talks to: its own if set, else the shared one (None: in-process).
+
+        The guard falls back to the cache's URL last, as it did before the shared one existed.
+        """
+        candidates: tuple[SecretStr | None, ...]
+        if use == "cache":
+            candidates = (self.cache.redis_url, self.redis.url)
+        else:
+            candidates = (self.guard.redis_url, self.redis.url, self.cache.redis_url)
+        for url in candidates:
+            if url is not None:
+                return url.get_secret_value()
+        return None
+
+
+#: Settings that moved, old (section, name) -> new; the old environment variables still work.
+MOVED_SETTINGS: dict[tuple[str, str], tuple[str, str]] = {
+    ("engine", "upstreams"): ("upstream", "urls"),
+    ("engine", "upstream_api_key"): ("upstream", "api_key"),
+    ("engine", "upstream_connect_timeout_s"): ("upstream", "connect_timeout_s"),
+    ("engine", "upstream_read_timeout_s"): ("upstream", "read_timeout_s"),
+    ("engine", "upstream_health_interval_s"): ("upstream", "health_interval_s"),
+    ("engine", "upstream_failure_threshold"): ("upstream", "failure_threshold"),
+    ("engine", "upstream_cooldown_s"): ("upstream", "cooldown_s"),
+    ("cache", "redis_timeout_s"): ("redis", "timeout_s"),
+    ("cache", "redis_backoff_s"): ("redis", "backoff_s"),
+}

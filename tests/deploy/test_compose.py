@@ -66,7 +66,7 @@ def test_vllm_serves_glm46v_flash_on_a_gpu_and_glimpse_uses_it(services, monkeyp
     assert vllm["image"].startswith("vllm/vllm-openai:")
     settings = settings_from_env(monkeypatch, _env(services["glimpse-vllm"]))
     assert settings.engine.kind == "upstream"
-    assert settings.engine.upstreams == (f"http://vllm:{port}",)
+    assert settings.upstream.urls == (f"http://vllm:{port}",)
     assert services["glimpse-vllm"]["depends_on"]["vllm"]["condition"] == "service_healthy"
 
 

@@ -11,8 +11,8 @@ import pytest
 from pydantic import SecretStr
 from tests.unit.engine.upstream._fakes import Cluster
 
-from glimpse.config import EngineSettings, GuardSettings, Settings
-from glimpse.engine.upstream import UpstreamEngine, UpstreamOptions
+from glimpse.config import EngineSettings, GuardSettings, Settings, UpstreamSettings
+from glimpse.engine.upstream import UpstreamEngine
 
 KEY = "readyz-test-key-0123456789"
 UPSTREAM = "http://user:s3cret@upstream-a.internal:8000"
@@ -25,10 +25,10 @@ async def gateway(make_client):
     async def open_client(*, auth: bool):
         cluster = Cluster("upstream-a.internal")
         cluster["upstream-a.internal"].down = True
-        engine_settings = EngineSettings(kind="upstream", model="GLM-Test", upstreams=(UPSTREAM,))
+        engine_settings = EngineSettings(kind="upstream", model="GLM-Test")
         http = httpx.AsyncClient(transport=cluster.transport)
         engine = UpstreamEngine(
-            engine_settings, http_client=http, options=UpstreamOptions(health_interval_s=3600)
+            engine_settings, UpstreamSettings(urls=(UPSTREAM,), health_interval_s=3600), http_client=http
         )
         guard = GuardSettings(api_keys=(SecretStr(KEY),)) if auth else GuardSettings()
         settings = Settings(engine=engine_settings, guard=guard)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import sys
 
 import pytest
 
@@ -125,3 +126,14 @@ def test_the_served_heap_is_frozen_once_the_model_is_loaded():
         assert gc.get_freeze_count() > before
     finally:
         gc.unfreeze()
+
+
+@pytest.mark.parametrize("module", ["torch", "transformers"])
+def test_serve_without_the_model_runtime_names_the_extra_in_one_line(module, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, module, None)  # import fails as if it were not installed
+    assert main(["serve", "--model", "tiny"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert f"{module} is not installed" in err
+    assert "pip install 'glimpse-serve[model]'" in err
+    assert "Traceback" not in err

@@ -32,7 +32,7 @@ from glimpse.api.service import GenerationService
 from glimpse.api.shedding import LoadShedder
 from glimpse.api.state import AppState, StateDep
 from glimpse.cache import MemoryCache, RedisCache, ResultCache
-from glimpse.config import CacheSettings, Settings
+from glimpse.config import Settings
 from glimpse.engine.factory import build_engine
 from glimpse.engine.protocol import Engine
 from glimpse.errors import GlimpseError, Unauthorized
@@ -49,6 +49,7 @@ from glimpse.guard import (
 )
 from glimpse.media import ImageIntake, create_fetch_client
 from glimpse.obs import Metrics
+from glimpse.redis_pool import RedisPools
 
 __all__ = ["create_app"]
 
@@ -95,18 +96,18 @@ async def _start_engine(
     )
 
 
-def _result_cache(settings: CacheSettings, metrics: Metrics) -> ResultCache | None:
-    if not settings.enabled:
+def _result_cache(settings: Settings, metrics: Metrics, redis: RedisPools) -> ResultCache | None:
+    if not settings.cache.enabled:
         return None
-    if settings.redis_url is not None:
+    url = settings.redis_url_for("cache")
+    if url is not None:
         backend: MemoryCache | RedisCache = RedisCache(
-            settings.redis_url.get_secret_value(),
-            settings.ttl_s,
-            timeout_s=settings.redis_timeout_s,
-            backoff_s=settings.redis_backoff_s,
+            redis.connect(url),
+            settings.cache.ttl_s,
+            on_failure=metrics.store_failures.labels(store="cache").inc,
         )
     else:
-        backend = MemoryCache(settings.max_bytes)
+        backend = MemoryCache(settings.cache.max_bytes)
     return ResultCache(backend, on_event=metrics.observe_cache)
 
 
@@ -156,25 +157,25 @@ def _open_state(
     admission: Admission,
 ) -> AppState:
     """The routes' shared state; each resource it opens is closed by ``resources``."""
-    used_engine = engine if engine is not None else build_engine(settings.engine, metrics)
+    used_engine = engine if engine is not None else build_engine(settings.engine, settings.upstream, metrics)
     resources.push_async_callback(used_engine.stop)
     metrics.set_info(version=__version__, engine=settings.engine.kind, model=used_engine.model_name)
-    cache = _result_cache(settings.cache, metrics)
+    redis = RedisPools(settings.redis)
+    resources.push_async_callback(redis.aclose)  # after every store that uses it
+    cache = _result_cache(settings, metrics, redis)
     if cache is not None:
         resources.push_async_callback(cache.close)
     fetch_client = create_fetch_client(settings.media)
     resources.push_async_callback(fetch_client.aclose)
-    redis_url = settings.cache.redis_url
+    guard_url = settings.redis_url_for("guard")
     limit_store, quota_store = None, None
-    if redis_url is not None:
-        limit_store = RedisRateLimitStore.from_url(
-            redis_url.get_secret_value(), on_failure=metrics.store_failures.labels(store="rate_limit").inc
+    if guard_url is not None:
+        limit_store = RedisRateLimitStore(
+            redis.connect(guard_url), on_failure=metrics.store_failures.labels(store="rate_limit").inc
         )
-        resources.push_async_callback(limit_store.aclose)
-        quota_store = RedisQuotaStore.from_url(
-            redis_url.get_secret_value(), on_failure=metrics.store_failures.labels(store="quota").inc
+        quota_store = RedisQuotaStore(
+            redis.connect(guard_url), on_failure=metrics.store_failures.labels(store="quota").inc
         )
-        resources.push_async_callback(quota_store.aclose)
     quota = QuotaTracker(settings.guard, quota_store)
     return AppState(
         settings=settings,
@@ -189,10 +190,7 @@ def _open_state(
             guard=guard,
             guard_mode=settings.guard.prompt_guard,
             quota=quota,
-            answer_settings={
-                "template_defaults": dict(settings.engine.chat_template_kwargs),
-                "reasoning_parser": settings.engine.reasoning_parser,
-            },
+            answer_settings=settings.engine.answer_defaults,
         ),
         auth=auth,
         limiter=RateLimiter(settings.guard, limit_store),

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Literal, Protocol, TypeVar, overload
@@ -31,7 +31,7 @@ from starlette.types import Receive
 
 from glimpse.api.context import AuditDetails, RequestContext
 from glimpse.cache import CachedResult, ResultCache, cache_key, is_cacheable
-from glimpse.config import CacheSettings
+from glimpse.config import AnswerDefaults, CacheSettings
 from glimpse.engine.protocol import Engine, FinishReason, GenerationRequest, ImagePart, TokenEvent
 from glimpse.errors import ClientDisconnected, DeadlineExceeded, EngineRequestError
 from glimpse.guard import PromptGuard, QuotaTracker
@@ -242,7 +242,7 @@ class GenerationService:
         guard: PromptGuard,
         guard_mode: Literal["off", "flag", "block"],
         quota: QuotaTracker,
-        answer_settings: Mapping[str, object] | None = None,
+        answer_settings: AnswerDefaults | None = None,
     ) -> None:
         self.engine = engine
         self.cache = cache
@@ -253,7 +253,7 @@ class GenerationService:
         self.quota = quota
         #: Server settings that shape answers (template defaults, reasoning split): part of every
         #: cache key, so replicas configured differently never share entries in one Redis.
-        self.answer_settings = dict(answer_settings or {})
+        self.answer_settings = answer_settings if answer_settings is not None else AnswerDefaults()
 
     @overload
     async def handle(
@@ -373,7 +373,7 @@ class GenerationService:
                 "stop": list(s.stop),
                 "ignore_eos": s.ignore_eos,
                 "template": dict(gen.template_kwargs),
-                "server": self.answer_settings,
+                "server": self.answer_settings.model_dump(mode="json"),
             },
             partition,
         )

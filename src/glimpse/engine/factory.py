@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from glimpse.config import EngineSettings
+from glimpse.config import EngineSettings, UpstreamSettings
 from glimpse.engine.protocol import Engine
 from glimpse.errors import ModelLoadError
 from glimpse.obs import Metrics
@@ -44,20 +44,15 @@ class PrometheusBatchObserver:
         self._metrics.batch_size.observe(batch_size)
 
 
-def build_engine(settings: EngineSettings, metrics: Metrics | None = None) -> Engine:
+def build_engine(
+    settings: EngineSettings, upstream: UpstreamSettings, metrics: Metrics | None = None
+) -> Engine:
     if settings.kind == "upstream":
-        from glimpse.engine.upstream import UpstreamEngine, UpstreamOptions
+        from glimpse.engine.upstream import UpstreamEngine
 
-        options = UpstreamOptions(
-            connect_timeout_s=settings.upstream_connect_timeout_s,
-            read_timeout_s=settings.upstream_read_timeout_s,
-            health_interval_s=settings.upstream_health_interval_s,
-            failure_threshold=settings.upstream_failure_threshold,
-            cooldown_s=settings.upstream_cooldown_s,
-        )
         hook = PrometheusUpstreamMetrics(metrics) if metrics is not None else None
         try:
-            return UpstreamEngine(settings, metrics_hook=hook, options=options)
+            return UpstreamEngine(settings, upstream, metrics_hook=hook)
         except ValueError as exc:
             raise ModelLoadError(
                 f"The upstream engine cannot start: {exc}. Pass one or more --upstream URLs of "

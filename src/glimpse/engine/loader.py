@@ -103,8 +103,26 @@ def _explain(model: str, exc: BaseException) -> ModelLoadError:
     return ModelLoadError(f"Could not load model '{model}'. {tried} {fix}")
 
 
+#: What ``pip install glimpse-serve`` leaves out (a CPU machine needs its own torch build).
+MODEL_EXTRA_HINT = "pip install 'glimpse-serve[model]'"
+
+
+def check_runtime_installed() -> None:
+    """``ModelLoadError`` in one line when torch or transformers is missing (an optional extra)."""
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ModuleNotFoundError as exc:
+        missing = exc.name or "torch/transformers"
+        raise ModelLoadError(
+            f"The in-process engine needs the model runtime, and {missing} is not installed: "
+            f"{MODEL_EXTRA_HINT} (or serve other servers' models with --engine upstream)."
+        ) from exc
+
+
 def check_model_available(settings: EngineSettings) -> None:
-    """Fail fast (before the server starts) when the model cannot be found at all."""
+    """Fail fast (before the server starts) when the runtime or the model cannot be found at all."""
+    check_runtime_installed()
     from transformers import AutoConfig
 
     source, _ = resolve_model_path(settings)

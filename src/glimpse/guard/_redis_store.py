@@ -1,20 +1,17 @@
-"""What the rate limiter's and the quota's Redis stores share: a client, a timeout, failing open.
+"""What the rate limiter's and the quota's Redis stores share: failing open.
 
-Each command runs under the store's timeout; a Redis error, a timeout or an unusable
-value lets the request through (counted and logged once through ``FailOpen``), and a
-store that just failed is left alone for its back-off.
+Each command goes through ``FailOpenRedis`` (deadline, back-off, failure count); when it
+cannot answer, or answers with an unusable value, the store returns its fallback and the
+request goes through unchecked.
 """
 
 from __future__ import annotations
 
-import asyncio
+import time
 from collections.abc import Awaitable, Callable
-from typing import ClassVar, Self, TypeVar
+from typing import ClassVar, TypeVar
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
-
-from glimpse.guard._failopen import FailOpen
+from glimpse.redis_pool import FailOpenRedis, RedisConnection, RedisUnavailable
 
 __all__ = ["RedisGuardStore"]
 
@@ -29,47 +26,25 @@ class RedisGuardStore:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        connection: RedisConnection,
         *,
         prefix: str | None = None,
-        timeout_s: float = 0.5,
         on_failure: Callable[[], None] | None = None,
-        backoff_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._client = client
+        self._client = connection.client
         self._prefix = self.DEFAULT_PREFIX if prefix is None else prefix
-        self._timeout_s = timeout_s
-        self._health = FailOpen(self.DOWN_MESSAGE, self.UP_MESSAGE, on_failure, backoff_s=backoff_s)
-
-    @classmethod
-    def from_url(
-        cls,
-        url: str,
-        *,
-        timeout_s: float = 0.5,
-        on_failure: Callable[[], None] | None = None,
-        backoff_s: float = 2.0,
-    ) -> Self:
-        client = aioredis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
-        return cls(client, timeout_s=timeout_s, on_failure=on_failure, backoff_s=backoff_s)
+        self._redis = FailOpenRedis(
+            connection,
+            down_message=self.DOWN_MESSAGE,
+            up_message=self.UP_MESSAGE,
+            on_failure=on_failure,
+            clock=clock,
+        )
 
     async def _run(self, command: Callable[[], Awaitable[T]], fallback: T, *unusable: type[Exception]) -> T:
-        """``command()``'s result, or ``fallback`` when the store fails (or backs off after failing)."""
-        if not self._health.should_try():
-            return fallback
-        caught: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError, *unusable)
+        """``command()``'s result, or ``fallback`` when Redis cannot give a usable one in time."""
         try:
-            async with asyncio.timeout(self._timeout_s):
-                result = await command()
-        except caught as exc:
-            self._health.failed(exc)
+            return await self._redis.call(command, *unusable)
+        except RedisUnavailable:
             return fallback
-        self._health.recovered()
-        return result
-
-    @property
-    def failures(self) -> int:
-        return self._health.failures
-
-    async def aclose(self) -> None:
-        await self._client.aclose()

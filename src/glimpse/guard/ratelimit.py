@@ -15,12 +15,11 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol
 
-import redis.asyncio as aioredis
-
 from glimpse.config import GuardSettings
 from glimpse.errors import RateLimited
 from glimpse.guard._redis_store import RedisGuardStore
 from glimpse.guard.auth import Principal
+from glimpse.redis_pool import RedisConnection
 
 __all__ = ["MemoryRateLimitStore", "RateLimitStore", "RateLimiter", "RedisRateLimitStore"]
 
@@ -102,17 +101,14 @@ class RedisRateLimitStore(RedisGuardStore):
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        connection: RedisConnection,
         *,
         prefix: str | None = None,
-        timeout_s: float = 0.5,
         on_failure: Callable[[], None] | None = None,
-        backoff_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(
-            client, prefix=prefix, timeout_s=timeout_s, on_failure=on_failure, backoff_s=backoff_s
-        )
-        self._script = client.register_script(_BUCKET_LUA)
+        super().__init__(connection, prefix=prefix, on_failure=on_failure, clock=clock)
+        self._script = connection.client.register_script(_BUCKET_LUA)
 
     async def acquire(self, key: str, limit_per_minute: int, now: float) -> float:
         async def take() -> float:

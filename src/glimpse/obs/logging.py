@@ -32,6 +32,7 @@ __all__ = [
     "reset_request_id",
     "sanitize_request_id",
     "set_request_id",
+    "wants_json",
 ]
 
 _request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("glimpse_request_id", default=None)
@@ -197,10 +198,25 @@ class _GlimpseHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Marks the handler ``configure_logging`` installed, so calling it again replaces it."""
 
 
+def _is_terminal(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or already closed
+        return False
+
+
+def wants_json(settings: ObsSettings, stream: IO[str]) -> bool:
+    """JSON lines for collectors, readable lines for a person at a terminal, unless set."""
+    if settings.log_json is not None:
+        return settings.log_json
+    return not _is_terminal(stream)
+
+
 def configure_logging(settings: ObsSettings, stream: IO[str] | None = None) -> None:
     """Route every logger (uvicorn's too, if run with ``log_config=None``) to one handler."""
-    handler = _GlimpseHandler(stream if stream is not None else sys.stderr)
-    handler.setFormatter(JsonFormatter() if settings.log_json else _PlainFormatter())
+    target = stream if stream is not None else sys.stderr
+    handler = _GlimpseHandler(target)
+    handler.setFormatter(JsonFormatter() if wants_json(settings, target) else _PlainFormatter())
     handler.addFilter(RequestIdFilter())
     handler.addFilter(RedactingFilter())
     root = logging.getLogger()

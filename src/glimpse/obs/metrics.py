@@ -109,7 +109,8 @@ class Metrics:
         )
         self.store_failures = Counter(
             "glimpse_store_failures_total",
-            "Shared-store (Redis) failures of the rate limiter and quota tracker; requests went through.",
+            "Shared-store (Redis) failures of the result cache, rate limiter and quota tracker; requests "
+            "went through (uncached, unchecked).",
             ["store"],
             registry=r,
         )

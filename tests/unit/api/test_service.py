@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 from PIL import Image
@@ -12,7 +12,7 @@ from tests.fakes import FakeEngine
 from glimpse.api.context import RequestContext
 from glimpse.api.service import CacheStatus, GenerationService
 from glimpse.cache import MemoryCache, ResultCache
-from glimpse.config import CacheSettings, GuardSettings
+from glimpse.config import AnswerDefaults, CacheSettings, GuardSettings
 from glimpse.engine.protocol import (
     ChatMessage,
     FinishReason,
@@ -75,7 +75,7 @@ def _service(
     mode: Literal["off", "flag", "block"] = "flag",
     quota: QuotaTracker | None = None,
     settings: CacheSettings | None = None,
-    answer_settings: dict[str, object] | None = None,
+    answer_settings: dict[str, Any] | None = None,
 ) -> GenerationService:
     guard_settings = GuardSettings(prompt_guard=mode)
     return GenerationService(
@@ -86,7 +86,7 @@ def _service(
         guard=PromptGuard(guard_settings),
         guard_mode=mode,
         quota=quota or QuotaTracker(guard_settings),
-        answer_settings=answer_settings,
+        answer_settings=AnswerDefaults(**answer_settings) if answer_settings is not None else None,
     )
 
 

@@ -5,6 +5,9 @@ import time
 
 import pytest
 
+from glimpse.config import RedisSettings
+from glimpse.redis_pool import RedisPools
+
 
 def _free_port():
     with socket.socket() as sock:
@@ -55,3 +58,17 @@ def redis_url(tmp_path_factory):
     yield f"redis://127.0.0.1:{port}/0"
     proc.terminate()
     proc.wait(timeout=10)
+
+
+@pytest.fixture
+async def redis_pools():
+    """``redis_pools(**RedisSettings fields)``: a fresh pool set, closed after the test."""
+    made: list[RedisPools] = []
+
+    def make(**settings) -> RedisPools:
+        made.append(RedisPools(RedisSettings(**settings)))
+        return made[-1]
+
+    yield make
+    for pools in made:
+        await pools.aclose()

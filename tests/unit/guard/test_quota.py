@@ -90,19 +90,24 @@ async def test_memory_store_forgets_past_days():
 
 
 @pytest.fixture
-async def redis_stores(redis_url):
+def failures() -> list[int]:
+    """One entry per failure the stores reported (what the app counts in its metric)."""
+    return []
+
+
+@pytest.fixture
+def redis_stores(redis_url, redis_pools, failures):
+    """Two replicas' stores, each on its own pool, sharing one Redis."""
     prefix = f"test:{uuid.uuid4().hex}:"
-    stores = []
-    for _ in range(2):
-        store = RedisQuotaStore.from_url(redis_url)
-        store._prefix = prefix
-        stores.append(store)
-    yield stores
-    for store in stores:
-        await store.aclose()
+    return [
+        RedisQuotaStore(
+            redis_pools().connect(redis_url), prefix=prefix, on_failure=lambda: failures.append(1)
+        )
+        for _ in range(2)
+    ]
 
 
-async def test_two_replicas_share_one_quota_through_redis(redis_stores, redis_url):
+async def test_two_replicas_share_one_quota_through_redis(redis_stores, redis_url, failures):
     clock = Clock()
     replicas = [QuotaTracker(GuardSettings(token_quota_per_day=100), s, clock=clock) for s in redis_stores]
     principal = _principal("key:shared")
@@ -115,7 +120,7 @@ async def test_two_replicas_share_one_quota_through_redis(redis_stores, redis_ur
             await replica.check(principal)
         assert info.value.retry_after == 7200
     await replicas[1].check(_principal("key:other"))
-    assert all(store.failures == 0 for store in redis_stores)
+    assert failures == []
 
     client = aioredis.Redis.from_url(redis_url)
     try:
@@ -129,25 +134,19 @@ async def test_two_replicas_share_one_quota_through_redis(redis_stores, redis_ur
     await replicas[0].check(principal)
 
 
-async def test_redis_failure_fails_open_logs_once_and_counts(caplog):
-    failures = []
-    store = RedisQuotaStore.from_url(
-        "redis://127.0.0.1:1/0", timeout_s=0.5, on_failure=lambda: failures.append(1), backoff_s=0
-    )
+async def test_redis_failure_fails_open_logs_once_and_counts(caplog, redis_pools, failures):
+    pools = redis_pools(timeout_s=0.5, backoff_s=0)
+    store = RedisQuotaStore(pools.connect("redis://127.0.0.1:1/0"), on_failure=lambda: failures.append(1))
     tracker = QuotaTracker(GuardSettings(token_quota_per_day=1), store, clock=Clock())
     principal = _principal()
-    try:
-        for _ in range(2):
-            await tracker.check(principal)
-            await tracker.consume(principal, 10)
-    finally:
-        await store.aclose()
-    assert store.failures == 4
+    for _ in range(2):
+        await tracker.check(principal)
+        await tracker.consume(principal, 10)
     assert len(failures) == 4
     assert sum("quota store unavailable" in r.getMessage() for r in caplog.records) == 1
 
 
-async def test_a_value_that_is_not_a_count_fails_open(redis_stores, redis_url):
+async def test_a_value_that_is_not_a_count_fails_open(redis_stores, redis_url, failures):
     store = redis_stores[0]
     client = aioredis.Redis.from_url(redis_url)
     try:
@@ -155,4 +154,4 @@ async def test_a_value_that_is_not_a_count_fails_open(redis_stores, redis_url):
     finally:
         await client.aclose()
     assert await store.usage("key:odd", "20250615") == 0  # let through, not a 500
-    assert store.failures == 1
+    assert failures == [1]

@@ -82,70 +82,67 @@ async def test_memory_store_forgets_least_recent_clients_beyond_its_bound():
     assert await store.acquire("a", 1, 0.0) == 0.0  # a was evicted: fresh bucket
 
 
-async def test_redis_store_is_shared_between_replicas(redis_url):
+async def test_redis_store_is_shared_between_replicas(redis_url, redis_pools):
     clock = Clock()
     prefix = f"test:{uuid.uuid4().hex}:"
-    stores = [RedisRateLimitStore.from_url(redis_url) for _ in range(2)]
-    for store in stores:
-        store._prefix = prefix
+    failures: list[int] = []
+    # Two replicas: two processes, each with its own pool.
+    stores = [
+        RedisRateLimitStore(
+            redis_pools().connect(redis_url), prefix=prefix, on_failure=lambda: failures.append(1)
+        )
+        for _ in range(2)
+    ]
     replicas = [RateLimiter(GuardSettings(rate_limit_per_minute=4), store, clock=clock) for store in stores]
     principal = _principal("key:shared")
-    try:
-        admitted, waits = 0, []
-        for i in range(8):
-            try:
-                await replicas[i % 2].check(principal)
-                admitted += 1
-            except RateLimited as exc:
-                waits.append(exc.retry_after)
-        assert admitted == 4
-        assert waits == [15, 15, 15, 15]
-        clock.now += 15
-        await replicas[0].check(principal)
-        with pytest.raises(RateLimited):
-            await replicas[1].check(principal)
-        assert all(store.failures == 0 for store in stores)
-    finally:
-        for store in stores:
-            await store.aclose()
+    admitted, waits = 0, []
+    for i in range(8):
+        try:
+            await replicas[i % 2].check(principal)
+            admitted += 1
+        except RateLimited as exc:
+            waits.append(exc.retry_after)
+    assert admitted == 4
+    assert waits == [15, 15, 15, 15]
+    clock.now += 15
+    await replicas[0].check(principal)
+    with pytest.raises(RateLimited):
+        await replicas[1].check(principal)
+    assert failures == []
 
 
-async def test_redis_failure_fails_open_logs_once_and_counts(caplog):
+async def test_redis_failure_fails_open_logs_once_and_counts(caplog, redis_pools):
     failures = []
-    store = RedisRateLimitStore.from_url(
-        "redis://127.0.0.1:1/0", timeout_s=0.5, on_failure=lambda: failures.append(1), backoff_s=0
-    )
+    pools = redis_pools(timeout_s=0.5, backoff_s=0)
+    store = RedisRateLimitStore(pools.connect("redis://127.0.0.1:1/0"), on_failure=lambda: failures.append(1))
     limiter = RateLimiter(GuardSettings(rate_limit_per_minute=1), store, clock=Clock())
-    try:
-        assert await _admitted(limiter, _principal(), 3) == 3
-    finally:
-        await store.aclose()
-    assert store.failures == 3
+    assert await _admitted(limiter, _principal(), 3) == 3
     assert len(failures) == 3
     warnings = [r for r in caplog.records if "rate-limit store unavailable" in r.getMessage()]
     assert len(warnings) == 1
 
 
-async def test_a_stalled_redis_costs_one_timeout_then_is_skipped_until_the_backoff_ends():
+async def test_a_stalled_redis_costs_one_timeout_then_is_skipped_until_the_backoff_ends(redis_pools):
     # A Redis that accepts connections but never answers: without a backoff every request
     # would wait the full timeout on every call for as long as the stall lasts.
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)
         port = silent.getsockname()[1]
-        store = RedisRateLimitStore.from_url(f"redis://127.0.0.1:{port}/0", timeout_s=0.3, backoff_s=0.6)
+        failures: list[int] = []
+        pools = redis_pools(timeout_s=0.3, backoff_s=0.6)
+        store = RedisRateLimitStore(
+            pools.connect(f"redis://127.0.0.1:{port}/0"), on_failure=lambda: failures.append(1)
+        )
         limiter = RateLimiter(GuardSettings(rate_limit_per_minute=1), store, clock=Clock())
-        try:
-            started = time.monotonic()
-            assert await _admitted(limiter, _principal(), 1) == 1  # fails open after the timeout
-            first = time.monotonic() - started
-            started = time.monotonic()
-            assert await _admitted(limiter, _principal(), 5) == 5  # backing off: no waiting
-            skipped = time.monotonic() - started
-            await asyncio.sleep(0.7)
-            assert await _admitted(limiter, _principal(), 1) == 1  # tried again, failed again
-        finally:
-            await store.aclose()
+        started = time.monotonic()
+        assert await _admitted(limiter, _principal(), 1) == 1  # fails open after the timeout
+        first = time.monotonic() - started
+        started = time.monotonic()
+        assert await _admitted(limiter, _principal(), 5) == 5  # backing off: no waiting
+        skipped = time.monotonic() - started
+        await asyncio.sleep(0.7)
+        assert await _admitted(limiter, _principal(), 1) == 1  # tried again, failed again
     assert first >= 0.25
     assert skipped < 0.1
-    assert store.failures == 2
+    assert len(failures) == 2

@@ -98,6 +98,33 @@ def test_plain_format_has_the_request_id(restore_logging):
     assert "abc123" not in line
 
 
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(
+    ("log_json", "stream_type", "json_lines"),
+    [
+        (None, _Terminal, False),  # a person at a terminal reads plain lines
+        (None, io.StringIO, True),  # a pipe or file (a collector) gets JSON
+        (True, _Terminal, True),
+        (False, io.StringIO, False),
+    ],
+)
+def test_format_follows_the_terminal_unless_set(restore_logging, log_json, stream_type, json_lines):
+    stream = stream_type()
+    configure_logging(ObsSettings(log_json=log_json, log_level="INFO"), stream=stream)
+    with request_id_context("req-auto"):
+        logging.getLogger("glimpse.test").info("hello")
+    line = stream.getvalue().strip()
+    if json_lines:
+        assert json.loads(line)["message"] == "hello"
+    else:
+        assert line.endswith("[req-auto] hello")
+        assert not line.startswith("{")
+
+
 def test_configuring_twice_keeps_one_handler(restore_logging):
     before = len(logging.getLogger().handlers)
     configure_logging(ObsSettings(), stream=io.StringIO())

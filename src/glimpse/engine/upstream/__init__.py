@@ -4,7 +4,6 @@ from glimpse.engine.upstream.balancer import Balancer, Upstream, UpstreamSpec, p
 from glimpse.engine.upstream.breaker import BreakerState, CircuitBreaker
 from glimpse.engine.upstream.engine import UpstreamEngine
 from glimpse.engine.upstream.hooks import NullUpstreamMetrics, Outcome, UpstreamMetrics
-from glimpse.engine.upstream.options import UpstreamOptions
 
 __all__ = [
     "Balancer",
@@ -15,7 +14,6 @@ __all__ = [
     "Upstream",
     "UpstreamEngine",
     "UpstreamMetrics",
-    "UpstreamOptions",
     "UpstreamSpec",
     "parse_upstream_url",
 ]

@@ -16,10 +16,10 @@ from collections.abc import AsyncIterator
 
 import httpx
 
+from glimpse.config import UpstreamSettings
 from glimpse.engine.protocol import FinishReason, GenerationRequest, TokenEvent
 from glimpse.engine.upstream._failures import Progress, Reported
 from glimpse.engine.upstream._reader import bounded_lines
-from glimpse.engine.upstream.options import UpstreamOptions
 from glimpse.engine.upstream.wire import finish_reason, parse_chunk
 from glimpse.errors import GlimpseError, UpstreamError
 from glimpse.sse import DONE, aiter_sse_data
@@ -46,7 +46,7 @@ async def relay(
     request: GenerationRequest,
     queue: asyncio.Queue[TokenEvent | None],
     progress: Progress,
-    options: UpstreamOptions,
+    options: UpstreamSettings,
 ) -> None:
     """Put the answer's events on ``queue``, the last with its finish reason and usage."""
     limit = request.sampling.max_new_tokens

@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from glimpse.config import EngineSettings
+from glimpse.config import EngineSettings, UpstreamSettings
 from glimpse.engine.protocol import EngineHealth, FinishReason, GenerationRequest, TokenEvent
 from glimpse.engine.upstream._checks import check_request
 from glimpse.engine.upstream._failures import BadStatus, Progress, Reported, Retry, Verdict, classify
@@ -34,7 +34,6 @@ from glimpse.engine.upstream.balancer import Balancer, Upstream
 from glimpse.engine.upstream.breaker import BreakerState, CircuitBreaker
 from glimpse.engine.upstream.health import HealthChecker
 from glimpse.engine.upstream.hooks import NullUpstreamMetrics, Outcome, UpstreamMetrics
-from glimpse.engine.upstream.options import UpstreamOptions
 from glimpse.engine.upstream.wire import ImageEncoder, chat_body, error_for_status
 from glimpse.errors import (
     DeadlineExceeded,
@@ -58,19 +57,19 @@ class UpstreamEngine:
     def __init__(
         self,
         settings: EngineSettings,
+        upstream: UpstreamSettings,
         http_client: httpx.AsyncClient | None = None,
         metrics_hook: UpstreamMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
-        options: UpstreamOptions | None = None,
         image_runner: BlockingRunner | None = None,
     ) -> None:
         self._model_name = settings.served_model_name or settings.model
         self._max_new_tokens_limit = settings.max_new_tokens_limit
-        self._options = options or UpstreamOptions()
+        self._options = upstream
         opts = self._options
         self._clock = clock
         self._balancer = Balancer.from_urls(
-            settings.upstreams,
+            upstream.urls,
             lambda: CircuitBreaker(
                 failure_threshold=opts.failure_threshold, cooldown_s=opts.cooldown_s, clock=clock
             ),
@@ -78,7 +77,7 @@ class UpstreamEngine:
         )
         self._client = http_client
         self._owns_client = http_client is None
-        key = settings.upstream_api_key
+        key = upstream.api_key
         self._headers = {"Authorization": f"Bearer {key.get_secret_value()}"} if key else {}
         self._metrics: UpstreamMetrics = metrics_hook or NullUpstreamMetrics()
         self._timeout = httpx.Timeout(

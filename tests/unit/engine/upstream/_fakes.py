@@ -9,9 +9,9 @@ from typing import Any
 
 import httpx
 
-from glimpse.config import EngineSettings
+from glimpse.config import EngineSettings, UpstreamSettings
 from glimpse.engine.protocol import ChatMessage, GenerationRequest, SamplingParams, TextPart
-from glimpse.engine.upstream import UpstreamEngine, UpstreamOptions
+from glimpse.engine.upstream import UpstreamEngine
 
 
 class FakeClock:
@@ -202,16 +202,13 @@ class Harness:
         settings = EngineSettings(
             kind="upstream",
             model="GLM-Test",
-            upstreams=tuple(f"http://{h}:8000" for h in hosts),
-            upstream_api_key="secret-key",
         )
         opts = {"health_interval_s": 3600, "failure_threshold": 2, "cooldown_s": 10} | options
+        upstream = UpstreamSettings(
+            urls=tuple(f"http://{h}:8000" for h in hosts), api_key="secret-key", **opts
+        )
         self.engine = UpstreamEngine(
-            settings,
-            http_client=self.client,
-            metrics_hook=self.metrics,
-            clock=self.clock,
-            options=UpstreamOptions(**opts),
+            settings, upstream, http_client=self.client, metrics_hook=self.metrics, clock=self.clock
         )
 
     def __getitem__(self, host):

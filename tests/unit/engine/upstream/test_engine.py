@@ -5,9 +5,9 @@ import httpx
 import pytest
 from PIL import Image
 
-from glimpse.config import EngineSettings
+from glimpse.config import EngineSettings, UpstreamSettings
 from glimpse.engine.protocol import ChatMessage, Engine, FinishReason, GenerationRequest, ImagePart, TextPart
-from glimpse.engine.upstream import BreakerState, UpstreamEngine, UpstreamOptions
+from glimpse.engine.upstream import BreakerState, UpstreamEngine
 from glimpse.errors import (
     DeadlineExceeded,
     InvalidRequest,
@@ -419,8 +419,8 @@ async def test_stop_cancels_streams_in_flight(h):
 
 
 async def test_owns_and_closes_its_client_when_none_is_given():
-    settings = EngineSettings(kind="upstream", upstreams=("http://127.0.0.1:9",))
-    engine = UpstreamEngine(settings, options=UpstreamOptions(health_timeout_s=0.5))
+    settings = EngineSettings(kind="upstream")
+    engine = UpstreamEngine(settings, UpstreamSettings(urls=("http://127.0.0.1:9",), health_timeout_s=0.5))
     await engine.start()  # nothing listens on port 9: started, not ready
     assert not engine.health().ready
     await engine.stop()
@@ -486,14 +486,14 @@ async def test_a_stream_event_nested_too_deep_is_an_upstream_error_with_a_verdic
 async def test_upstream_credentials_stay_out_of_health_details_and_metrics():
     cluster = Cluster("a")
     metrics = RecordingMetrics()
-    settings = EngineSettings(kind="upstream", model="GLM-Test", upstreams=("http://user:s3cret@a:8000",))
+    settings = EngineSettings(kind="upstream", model="GLM-Test")
     async with httpx.AsyncClient(transport=cluster.transport) as client:
         engine = UpstreamEngine(
             settings,
+            UpstreamSettings(urls=("http://user:s3cret@a:8000",), health_interval_s=3600),
             http_client=client,
             metrics_hook=metrics,
             clock=FakeClock(),
-            options=UpstreamOptions(health_interval_s=3600),
         )
         await engine.start()
         try:

@@ -21,8 +21,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from glimpse.config import EngineSettings
-from glimpse.engine.upstream import UpstreamEngine, UpstreamOptions
+from glimpse.config import EngineSettings, UpstreamSettings
+from glimpse.engine.upstream import UpstreamEngine
 
 from ._fakes import make_request
 
@@ -71,9 +71,11 @@ def keepalive_server() -> Iterator[str]:
 
 
 async def test_leaving_at_the_finish_event_returns_every_pooled_connection(keepalive_server):
-    settings = EngineSettings(kind="upstream", model="m", upstreams=(keepalive_server,))
-    options = UpstreamOptions(health_interval_s=3600, max_connections=4, pool_timeout_s=2)
-    engine = UpstreamEngine(settings, options=options)
+    settings = EngineSettings(kind="upstream", model="m")
+    upstream = UpstreamSettings(
+        urls=(keepalive_server,), health_interval_s=3600, max_connections=4, pool_timeout_s=2
+    )
+    engine = UpstreamEngine(settings, upstream)
     await engine.start()
     try:
         for i in range(20):  # five times the pool

@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
-from glimpse.config import EngineSettings
+from glimpse.config import EngineSettings, UpstreamSettings
 from glimpse.engine.protocol import (
     ChatMessage,
     FinishReason,
@@ -26,7 +26,7 @@ from glimpse.engine.protocol import (
     SamplingParams,
     TextPart,
 )
-from glimpse.engine.upstream import UpstreamEngine, UpstreamOptions
+from glimpse.engine.upstream import UpstreamEngine
 from glimpse.errors import UpstreamTimeout
 
 from ._fakes import make_request
@@ -120,8 +120,8 @@ def standins():
 
 
 def make_engine(*urls: str, **options) -> UpstreamEngine:
-    settings = EngineSettings(kind="upstream", model="GLM-4.6V-Flash", upstreams=urls)
-    return UpstreamEngine(settings, options=UpstreamOptions(health_interval_s=3600, **options))
+    settings = EngineSettings(kind="upstream", model="GLM-4.6V-Flash")
+    return UpstreamEngine(settings, UpstreamSettings(urls=urls, health_interval_s=3600, **options))
 
 
 async def test_streams_from_an_independent_server_with_an_image(standins):
