@@ -20,7 +20,6 @@ class FakeEngine:
     raise_on_submit: GlimpseError | None = None
     delay_s: float = 0.0
     requests: list[GenerationRequest] = field(default_factory=list)
-    cancelled: list[str] = field(default_factory=list)
     started: bool = False
     stopped: bool = False
     #: Streams opened and not yet closed: the watchdog fixture checks it returns to zero.
@@ -38,9 +37,6 @@ class FakeEngine:
 
     def health(self) -> EngineHealth:
         return EngineHealth(self.ready, "ready" if self.ready else "loading", running=self.in_flight)
-
-    async def cancel(self, request_id: str) -> None:
-        self.cancelled.append(request_id)
 
     async def submit(self, request: GenerationRequest) -> AsyncGenerator[TokenEvent, None]:
         if self.raise_on_submit is not None:

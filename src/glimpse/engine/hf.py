@@ -200,11 +200,6 @@ class HFEngine:
             limits.append(self._worker.sequence_room)
         return min(limits)
 
-    async def cancel(self, request_id: str) -> None:
-        job = self._jobs.get(request_id)
-        if job is not None and self._worker is not None:
-            self._worker.cancel(job)
-
     def submit(self, request: GenerationRequest) -> AsyncGenerator[TokenEvent, None]:
         return self._generate(request, admit_check=True)
 

@@ -162,8 +162,6 @@ class Engine(Protocol):
         Closing the generator early (``aclose()``: client gone) cancels the request.
         """
 
-    async def cancel(self, request_id: str) -> None: ...
-
     def health(self) -> EngineHealth: ...
 
 

@@ -159,13 +159,6 @@ class UpstreamEngine:
         summary = f"{len(healthy)}/{len(self.upstreams)} upstreams healthy"
         return EngineHealth(ready=ready, detail="; ".join([summary, *parts]), running=running)
 
-    async def cancel(self, request_id: str) -> None:
-        tasks = self._producers.get(request_id, set())
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
-
     def submit(self, request: GenerationRequest) -> AsyncGenerator[TokenEvent, None]:
         if not self._started or self._stopping:
             raise NotReady("the upstream engine is not running", retry_after=1)

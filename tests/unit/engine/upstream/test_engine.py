@@ -332,26 +332,6 @@ async def test_closing_the_iterator_closes_the_upstream_stream(h):
     assert h.upstream("a").breaker.consecutive_failures == 0
 
 
-async def test_cancel_closes_the_upstream_stream_and_ends_with_cancelled(h):
-    async def endless(request, body):
-        return h["a"].stream([chunk("first")], hold=asyncio.Event())
-
-    h["a"].chat = endless
-    events = []
-
-    async def consume():
-        async for event in h.engine.submit(make_request("to-cancel")):
-            events.append(event)
-
-    task = asyncio.create_task(consume())
-    await wait_until(lambda: len(events) == 1)
-    await h.engine.cancel("to-cancel")
-    await asyncio.wait_for(task, 1)
-    assert events[-1].finish_reason is FinishReason.CANCELLED
-    assert events[-1].completion_tokens == 1
-    assert h["a"].streams[-1].closed
-
-
 async def test_deadline_closes_the_stream(h):
     async def endless(request, body):
         return h["a"].stream([chunk("first")], hold=asyncio.Event())
