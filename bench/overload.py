@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import gc
 import io
 import json
 import os
@@ -320,6 +321,24 @@ def summarize(
     }
 
 
+@contextlib.contextmanager
+def _no_client_gc() -> Iterator[None]:
+    """No garbage collection in this client while it times refusals.
+
+    A collection pauses the client's event loop for milliseconds, and a response that
+    arrives meanwhile is timed as if the server had been slow: the latency goal is the
+    server's. The overload phase allocates a few hundred megabytes at most.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.unfreeze()
+
+
 async def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
     target = chat_request(url, args.api_key, args.max_tokens)
     await closed_loop(target, args.concurrency, min(3.0, args.capacity_seconds), args.timeout)  # warm-up
@@ -330,9 +349,10 @@ async def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit("no request was answered in the capacity phase; is the server working?")
     await asyncio.sleep(1.0)
     cpu1 = _cpu_s()
-    overload_run = await open_loop(
-        target, args.factor * capacity, args.overload_seconds, args.timeout, args.seed
-    )
+    with _no_client_gc():
+        overload_run = await open_loop(
+            target, args.factor * capacity, args.overload_seconds, args.timeout, args.seed
+        )
     summary = summarize(capacity_run, overload_run, args)
     summary["client_cpu_share_of_one_core"] = {
         "capacity": round((cpu1 - cpu0) / args.capacity_seconds, 2),
