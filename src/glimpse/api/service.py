@@ -22,18 +22,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Literal, Protocol, TypeVar, overload
-
-from starlette.types import Receive
+from typing import Any, Literal, TypeVar, overload
 
 from glimpse.api.context import AuditDetails, RequestContext
+from glimpse.api.streams import DisconnectWatcher, StreamTail, TokenStream, replay, within_deadline
 from glimpse.cache import CachedResult, ResultCache, cache_key, is_cacheable
 from glimpse.config import AnswerDefaults, CacheSettings
 from glimpse.engine.protocol import Engine, FinishReason, GenerationRequest, ImagePart, TokenEvent
-from glimpse.errors import ClientDisconnected, DeadlineExceeded, EngineRequestError
+from glimpse.errors import ClientDisconnected, EngineRequestError
 from glimpse.guard import PromptGuard, QuotaTracker
 from glimpse.obs import Metrics
 
@@ -41,11 +40,8 @@ __all__ = [
     "CACHE_HEADER",
     "CacheStatus",
     "Completion",
-    "DisconnectWatcher",
     "GenerationService",
     "OpenStream",
-    "ReceiveWatcher",
-    "TokenStream",
 ]
 
 _ANSWERS = (FinishReason.STOP, FinishReason.LENGTH)
@@ -74,16 +70,6 @@ class Completion:
     reasoning: str = ""
 
 
-class TokenStream(Protocol):
-    """Events that can be closed before their end (an async generator is one): closing frees the work."""
-
-    def __aiter__(self) -> AsyncIterator[TokenEvent]: ...
-
-    async def __anext__(self) -> TokenEvent: ...
-
-    async def aclose(self) -> None: ...
-
-
 @dataclass(slots=True)
 class OpenStream:
     """A streamed answer: its first event is in, the rest follows; ``close`` cancels what is left."""
@@ -94,24 +80,6 @@ class OpenStream:
 
     async def close(self) -> None:
         await self.rest.aclose()
-
-
-class DisconnectWatcher(Protocol):
-    """Tells the service when the client has gone away, so its work can be cancelled."""
-
-    async def disconnected(self) -> None:
-        """Return once the client has gone away (never, while it stays)."""
-
-
-@dataclass(slots=True, frozen=True)
-class ReceiveWatcher:
-    """Watches an ASGI ``receive`` for ``http.disconnect`` (the request body has been read by then)."""
-
-    receive: Receive
-
-    async def disconnected(self) -> None:
-        while (await self.receive())["type"] != "http.disconnect":
-            pass
 
 
 def _message_shape(gen: GenerationRequest) -> list[dict[str, object]]:
@@ -143,90 +111,6 @@ def _to_result(events: Sequence[TokenEvent]) -> CachedResult | None:
         last.completion_tokens,
         reasoning,
     )
-
-
-async def _replay(cached: CachedResult) -> AsyncGenerator[TokenEvent, None]:
-    if cached.reasoning:
-        yield TokenEvent("", (), None, cached.prompt_tokens, 0, cached.reasoning)
-    for index, chunk in enumerate(cached.chunks, start=1):
-        yield TokenEvent(chunk, (), None, cached.prompt_tokens, index)
-    reason = FinishReason(cached.finish_reason)
-    yield TokenEvent("", (), reason, cached.prompt_tokens, cached.completion_tokens)
-
-
-async def _within(
-    events: AsyncGenerator[TokenEvent, None], deadline: float | None
-) -> AsyncGenerator[TokenEvent, None]:
-    """``events``, each wait for the next one ending at ``deadline`` (``time.monotonic()``).
-
-    Whatever the source waits on (a queue, a thread, an upstream, a shared
-    generation), the request ends at its deadline with ``DeadlineExceeded``, and
-    cancelling the wait closes the source, which frees what it held.
-    """
-    try:
-        while True:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            scope = asyncio.timeout(remaining)
-            try:
-                async with scope:
-                    event = await events.__anext__()
-            except StopAsyncIteration:
-                return
-            except TimeoutError:
-                if scope.expired():
-                    raise DeadlineExceeded("The request took longer than the server's time limit.") from None
-                raise
-            yield event
-    finally:
-        await events.aclose()
-
-
-class _StreamTail:
-    """The rest of a streamed answer: runs ``on_final`` with the final event, counts an early stop.
-
-    After the 200 only a client that went away (Starlette then cancels the
-    response) or a shutdown ends a stream early; an error is not counted, it ends
-    the stream. A class, not a generator function, so ``aclose`` reaches the source
-    even when the consumer never asked for a second event.
-    """
-
-    def __init__(
-        self,
-        source: TokenStream,
-        metrics: Metrics,
-        done: bool,
-        on_final: Callable[[TokenEvent], Awaitable[None]],
-    ) -> None:
-        self._source = source
-        self._metrics = metrics
-        self._done = done
-        self._on_final = on_final
-
-    def __aiter__(self) -> _StreamTail:
-        return self
-
-    async def __anext__(self) -> TokenEvent:
-        try:
-            event = await self._source.__anext__()
-        except asyncio.CancelledError:
-            self._left()
-            raise
-        except BaseException:
-            self._done = True
-            raise
-        if event.finish_reason is not None:
-            self._done = True
-            await self._on_final(event)
-        return event
-
-    def _left(self) -> None:
-        if not self._done:
-            self._done = True
-            self._metrics.observe_disconnect("streaming")
-
-    async def aclose(self) -> None:
-        self._left()
-        await self._source.aclose()
 
 
 class GenerationService:
@@ -317,7 +201,7 @@ class GenerationService:
         done = opened.first.finish_reason is not None
         if done:
             await charge(opened.first)
-        opened.rest = _StreamTail(opened.rest, self.metrics, done, charge)
+        opened.rest = StreamTail(opened.rest, self.metrics, done, charge)
         return opened
 
     async def _screen(self, gen: GenerationRequest, context: RequestContext) -> None:
@@ -389,7 +273,7 @@ class GenerationService:
             key = self.cache_key(gen, partition)
             cached = await self.cache.lookup(key)
             if cached is not None:
-                return await self._first(_replay(cached), CacheStatus.HIT, gen.deadline)
+                return await self._first(replay(cached), CacheStatus.HIT, gen.deadline)
             holder: list[CacheStatus] = []
             stream = await self._first(
                 self._shared(key, gen, holder, started), CacheStatus.MISS, gen.deadline
@@ -434,7 +318,7 @@ class GenerationService:
     async def _first(
         source: AsyncGenerator[TokenEvent, None], status: CacheStatus, deadline: float | None
     ) -> OpenStream:
-        events = _within(source, deadline)
+        events = within_deadline(source, deadline)
         try:
             first = await events.__anext__()
         except StopAsyncIteration:  # every stream must end with a finish event

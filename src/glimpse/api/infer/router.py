@@ -10,8 +10,9 @@ from glimpse.api.context import ContextDep, RequestContext
 from glimpse.api.errors import error_responses
 from glimpse.api.generation import image_size_check, sampling_params, with_deadline
 from glimpse.api.security import authorize
-from glimpse.api.service import CACHE_HEADER, ReceiveWatcher
+from glimpse.api.service import CACHE_HEADER
 from glimpse.api.state import AppState, StateDep
+from glimpse.api.streams import ReceiveWatcher
 from glimpse.errors import ImageTooLarge
 
 from .adapter import to_generation_request

@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 from glimpse.api.generation import SizeCheck, image_part, sampling_params
-from glimpse.api.service import Completion, TokenStream
+from glimpse.api.service import Completion
+from glimpse.api.streams import TokenStream
 from glimpse.config import EngineSettings
 from glimpse.engine.protocol import (
     ChatMessage,

@@ -12,8 +12,9 @@ from glimpse.api.context import ContextDep, RequestContext
 from glimpse.api.errors import error_responses
 from glimpse.api.generation import image_size_check, new_completion_id, with_deadline
 from glimpse.api.security import authorize
-from glimpse.api.service import CACHE_HEADER, ReceiveWatcher
+from glimpse.api.service import CACHE_HEADER
 from glimpse.api.state import AppState, StateDep
+from glimpse.api.streams import ReceiveWatcher
 from glimpse.engine.protocol import GenerationRequest
 from glimpse.media import DecodedBatch
 
