@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import threading
+import time
 
 __all__ = ["ThreadNicer", "cpu_threads"]
 
@@ -44,7 +45,6 @@ class ThreadNicer:
         self.nice = nice
         self.keep = keep if keep is not None else threading.main_thread().native_id
         self._seen: set[int] = set()
-        self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     @staticmethod
@@ -76,10 +76,7 @@ class ThreadNicer:
         self._thread = threading.Thread(target=self._run, name="glimpse-thread-nicer", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
-        self._stop.set()
-
     def _run(self) -> None:
-        while not self._stop.is_set():
+        while True:  # a daemon thread: it ends with the process
             self.sweep()
-            self._stop.wait(SWEEP_EVERY_S)
+            time.sleep(SWEEP_EVERY_S)

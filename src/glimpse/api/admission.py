@@ -29,6 +29,7 @@ from glimpse.guard import Principal, is_loopback
 
 if TYPE_CHECKING:
     from glimpse.api.state import AppState
+    from glimpse.engine.protocol import EngineHealth
 
 __all__ = ["Admission", "RequestHead", "RoutePolicy", "route_policies"]
 
@@ -179,7 +180,7 @@ class Admission:
         if self.capacity is None:
             return False
         health = state.engine.health()
-        return health.ready and max(self.in_flight, health.queue_depth + health.running) >= self.capacity
+        return health.ready and self._busy(health) >= self.capacity
 
     def check_capacity(self, state: AppState) -> None:
         """503 at once when the engine could not take the request (the engine's own rule, early)."""
@@ -191,12 +192,16 @@ class Admission:
                 f"The model is not ready ({health.detail}); try again shortly.",
                 retry_after=2,
             )
-        busy = max(self.in_flight, health.queue_depth + health.running)
+        busy = self._busy(health)
         if busy >= self.capacity:
             raise Overloaded(
                 f"The server is at capacity ({busy} requests admitted); retry shortly.",
                 retry_after=OVERLOADED_RETRY_AFTER_S,
             )
+
+    def _busy(self, health: EngineHealth) -> int:
+        """Generations admitted and not finished, counted here or by the engine, whichever is more."""
+        return max(self.in_flight, health.queue_depth + health.running)
 
     async def admit(
         self, head: RequestHead, policy: RoutePolicy, state: AppState, context: RequestContext

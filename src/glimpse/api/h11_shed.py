@@ -95,7 +95,10 @@ class SheddingH11Protocol(HeadTimeoutH11Protocol):
             return False
         started = time.perf_counter()
         request = parse_whole_post(data, shedder.post_paths)
-        if request is None or not shedder.refuses_head("POST", request.path.decode(), origin=request.origin):
+        if request is None:
+            return False
+        path = request.path.decode()
+        if not shedder.refuses_head("POST", path, origin=request.origin):
             return False
         self._unset_keepalive_if_required()
         self._cancel_head_timer()  # this head arrived in time; the keep-alive timer watches from here
@@ -107,5 +110,5 @@ class SheddingH11Protocol(HeadTimeoutH11Protocol):
             self.timeout_keep_alive_task = self.loop.call_later(
                 self.timeout_keep_alive, self.timeout_keep_alive_handler
             )
-        shedder.record(request.path.decode(), time.perf_counter() - started)
+        shedder.record(path, time.perf_counter() - started)
         return True

@@ -46,6 +46,11 @@ SMALL_BODY_BYTES = 64 * 1024
 LOG_EVERY_S = 1.0
 
 
+def _safe_request_id(raw: bytes | None) -> bytes:
+    """The client's ``X-Request-ID`` to echo if it is safe (``obs.sanitize_request_id``), else a new one."""
+    return sanitize_request_id(raw.decode("latin-1") if raw else None).encode()
+
+
 def _small_body(scope: Scope) -> bool:
     for name, value in scope.get("headers") or ():
         if name == b"content-length":
@@ -116,9 +121,9 @@ class LoadShedder:
 
     def raw_response(self, request_id: bytes | None, *, close: bool) -> bytes:
         """The whole 503 as bytes, for the HTTP protocol to write itself (``api.h11_shed``)."""
-        rid = sanitize_request_id(request_id.decode("latin-1") if request_id else None)
         connection = b"connection: close\r\n" if close else b""
-        return self._raw_head + b"x-request-id: " + rid.encode() + b"\r\n" + connection + b"\r\n" + self._body
+        rid = _safe_request_id(request_id)
+        return self._raw_head + b"x-request-id: " + rid + b"\r\n" + connection + b"\r\n" + self._body
 
     def record(self, path: str, elapsed_s: float) -> None:
         """Count one shed request (metrics at once; the log line a second later, summed)."""
@@ -130,8 +135,7 @@ class LoadShedder:
         started = time.perf_counter()
         await _take_arrived_body(scope, receive)
         raw = next((value for name, value in scope.get("headers") or () if name == b"x-request-id"), None)
-        request_id = sanitize_request_id(raw.decode("latin-1") if raw else None)
-        headers = [*self._headers, (b"x-request-id", request_id.encode())]
+        headers = [*self._headers, (b"x-request-id", _safe_request_id(raw))]
         await send({"type": "http.response.start", "status": int(Overloaded.status_code), "headers": headers})
         await send({"type": "http.response.body", "body": self._body})
         self.record(str(scope["path"]), time.perf_counter() - started)
