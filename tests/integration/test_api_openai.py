@@ -67,6 +67,56 @@ async def test_sampling_settings_reach_the_engine(make_client):
     )
 
 
+SAMPLING = {
+    "top_k": 20,
+    "min_p": 0.05,
+    "repetition_penalty": 1.1,
+    "presence_penalty": -0.5,
+    "frequency_penalty": 2.0,
+    "seed": 9,
+}
+
+
+async def test_every_sampling_parameter_reaches_the_engine_and_unset_ones_stay_unset(make_client):
+    engine = FakeEngine()
+    async with make_client(engine) as client:
+        await client.post("/v1/chat/completions", json=_chat(_vision(), temperature=0.6, **SAMPLING))
+        await client.post("/v1/chat/completions", json=_chat(_vision(), top_k=-1))  # vLLM's "off"
+        await client.post(
+            "/infer", json={"image": png_b64(), "text": "what?", "temperature": 0.6, **SAMPLING}
+        )
+    chat, off, infer = (request.sampling for request in engine.requests)
+    assert chat == infer
+    assert {name: getattr(chat, name) for name in SAMPLING} == SAMPLING
+    assert chat.temperature == 0.6
+    assert off.top_k == 0
+    assert (off.temperature, off.top_p, off.min_p, off.repetition_penalty) == (None, None, None, None)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("top_k", -2),
+        ("top_k", 1.5),
+        ("min_p", 1.5),
+        ("repetition_penalty", 0),
+        ("repetition_penalty", 2.5),
+        ("presence_penalty", 2.1),
+        ("frequency_penalty", -3),
+        ("top_p", 0),
+    ],
+)
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/infer"])
+async def test_out_of_range_sampling_parameters_are_422s_naming_the_field(make_client, path, field, value):
+    engine = FakeEngine()
+    body = _chat(_vision()) if path.startswith("/v1") else {"image": png_b64(), "text": "what?"}
+    async with make_client(engine) as client:
+        response = await client.post(path, json={**body, field: value})
+    _assert_error_shape(response, 422, "invalid_request")
+    assert response.json()["error"]["param"] == field
+    assert engine.requests == []
+
+
 async def test_streaming_sends_openai_chunks_usage_and_done(make_client):
     async with make_client(FakeEngine()) as client:
         body = _chat(_vision(), stream=True, stream_options={"include_usage": True})

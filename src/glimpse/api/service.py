@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -31,7 +32,14 @@ from glimpse.api.context import AuditDetails, RequestContext
 from glimpse.api.streams import DisconnectWatcher, StreamTail, TokenStream, replay, within_deadline
 from glimpse.cache import CachedResult, ResultCache, cache_key, is_cacheable
 from glimpse.config import AnswerDefaults, CacheSettings
-from glimpse.engine.protocol import Engine, FinishReason, GenerationRequest, ImagePart, TokenEvent
+from glimpse.engine.protocol import (
+    Engine,
+    FinishReason,
+    GenerationRequest,
+    ImagePart,
+    SamplingResolver,
+    TokenEvent,
+)
 from glimpse.errors import ClientDisconnected, EngineRequestError
 from glimpse.guard import PromptGuard, QuotaTracker
 from glimpse.obs import Metrics
@@ -95,6 +103,11 @@ def _message_shape(gen: GenerationRequest) -> list[dict[str, object]]:
         }
         for m in gen.messages
     ]
+
+
+def _number(value: float | None) -> float | None:
+    """A sampling value as the key holds it: ``1`` and ``1.0`` are one setting; unset stays ``None``."""
+    return None if value is None else float(value)
 
 
 def _to_result(events: Sequence[TokenEvent]) -> CachedResult | None:
@@ -179,6 +192,7 @@ class GenerationService:
         before the answer ends. The context gets the audit details, the cache status and
         the tokens; a stream's tokens are charged when its final event passes.
         """
+        gen = self.resolve_sampling(gen)
         await self._screen(gen, context)
         partition = self._partition(context)
         if not stream:
@@ -242,6 +256,18 @@ class GenerationService:
         if context.principal is not None:
             await self.quota.consume(context.principal, prompt_tokens + completion_tokens)
 
+    def resolve_sampling(self, gen: GenerationRequest) -> GenerationRequest:
+        """``gen`` with its unset sampling fields filled in by the engine, when the engine can.
+
+        Done before the cache is consulted, so the key and the "greedy?" rule see the
+        settings the model runs with (a checkpoint may recommend sampling by default).
+        An engine that cannot resolve them (an upstream server) keeps them unset.
+        """
+        if not isinstance(self.engine, SamplingResolver):
+            return gen
+        sampling = self.engine.resolve_sampling(gen.sampling)
+        return gen if sampling == gen.sampling else dataclasses.replace(gen, sampling=sampling)
+
     def cache_key(self, gen: GenerationRequest, partition: str = "") -> str:
         """``partition``: who may share the entry (a client id), ``""`` for everyone."""
         s = gen.sampling
@@ -251,8 +277,13 @@ class GenerationService:
             _message_shape(gen),
             {
                 "max_new_tokens": s.max_new_tokens,
-                "temperature": float(s.temperature),
-                "top_p": float(s.top_p),
+                "temperature": _number(s.temperature),
+                "top_p": _number(s.top_p),
+                "top_k": s.top_k,
+                "min_p": _number(s.min_p),
+                "repetition_penalty": _number(s.repetition_penalty),
+                "presence_penalty": _number(s.presence_penalty),
+                "frequency_penalty": _number(s.frequency_penalty),
                 "seed": s.seed,
                 "stop": list(s.stop),
                 "ignore_eos": s.ignore_eos,

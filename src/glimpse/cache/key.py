@@ -15,7 +15,7 @@ __all__ = ["KEY_VERSION", "cache_key", "is_cacheable"]
 
 #: Bump when the key layout or the cached value's meaning changes, so old
 #: entries in a shared Redis are never read by a newer replica.
-KEY_VERSION = 3
+KEY_VERSION = 4
 
 
 def cache_key(

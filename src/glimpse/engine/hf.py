@@ -32,10 +32,12 @@ from glimpse.engine.protocol import (
     EngineHealth,
     GenerationRequest,
     ImagePart,
+    SamplingDefaults,
     SamplingParams,
     TextPart,
     TokenEvent,
 )
+from glimpse.engine.sampling_config import check_sampling
 from glimpse.engine.worker import EngineWorker
 from glimpse.errors import (
     DeadlineExceeded,
@@ -90,6 +92,7 @@ class HFEngine:
         self.loaded: LoadedModel | None = None
         self._prompts: PromptEncoder | None = None
         self._think_ids: tuple[int, int] | None = None
+        self._sampling_defaults = SamplingDefaults()
 
     @property
     def model_name(self) -> str:
@@ -114,6 +117,8 @@ class HFEngine:
             self._detail = "model failed to load"
             raise result
         self.loaded = result
+        self._sampling_defaults = result.sampling_defaults
+        logger.info("sampling defaults for unset request fields: %s", self._sampling_defaults)
         self._prompts = PromptEncoder(result.processor)
         self._think_ids = self._find_think_ids()
         if self._settings.warmup:
@@ -200,6 +205,10 @@ class HFEngine:
             limits.append(self._worker.sequence_room)
         return min(limits)
 
+    def resolve_sampling(self, sampling: SamplingParams) -> SamplingParams:
+        """Unset fields from the checkpoint's ``generation_config`` (neutral until it is loaded)."""
+        return sampling.resolved(self._sampling_defaults)
+
     def submit(self, request: GenerationRequest) -> AsyncGenerator[TokenEvent, None]:
         return self._generate(request, admit_check=True)
 
@@ -222,6 +231,8 @@ class HFEngine:
             self._admit()
         if request.request_id in self._jobs:
             raise InvalidRequest(f"Request id {request.request_id!r} is already running.")
+        sampling = self.resolve_sampling(request.sampling)
+        check_sampling(sampling)
         self._admitted += 1
         job: Job | None = None
         try:
@@ -239,7 +250,7 @@ class HFEngine:
                 think_ids=think,
                 thinking=think is not None and int(inputs["input_ids"][0, -1]) == think[0],
             )
-            job = Job(request.request_id, inputs, request.sampling, sink, prompt_tokens)
+            job = Job(request.request_id, inputs, sampling, sink, prompt_tokens)
             self._jobs[request.request_id] = job
             self._worker.enqueue(job)
             async for event in self._drain(job, request.deadline):

@@ -17,6 +17,8 @@ from typing import Any
 
 from glimpse.config import TINY_MODEL, EngineSettings
 from glimpse.cpu_share import cpu_threads
+from glimpse.engine.protocol import SamplingDefaults
+from glimpse.engine.sampling_config import checkpoint_defaults
 from glimpse.errors import ModelLoadError
 
 __all__ = ["LoadedModel", "check_model_available", "load_model", "resolve_device", "resolve_model_path"]
@@ -33,6 +35,11 @@ class LoadedModel:
     source: str
     is_tiny: bool
     load_seconds: float
+
+    @property
+    def sampling_defaults(self) -> SamplingDefaults:
+        """What a request's unset sampling fields become: the checkpoint's ``generation_config``."""
+        return checkpoint_defaults(getattr(self.model, "generation_config", None))
 
     @property
     def context_length(self) -> int | None:

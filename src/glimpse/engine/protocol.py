@@ -9,6 +9,7 @@ same over either.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
@@ -28,7 +29,9 @@ __all__ = [
     "ImagePart",
     "ImageSizeCheck",
     "ContentPart",
+    "SamplingDefaults",
     "SamplingParams",
+    "SamplingResolver",
     "TextPart",
     "TokenEvent",
 ]
@@ -73,24 +76,58 @@ GREEDY_BELOW_TEMPERATURE = 1e-5
 
 
 @dataclass(slots=True, frozen=True)
+class SamplingDefaults:
+    """What a request's unset sampling fields become; these values are the neutral ones (greedy, no
+    cut-off, no penalty), which the in-process engine replaces with the checkpoint's ``generation_config``."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+
+
+#: The ``SamplingParams`` fields that ``SamplingDefaults`` fills in.
+_DEFAULTED_FIELDS = tuple(f.name for f in dataclasses.fields(SamplingDefaults))
+
+
+@dataclass(slots=True, frozen=True)
 class SamplingParams:
     """Per-request generation settings; temperatures below ``GREEDY_BELOW_TEMPERATURE`` are greedy.
 
-    ``max_new_tokens`` has no default here: the one default is the server's setting
+    ``None`` means "not set by the request": an engine that knows its model's recommended
+    settings fills them in (``resolved``), as vLLM applies a checkpoint's ``generation_config``;
+    otherwise the neutral value of ``SamplingDefaults`` holds (so an unset temperature is greedy).
+    Off values: ``top_k`` 0, ``top_p`` 1, ``min_p`` 0, ``repetition_penalty`` 1, the other
+    penalties 0. ``max_new_tokens`` has no default here: the one default is the server's setting
     (``engine.default_max_new_tokens``), applied with the limits by ``resolve_max_tokens``.
     """
 
     max_new_tokens: int
-    temperature: float = 0.0
-    top_p: float = 1.0
+    temperature: float | None = None
+    top_p: float | None = None
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    top_k: int | None = None
+    min_p: float | None = None
+    #: transformers' ``repetition_penalty``: over prompt and answer tokens, divides positive logits.
+    repetition_penalty: float | None = None
+    #: OpenAI's penalties: over answer tokens only, subtracted once (presence) or per use (frequency).
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
 
     @property
     def greedy(self) -> bool:
         """The one test of greedy decoding: the batch sampler, ``generate()`` and the cache all ask this."""
-        return self.temperature < GREEDY_BELOW_TEMPERATURE
+        return self.temperature is None or self.temperature < GREEDY_BELOW_TEMPERATURE
+
+    def resolved(self, defaults: SamplingDefaults) -> SamplingParams:
+        """These settings with every unset field taken from ``defaults`` (set fields win)."""
+        unset = {name: getattr(defaults, name) for name in _DEFAULTED_FIELDS if getattr(self, name) is None}
+        return dataclasses.replace(self, **unset) if unset else self
 
 
 @dataclass(slots=True, frozen=True)
@@ -163,6 +200,18 @@ class Engine(Protocol):
         """
 
     def health(self) -> EngineHealth: ...
+
+
+@runtime_checkable
+class SamplingResolver(Protocol):
+    """An engine that fills a request's unset sampling fields from its model's recommended settings.
+
+    Optional: the API asks engines that offer it before it keys the result cache, so the
+    key and the "is this greedy?" rule see the settings the model will really run with.
+    """
+
+    def resolve_sampling(self, sampling: SamplingParams) -> SamplingParams:
+        """``sampling`` with every unset field filled in (idempotent)."""
 
 
 @runtime_checkable

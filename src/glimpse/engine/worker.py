@@ -22,12 +22,13 @@ from glimpse.engine.batching import (
     BatcherConfig,
     BatchObserver,
     ContinuousBatcher,
+    OpenAIPenalties,
     SequenceRequest,
     generation_eos_ids,
 )
 from glimpse.engine.job import Job
 from glimpse.engine.loader import LoadedModel, load_model
-from glimpse.engine.protocol import FinishReason
+from glimpse.engine.protocol import FinishReason, SamplingDefaults
 from glimpse.errors import EngineDead, EngineRequestError, GlimpseError, ModelLoadError, Overloaded
 
 __all__ = ["EngineWorker"]
@@ -255,6 +256,7 @@ class EngineWorker(threading.Thread):
             output = model.generate(
                 **inputs,
                 generation_config=config,
+                logits_processor=self.logits_processors(job),
                 streamer=_Streamer(job),
                 stopping_criteria=[_CancelCriteria(job)],
             )
@@ -272,14 +274,34 @@ class EngineWorker(threading.Thread):
             job.sink.on_finish(FinishReason.STOP)
 
     def generation_config(self, job: Job) -> Any:
+        """The model's ``generation_config`` with the job's settings, each one that acts set explicitly.
+
+        ``generate()`` fills a ``None`` from the model's config and then its own defaults
+        (``top_k`` 50), so for a sampled job "off" is written as the value that turns each
+        warper off; a greedy job runs no warper, and only its repetition penalty matters.
+        """
         assert self.loaded is not None
         config = copy.deepcopy(self.loaded.model.generation_config)
-        sampling = job.sampling
+        sampling = job.sampling.resolved(SamplingDefaults())  # the engine has resolved it; neutral if not
         config.max_new_tokens = sampling.max_new_tokens
         config.min_new_tokens = sampling.max_new_tokens if sampling.ignore_eos else None
         config.do_sample = not sampling.greedy
-        config.temperature = sampling.temperature if not sampling.greedy else None
-        config.top_p = sampling.top_p if not sampling.greedy else None
-        config.top_k = None
         config.num_beams = 1
+        config.repetition_penalty = float(sampling.repetition_penalty or 1.0)
+        if sampling.greedy:  # the warpers do not run: whatever generate() fills in is unused
+            config.temperature = config.top_p = config.top_k = config.min_p = None
+        else:
+            config.temperature = sampling.temperature
+            config.top_p = sampling.top_p
+            config.top_k = sampling.top_k
+            config.min_p = sampling.min_p  # 0.0, not None: the checkpoint's own min_p must not come back
         return config
+
+    @staticmethod
+    def logits_processors(job: Job) -> list[Any]:
+        """What ``generate()`` lacks: OpenAI's presence and frequency penalties."""
+        presence = job.sampling.presence_penalty or 0.0
+        frequency = job.sampling.frequency_penalty or 0.0
+        if presence == 0.0 and frequency == 0.0:
+            return []
+        return [OpenAIPenalties(job.prompt_tokens, presence, frequency)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import pytest
@@ -18,6 +19,7 @@ from glimpse.engine.protocol import (
     FinishReason,
     GenerationRequest,
     ImagePart,
+    SamplingDefaults,
     SamplingParams,
     TextPart,
 )
@@ -90,12 +92,24 @@ def _service(
     )
 
 
-def _gen(text: str = "what is this?", request_id: str = "r", temperature: float = 0.0) -> GenerationRequest:
+def _gen(
+    text: str = "what is this?", request_id: str = "r", temperature: float | None = 0.0, **sampling: Any
+) -> GenerationRequest:
     image = ImagePart(Image.new("RGB", (12, 8)), "ab" * 32)
     message = ChatMessage("user", (image, TextPart(text)))
     return GenerationRequest(
-        request_id, (message,), SamplingParams(max_new_tokens=8, temperature=temperature)
+        request_id, (message,), SamplingParams(max_new_tokens=8, temperature=temperature, **sampling)
     )
+
+
+@dataclass
+class ResolvingEngine(FakeEngine):
+    """An engine whose model recommends its own sampling settings (``SamplingResolver``)."""
+
+    defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
+
+    def resolve_sampling(self, sampling: SamplingParams) -> SamplingParams:
+        return sampling.resolved(self.defaults)
 
 
 def _context(principal: Principal | None = CLIENT, no_cache: bool = False) -> RequestContext:
@@ -155,6 +169,42 @@ async def test_no_cache_and_sampled_requests_bypass_the_cache():
     sampled = await service.handle(_gen(temperature=0.7), _context(), Watcher(), stream=False)
     assert (refused.cache, sampled.cache) == (CacheStatus.BYPASS, CacheStatus.BYPASS)
     assert len(engine.requests) == 3
+
+
+async def test_the_engine_fills_unset_settings_before_the_cache_judges_them():
+    engine = ResolvingEngine(defaults=SamplingDefaults(temperature=0.7, top_k=2))
+    service = _service(engine, cache=_memory_cache())
+    unset = [await service.handle(_gen(temperature=None), _context(), Watcher(), stream=False) for _ in "ab"]
+    assert [r.cache for r in unset] == [CacheStatus.BYPASS, CacheStatus.BYPASS]  # the model samples
+    assert (engine.requests[0].sampling.temperature, engine.requests[0].sampling.top_k) == (0.7, 2)
+    greedy = [await service.handle(_gen(temperature=0.0), _context(), Watcher(), stream=False) for _ in "ab"]
+    assert [r.cache for r in greedy] == [CacheStatus.MISS, CacheStatus.HIT]
+    assert engine.requests[-1].sampling.top_k == 2  # what the engine ran with
+
+
+async def test_an_engine_that_cannot_resolve_gets_the_settings_as_sent():
+    engine = FakeEngine()
+    await _service(engine).handle(_gen(temperature=None), _context(), Watcher(), stream=False)
+    assert engine.requests[0].sampling == _gen(temperature=None).sampling
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("top_k", 5),
+        ("min_p", 0.1),
+        ("repetition_penalty", 1.1),
+        ("presence_penalty", 0.5),
+        ("frequency_penalty", -0.5),
+        ("top_p", 0.9),
+        ("temperature", 0.5),
+    ],
+)
+def test_every_sampling_setting_is_part_of_the_cache_key(name, value):
+    service = _service(FakeEngine(), cache=_memory_cache())
+    base = service.cache_key(_gen(temperature=None))
+    assert service.cache_key(_gen(**{"temperature": None, name: value})) != base
+    assert service.cache_key(_gen(temperature=None)) == base
 
 
 async def test_without_a_cache_every_request_bypasses_it():

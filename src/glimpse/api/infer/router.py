@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFil
 
 from glimpse.api.context import ContextDep, RequestContext
 from glimpse.api.errors import error_responses
-from glimpse.api.generation import image_size_check, sampling_params, with_deadline
+from glimpse.api.generation import SamplingFields, image_size_check, sampling_params, with_deadline
 from glimpse.api.security import authorize
 from glimpse.api.service import CACHE_HEADER
 from glimpse.api.state import AppState, StateDep
@@ -31,10 +31,11 @@ async def _answer(
     image: bytes,
     question: str,
     max_new_tokens: int | None,
+    fields: SamplingFields | None = None,
 ) -> InferResponse:
     """Decode (under the pixel budget), screen and answer; the image is freed once the engine has it."""
     deadline = with_deadline(state.settings.server)
-    sampling = sampling_params(state.settings.engine, max_tokens=max_new_tokens)
+    sampling = sampling_params(state.settings.engine, max_tokens=max_new_tokens, fields=fields)
     size_check = image_size_check(state.engine)
     budget = sampling.max_new_tokens
     images = await state.intake.decode_all(
@@ -61,7 +62,7 @@ async def infer(
     body: InferRequest, request: Request, response: Response, state: StateDep, context: ContextDep
 ) -> InferResponse:
     image = await state.intake.load_base64(body.image)
-    return await _answer(state, context, request, response, image, body.text, body.max_new_tokens)
+    return await _answer(state, context, request, response, image, body.text, body.max_new_tokens, body)
 
 
 @router.post("/v1/analyze", responses=error_responses(400, 401, 408, 413, 415, 422, 429, 503, 504))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from glimpse.api.generation import SamplingFields
+
 __all__ = ["InferRequest", "InferResponse"]
 
 
-class InferRequest(BaseModel):
+class InferRequest(SamplingFields):
     model_config = ConfigDict(extra="ignore")
 
     image: str = Field(min_length=1, description="The image, base64-encoded (a data URL is accepted too).")

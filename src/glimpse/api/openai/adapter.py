@@ -76,9 +76,7 @@ async def to_generation_request(
     sampling = sampling_params(
         settings,
         max_tokens=body.max_completion_tokens or body.max_tokens,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        seed=body.seed,
+        fields=body,
         stop=body.stop,
         ignore_eos=body.ignore_eos,
     )

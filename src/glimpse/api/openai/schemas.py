@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, field_validator, model_validator
 
+from glimpse.api.generation import SamplingFields
+
 __all__ = [
     "ChatCompletionRequest",
     "ChatMessageIn",
@@ -96,14 +98,11 @@ class StreamOptions(_Lenient):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(_Lenient):
+class ChatCompletionRequest(SamplingFields, _Lenient):
     model: str | None = None
     messages: list[ChatMessageIn] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1, description="A 64-bit seed for sampling.")
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None

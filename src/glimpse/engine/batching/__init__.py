@@ -12,9 +12,11 @@ from glimpse.engine.batching.interface import (
     TokenSink,
 )
 from glimpse.engine.batching.kv_cache import CacheGeometry, SlotKVCache
+from glimpse.engine.batching.penalties import OpenAIPenalties, apply_penalties
 from glimpse.engine.batching.runner import Glm4vRunner, Prefill, generation_eos_ids
-from glimpse.engine.batching.sampling import SamplerState, sample_tokens, top_p_filter
+from glimpse.engine.batching.sampling import SamplerState, draw_tokens, sample_tokens
 from glimpse.engine.batching.scheduler import ContinuousBatcher
+from glimpse.engine.batching.warpers import RowWarp, filter_logits
 
 __all__ = [
     "BatchObserver",
@@ -23,12 +25,16 @@ __all__ = [
     "CacheGeometry",
     "ContinuousBatcher",
     "Glm4vRunner",
+    "OpenAIPenalties",
     "Prefill",
+    "RowWarp",
     "SamplerState",
     "SequenceRequest",
     "SlotKVCache",
     "TokenSink",
-    "sample_tokens",
+    "apply_penalties",
+    "draw_tokens",
+    "filter_logits",
     "generation_eos_ids",
-    "top_p_filter",
+    "sample_tokens",
 ]

@@ -38,6 +38,7 @@ from glimpse.engine.batching.runner import Glm4vRunner
 from glimpse.engine.batching.sampling import SamplerState, sample_tokens
 from glimpse.engine.max_tokens import resolve_max_tokens
 from glimpse.engine.protocol import FinishReason
+from glimpse.engine.sampling_config import check_sampling
 from glimpse.errors import InvalidRequest, Overloaded
 
 __all__ = ["ContinuousBatcher"]
@@ -168,8 +169,7 @@ class ContinuousBatcher:
         prompt_len = int(input_ids.shape[1])
         # The engine refuses these before they get here; kept so no caller can overrun a cache slot.
         resolve_max_tokens(sampling.max_new_tokens, prompt_tokens=prompt_len, room=self.sequence_room)
-        if not sampling.greedy and not 0.0 < sampling.top_p <= 1.0:
-            raise InvalidRequest(f"top_p must be in (0, 1], got {sampling.top_p}", param="top_p")
+        check_sampling(sampling)
         return _Sequence(request=request, prompt_len=prompt_len, enqueued_at=self._clock())
 
     # -- engine thread only ---------------------------------------------------------
@@ -263,7 +263,7 @@ class ContinuousBatcher:
             self._observer.on_admit(self._clock() - seq.enqueued_at)
         sampling = seq.request.sampling
         try:
-            seq.sampler = SamplerState.create(sampling, self.runner.device)
+            seq.sampler = SamplerState.create(sampling, seq.request.inputs["input_ids"])
             result = self.runner.prefill(seq.request.inputs)
             token = sample_tokens(result.logits[None, :], [seq.sampler])[0]
             seq.slot = self.cache.allocate(result.kv)

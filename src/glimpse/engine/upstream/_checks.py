@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from glimpse.engine.max_tokens import resolve_max_tokens
 from glimpse.engine.protocol import GenerationRequest
+from glimpse.engine.sampling_config import check_sampling
 from glimpse.errors import InvalidRequest
 
 __all__ = ["check_request"]
@@ -27,3 +28,4 @@ def check_request(request: GenerationRequest, max_new_tokens_limit: int) -> None
                 param=f"messages[{index}].content",
             )
     resolve_max_tokens(request.sampling.max_new_tokens, limit=max_new_tokens_limit)
+    check_sampling(request.sampling)

@@ -109,19 +109,29 @@ class ImageEncoder:
         return wire
 
 
+_PASSED_WHEN_SET = ("top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty")
+
+
 def chat_body(request: GenerationRequest, model: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
     sampling = request.sampling
     body: dict[str, Any] = {
         "model": model,
         "messages": messages,
         "max_tokens": sampling.max_new_tokens,
-        "temperature": sampling.temperature,
-        "top_p": sampling.top_p,
+        # Unset temperature is greedy here as everywhere in Glimpse, whatever the upstream's default.
+        "temperature": 0.0 if sampling.temperature is None else sampling.temperature,
+        "top_p": 1.0 if sampling.top_p is None else sampling.top_p,
         "stream": True,
         "stream_options": {"include_usage": True},
     }
     if sampling.seed is not None:
         body["seed"] = sampling.seed
+    # Sent only when the client set them: unset, the upstream applies its model's own defaults
+    # (vLLM's and SGLang's generation_config), and strict OpenAI servers never see vLLM's extras.
+    for name in _PASSED_WHEN_SET:
+        value = getattr(sampling, name)
+        if value is not None:
+            body[name] = value
     if sampling.stop:
         body["stop"] = list(sampling.stop)
     if sampling.ignore_eos:

@@ -7,7 +7,7 @@ import threading
 import pytest
 import torch
 
-from glimpse.engine.batching import BatcherConfig, ContinuousBatcher, SequenceRequest
+from glimpse.engine.batching import BatcherConfig, ContinuousBatcher, OpenAIPenalties, SequenceRequest
 from glimpse.engine.protocol import FinishReason, SamplingParams
 from glimpse.errors import InvalidRequest, Overloaded, RequestTooLarge
 
@@ -241,24 +241,63 @@ def test_a_burst_between_steps_fills_the_free_slots_before_counting_as_waiting(m
     assert batcher.cache.used == 0
 
 
-def test_seeded_sampling_does_not_depend_on_the_batch(model, mixed):
+@pytest.mark.parametrize(
+    "sampling",
+    [
+        {"temperature": 1.0, "top_p": 0.9, "seed": 7},
+        {"temperature": 0.8, "top_k": 20, "min_p": 0.02, "repetition_penalty": 1.2, "seed": 2**64 - 1},
+        {"temperature": 1.2, "presence_penalty": 0.5, "frequency_penalty": 0.3, "seed": -5},
+    ],
+    ids=["top_p", "top_k+min_p+repetition", "presence+frequency"],
+)
+def test_seeded_sampling_does_not_depend_on_the_batch(model, mixed, sampling):
     _, inputs, _, _ = mixed[1]
-    sampling = {"temperature": 1.0, "top_p": 0.9, "seed": 7}
 
     def run(with_neighbours):
         batcher = ContinuousBatcher(model, BatcherConfig(max_batch_size=4, max_seq_len=256))
         sink = RecordingSink()
-        batcher.submit(_request("seeded", inputs, sink, 25, **sampling))
-        if with_neighbours:
-            batcher.submit(_request("n1", mixed[3][1], sink, 25, temperature=1.0))
-            batcher.submit(_request("n2", mixed[0][1], sink, 25))
-        while batcher.has_work:
-            batcher.step()
+        arrivals = {0: [_request("seeded", inputs, sink, 25, ignore_eos=True, **sampling)]}
+        if with_neighbours:  # sampled, greedy and penalised neighbours, joining before and after
+            arrivals[0].insert(0, _request("n1", mixed[3][1], sink, 25, temperature=1.0, top_k=5))
+            arrivals[2] = [_request("n2", mixed[0][1], sink, 6, repetition_penalty=1.5)]
+            arrivals[4] = [_request("n3", mixed[2][1], sink, 25, temperature=0.7, frequency_penalty=1.0)]
+        _drive(batcher, sink, arrivals)
+        assert not sink.errors
         return sink.tokens["seeded"]
 
     alone = run(False)
+    assert len(alone) == 25
     assert alone == run(True)
     assert alone != reference(model, inputs, 25)[: len(alone)]
+
+
+@pytest.mark.parametrize(
+    ("penalties", "generate_kwargs"),
+    [
+        ({"repetition_penalty": 1.6}, {"repetition_penalty": 1.6}),
+        ({"repetition_penalty": 0.8}, {"repetition_penalty": 0.8}),
+        ({"presence_penalty": 1.5, "frequency_penalty": 0.7}, None),
+    ],
+    ids=["repetition", "repetition-below-1", "presence+frequency"],
+)
+def test_greedy_rows_with_penalties_match_generate_with_them(model, mixed, penalties, generate_kwargs):
+    batcher = ContinuousBatcher(model, BatcherConfig(max_batch_size=4, max_seq_len=256, kv_bucket=16))
+    sink = RecordingSink()
+    cases = [mixed[0], mixed[2], mixed[5]]
+    arrivals = {0: [_request("plain", cases[0][1], sink, cases[0][2])]}  # an unpenalised neighbour
+    expected = {"plain": cases[0][3]}
+    for index, (seq_id, inputs, max_new, _) in enumerate(cases[1:]):
+        arrivals.setdefault(index, []).append(_request(seq_id, inputs, sink, max_new, **penalties))
+        if generate_kwargs is None:
+            prompt = inputs["input_ids"].shape[1]
+            processor = OpenAIPenalties(prompt, penalties["presence_penalty"], penalties["frequency_penalty"])
+            expected[seq_id] = reference(model, inputs, max_new, logits_processor=[processor])
+        else:
+            expected[seq_id] = reference(model, inputs, max_new, **generate_kwargs)
+        assert expected[seq_id] != reference(model, inputs, max_new)  # the penalty changes this answer
+    _drive(batcher, sink, arrivals)
+    assert not sink.errors
+    assert {seq_id: sink.tokens[seq_id] for seq_id in expected} == expected
 
 
 def test_engine_thread_with_concurrent_submitters(model, mixed):

@@ -146,6 +146,21 @@ def test_chat_body_sends_sampling_and_only_set_extras():
     assert (extra["seed"], extra["stop"], extra["ignore_eos"]) == (3, ["END"], True)
 
 
+def test_chat_body_sends_unset_temperature_as_greedy_and_new_settings_only_when_set():
+    unset = chat_body(make_request(temperature=None, top_p=None), "m", [])
+    assert (unset["temperature"], unset["top_p"]) == (0.0, 1.0)
+    assert not {"top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty"} & set(unset)
+    settings = {
+        "top_k": 0,  # set by the client, even to "off": the upstream's own default must not apply
+        "min_p": 0.05,
+        "repetition_penalty": 1.1,
+        "presence_penalty": -0.5,
+        "frequency_penalty": 0.0,
+    }
+    body = chat_body(make_request(temperature=0.7, **settings), "m", [])
+    assert {name: body[name] for name in settings} == settings
+
+
 def _decode(url: str) -> tuple[str, Image.Image]:
     header, payload = url.split(",", 1)
     return header, Image.open(io.BytesIO(base64.b64decode(payload)))
