@@ -67,7 +67,12 @@ def _add_ask(sub: Any) -> None:
     p.add_argument("--url", default="http://127.0.0.1:8080", help="Server base URL.")
     p.add_argument("--stream", action="store_true", help="Print the answer as it is generated.")
     p.add_argument("--max-tokens", type=int, default=None, help="Most tokens in the answer.")
-    p.add_argument("--temperature", type=float, default=None, help="0 for greedy (default).")
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="0 for greedy; unset: the model's recommended setting (greedy for the tiny model).",
+    )
     p.add_argument("--api-key", default=None, help="API key, when the server requires one.")
     p.add_argument("--timeout", type=positive_float, default=300.0, help="Seconds to wait for the answer.")
     p.set_defaults(func=_ask)
