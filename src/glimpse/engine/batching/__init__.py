@@ -12,7 +12,8 @@ from glimpse.engine.batching.interface import (
     TokenSink,
 )
 from glimpse.engine.batching.kv_cache import CacheGeometry, SlotKVCache
-from glimpse.engine.batching.runner import Glm4vRunner, Prefill, generation_eos_ids
+from glimpse.engine.batching.prompt import ImageSpan, PreparedPrompt, plan_chunk
+from glimpse.engine.batching.runner import Chunk, Glm4vRunner, generation_eos_ids
 from glimpse.engine.batching.sampling import SamplerState, sample_tokens, top_p_filter
 from glimpse.engine.batching.scheduler import ContinuousBatcher
 
@@ -21,14 +22,17 @@ __all__ = [
     "BatcherConfig",
     "BatcherStats",
     "CacheGeometry",
+    "Chunk",
     "ContinuousBatcher",
     "Glm4vRunner",
-    "Prefill",
+    "ImageSpan",
+    "PreparedPrompt",
     "SamplerState",
     "SequenceRequest",
     "SlotKVCache",
     "TokenSink",
     "sample_tokens",
     "generation_eos_ids",
+    "plan_chunk",
     "top_p_filter",
 ]
