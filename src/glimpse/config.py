@@ -148,11 +148,14 @@ class EngineSettings(BaseModel):
     prefill_tokens_per_step: int = Field(
         8192,
         ge=1,
-        description="Prompt tokens prefilled between two decode steps (at least one prompt), so arrivals "
-        "do not stall running streams for long.",
+        description="Prompt tokens prefilled per step, in the same forward as every running stream's next "
+        "token (longer prompts are split across steps; an image's tokens count once more in the step "
+        "that encodes it), so arrivals stall running streams by at most this much work.",
     )
     kv_bucket: int = Field(
-        256, ge=1, description="Decode attends to a length rounded up to this, so step shapes repeat."
+        256,
+        ge=1,
+        description="CUDA-graph decode steps attend to a length rounded up to this, so step shapes repeat.",
     )
     cuda_graphs: bool = Field(
         False,

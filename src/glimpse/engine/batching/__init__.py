@@ -13,7 +13,8 @@ from glimpse.engine.batching.interface import (
 )
 from glimpse.engine.batching.kv_cache import CacheGeometry, SlotKVCache
 from glimpse.engine.batching.penalties import OpenAIPenalties, apply_penalties
-from glimpse.engine.batching.runner import Glm4vRunner, Prefill, generation_eos_ids
+from glimpse.engine.batching.prompt import ImageSpan, PreparedPrompt, plan_chunk
+from glimpse.engine.batching.runner import Chunk, Glm4vRunner, generation_eos_ids
 from glimpse.engine.batching.sampling import SamplerState, draw_tokens, sample_tokens
 from glimpse.engine.batching.scheduler import ContinuousBatcher
 from glimpse.engine.batching.warpers import RowWarp, filter_logits
@@ -23,10 +24,12 @@ __all__ = [
     "BatcherConfig",
     "BatcherStats",
     "CacheGeometry",
+    "Chunk",
     "ContinuousBatcher",
     "Glm4vRunner",
+    "ImageSpan",
     "OpenAIPenalties",
-    "Prefill",
+    "PreparedPrompt",
     "RowWarp",
     "SamplerState",
     "SequenceRequest",
@@ -36,5 +39,6 @@ __all__ = [
     "draw_tokens",
     "filter_logits",
     "generation_eos_ids",
+    "plan_chunk",
     "sample_tokens",
 ]

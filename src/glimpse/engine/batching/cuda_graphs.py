@@ -1,4 +1,8 @@
-"""Decode steps as CUDA graph replays: one launch per step instead of hundreds.
+"""Decode-only steps as CUDA graph replays: one launch per step instead of hundreds.
+
+The scheduler uses them only for steps with no prefill while no prompt is part-way
+through its prefill (then every used slot is decoding, in slots ``0 .. n-1``);
+steps with prefill run the ragged forward eagerly.
 
 A decode step of the real model is ~40 layers of small kernels; launched one by
 one from Python they cost more than the step's memory traffic (the baseline's

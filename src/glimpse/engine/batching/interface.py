@@ -59,9 +59,11 @@ class BatcherConfig:
     #: None: unbounded.
     max_waiting: int | None = None
     queue_timeout_s: float | None = None
-    #: Prompt tokens prefilled per step before running sequences get their next token.
+    #: Prompt tokens prefilled per step, in the same forward as every running sequence's next
+    #: token; longer prompts are split across steps. An image counts its tokens once more in the
+    #: step that encodes it.
     prefill_tokens_per_step: int = 8192
-    #: Attended length is rounded up to a multiple of this (stable shapes for compiled kernels).
+    #: The padded decode path (CUDA graphs) attends to a length rounded up to this, so shapes repeat.
     kv_bucket: int = 64
     #: Replay decode steps as CUDA graphs (on a CUDA device only).
     cuda_graphs: bool = False
@@ -92,7 +94,7 @@ class BatchObserver(Protocol):
     """Where the scheduler reports what the metrics need (called on the engine thread)."""
 
     def on_admit(self, queue_wait_s: float) -> None:
-        """A sequence leaves the queue for its prefill after waiting ``queue_wait_s``."""
+        """A sequence leaves the queue for a cache slot (prefill starts) after waiting ``queue_wait_s``."""
 
     def on_decode_step(self, batch_size: int) -> None:
-        """One decode step ran for ``batch_size`` sequences."""
+        """One step decoded a token for ``batch_size`` sequences (prefill chunks not counted)."""

@@ -1,15 +1,17 @@
-"""A preallocated, per-slot key/value cache for the decode batch.
+"""A preallocated, per-slot key/value cache for the running sequences.
 
 ``generate()`` grows its cache by concatenation, which reallocates and copies
 every layer's keys and values at every step. Here each running sequence owns one
 *slot*: a fixed ``max_seq_len`` row of a tensor allocated once at start-up, so a
-decode step writes one key/value per sequence in place and allocates nothing.
+step writes its new keys/values in place (one per decoding sequence, a chunk per
+prefilling one) and allocates nothing; attention then reads each slot's own
+``slot_view`` up to that sequence's length.
 
 Running sequences are kept *compacted* in slots ``0 .. n-1``: when a sequence
-leaves, the last one is moved into its place. The decode batch is then the plain
-view ``keys[:n, :, :kv_len]``, with no gather, and its shape depends only on
-``n`` and ``kv_len``, which is what static-shape kernels and CUDA graphs need
-(pad ``n`` and round ``kv_len`` up to buckets).
+leaves, the last one is moved into its place. The padded decode path that CUDA
+graphs replay reads the plain view ``keys[:n, :, :kv_len]``, with no gather, and
+its shape depends only on ``n`` and ``kv_len`` (pad ``n`` and round ``kv_len`` up
+to buckets).
 
 Layout per layer: ``[max_slots, num_kv_heads, max_seq_len, head_dim]``, the
 ``[batch, heads, length, dim]`` layout that ``scaled_dot_product_attention``
@@ -86,13 +88,16 @@ class SlotKVCache:
     def lengths(self) -> list[int]:
         return list(self._lengths)
 
-    def allocate(self, prompt_kv: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> int:
-        """Take the next free slot and fill it with a prefilled prompt's keys and values.
+    def allocate(self, prompt_kv: Sequence[tuple[torch.Tensor, torch.Tensor]] = ()) -> int:
+        """Take the next free slot, empty or filled with a prefilled prompt's keys and values.
 
         ``prompt_kv[layer]`` is ``(keys, values)`` of shape ``[1, kv_heads, length, head_dim]``.
         """
         if self.free == 0:
             raise RuntimeError("no free cache slot")
+        if not prompt_kv:
+            self._lengths.append(0)
+            return len(self._lengths) - 1
         if len(prompt_kv) != self.geometry.num_layers:
             raise ValueError(f"expected {self.geometry.num_layers} layers, got {len(prompt_kv)}")
         length = int(prompt_kv[0][0].shape[-2])
@@ -131,6 +136,28 @@ class SlotKVCache:
         # Advanced indices around a slice put the batch dimension first: [n, kv_heads, head_dim].
         self.keys[layer][rows, :, positions] = keys[:, :, 0]
         self.values[layer][rows, :, positions] = values[:, :, 0]
+
+    def write(
+        self,
+        layer: int,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        slots: torch.Tensor,
+        positions: torch.Tensor,
+    ) -> None:
+        """Write packed tokens: ``keys[i]`` (``[kv_heads, head_dim]``) at ``positions[i]`` of ``slots[i]``."""
+        self.keys[layer][slots, :, positions] = keys
+        self.values[layer][slots, :, positions] = values
+
+    def slot_view(self, layer: int, slot: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``length`` keys and values of one slot, ``[kv_heads, length, head_dim]``, not copied."""
+        return self.keys[layer][slot, :, :length], self.values[layer][slot, :, :length]
+
+    def grow(self, slot: int, count: int) -> None:
+        """Record that ``slot`` gained ``count`` tokens (after a step wrote them)."""
+        if self._lengths[slot] + count > self.max_seq_len:
+            raise RuntimeError(f"slot {slot} is full")
+        self._lengths[slot] += count
 
     def view(self, layer: int, n: int, kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of slots ``0 .. n-1`` up to ``kv_len`` tokens, without copying."""

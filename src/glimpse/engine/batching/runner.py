@@ -1,27 +1,29 @@
-"""Model step functions for continuous batching: one-sequence prefill, batched decode.
+"""Model steps for continuous batching: one packed forward over decode tokens and prefill chunks.
 
-Prefill runs the model's own ``forward`` on one prompt with exactly the inputs
-``generate()`` builds for its first step (4-row M-RoPE position ids, the 2-D
-attention mask, ``logits_to_keep=1``), so the prompt's keys/values and the first
-token's logits are those of a single-request ``generate()``. The keys/values are
-then copied into a slot of the ``SlotKVCache``.
+Every step is our own forward over the model's modules and weights (embedding,
+the vision tower through the model's ``get_image_features``, the model's rotary
+embedding, each decoder layer's norms, projections and MLP, final norm,
+``lm_head``), because the model's own forward only knows a cache that grows by
+concatenation, one batch row per sequence, padded to the longest. Here a step's
+tokens are packed ragged into one row: the last token of every decoding sequence,
+then a chunk of each prompt being prefilled (image features laid over their image
+tokens' embeddings, as the model's ``masked_scatter`` does). Norms, projections
+and MLP run once over the pack; only attention is per sequence
+(``attention.ragged_attention``), against that sequence's cache slot.
 
-Decode is our own forward over the model's modules and weights (embedding, the
-model's rotary embedding, each decoder layer's norms, projections and MLP, final
-norm, ``lm_head``), because the model's attention only knows a cache that grows
-by concatenation. Only attention is ours: every running sequence writes its new
-key/value into its slot, then one ``scaled_dot_product_attention`` call covers
-the padded batch, with a boolean mask that hides each row's unused tail (the
-query heads of one key/value group are laid out as query rows, so keys and values
-are read in place, never repeated per head). That is
-the same math as ``generate()``; it is not bit-identical, because a matrix
-product over a batch of ``n`` rows does not round exactly like ``n`` products of
-one row (BLAS picks other kernels), so logits differ in the last bits (~1e-7
-relative in float32) and greedy tokens agree unless two logits tie to that
-precision. Tests check token-for-token equality on the tiny model.
+Prompt positions are the model's own M-RoPE ids (``prompt.prepare_prompt``), the
+first generated token continues each axis by one, as ``generate()`` does. That
+is the same math as ``generate()``, not bit-identical: products over a pack of
+tokens do not round exactly like those of one prompt (BLAS picks other kernels),
+so logits differ in the last bits (~1e-6 relative in float32) and greedy tokens
+agree unless two logits tie to that precision. Tests check token-for-token
+equality on the tiny model.
 
-The decode math follows ``Glm4vTextDecoderLayer`` (GLM-4.1V / GLM-4.6V text
-model: four RMS norms per layer, partial rotary, grouped-query attention); other
+``decode``/``decode_core`` are the fixed-shape, padded decode step that CUDA
+graphs replay (``cuda_graphs``), for steps with no prefill.
+
+The math follows ``Glm4vTextDecoderLayer`` (GLM-4.1V / GLM-4.6V text model: four
+RMS norms per layer, partial rotary, grouped-query attention); other
 architectures need their own runner and are refused at construction.
 """
 
@@ -33,26 +35,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F  # noqa: N812
 
+from glimpse.engine.batching.attention import Span, padded_attention, ragged_attention
 from glimpse.engine.batching.kv_cache import CacheGeometry, SlotKVCache
+from glimpse.engine.batching.prompt import ImageSpan, PreparedPrompt, prepare_prompt
 
 if TYPE_CHECKING:
     from glimpse.engine.batching.cuda_graphs import DecodeGraphs
 from glimpse.errors import ModelLoadError
 
-__all__ = ["MODEL_INPUT_KEYS", "Glm4vRunner", "Prefill", "generation_eos_ids"]
-
-#: The processor outputs that prefill passes to the model; anything else is ignored.
-MODEL_INPUT_KEYS = (
-    "input_ids",
-    "attention_mask",
-    "mm_token_type_ids",
-    "pixel_values",
-    "image_grid_thw",
-    "pixel_values_videos",
-    "video_grid_thw",
-)
+__all__ = ["Chunk", "Glm4vRunner", "generation_eos_ids"]
 
 _LAYER_PARTS = (
     "input_layernorm",
@@ -64,6 +56,8 @@ _LAYER_PARTS = (
 )
 
 RotaryFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+#: ``(attention module, layer index, normed hidden) -> attention output``
+AttendFn = Callable[[Any, int, torch.Tensor], torch.Tensor]
 
 
 def generation_eos_ids(generation_config: Any) -> frozenset[int]:
@@ -75,17 +69,20 @@ def generation_eos_ids(generation_config: Any) -> frozenset[int]:
 
 
 @dataclass(slots=True, frozen=True)
-class Prefill:
-    """One prompt after its forward pass."""
+class Chunk:
+    """Consecutive prompt tokens of one sequence, prefilled in a step after what its slot holds."""
 
-    logits: torch.Tensor  # [vocab], float32: the first generated token's logits
-    kv: list[tuple[torch.Tensor, torch.Tensor]]  # per layer, [1, kv_heads, length, head_dim]
-    length: int  # prompt tokens now in the cache
-    next_positions: tuple[int, int, int]  # M-RoPE (t, h, w) position of the first generated token
+    slot: int
+    token_ids: torch.Tensor  # [count], long
+    positions: torch.Tensor  # [3, count]: M-RoPE (t, h, w)
+    #: ``(offset in the chunk, feature rows)`` laid over the embeddings of image tokens.
+    images: Sequence[tuple[int, torch.Tensor]] = ()
+    #: Return the logits of its last token (the chunk ends the prompt).
+    logits: bool = False
 
 
 class Glm4vRunner:
-    """Runs prefill and decode steps of a GLM-4.xV ``...ForConditionalGeneration`` model.
+    """Runs the steps of a GLM-4.xV ``...ForConditionalGeneration`` model over a ``SlotKVCache``.
 
     Not thread-safe: the engine thread owns it (and the model).
     """
@@ -101,6 +98,8 @@ class Glm4vRunner:
             self._layers: list[Any] = list(text.layers)
             self._lm_head: torch.nn.Module = model.lm_head
             self.text_config = text.config
+            self._image_token_id = int(model.config.image_token_id)
+            self._merge_size = int(model.config.vision_config.spatial_merge_size)
         except AttributeError as exc:
             raise ModelLoadError(f"{type(model).__name__} is not supported by the batching engine") from exc
         if not self._layers or not all(hasattr(self._layers[0], part) for part in _LAYER_PARTS):
@@ -115,6 +114,8 @@ class Glm4vRunner:
         first_param = next(model.parameters())
         self.device: torch.device = first_param.device
         self.dtype: torch.dtype = first_param.dtype
+        #: Calls of the vision tower so far (one per step that encodes images).
+        self.vision_calls = 0
 
     def geometry(self) -> CacheGeometry:
         return CacheGeometry(
@@ -128,52 +129,119 @@ class Glm4vRunner:
     def eos_token_ids(self) -> frozenset[int]:
         return generation_eos_ids(self.model.generation_config)
 
+    def prepare(self, inputs: Mapping[str, torch.Tensor]) -> PreparedPrompt:
+        """A processor output (batch size 1) read for chunked prefill; ``ValueError`` if inconsistent."""
+        return prepare_prompt(self._vlm, inputs, self._image_token_id, self._merge_size)
+
     @torch.inference_mode()
-    def prefill(self, inputs: Mapping[str, torch.Tensor]) -> Prefill:
-        """Forward one prompt (batch size 1) as ``generate()``'s first step does."""
-        from transformers import DynamicCache
+    def encode_images(self, images: Sequence[ImageSpan]) -> list[torch.Tensor]:
+        """Image features ``[tokens, hidden]`` of each image, from one vision-tower call over all of them.
 
-        batch = {k: v.to(self.device) for k, v in inputs.items() if k in MODEL_INPUT_KEYS and v is not None}
-        input_ids = batch["input_ids"]
-        if input_ids.dim() != 2 or input_ids.shape[0] != 1:
-            raise ValueError(f"prefill takes one prompt, got input_ids of shape {tuple(input_ids.shape)}")
-        attention_mask = batch.setdefault("attention_mask", torch.ones_like(input_ids))
-        position_ids = self._prompt_position_ids(batch, attention_mask)
-        out = self.model(
-            **batch,
-            position_ids=position_ids,
-            past_key_values=DynamicCache(config=self.text_config),
-            use_cache=True,
-            logits_to_keep=1,
-            return_dict=True,
-        )
-        kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
-        t, h, w = (int(p) + 1 for p in position_ids[1:, 0, -1].tolist())
-        return Prefill(
-            logits=out.logits[0, -1].to(dtype=torch.float32, copy=True),
-            kv=kv,
-            length=int(input_ids.shape[1]),
-            next_positions=(t, h, w),
-        )
+        The patches are concatenated as the processor does for a batch of images; the
+        tower attends within each image only (by its grid), so each image's features
+        are those of its own prompt's forward.
+        """
+        pixel_values = torch.cat([image.pixel_values for image in images]).to(self.device)
+        grid = torch.stack([image.grid for image in images]).to(self.device)
+        self.vision_calls += 1
+        features = self._vlm.get_image_features(pixel_values, grid, return_dict=True).pooler_output
+        dtype = self._embed.weight.dtype
+        return [f.to(dtype) for f in features]
 
-    def _prompt_position_ids(
-        self, batch: dict[str, torch.Tensor], attention_mask: torch.Tensor
+    @torch.inference_mode()
+    def forward(
+        self,
+        cache: SlotKVCache,
+        slots: Sequence[int],
+        token_ids: Sequence[int],
+        positions: Sequence[tuple[int, int, int]],
+        chunks: Sequence[Chunk] = (),
     ) -> torch.Tensor:
-        """``[4, 1, length]``: text positions then M-RoPE (t, h, w), as ``generate()`` builds them."""
-        text = attention_mask.long().cumsum(-1) - 1
-        text = text.masked_fill(attention_mask == 0, 0)
-        has_vision = batch.get("image_grid_thw") is not None or batch.get("video_grid_thw") is not None
-        if has_vision and batch.get("mm_token_type_ids") is not None:
-            vision, _ = self._vlm.get_rope_index(
-                batch["input_ids"],
-                mm_token_type_ids=batch["mm_token_type_ids"],
-                image_grid_thw=batch.get("image_grid_thw"),
-                video_grid_thw=batch.get("video_grid_thw"),
-                attention_mask=attention_mask,
+        """One step: a decode token for each of ``slots``, then each prefill chunk.
+
+        ``token_ids[i]`` is the last token of ``slots[i]`` and ``positions[i]`` its M-RoPE
+        position. Writes every token's key/value into its slot and grows the slots.
+        Returns float32 logits ``[len(slots) + chunks ending their prompt, vocab]``:
+        the decode rows in order, then those chunks' last tokens.
+        """
+        spans, ids, mrope, placements, wanted = self._pack(cache, slots, token_ids, positions, chunks)
+        counts = torch.tensor([span.count for span in spans])
+        total = int(counts.sum())
+        write_slots = torch.repeat_interleave(torch.tensor([span.slot for span in spans]), counts)
+        shift = torch.tensor([span.offset - span.cached for span in spans])
+        write_at = torch.arange(total) - torch.repeat_interleave(shift, counts)
+        write_slots, write_at = write_slots.to(self.device), write_at.to(self.device)
+
+        hidden = self._embed(ids.to(self.device))
+        for offset, rows in placements:
+            hidden[offset : offset + rows.shape[0]] = rows
+        hidden = hidden[None]  # [1, tokens, hidden]: one packed row
+        cos, sin = self._rotary(hidden, mrope.to(self.device)[:, None, :])
+
+        def attend(attn: Any, layer: int, normed: torch.Tensor) -> torch.Tensor:
+            query, key, value = self._qkv(attn, normed, cos, sin)
+            cache.write(layer, key[0].transpose(0, 1), value[0].transpose(0, 1), write_slots, write_at)
+            out = ragged_attention(
+                query[0], cache.keys[layer], cache.values[layer], spans, self._num_kv_heads, self._scaling
             )
-        else:
-            vision = text.unsqueeze(0).expand(3, -1, -1)
-        return torch.cat([text[None, ...], vision], dim=0)
+            result: torch.Tensor = attn.o_proj(out.transpose(0, 1).reshape(1, total, -1))
+            return result
+
+        hidden = self._stack(hidden, attend)
+        for span in spans:
+            cache.grow(span.slot, span.count)
+        picked = hidden[0, torch.tensor(wanted, dtype=torch.long, device=self.device)]
+        logits: torch.Tensor = self._lm_head(self._norm(picked))
+        return logits.to(torch.float32)
+
+    @staticmethod
+    def _pack(
+        cache: SlotKVCache,
+        slots: Sequence[int],
+        token_ids: Sequence[int],
+        positions: Sequence[tuple[int, int, int]],
+        chunks: Sequence[Chunk],
+    ) -> tuple[list[Span], torch.Tensor, torch.Tensor, list[tuple[int, torch.Tensor]], list[int]]:
+        """Spans, token ids, positions ``[3, tokens]``, image placements and logit rows of a step."""
+        n = len(slots)
+        spans = [Span(slot, i, 1, cache.length(slot)) for i, slot in enumerate(slots)]
+        id_parts = [torch.tensor(list(token_ids), dtype=torch.long)]
+        position_parts = [torch.tensor(list(positions), dtype=torch.long).reshape(n, 3).T]
+        placements: list[tuple[int, torch.Tensor]] = []
+        wanted = list(range(n))
+        offset = n
+        for chunk in chunks:
+            count = int(chunk.token_ids.shape[0])
+            spans.append(Span(chunk.slot, offset, count, cache.length(chunk.slot)))
+            id_parts.append(chunk.token_ids)
+            position_parts.append(chunk.positions)
+            placements.extend((offset + at, rows) for at, rows in chunk.images)
+            offset += count
+            if chunk.logits:
+                wanted.append(offset - 1)
+        return spans, torch.cat(id_parts), torch.cat(position_parts, dim=1), placements, wanted
+
+    def _stack(self, hidden: torch.Tensor, attend: AttendFn) -> torch.Tensor:
+        """The decoder layers (``Glm4vTextDecoderLayer.forward``) with ``attend`` for self-attention."""
+        for index, layer in enumerate(self._layers):
+            residual = hidden
+            hidden = attend(layer.self_attn, index, layer.input_layernorm(hidden))
+            hidden = residual + layer.post_self_attn_layernorm(hidden)
+            residual = hidden
+            hidden = layer.post_mlp_layernorm(layer.mlp(layer.post_attention_layernorm(hidden)))
+            hidden = residual + hidden
+        return hidden
+
+    def _qkv(
+        self, attn: Any, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Rotated queries ``[b, heads, t, dim]``, keys and values ``[b, kv_heads, t, dim]`` of ``hidden``."""
+        b, t, _ = hidden.shape
+        query = attn.q_proj(hidden).view(b, t, -1, self._head_dim).transpose(1, 2)
+        key = attn.k_proj(hidden).view(b, t, -1, self._head_dim).transpose(1, 2)
+        value = attn.v_proj(hidden).view(b, t, -1, self._head_dim).transpose(1, 2)
+        query, key = self._apply_rotary(query, key, cos, sin)
+        return query, key, value
 
     @torch.inference_mode()
     def decode(
@@ -184,12 +252,11 @@ class Glm4vRunner:
         kv_bucket: int = 1,
         graphs: DecodeGraphs | None = None,
     ) -> torch.Tensor:
-        """One decode step for slots ``0 .. n-1``; returns their next-token logits ``[n, vocab]`` (float32).
+        """A decode-only step for slots ``0 .. n-1`` on the padded, fixed-shape path; logits ``[n, vocab]``.
 
-        ``token_ids[i]`` is the last token of slot ``i`` and ``positions[i]`` its M-RoPE
-        position. ``kv_bucket`` rounds the attended length up, so shapes repeat across
-        steps (for compiled kernels and CUDA graphs); the mask hides the padding.
-        With ``graphs`` (CUDA only), the step replays a captured graph when it can.
+        ``kv_bucket`` rounds the attended length up, so shapes repeat across steps (for
+        CUDA graphs); the mask hides the padding. With ``graphs`` (CUDA only), the step
+        replays a captured graph when it can.
         """
         n = len(token_ids)
         lengths = cache.lengths()[:n]
@@ -211,52 +278,22 @@ class Glm4vRunner:
         write_at: torch.Tensor,
         kv_len: int,
     ) -> torch.Tensor:
-        """The step's tensor work only (no host sync, no Python state), so a CUDA graph can capture it.
+        """The padded step's tensor work only (no host sync, no Python state), so a CUDA graph can capture it.
 
         ``ids`` is ``[n, 1]``, ``mrope`` ``[3, n, 1]``, ``write_at`` ``[n]`` (each row's cache length).
         """
-        mask = torch.arange(kv_len, device=write_at.device)[None, :] <= write_at[:, None]
-        mask = mask[:, None, None, :]  # [n, 1, 1, kv_len]: row i sees its own tokens only
+        n = ids.shape[0]
         hidden = self._embed(ids)
         cos, sin = self._rotary(hidden, mrope)
-        for index, layer in enumerate(self._layers):
-            residual = hidden
-            hidden = layer.input_layernorm(hidden)
-            hidden = self._attention(layer.self_attn, hidden, cos, sin, cache, index, write_at, kv_len, mask)
-            hidden = residual + layer.post_self_attn_layernorm(hidden)
-            residual = hidden
-            hidden = layer.post_mlp_layernorm(layer.mlp(layer.post_attention_layernorm(hidden)))
-            hidden = residual + hidden
-        hidden = self._norm(hidden)
+
+        def attend(attn: Any, layer: int, normed: torch.Tensor) -> torch.Tensor:
+            query, key, value = self._qkv(attn, normed, cos, sin)
+            cache.write_step(layer, key, value, write_at)
+            keys, values = cache.view(layer, n, kv_len)
+            out = padded_attention(query, keys, values, write_at, self._num_kv_heads, self._scaling)
+            result: torch.Tensor = attn.o_proj(out)
+            return result
+
+        hidden = self._norm(self._stack(hidden, attend))
         logits: torch.Tensor = self._lm_head(hidden[:, -1, :])
         return logits.to(torch.float32)
-
-    def _attention(
-        self,
-        attn: Any,
-        hidden: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        cache: SlotKVCache,
-        layer: int,
-        write_at: torch.Tensor,
-        kv_len: int,
-        mask: torch.Tensor,
-    ) -> torch.Tensor:
-        n = hidden.shape[0]
-        query = attn.q_proj(hidden).view(n, 1, -1, self._head_dim).transpose(1, 2)
-        key = attn.k_proj(hidden).view(n, 1, -1, self._head_dim).transpose(1, 2)
-        value = attn.v_proj(hidden).view(n, 1, -1, self._head_dim).transpose(1, 2)
-        query, key = self._apply_rotary(query, key, cos, sin)
-        cache.write_step(layer, key, value, write_at)
-        keys, values = cache.view(layer, n, kv_len)
-        # Grouped-query attention without repeating keys/values: the query heads that
-        # share a key/value head become that head's "query rows" (one token, so no
-        # causality among them). SDPA then reads each cached key/value once, and the
-        # masked call stays on fused kernels (no ``enable_gqa`` + mask fallback).
-        group = self._num_heads // self._num_kv_heads
-        query = query.reshape(n, self._num_kv_heads, group, self._head_dim)
-        out = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=self._scaling)
-        out = out.reshape(n, 1, self._num_heads * self._head_dim)
-        result: torch.Tensor = attn.o_proj(out)
-        return result

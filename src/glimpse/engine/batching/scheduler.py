@@ -1,4 +1,4 @@
-"""Continuous batching: sequences join and leave the decode batch between steps.
+"""Continuous batching: sequences join and leave the batch between steps, prompts prefill in chunks.
 
 One thread (the engine thread) drives ``ContinuousBatcher.step()`` or
 ``run_forever()``; any thread may call ``submit()`` and ``cancel()``. A step
@@ -6,16 +6,23 @@ One thread (the engine thread) drives ``ContinuousBatcher.step()`` or
 1. takes in new submissions and cancellations,
 2. fails waiting requests that outstayed ``queue_timeout_s``,
 3. admits waiting requests in FIFO order while a cache slot and token budget are
-   free, prefilling at most ``prefill_tokens_per_step`` prompt tokens (at least
-   one prompt), so running sequences are not stalled by a burst of arrivals,
-4. runs one decode step for every running sequence,
-5. reports each new token to its sink and retires finished sequences at once,
+   free (counted once, here: the request now holds a slot),
+4. plans the prefill: up to ``prefill_tokens_per_step`` prompt tokens, taken in
+   admission order, a long prompt split across steps (``prompt.plan_chunk``),
+5. encodes every image that this step's chunks reach in one vision-tower call,
+6. runs one forward over the decode token of every decoding sequence and the
+   planned chunks, packed ragged (``runner.Glm4vRunner.forward``),
+7. reports each new token to its sink and retires finished sequences at once,
    freeing their slot for the next step.
+
+So a running stream waits at most one step's prefill budget for its next token,
+however many prompts arrive. A step with no prefill and no prompt in progress
+may replay a CUDA graph of the padded decode step instead (``cuda_graphs``).
 
 A request that can never fit (prompt + ``max_new_tokens`` beyond a slot or the
 token budget) is refused in ``submit()`` with ``RequestTooLarge``; one that only
-has to wait for capacity stays queued. A failure confined to one sequence
-(its prefill, its sink) ends that sequence only, through ``on_error``.
+has to wait for capacity stays queued. A failure confined to one sequence (its
+prompt's inputs, its images, its sink) ends that sequence only, through ``on_error``.
 """
 
 from __future__ import annotations
@@ -26,7 +33,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -34,8 +40,10 @@ import torch
 from glimpse.engine.batching.cuda_graphs import DecodeGraphs
 from glimpse.engine.batching.interface import BatcherConfig, BatcherStats, BatchObserver, SequenceRequest
 from glimpse.engine.batching.kv_cache import SlotKVCache, fit_slots
+from glimpse.engine.batching.prompt import plan_chunk
 from glimpse.engine.batching.runner import Glm4vRunner
 from glimpse.engine.batching.sampling import SamplerState, sample_tokens
+from glimpse.engine.batching.sequence import SequenceState
 from glimpse.engine.max_tokens import resolve_max_tokens
 from glimpse.engine.protocol import FinishReason
 from glimpse.engine.sampling_config import check_sampling
@@ -46,25 +54,8 @@ __all__ = ["ContinuousBatcher"]
 logger = logging.getLogger(__name__)
 
 
-@dataclass(slots=True)
-class _Sequence:
-    request: SequenceRequest
-    prompt_len: int
-    enqueued_at: float
-    #: Created on the engine thread at admission (its generator lives on the model's device).
-    sampler: SamplerState = field(default_factory=SamplerState)
-    slot: int = -1
-    last_token: int = -1
-    positions: tuple[int, int, int] = (0, 0, 0)
-    generated: int = 0
-
-    @property
-    def seq_id(self) -> str:
-        return self.request.seq_id
-
-    @property
-    def reserve(self) -> int:
-        return self.prompt_len + self.request.sampling.max_new_tokens
+#: A prompt's share of one step: the sequence, its tokens to prefill, its images to encode first.
+_Planned = tuple[SequenceState, int, list[int]]
 
 
 class ContinuousBatcher:
@@ -105,11 +96,12 @@ class ContinuousBatcher:
         self._clock = clock
         self._lock = threading.Lock()
         self._wakeup = threading.Event()
-        self._inbox: deque[_Sequence] = deque()
+        self._inbox: deque[SequenceState] = deque()
         self._cancelled: set[str] = set()
         self._known: set[str] = set()  # ids submitted and not yet finished
-        self._waiting: deque[_Sequence] = deque()
-        self._running: list[_Sequence] = []  # index == cache slot
+        self._waiting: deque[SequenceState] = deque()
+        self._running: list[SequenceState] = []  # index == cache slot; prefilling ones included
+        self._prefilling: deque[SequenceState] = deque()  # admitted, prompt not all in the cache; FIFO
         self._closed: BaseException | None = None  # set by abort_all: submit raises it from then on
         logger.info(
             "continuous batcher: %d slots of %d tokens, %.1f MiB of KV cache",
@@ -161,7 +153,7 @@ class ContinuousBatcher:
             reserved_tokens=sum(seq.reserve for seq in running),
         )
 
-    def _validate(self, request: SequenceRequest) -> _Sequence:
+    def _validate(self, request: SequenceRequest) -> SequenceState:
         input_ids = request.inputs.get("input_ids")
         if input_ids is None or input_ids.dim() != 2 or input_ids.shape[0] != 1 or input_ids.shape[1] == 0:
             raise InvalidRequest("a sequence needs input_ids of shape [1, length > 0]")
@@ -170,7 +162,7 @@ class ContinuousBatcher:
         # The engine refuses these before they get here; kept so no caller can overrun a cache slot.
         resolve_max_tokens(sampling.max_new_tokens, prompt_tokens=prompt_len, room=self.sequence_room)
         check_sampling(sampling)
-        return _Sequence(request=request, prompt_len=prompt_len, enqueued_at=self._clock())
+        return SequenceState(request=request, prompt_len=prompt_len, enqueued_at=self._clock())
 
     # -- engine thread only ---------------------------------------------------------
 
@@ -197,13 +189,14 @@ class ContinuousBatcher:
                 self._wakeup.wait(idle_wait_s)
 
     def step(self) -> bool:
-        """Admit, decode one token for every running sequence, retire; True if anything ran."""
+        """Admit, prefill a budget of prompt tokens and decode one token for every decoding
+        sequence in one forward, retire; True if anything ran."""
         self._take_inbox()
         self._expire_waiting()
         admitted = self._admit()
         if not self._running:
             return admitted
-        self._decode()
+        self._forward()
         return True
 
     def abort_all(self, error: BaseException) -> None:
@@ -239,65 +232,109 @@ class ContinuousBatcher:
             seq = self._waiting.popleft()
             self._fail(seq, Overloaded(f"waited more than {timeout:g}s for capacity", retry_after=1))
 
-    def _fits_now(self, seq: _Sequence) -> bool:
+    def _fits_now(self, seq: SequenceState) -> bool:
         if self.cache.free == 0:
             return False
         budget = self.config.max_tokens_in_flight
         return budget is None or sum(s.reserve for s in self._running) + seq.reserve <= budget
 
     def _admit(self) -> bool:
-        prefilled = 0
         admitted = False
         while self._waiting and self._fits_now(self._waiting[0]):
-            seq = self._waiting[0]
-            if prefilled and prefilled + seq.prompt_len > self.config.prefill_tokens_per_step:
-                break
-            self._waiting.popleft()
-            prefilled += seq.prompt_len
+            seq = self._waiting.popleft()
             admitted = True
-            self._prefill(seq)
+            if self._observer is not None:
+                self._observer.on_admit(self._clock() - seq.enqueued_at)
+            try:
+                seq.sampler = SamplerState.create(seq.request.sampling, seq.request.inputs["input_ids"])
+                seq.prompt = self.runner.prepare(seq.request.inputs)
+            except Exception as exc:
+                logger.exception("prompt of sequence %s is unusable", seq.seq_id)
+                self._fail(seq, exc)
+                continue
+            seq.slot = self.cache.allocate()
+            self._running.append(seq)
+            self._prefilling.append(seq)
         return admitted
 
-    def _prefill(self, seq: _Sequence) -> None:
-        if self._observer is not None:
-            self._observer.on_admit(self._clock() - seq.enqueued_at)
-        sampling = seq.request.sampling
-        try:
-            seq.sampler = SamplerState.create(sampling, seq.request.inputs["input_ids"])
-            result = self.runner.prefill(seq.request.inputs)
-            token = sample_tokens(result.logits[None, :], [seq.sampler])[0]
-            seq.slot = self.cache.allocate(result.kv)
-        except Exception as exc:
-            logger.exception("prefill failed for sequence %s", seq.seq_id)
-            self._fail(seq, exc)
-            return
-        seq.positions = result.next_positions
-        self._running.append(seq)
-        self._accept(seq, token)
+    def _plan_prefill(self) -> list[_Planned]:
+        """Each prefilling prompt's chunk in this step, oldest first, within the token budget."""
+        left = self.config.prefill_tokens_per_step
+        planned: list[_Planned] = []
+        for seq in self._prefilling:
+            if left <= 0:
+                break
+            assert seq.prompt is not None
+            count, images = plan_chunk(seq.prompt, seq.prefilled, seq.features, left, alone=not planned)
+            if count or images:
+                planned.append((seq, count, images))
+                left -= count + sum(seq.prompt.images[i].length for i in images)
+        return planned
 
-    def _decode(self) -> None:
-        running = self._running
-        if self._observer is not None:
-            self._observer.on_decode_step(len(running))
+    def _encode_images(self, planned: list[_Planned]) -> list[_Planned]:
+        """Encode this step's images in one vision-tower call; on failure, fail their sequences."""
+        wanted = [(seq, index) for seq, _, images in planned for index in images]
+        if not wanted:
+            return planned
         try:
-            logits = self.runner.decode(
-                self.cache,
-                [seq.last_token for seq in running],
-                [seq.positions for seq in running],
-                kv_bucket=self.config.kv_bucket,
-                graphs=self.graphs,
+            features = self.runner.encode_images(
+                [seq.prompt.images[index] for seq, index in wanted if seq.prompt is not None]
             )
-            tokens = sample_tokens(logits, [seq.sampler for seq in running])
         except Exception as exc:
-            logger.exception("decode step failed for %d sequences", len(running))
-            for seq in reversed(list(running)):
+            logger.exception("vision tower failed for %d images", len(wanted))
+            failed = {id(seq) for seq, _ in wanted}
+            for seq, _, _ in planned:
+                if id(seq) in failed:
+                    self._retire(seq, error=exc)
+            return [plan for plan in planned if id(plan[0]) not in failed]
+        for (seq, index), rows in zip(wanted, features, strict=True):
+            seq.features[index] = rows
+        return planned
+
+    def _forward(self) -> None:
+        planned = self._encode_images(self._plan_prefill())
+        chunks = [(seq, seq.chunk(count)) for seq, count, _ in planned if count]
+        decoding = [seq for seq in self._running if seq.decoding]
+        if not decoding and not chunks:
+            return  # this step only encoded images
+        if decoding and self._observer is not None:
+            self._observer.on_decode_step(len(decoding))
+        stepped = decoding + [seq for seq, _ in chunks]
+        try:
+            if self.graphs is not None and not self._prefilling:
+                # Decode only, every slot decoding (slots 0 .. n-1 in order): the graph path.
+                logits = self.runner.decode(
+                    self.cache,
+                    [seq.last_token for seq in decoding],
+                    [seq.positions for seq in decoding],
+                    kv_bucket=self.config.kv_bucket,
+                    graphs=self.graphs,
+                )
+            else:
+                logits = self.runner.forward(
+                    self.cache,
+                    [seq.slot for seq in decoding],
+                    [seq.last_token for seq in decoding],
+                    [seq.positions for seq in decoding],
+                    [chunk for _, chunk in chunks],
+                )
+            sampled = decoding + [seq for seq, chunk in chunks if chunk.logits]
+            tokens = sample_tokens(logits, [seq.sampler for seq in sampled])
+        except Exception as exc:
+            logger.exception("step failed for %d sequences", len(stepped))
+            for seq in stepped:
                 self._retire(seq, error=exc)
             return
-        for seq, token in zip(list(running), tokens, strict=True):
+        for seq in decoding:
             seq.positions = (seq.positions[0] + 1, seq.positions[1] + 1, seq.positions[2] + 1)
+        for seq, chunk in chunks:
+            seq.prefilled_chunk(int(chunk.token_ids.shape[0]))
+            if seq.decoding:
+                self._prefilling.remove(seq)
+        for seq, token in zip(sampled, tokens, strict=True):
             self._accept(seq, token)
 
-    def _accept(self, seq: _Sequence, token: int) -> None:
+    def _accept(self, seq: SequenceState, token: int) -> None:
         """Hand one token to the sink and retire the sequence if it is done."""
         seq.last_token = token
         seq.generated += 1
@@ -314,7 +351,7 @@ class ContinuousBatcher:
             self._retire(seq, reason=FinishReason.LENGTH)
 
     def _retire(
-        self, seq: _Sequence, reason: FinishReason | None = None, error: BaseException | None = None
+        self, seq: SequenceState, reason: FinishReason | None = None, error: BaseException | None = None
     ) -> None:
         """Free a running sequence's slot (moving the last slot's sequence into it) and report."""
         moved_from = self.cache.release(seq.slot)
@@ -323,13 +360,16 @@ class ContinuousBatcher:
             last.slot = seq.slot
             self._running[seq.slot] = last
         seq.slot = -1
+        if not seq.decoding:
+            self._prefilling.remove(seq)
+        seq.features.clear()
         self._forget(seq.seq_id)
         if error is not None:
             self._notify_error(seq, error)
         else:
             self._notify_finish(seq, reason or FinishReason.STOP)
 
-    def _fail(self, seq: _Sequence, error: BaseException) -> None:
+    def _fail(self, seq: SequenceState, error: BaseException) -> None:
         self._forget(seq.seq_id)
         self._notify_error(seq, error)
 
@@ -339,14 +379,14 @@ class ContinuousBatcher:
             self._cancelled.discard(seq_id)
 
     @staticmethod
-    def _notify_finish(seq: _Sequence, reason: FinishReason) -> None:
+    def _notify_finish(seq: SequenceState, reason: FinishReason) -> None:
         try:
             seq.request.sink.on_finish(seq.seq_id, reason)
         except Exception:
             logger.exception("on_finish failed for sequence %s", seq.seq_id)
 
     @staticmethod
-    def _notify_error(seq: _Sequence, error: BaseException) -> None:
+    def _notify_error(seq: SequenceState, error: BaseException) -> None:
         try:
             seq.request.sink.on_error(seq.seq_id, error)
         except Exception:

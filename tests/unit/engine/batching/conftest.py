@@ -46,6 +46,20 @@ def make_inputs(
     return dict(processor(text=[text], images=[image], return_tensors="pt"))
 
 
+def make_multi_image_inputs(processor, sizes: list[tuple[int, int]], question: str):
+    """Processor output for one user turn with several images (in ``sizes``), then ``question``."""
+    images = []
+    for index, size in enumerate(sizes):
+        image = Image.new("RGB", size, (60 * index % 256, 200 - 30 * index, 90))
+        for x in range(0, size[0], 5):
+            image.putpixel((x, (x * 3 + index) % size[1]), (255, 255, 255))
+        images.append(image)
+    content = [{"type": "image"} for _ in sizes] + [{"type": "text", "text": question}]
+    messages = [{"role": "user", "content": content}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return dict(processor(text=[text], images=images, return_tensors="pt"))
+
+
 def make_text_inputs(processor, question: str):
     messages = [{"role": "user", "content": [{"type": "text", "text": question}]}]
     text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)

@@ -89,3 +89,24 @@ def test_fit_slots_keeps_the_cache_within_free_gpu_memory():
     )
     with pytest.raises(ModelLoadError, match="MAX_SEQ_LEN"):
         fit_slots(8, per_slot, free_bytes=4 * gib, reserve=4 * gib)
+
+
+def test_packed_writes_land_in_each_slot_at_its_own_positions():
+    cache = SlotKVCache(GEOMETRY, max_slots=3, max_seq_len=8)
+    assert [cache.allocate(), cache.allocate(_prompt(2, 50.0)), cache.allocate()] == [0, 1, 2]
+    assert cache.lengths() == [0, 2, 0]
+    # One decode token for slot 1, a chunk of three for slot 2, one token for slot 0.
+    slots, positions = torch.tensor([1, 2, 2, 2, 0]), torch.tensor([2, 0, 1, 2, 0])
+    keys = torch.arange(5.0).view(5, 1, 1).expand(5, 2, 4)
+    cache.write(0, keys, -keys, slots, positions)
+    for slot, count in ((1, 1), (2, 3), (0, 1)):
+        cache.grow(slot, count)
+    assert cache.lengths() == [1, 3, 3]
+    slot_keys, slot_values = cache.slot_view(0, 2, 3)
+    assert slot_keys.shape == (2, 3, 4)
+    assert slot_keys[0, :, 0].tolist() == [1.0, 2.0, 3.0]
+    assert slot_values[1, :, 0].tolist() == [-1.0, -2.0, -3.0]
+    assert cache.slot_view(0, 1, 3)[0][0, :, 0].tolist() == [50.0, 51.0, 0.0]
+    assert cache.slot_view(0, 0, 1)[0][0, 0, 0] == 4.0
+    with pytest.raises(RuntimeError, match="full"):
+        cache.grow(2, 6)

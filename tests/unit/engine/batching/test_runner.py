@@ -1,12 +1,15 @@
+"""The packed step: prefill in chunks and decode together, equal to ``generate()`` up to rounding."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
 from glimpse.engine.batching import Glm4vRunner, SlotKVCache
+from glimpse.engine.batching.prompt import image_parts
 from glimpse.errors import ModelLoadError
 
-from .conftest import make_inputs
+from .conftest import make_inputs, make_multi_image_inputs, make_text_inputs
 
 pytestmark = pytest.mark.slow
 
@@ -19,41 +22,141 @@ def _generate_logits(model, inputs, steps):
     return out.sequences[0, inputs["input_ids"].shape[1] :].tolist(), [row[0] for row in out.logits]
 
 
-def test_prefill_reproduces_generate_first_step_exactly(model, processor):
+def _close(got, want):
+    # Same math over a packed row instead of one prompt: equal up to float32 rounding.
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert int(got.argmax()) == int(want.argmax())
+
+
+def _prefill(runner, cache, prompt, chunk_size, slot=None):
+    """Prefill ``prompt`` into a new slot in chunks of ``chunk_size``; returns (slot, last logits)."""
+    slot = cache.allocate() if slot is None else slot
+    features = dict(enumerate(runner.encode_images(prompt.images))) if prompt.images else {}
+    from glimpse.engine.batching import Chunk
+
+    done, logits = 0, None
+    while done < prompt.length:
+        count = min(chunk_size, prompt.length - done)
+        chunk = Chunk(
+            slot=slot,
+            token_ids=prompt.token_ids[done : done + count],
+            positions=prompt.positions[:, done : done + count],
+            images=image_parts(prompt, done, count, features),
+            logits=done + count == prompt.length,
+        )
+        logits = runner.forward(cache, [], [], [], [chunk])
+        done += count
+    return slot, logits[0]
+
+
+@pytest.mark.parametrize("chunk_size", [10_000, 37, 5])
+def test_chunked_prefill_reproduces_generate_first_step(model, processor, chunk_size):
     inputs = make_inputs(processor, (200, 120), "How many apples are on the table?")
-    _, logits = _generate_logits(model, inputs, 1)
-    prefill = Glm4vRunner(model).prefill(inputs)
-    assert prefill.length == inputs["input_ids"].shape[1]
-    assert torch.equal(prefill.logits, logits[0])  # same forward, same bits
+    _, want = _generate_logits(model, inputs, 1)
+    runner = Glm4vRunner(model)
+    cache = SlotKVCache(runner.geometry(), max_slots=2, max_seq_len=256)
+    prompt = runner.prepare(inputs)
+    assert prompt.length == inputs["input_ids"].shape[1]
+    assert len(prompt.images) == 1
+    slot, logits = _prefill(runner, cache, prompt, chunk_size)
+    _close(logits, want[0])
+    assert cache.length(slot) == prompt.length
     # The prompt ends in text, so all three M-RoPE axes continue from the same position.
-    assert prefill.next_positions[0] == prefill.next_positions[1] == prefill.next_positions[2]
-    assert prefill.next_positions[0] < prefill.length  # image tokens take fewer positions than tokens
+    t, h, w = prompt.next_positions
+    assert t == h == w < prompt.length  # image tokens take fewer positions than tokens
 
 
-def test_batched_decode_logits_match_generate(model, processor):
+def test_mixed_step_decodes_and_prefills_together_like_generate(model, processor):
+    runner = Glm4vRunner(model)
+    cache = SlotKVCache(runner.geometry(), max_slots=4, max_seq_len=300)
+    cases = [
+        make_inputs(processor, (56, 56), "What?"),
+        make_multi_image_inputs(processor, [(100, 80), (60, 140)], "Compare the two pictures."),
+        make_text_inputs(processor, "Please answer briefly. What is 42?"),
+        make_inputs(processor, (300, 300), "Read the text in the document and summarize it."),
+    ]
+    steps = 6
+    wanted = [_generate_logits(model, inputs, steps) for inputs in cases]
+    prompts = [runner.prepare(inputs) for inputs in cases]
+    assert len(prompts[1].images) == 2
+    state = []
+    for prompt, (_, want) in zip(prompts[:3], wanted, strict=False):
+        slot, logits = _prefill(runner, cache, prompt, 16)
+        _close(logits, want[0])
+        state.append((slot, prompt.next_positions))
+    # The last prompt is prefilled in chunks while the others decode, in the same forwards.
+    late = prompts[3]
+    late_slot = cache.allocate()
+    features = dict(enumerate(runner.encode_images(late.images)))
+    done, chunk_size = 0, -(-late.length // (steps - 1))
+    from glimpse.engine.batching import Chunk
+
+    for step in range(1, steps):
+        tokens = [tokens[step - 1] for tokens, _ in wanted[:3]]
+        positions = [(t + step - 1, h + step - 1, w + step - 1) for _, (t, h, w) in state]
+        count = min(chunk_size, late.length - done)
+        chunk = Chunk(
+            slot=late_slot,
+            token_ids=late.token_ids[done : done + count],
+            positions=late.positions[:, done : done + count],
+            images=image_parts(late, done, count, features),
+            logits=done + count == late.length,
+        )
+        logits = runner.forward(cache, [slot for slot, _ in state], tokens, positions, [chunk])
+        done += count
+        for row, (_, want) in enumerate(wanted[:3]):
+            _close(logits[row], want[step])
+        if chunk.logits:
+            _close(logits[3], wanted[3][1][0])
+    assert done == late.length
+    lengths = [inputs["input_ids"].shape[1] + steps - 1 for inputs in cases[:3]]
+    assert [cache.length(slot) for slot, _ in state] == lengths
+
+
+def test_one_vision_call_gives_each_image_its_own_features(model, processor):
+    runner = Glm4vRunner(model)
+    a = runner.prepare(make_inputs(processor, (200, 120), "A?"))
+    b = runner.prepare(make_multi_image_inputs(processor, [(56, 84), (140, 70)], "B?"))
+    together = runner.encode_images([*a.images, *b.images])
+    assert runner.vision_calls == 1
+    alone = [*runner.encode_images(a.images), *runner.encode_images(b.images)]
+    assert [f.shape[0] for f in together] == [image.length for image in (*a.images, *b.images)]
+    for got, want in zip(together, alone, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_padded_decode_path_matches_generate(model, processor):
+    """The fixed-shape decode step that CUDA graphs replay, after a ragged prefill."""
     runner = Glm4vRunner(model)
     cache = SlotKVCache(runner.geometry(), max_slots=3, max_seq_len=200)
     cases = [
         make_inputs(processor, (56, 56), "What?"),
         make_inputs(processor, (300, 300), "Read the text in the document and summarize it."),
-        make_inputs(processor, (100, 80), "Is this safe?"),
     ]
-    steps = 6
+    steps = 5
     wanted = [_generate_logits(model, inputs, steps) for inputs in cases]
-    state = []
-    for inputs in cases:
-        prefill = runner.prefill(inputs)
-        cache.allocate(prefill.kv)
-        state.append(prefill.next_positions)
+    state = [_prefill(runner, cache, runner.prepare(inputs), 64)[0] for inputs in cases]
+    nexts = [runner.prepare(inputs).next_positions for inputs in cases]
+    assert state == [0, 1]
     for step in range(1, steps):
         tokens = [tokens[step - 1] for tokens, _ in wanted]
-        positions = [(t + step - 1, h + step - 1, w + step - 1) for t, h, w in state]
+        positions = [(t + step - 1, h + step - 1, w + step - 1) for t, h, w in nexts]
         logits = runner.decode(cache, tokens, positions, kv_bucket=32)
         for row, (_, want) in enumerate(wanted):
-            # Same math, batch of 3 instead of 1: equal up to float32 rounding.
-            torch.testing.assert_close(logits[row], want[step], rtol=1e-5, atol=1e-5)
-            assert int(logits[row].argmax()) == int(want[step].argmax())
-    assert cache.lengths() == [inputs["input_ids"].shape[1] + steps - 1 for inputs in cases]
+            _close(logits[row], want[step])
+
+
+def test_inconsistent_prompts_are_refused(model, processor):
+    runner = Glm4vRunner(model)
+    inputs = make_inputs(processor, (56, 56), "x")
+    broken = dict(inputs)
+    broken["pixel_values"] = make_inputs(processor, (300, 300), "x")["pixel_values"]
+    with pytest.raises(ValueError, match="rows of pixel values"):
+        runner.prepare(broken)
+    with pytest.raises(ValueError, match="videos"):
+        runner.prepare({**inputs, "pixel_values_videos": torch.zeros(4, 4)})
+    with pytest.raises(ValueError, match="image_grid_thw"):
+        runner.prepare({"input_ids": inputs["input_ids"]})
 
 
 def test_eos_ids_come_from_the_generation_config(model):

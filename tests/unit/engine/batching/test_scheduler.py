@@ -334,16 +334,16 @@ def test_failed_decode_step_fails_the_batch_and_the_batcher_goes_on(model, mixed
     for seq_id, inputs, max_new, _ in mixed[:2]:
         batcher.submit(_request(seq_id, inputs, sink, max_new))
     batcher.step()
-    real_decode = batcher.runner.decode
+    real_forward = batcher.runner.forward
 
-    def broken_decode(*args, **kwargs):
+    def broken_forward(*args, **kwargs):
         raise RuntimeError("device lost")
 
-    monkeypatch.setattr(batcher.runner, "decode", broken_decode)
+    monkeypatch.setattr(batcher.runner, "forward", broken_forward)
     batcher.step()
     assert set(sink.errors) == {"req-0", "req-1"}
     assert batcher.cache.used == 0
-    monkeypatch.setattr(batcher.runner, "decode", real_decode)
+    monkeypatch.setattr(batcher.runner, "forward", real_forward)
     seq_id, inputs, max_new, ref = mixed[3]
     batcher.submit(_request(seq_id, inputs, sink, max_new))
     while batcher.has_work:

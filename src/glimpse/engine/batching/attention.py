@@ -1,0 +1,102 @@
+"""Attention over the slot cache: each sequence by its own length, or the padded decode batch.
+
+``ragged_attention`` is what every step runs: the step's tokens are packed (the
+decode token of each running sequence, then each prefill chunk), and each
+sequence's queries attend to its own slot up to its own length, so a step costs
+the sum of the sequences' lengths, not the batch size times the longest. It is
+one ``scaled_dot_product_attention`` call per sequence: plain, exact, and on any
+device. A decode token needs no mask; a chunk of several tokens is causal, with
+its mask offset by what is already cached (none when nothing is: the fused
+kernels' own causal path, about three times faster on the CPU than a mask).
+
+Grouped-query attention without repeating keys/values: for a decode token the
+query heads that share a key/value head become that head's rows
+(``[kv_heads, group, dim]``), for a chunk SDPA's ``enable_gqa``; each cached key
+and value is read in place.
+
+``padded_attention`` is the fixed-shape decode step that CUDA graphs replay: one
+call over slots ``0 .. n-1`` up to a common (bucketed) length with a mask that
+hides each row's tail. It reads up to the longest length for every row, which is
+why only the graph path uses it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+__all__ = ["Span", "padded_attention", "ragged_attention"]
+
+
+@dataclass(slots=True, frozen=True)
+class Span:
+    """One sequence's tokens in a packed step."""
+
+    slot: int
+    offset: int  # index of its first token in the packed step
+    count: int  # its tokens in this step
+    cached: int  # its tokens already in the cache before this step
+
+
+def ragged_attention(
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    spans: Sequence[Span],
+    num_kv_heads: int,
+    scaling: float,
+) -> torch.Tensor:
+    """``query`` ``[heads, tokens, dim]`` (rotated) against the slot cache ``keys``/``values``
+    (``[slots, kv_heads, max_len, dim]``, this step's keys already written); returns
+    ``[heads, tokens, dim]``."""
+    heads, _, dim = query.shape
+    group = heads // num_kv_heads
+    outputs = []
+    for span in spans:
+        total = span.cached + span.count
+        rows = query[:, span.offset : span.offset + span.count]
+        slot_keys, slot_values = keys[span.slot, :, :total], values[span.slot, :, :total]
+        if span.count == 1:  # a decode token sees its whole slot: no mask
+            out = F.scaled_dot_product_attention(
+                rows.reshape(num_kv_heads, group, dim), slot_keys, slot_values, scale=scaling
+            )
+        else:
+            # A chunk: causal, offset by what is cached before it. From nothing cached that is
+            # the plain causal square, which the fused kernels take without a mask.
+            mask = None
+            if span.cached:
+                seen = span.cached + torch.arange(span.count, device=query.device)
+                mask = torch.arange(total, device=query.device)[None, :] <= seen[:, None]
+            out = F.scaled_dot_product_attention(
+                rows[None],
+                slot_keys[None],
+                slot_values[None],
+                attn_mask=mask,
+                is_causal=mask is None,
+                scale=scaling,
+                enable_gqa=True,
+            )
+        outputs.append(out.reshape(heads, span.count, dim))
+    return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
+
+
+def padded_attention(
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    write_at: torch.Tensor,
+    num_kv_heads: int,
+    scaling: float,
+) -> torch.Tensor:
+    """One decode token per slot ``0 .. n-1``: ``query`` ``[n, heads, 1, dim]`` against ``keys``/``values``
+    ``[n, kv_heads, kv_len, dim]``; row ``i`` sees its first ``write_at[i] + 1`` keys. Returns
+    ``[n, 1, heads * dim]``. No host sync, so a CUDA graph can capture it."""
+    n, heads, _, dim = query.shape
+    kv_len = keys.shape[2]
+    mask = torch.arange(kv_len, device=write_at.device)[None, :] <= write_at[:, None]
+    rows = query.reshape(n, num_kv_heads, heads // num_kv_heads, dim)
+    out = F.scaled_dot_product_attention(rows, keys, values, attn_mask=mask[:, None, None, :], scale=scaling)
+    return out.reshape(n, 1, heads * dim)
