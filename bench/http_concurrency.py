@@ -1,0 +1,132 @@
+"""Over HTTP, do 24 concurrent requests finish faster than the same 24 one at a time, with the same answers?
+
+Usage:
+    python bench/http_concurrency.py                 # starts `glimpse serve --model tiny` itself
+    python bench/http_concurrency.py --url http://host:8080 [--api-key KEY]
+
+The server runs the random-weight tiny model (``glimpse make-tiny-model``: long, varied
+answers, so every request really produces its ``max_tokens``), continuous batching on.
+Requests: chat completions with one image each (sizes from 64 x 64 to 1024 x 768, PNG, JPEG
+and WebP), greedy, ``max_tokens`` from 4 to 40, the result cache bypassed
+(``Cache-Control: no-cache``). They are sent one at a time, then all at once; the figure is
+the ratio of the two wall times (goal, issue 15: >= 2x), and every concurrent answer must equal
+its one-at-a-time answer. Exits 1 when either fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import random
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from overload import tiny_server  # noqa: E402 -- the benchmark's own server launcher
+
+SPEEDUP_GOAL = 2.0
+SIZES = [(64, 64), (1024, 768), (97, 300), (640, 200), (300, 300), (128, 96), (500, 700), (800, 240)]
+
+
+def requests(n: int, seed: int) -> list[dict[str, Any]]:
+    """``n`` chat bodies: a drawn picture each, mixed sizes and formats, 4 to 40 output tokens."""
+    from glimpse.engine.tiny_task import ask, draw, encode, random_picture
+
+    rng = random.Random(seed)
+    bodies = []
+    for i in range(n):
+        picture = random_picture(rng, size=SIZES[i % len(SIZES)])
+        fmt, mime = [("PNG", "image/png"), ("JPEG", "image/jpeg"), ("WEBP", "image/webp")][i % 3]
+        raw = encode(draw(picture), fmt, 85)
+        url = f"data:{mime};base64," + base64.b64encode(raw).decode()
+        question = ask(
+            rng.choice(["color", "shape", "count", "describe"]), rng.choice(["en", "zh"]), rng
+        ).text
+        content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": question}]
+        bodies.append(
+            {
+                "model": "tiny",
+                "messages": [{"role": "user", "content": content}],
+                "max_tokens": 4 + (36 * i) // max(1, n - 1),
+                "temperature": 0,
+            }
+        )
+    return bodies
+
+
+def measure(url: str, bodies: list[dict[str, Any]], api_key: str | None) -> dict[str, Any]:
+    import httpx
+
+    headers = {"Cache-Control": "no-cache"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    with httpx.Client(base_url=url, headers=headers, timeout=600) as client:
+
+        def one(body: dict[str, Any]) -> tuple[str, int]:
+            response = client.post("/v1/chat/completions", json=body)
+            response.raise_for_status()
+            payload = response.json()
+            return payload["choices"][0]["message"]["content"], payload["usage"]["completion_tokens"]
+
+        one(bodies[0])  # warm-up, not timed
+        started = time.perf_counter()
+        alone = [one(body) for body in bodies]
+        sequential_s = time.perf_counter() - started
+        started = time.perf_counter()
+        with ThreadPoolExecutor(len(bodies)) as pool:
+            together = list(pool.map(one, bodies))
+        concurrent_s = time.perf_counter() - started
+    differ = [i for i, (a, b) in enumerate(zip(alone, together, strict=True)) if a != b]
+    return {
+        "requests": len(bodies),
+        "output_tokens": sum(tokens for _, tokens in alone),
+        "sequential_s": round(sequential_s, 2),
+        "concurrent_s": round(concurrent_s, 2),
+        "speedup": round(sequential_s / concurrent_s, 2),
+        "answers_differ": differ,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--url", help="A running server (default: start `glimpse serve --model tiny`).")
+    parser.add_argument("--api-key")
+    parser.add_argument("--requests", type=int, default=24)
+    parser.add_argument("--seed", type=int, default=15)
+    parser.add_argument("--json", type=Path, help="Also write the figures here.")
+    args = parser.parse_args(argv)
+    bodies = requests(args.requests, args.seed)
+    if args.url:
+        result = measure(args.url, bodies, args.api_key)
+    else:
+        from glimpse.engine.tiny_model import ensure_random_tiny_model
+
+        model_dir = ensure_random_tiny_model(Path(tempfile.mkdtemp(prefix="glimpse-http-")) / "tiny")
+        env = {"GLIMPSE_ENGINE__TINY_MODEL_DIR": str(model_dir), "GLIMPSE_OBS__LOG_LEVEL": "WARNING"}
+        with tiny_server(env) as url:
+            result = measure(url, bodies, None)
+    result["speedup_goal"] = SPEEDUP_GOAL
+    differ = result["answers_differ"]
+    ok = result["speedup"] >= SPEEDUP_GOAL and not differ
+    result["pass"] = ok
+    sys.stdout.write(
+        f"{result['requests']} requests, {result['output_tokens']} output tokens: one at a time "
+        f"{result['sequential_s']} s, all at once {result['concurrent_s']} s -> {result['speedup']}x "
+        f"(goal >= {SPEEDUP_GOAL}x) {'PASS' if result['speedup'] >= SPEEDUP_GOAL else 'FAIL'}; "
+        f"answers {'DIFFER at ' + str(differ) if differ else 'identical'}\n"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
