@@ -18,8 +18,8 @@ import numpy as np
 from PIL import Image
 from transformers import AutoProcessor
 
-from glimpse.engine.hf import _chat_messages
-from glimpse.engine.protocol import ChatMessage, GenerationRequest, ImagePart, TextPart
+from glimpse.engine.preprocess import chat_messages
+from glimpse.engine.protocol import ChatMessage, GenerationRequest, ImagePart, SamplingParams, TextPart
 from glimpse.engine.tiny_model import ensure_random_tiny_model
 
 
@@ -39,9 +39,11 @@ def main() -> None:
     def prepare(data: bytes) -> int:
         image = Image.open(io.BytesIO(data)).convert("RGB")  # decode, as intake does
         request = GenerationRequest(
-            "b", (ChatMessage("user", (ImagePart(image, "x"), TextPart("Describe."))),)
+            "b",
+            (ChatMessage("user", (ImagePart(image, "x"), TextPart("Describe."))),),
+            SamplingParams(max_new_tokens=1),
         )
-        messages, images = _chat_messages(request)
+        messages, images = chat_messages(request)
         prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return int(processor(text=[prompt], images=images, return_tensors="pt")["input_ids"].shape[-1])
 

@@ -61,8 +61,9 @@ class ServerSettings(BaseModel):
         10,
         ge=0,
         le=19,
-        description="Niceness added to every thread of glimpse serve but the HTTP event loop's (Linux), so "
-        "the OS runs the loop first when the CPU is short; 0 leaves them all at one priority.",
+        description="Niceness added to every thread of glimpse serve but the HTTP event loop's, and to its "
+        "preprocessing processes (Linux), so the OS runs the loop first when the CPU is short; 0 leaves them "
+        "all at one priority.",
     )
     switch_interval_ms: float = Field(
         0.5,
@@ -171,8 +172,11 @@ class EngineSettings(BaseModel):
     max_new_tokens_limit: int = Field(4096, ge=1, description="Largest max_tokens a request may ask for.")
     preprocess_workers: int | None = Field(
         None,
-        ge=1,
-        description="Threads that run the chat template and image processor (default: CPU cores, at most 8).",
+        ge=0,
+        le=64,
+        description="Processes that run the chat template and image processor, apart from the decode loop "
+        "(default: 1 with the model on the CPU, min(4, cores - 1) on a GPU); 0: threads of the server "
+        "process instead (one per core, at most 8), which slow decode steps while they work.",
     )
     cpu_threads: int | None = Field(
         None,
@@ -311,7 +315,8 @@ class MediaSettings(BaseModel):
         ge=0,
         le=2**31 - 1,
         description="glibc: allocations this large or larger get their own mmap, returned to the OS when "
-        "freed, so RSS comes back after large images (0: glibc's default, which keeps them).",
+        "freed, so RSS comes back after large images, in the server and its preprocessing processes (0: "
+        "glibc's default, which keeps them).",
     )
     allow_urls: bool = Field(False, description="Fetch http(s) image URLs (off by default).")
     url_allowlist: tuple[str, ...] = Field(

@@ -97,3 +97,13 @@ def test_each_use_of_redis_defaults_to_the_shared_url(given, cache_url, guard_ur
     settings = Settings(**given)
     assert settings.redis_url_for("cache") == cache_url
     assert settings.redis_url_for("guard") == guard_url
+
+
+def test_preprocess_workers_counts_processes_zero_meaning_threads(monkeypatch):
+    assert EngineSettings().preprocess_workers is None  # sized from the device at start-up
+    assert EngineSettings(preprocess_workers=0).preprocess_workers == 0
+    for wrong in (-1, 65):
+        with pytest.raises(ValidationError, match="preprocess_workers"):
+            EngineSettings(preprocess_workers=wrong)
+    monkeypatch.setenv("GLIMPSE_ENGINE__PREPROCESS_WORKERS", "0")
+    assert Settings().engine.preprocess_workers == 0

@@ -157,7 +157,17 @@ def _open_state(
     admission: Admission,
 ) -> AppState:
     """The routes' shared state; each resource it opens is closed by ``resources``."""
-    used_engine = engine if engine is not None else build_engine(settings.engine, settings.upstream, metrics)
+    used_engine = (
+        engine
+        if engine is not None
+        else build_engine(
+            settings.engine,
+            settings.upstream,
+            metrics,
+            worker_nice=settings.server.worker_nice,
+            malloc_mmap_threshold_bytes=settings.media.malloc_mmap_threshold_bytes,
+        )
+    )
     resources.push_async_callback(used_engine.stop)
     metrics.set_info(version=__version__, engine=settings.engine.kind, model=used_engine.model_name)
     redis = RedisPools(settings.redis)

@@ -45,7 +45,12 @@ class PrometheusBatchObserver:
 
 
 def build_engine(
-    settings: EngineSettings, upstream: UpstreamSettings, metrics: Metrics | None = None
+    settings: EngineSettings,
+    upstream: UpstreamSettings,
+    metrics: Metrics | None = None,
+    *,
+    worker_nice: int = 0,
+    malloc_mmap_threshold_bytes: int = 2**20,
 ) -> Engine:
     if settings.kind == "upstream":
         from glimpse.engine.upstream import UpstreamEngine
@@ -60,4 +65,7 @@ def build_engine(
             ) from exc
     from glimpse.engine.hf import HFEngine
 
-    return HFEngine(settings, PrometheusBatchObserver(metrics) if metrics is not None else None)
+    observer = PrometheusBatchObserver(metrics) if metrics is not None else None
+    return HFEngine(
+        settings, observer, worker_nice=worker_nice, malloc_mmap_threshold_bytes=malloc_mmap_threshold_bytes
+    )

@@ -1,13 +1,15 @@
 """The in-process transformers engine: the asyncio face of the engine thread.
 
 It admits requests against a bounded queue (``Overloaded`` at once when full),
-renders the chat template and runs the image processor in a small thread pool
-(so preprocessing overlaps with generation and never blocks the event loop),
-hands jobs to the one ``EngineWorker`` thread, and turns its events back into an
-async stream. Closing that stream early cancels the job.
+has the chat template and the image processor run by a ``Preprocessor`` (worker
+processes by default, so preprocessing overlaps with generation without holding
+the engine thread's interpreter lock, and never blocks the event loop), hands
+jobs to the one ``EngineWorker`` thread, and turns its events back into an async
+stream. Closing that stream early cancels the job.
 
-Client text is tokenized as plain text (``PromptEncoder``); preprocessing runs
-``contained`` and within the request's deadline, so no await here can hang.
+Client text is tokenized as plain text (``PromptEncoder``); preprocessing fails
+only with ``GlimpseError``s and within the request's deadline, so no await here
+can hang.
 """
 
 from __future__ import annotations
@@ -15,18 +17,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import AsyncGenerator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from glimpse.config import EngineSettings
 from glimpse.engine.batching import BatchObserver
 from glimpse.engine.job import Job, JobSink
-from glimpse.engine.loader import LoadedModel
+from glimpse.engine.loader import LoadedModel, resolve_device, resolve_model_path
 from glimpse.engine.max_tokens import resolve_max_tokens
-from glimpse.engine.prompt_tokens import PromptEncoder
+from glimpse.engine.preprocess import (
+    Preprocessor,
+    ProcessPreprocessor,
+    ThreadPreprocessor,
+    chat_messages,
+    preprocess_threads,
+    resolve_preprocess_workers,
+)
 from glimpse.engine.protocol import (
     ChatMessage,
     EngineHealth,
@@ -39,16 +46,8 @@ from glimpse.engine.protocol import (
 )
 from glimpse.engine.sampling_config import check_sampling
 from glimpse.engine.worker import EngineWorker
-from glimpse.errors import (
-    DeadlineExceeded,
-    EngineDead,
-    EngineRequestError,
-    GlimpseError,
-    InvalidRequest,
-    NotReady,
-    Overloaded,
-)
-from glimpse.media.threads import contained, run_in_executor
+from glimpse.errors import DeadlineExceeded, EngineDead, GlimpseError, InvalidRequest, NotReady, Overloaded
+from glimpse.media.threads import run_in_executor
 
 __all__ = ["HFEngine"]
 
@@ -56,41 +55,37 @@ logger = logging.getLogger(__name__)
 
 _RETRY_AFTER_S = 2
 _DEADLINE_MESSAGE = "The request took longer than the server's time limit."
-_PREPARE_FAILED = "Preparing this request for the model failed unexpectedly; see the server log."
-
-
-def _chat_messages(request: GenerationRequest) -> tuple[list[dict[str, Any]], list[Any]]:
-    """Messages in the processor's chat-template shape, and the images in order."""
-    messages: list[dict[str, Any]] = []
-    images: list[Any] = []
-    for message in request.messages:
-        content: list[dict[str, Any]] = []
-        for part in message.content:
-            if isinstance(part, ImagePart):
-                content.append({"type": "image"})
-                images.append(part.image)
-            else:
-                content.append({"type": "text", "text": part.text})
-        messages.append({"role": message.role, "content": content})
-    return messages, images
+#: How long work already running in the preprocessing pool may take to finish at stop().
+_PREPROCESS_CLOSE_S = 10.0
 
 
 class HFEngine:
     """Serves one Hugging Face image-text-to-text model in this process."""
 
-    def __init__(self, settings: EngineSettings, observer: BatchObserver | None = None) -> None:
+    def __init__(
+        self,
+        settings: EngineSettings,
+        observer: BatchObserver | None = None,
+        *,
+        worker_nice: int = 0,
+        malloc_mmap_threshold_bytes: int = 2**20,
+    ) -> None:
+        """The keywords are what the preprocessing processes take from the rest of the settings
+        (``server.worker_nice``, ``media.malloc_mmap_threshold_bytes``)."""
         self._settings = settings
         self._observer = observer
+        self._worker_nice = worker_nice
+        self._mmap_threshold = malloc_mmap_threshold_bytes
         self._name = settings.served_model_name or settings.model
-        workers = settings.preprocess_workers or min(8, os.cpu_count() or 2)
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="glimpse-preprocess")
+        self._preprocessor: Preprocessor | None = None
+        self._processes: ProcessPreprocessor | None = None  # also while they start
+        self._starting: asyncio.Future[ProcessPreprocessor | None] | None = None
         self._worker: EngineWorker | None = None
         self._jobs: dict[str, Job] = {}
         self._admitted = 0
         self._ready = False
         self._detail = "loading model"
         self.loaded: LoadedModel | None = None
-        self._prompts: PromptEncoder | None = None
         self._think_ids: tuple[int, int] | None = None
         self._sampling_defaults = SamplingDefaults()
 
@@ -112,20 +107,67 @@ class HFEngine:
 
         self._worker = EngineWorker(self._settings, on_loaded, self._observer)
         self._worker.start()
+        # The preprocessing processes import torch and load the processor while the model loads.
+        processes = self._starting = asyncio.ensure_future(self._start_processes())
         result = await done
         if isinstance(result, BaseException):
             self._detail = "model failed to load"
+            await self._close_preprocessing()
             raise result
         self.loaded = result
         self._sampling_defaults = result.sampling_defaults
         logger.info("sampling defaults for unset request fields: %s", self._sampling_defaults)
-        self._prompts = PromptEncoder(result.processor)
+        self._preprocessor = await processes or ThreadPreprocessor(result.processor, preprocess_threads())
         self._think_ids = self._find_think_ids()
         if self._settings.warmup:
             self._detail = "warming up"
             await self._warm_up()
         self._ready = True
         self._detail = "ready"
+
+    async def _start_processes(self) -> ProcessPreprocessor | None:
+        """The preprocessing processes the settings ask for, started; ``None``: threads instead.
+
+        Threads when the settings say 0, and when the processes cannot start (logged):
+        the server answers either way.
+        """
+        try:
+            device = await asyncio.to_thread(resolve_device, self._settings.device)
+        except Exception:  # noqa: BLE001 - the engine thread meets and reports the same failure
+            return None
+        workers = resolve_preprocess_workers(self._settings.preprocess_workers, device)
+        if workers == 0:
+            return None
+        source, _ = resolve_model_path(self._settings)
+        processes = self._processes = ProcessPreprocessor(
+            source,
+            workers,
+            trust_remote_code=self._settings.trust_remote_code,
+            nice=self._worker_nice,
+            mmap_threshold_bytes=self._mmap_threshold,
+        )
+        try:
+            await processes.start()
+        except GlimpseError as exc:
+            logger.warning(
+                "preprocessing processes did not start (%s); preprocessing in threads instead",
+                exc.__cause__ or exc,
+            )
+            self._processes = None
+            await processes.close(_PREPROCESS_CLOSE_S)
+            return None
+        return processes
+
+    async def _close_preprocessing(self) -> None:
+        """Close the preprocessor, and processes still starting (stop during start-up)."""
+        starting, self._starting = self._starting, None
+        if starting is not None and not starting.done():
+            starting.cancel()
+            await asyncio.wait([starting])
+        closing = [self._preprocessor, self._processes]
+        self._preprocessor = self._processes = None
+        for preprocessor in {id(p): p for p in closing if p is not None}.values():
+            await preprocessor.close(_PREPROCESS_CLOSE_S)
 
     def _find_think_ids(self) -> tuple[int, int] | None:
         """Token ids of ``<think>``/``</think>`` when reasoning is to be separated, else ``None``."""
@@ -162,7 +204,8 @@ class HFEngine:
                 self._worker.cancel(job)
             self._worker.shutdown()
             await run_in_executor(None, self._worker.join, 30)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        # After the worker: what finishes preprocessing now fails at enqueue with EngineDead.
+        await self._close_preprocessing()
 
     def health(self) -> EngineHealth:
         worker = self._worker
@@ -263,20 +306,30 @@ class HFEngine:
                 self._jobs.pop(request.request_id, None)
 
     async def _prepared(self, request: GenerationRequest) -> tuple[dict[str, Any], int]:
-        """``_prepare`` in the preprocessing pool, within the request's deadline.
+        """The request's model inputs from the preprocessor, within the request's deadline.
 
-        Whatever the processor raises comes back as an error of this request
-        (``contained``); past the deadline the request ends with ``DeadlineExceeded``
-        even if the thread is still busy (its result is then dropped).
+        Whatever the processor raises comes back as a ``GlimpseError`` of this
+        request; past the deadline the request ends with ``DeadlineExceeded`` even if
+        its preprocessing is still running (its result is then dropped).
         """
-        prepare = contained(self._prepare, error=EngineRequestError, message=_PREPARE_FAILED)
-        work = run_in_executor(self._pool, prepare, request)
+        preprocessor, loaded = self._preprocessor, self.loaded
+        if preprocessor is None or loaded is None:
+            raise NotReady("The model is still loading; try again shortly.", retry_after=_RETRY_AFTER_S)
+        messages, images = chat_messages(request)
+        template_kwargs = {**self._settings.chat_template_kwargs, **dict(request.template_kwargs)}
+        work = preprocessor.encode(messages, images, template_kwargs)
         if request.deadline is None:
-            return await work
-        try:
-            return await asyncio.wait_for(work, max(0.0, request.deadline - time.monotonic()))
-        except TimeoutError:
-            raise DeadlineExceeded(_DEADLINE_MESSAGE) from None
+            inputs = await work
+        else:
+            try:
+                inputs = await asyncio.wait_for(work, max(0.0, request.deadline - time.monotonic()))
+            except TimeoutError:
+                raise DeadlineExceeded(_DEADLINE_MESSAGE) from None
+        prompt_tokens = int(inputs["input_ids"].shape[-1])
+        resolve_max_tokens(
+            request.sampling.max_new_tokens, prompt_tokens=prompt_tokens, room=self._room(loaded)
+        )
+        return inputs, prompt_tokens
 
     async def _drain(self, job: Job, deadline: float | None) -> AsyncGenerator[TokenEvent, None]:
         while True:
@@ -290,22 +343,3 @@ class HFEngine:
             yield item
             if item.finish_reason is not None:
                 return
-
-    def _prepare(self, request: GenerationRequest) -> tuple[dict[str, Any], int]:
-        """Chat template + processor: blocking, runs in the preprocessing pool."""
-        if self.loaded is None or self._prompts is None:
-            raise NotReady("The model is still loading; try again shortly.", retry_after=_RETRY_AFTER_S)
-        messages, images = _chat_messages(request)
-        try:
-            template_kwargs = {**self._settings.chat_template_kwargs, **dict(request.template_kwargs)}
-            # Client text is encoded as plain text: control tokens come only from the template.
-            inputs = self._prompts.encode(messages, images, template_kwargs)
-        except GlimpseError:
-            raise
-        except (ValueError, TypeError) as exc:
-            raise InvalidRequest(f"The model's processor could not prepare this request: {exc}") from exc
-        prompt_tokens = int(inputs["input_ids"].shape[-1])
-        resolve_max_tokens(
-            request.sampling.max_new_tokens, prompt_tokens=prompt_tokens, room=self._room(self.loaded)
-        )
-        return inputs, prompt_tokens
