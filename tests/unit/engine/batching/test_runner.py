@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from glimpse.engine.batching import Glm4vRunner, SlotKVCache
+from glimpse.engine.batching import Chunk, Glm4vRunner, SlotKVCache
 from glimpse.engine.batching.prompt import image_parts
 from glimpse.errors import ModelLoadError
 
@@ -28,23 +28,25 @@ def _close(got, want):
     assert int(got.argmax()) == int(want.argmax())
 
 
+def _chunk(slot, prompt, done, count, features):
+    """Prompt tokens ``done`` to ``done + count`` of ``prompt`` as a chunk of a mixed step."""
+    return Chunk(
+        slot=slot,
+        token_ids=prompt.token_ids[done : done + count],
+        positions=prompt.positions[:, done : done + count],
+        images=image_parts(prompt, done, count, features),
+        logits=done + count == prompt.length,
+    )
+
+
 def _prefill(runner, cache, prompt, chunk_size, slot=None):
     """Prefill ``prompt`` into a new slot in chunks of ``chunk_size``; returns (slot, last logits)."""
     slot = cache.allocate() if slot is None else slot
     features = dict(enumerate(runner.encode_images(prompt.images))) if prompt.images else {}
-    from glimpse.engine.batching import Chunk
-
     done, logits = 0, None
     while done < prompt.length:
         count = min(chunk_size, prompt.length - done)
-        chunk = Chunk(
-            slot=slot,
-            token_ids=prompt.token_ids[done : done + count],
-            positions=prompt.positions[:, done : done + count],
-            images=image_parts(prompt, done, count, features),
-            logits=done + count == prompt.length,
-        )
-        logits = runner.forward(cache, [], [], [], [chunk])
+        logits = runner.forward(cache, [], [], [], [_chunk(slot, prompt, done, count, features)])
         done += count
     return slot, logits[0]
 
@@ -89,19 +91,11 @@ def test_mixed_step_decodes_and_prefills_together_like_generate(model, processor
     late_slot = cache.allocate()
     features = dict(enumerate(runner.encode_images(late.images)))
     done, chunk_size = 0, -(-late.length // (steps - 1))
-    from glimpse.engine.batching import Chunk
-
     for step in range(1, steps):
         tokens = [tokens[step - 1] for tokens, _ in wanted[:3]]
         positions = [(t + step - 1, h + step - 1, w + step - 1) for _, (t, h, w) in state]
         count = min(chunk_size, late.length - done)
-        chunk = Chunk(
-            slot=late_slot,
-            token_ids=late.token_ids[done : done + count],
-            positions=late.positions[:, done : done + count],
-            images=image_parts(late, done, count, features),
-            logits=done + count == late.length,
-        )
+        chunk = _chunk(late_slot, late, done, count, features)
         logits = runner.forward(cache, [slot for slot, _ in state], tokens, positions, [chunk])
         done += count
         for row, (_, want) in enumerate(wanted[:3]):
