@@ -129,7 +129,13 @@ class EngineSettings(BaseModel):
         "(written by glimpse train-tiny or make-tiny-model).",
     )
     warmup: bool = Field(True, description="Run one generation at start-up before /readyz turns 200.")
-    max_batch_size: int = Field(16, ge=1, description="Most sequences decoded together in one step.")
+    max_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="Most sequences decoded together in one step (KV-cache slots). Default: sized from the "
+        "machine: on a GPU as many max_seq_len slots as fit the memory left after the weights and one step's "
+        "activations (at most 256), on the CPU 16. The chosen size is logged at start-up.",
+    )
     max_queue: int = Field(
         16,
         ge=0,
@@ -137,8 +143,11 @@ class EngineSettings(BaseModel):
         "503 + Retry-After at once, from the headers. Keep it near max_batch_size: each waiting request "
         "adds its wait to every later one's latency.",
     )
-    max_tokens_in_flight: int = Field(
-        65536, ge=1, description="Most prompt + output tokens held in the running batch at once."
+    max_tokens_in_flight: int | None = Field(
+        None,
+        ge=1,
+        description="Most prompt + output tokens held in the running batch at once (default: no bound "
+        "beyond the KV-cache slots, each max_seq_len tokens).",
     )
     max_seq_len: int = Field(
         8192,

@@ -118,8 +118,13 @@ class Admission:
         self._host_suffixes = tuple(h[1:].lower() for h in allowed if h.startswith("*."))
         self._cors_origins = frozenset(o.rstrip("/").lower() for o in settings.guard.cors_origins)
         engine = settings.engine
-        #: The engine's own bound (``HFEngine._admit``): requests admitted = waiting + running.
-        self.capacity = engine.max_queue + engine.max_batch_size if engine.kind == "hf" else None
+        #: Whether the engine bounds what it admits (``HFEngine._admit``: waiting + running),
+        #: a bound it reports in its health once the model is loaded and the batch sized;
+        #: with ``max_batch_size`` set, the settings already say it.
+        self._bounded = engine.kind == "hf"
+        self._configured = (
+            engine.max_queue + engine.max_batch_size if engine.max_batch_size is not None else None
+        )
         self.in_flight = 0
 
     def policy(self, method: str, path: str) -> RoutePolicy | None:
@@ -177,14 +182,15 @@ class Admission:
 
     def at_capacity(self, state: AppState) -> bool:
         """Whether a new generation would find the engine full (ready or not: not-ready is admission's)."""
-        if self.capacity is None:
+        if not self._bounded:
             return False
         health = state.engine.health()
-        return health.ready and self._busy(health) >= self.capacity
+        capacity = self._capacity(health)
+        return capacity is not None and health.ready and self._busy(health) >= capacity
 
     def check_capacity(self, state: AppState) -> None:
         """503 at once when the engine could not take the request (the engine's own rule, early)."""
-        if self.capacity is None:
+        if not self._bounded:
             return
         health = state.engine.health()
         if not health.ready:
@@ -193,11 +199,15 @@ class Admission:
                 retry_after=2,
             )
         busy = self._busy(health)
-        if busy >= self.capacity:
+        capacity = self._capacity(health)
+        if capacity is not None and busy >= capacity:
             raise Overloaded(
                 f"The server is at capacity ({busy} requests admitted); retry shortly.",
                 retry_after=OVERLOADED_RETRY_AFTER_S,
             )
+
+    def _capacity(self, health: EngineHealth) -> int | None:
+        return health.capacity if health.capacity is not None else self._configured
 
     def _busy(self, health: EngineHealth) -> int:
         """Generations admitted and not finished, counted here or by the engine, whichever is more."""

@@ -216,7 +216,13 @@ class HFEngine:
             self._detail,
             queue_depth=max(0, self._admitted - (worker.running if worker else 0)),
             running=worker.running if worker else 0,
+            capacity=self._capacity(),
         )
+
+    def _capacity(self) -> int | None:
+        """Requests admitted at once: the queue and the running batch (its size is known once loaded)."""
+        slots = self._worker.slots if self._worker is not None else None
+        return None if slots is None else self._settings.max_queue + slots
 
     def check_image_sizes(self, sizes: Sequence[tuple[int, int]], max_new_tokens: int) -> None:
         """Refuse from the images' declared sizes what ``_prepare`` would refuse after decoding them.
@@ -241,7 +247,7 @@ class HFEngine:
     def _room(self, loaded: LoadedModel) -> int:
         """Most prompt + answer tokens one request may hold: the model's context, the in-flight
         budget and, when batching, a cache slot (what the scheduler would refuse later)."""
-        limits = [self._settings.max_tokens_in_flight]
+        limits = [self._settings.max_tokens_in_flight or loaded.context_length or self._settings.max_seq_len]
         if loaded.context_length:
             limits.append(loaded.context_length)
         if self._worker is not None and self._worker.sequence_room is not None:
@@ -261,7 +267,8 @@ class HFEngine:
         worker = self._worker
         if worker is None or worker.dead is not None:
             raise EngineDead("The model engine has stopped; this server cannot answer any more.")
-        if self._admitted >= self._settings.max_queue + self._settings.max_batch_size:
+        capacity = self._capacity()
+        if capacity is not None and self._admitted >= capacity:
             raise Overloaded(
                 f"The server is at capacity ({self._admitted} requests admitted); retry shortly.",
                 retry_after=_RETRY_AFTER_S,

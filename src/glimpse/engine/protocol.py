@@ -178,6 +178,8 @@ class EngineHealth:
     detail: str = ""
     queue_depth: int = 0
     running: int = 0
+    #: Most generations the engine admits at once (waiting + running); None: no bound of its own.
+    capacity: int | None = None
 
 
 @runtime_checkable

@@ -1,22 +1,29 @@
-"""Continuous batching over an in-process transformers model, free of HTTP and asyncio.
+"""The scheduler and its step runners over an in-process transformers model, free of HTTP and asyncio.
 
-``ContinuousBatcher`` is driven by the engine thread; ``submit``/``cancel`` may be
+A ``Scheduler`` is driven by the engine thread; ``submit``/``cancel`` may be
 called from any thread, and results come back through each request's ``TokenSink``.
+Its ``StepRunner`` is ``MixedSteps`` (continuous batching, GLM-4.xV) or
+``GenerateSteps`` (any model, one at a time); ``ContinuousBatcher`` is the
+scheduler over ``MixedSteps``.
 """
 
+from glimpse.engine.batching.generate_steps import GenerateSteps, generation_config_for
 from glimpse.engine.batching.interface import (
     BatcherConfig,
     BatcherStats,
     BatchObserver,
     SequenceRequest,
+    StepHost,
+    StepRunner,
     TokenSink,
 )
 from glimpse.engine.batching.kv_cache import CacheGeometry, SlotKVCache
+from glimpse.engine.batching.mixed_steps import MixedSteps
 from glimpse.engine.batching.penalties import OpenAIPenalties, apply_penalties
 from glimpse.engine.batching.prompt import ImageSpan, PreparedPrompt, plan_chunk
 from glimpse.engine.batching.runner import Chunk, Glm4vRunner, generation_eos_ids
 from glimpse.engine.batching.sampling import SamplerState, draw_tokens, sample_tokens
-from glimpse.engine.batching.scheduler import ContinuousBatcher
+from glimpse.engine.batching.scheduler import ContinuousBatcher, Scheduler
 from glimpse.engine.batching.warpers import RowWarp, filter_logits
 
 __all__ = [
@@ -26,18 +33,24 @@ __all__ = [
     "CacheGeometry",
     "Chunk",
     "ContinuousBatcher",
+    "GenerateSteps",
     "Glm4vRunner",
     "ImageSpan",
+    "MixedSteps",
     "OpenAIPenalties",
     "PreparedPrompt",
     "RowWarp",
     "SamplerState",
+    "Scheduler",
     "SequenceRequest",
     "SlotKVCache",
+    "StepHost",
+    "StepRunner",
     "TokenSink",
     "apply_penalties",
     "draw_tokens",
     "filter_logits",
+    "generation_config_for",
     "generation_eos_ids",
     "plan_chunk",
     "sample_tokens",

@@ -8,14 +8,25 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
 from glimpse.config import EngineSettings
 from glimpse.engine.protocol import FinishReason, SamplingParams
 
-__all__ = ["BatchObserver", "BatcherConfig", "BatcherStats", "SequenceRequest", "TokenSink"]
+if TYPE_CHECKING:
+    from glimpse.engine.batching.sequence import SequenceState
+
+__all__ = [
+    "BatchObserver",
+    "BatcherConfig",
+    "BatcherStats",
+    "SequenceRequest",
+    "StepHost",
+    "StepRunner",
+    "TokenSink",
+]
 
 
 class TokenSink(Protocol):
@@ -50,7 +61,8 @@ class SequenceRequest:
 
 @dataclass(slots=True, frozen=True)
 class BatcherConfig:
-    max_batch_size: int = 16
+    #: Sequences decoded together (KV-cache slots); None: sized from the machine (``sizing``).
+    max_batch_size: int | None = 16
     #: Longest sequence (prompt + generated tokens) a cache slot holds.
     max_seq_len: int = 4096
     #: Most prompt + max_new_tokens reserved by running sequences together (None: slots only).
@@ -98,3 +110,66 @@ class BatchObserver(Protocol):
 
     def on_decode_step(self, batch_size: int) -> None:
         """One step decoded a token for ``batch_size`` sequences (prefill chunks not counted)."""
+
+
+class StepHost(Protocol):
+    """What a ``StepRunner`` reports back to the scheduler during a step (engine thread)."""
+
+    def accept(self, seq: SequenceState, token_id: int) -> bool:
+        """One new token of ``seq``; True when that ended the sequence (the runner stops feeding it)."""
+        ...
+
+    def fail(self, seq: SequenceState, error: BaseException) -> None:
+        """``seq`` failed on its own (its images, its prompt); the others in the step carry on."""
+        ...
+
+    def end(self, seq: SequenceState, reason: FinishReason) -> None:
+        """The model stopped ``seq`` for a reason the scheduler did not decide (``generate()``'s own)."""
+        ...
+
+    def cancel_requested(self, seq: SequenceState) -> bool:
+        """Whether the caller has cancelled ``seq`` since the step began (checked between tokens)."""
+        ...
+
+
+class StepRunner(Protocol):
+    """How one model advances its sequences; the scheduler decides everything else.
+
+    Queueing, admission (counted once), timeouts, cancellation, observer calls and
+    the stop decisions (end of sequence, ``max_new_tokens``, stop strings) live in
+    the scheduler; a runner only holds sequences in its slots and steps them.
+    """
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        """Tokens that end a sequence (unless its sampling says ``ignore_eos``)."""
+        ...
+
+    @property
+    def slots(self) -> int:
+        """Sequences this runner holds at once."""
+        ...
+
+    @property
+    def free_slots(self) -> int: ...
+
+    @property
+    def slot_tokens(self) -> int:
+        """Most prompt + answer tokens one sequence may hold."""
+        ...
+
+    def admit(self, seq: SequenceState) -> None:
+        """Take ``seq`` into a free slot (prompt prepared here); raises if its prompt is unusable."""
+        ...
+
+    def release(self, seq: SequenceState) -> None:
+        """Free ``seq``'s slot (it finished, failed or was cancelled)."""
+        ...
+
+    def step(self, host: StepHost) -> int:
+        """Advance the held sequences by one step; returns how many decoded a token in it.
+
+        Failures of some sequences go to ``host.fail``; an exception escaping here
+        means the engine itself is broken, and every sequence is failed with it.
+        """
+        ...

@@ -25,9 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from glimpse.errors import ModelLoadError
-
-__all__ = ["fit_slots", "CacheGeometry", "SlotKVCache"]
+__all__ = ["CacheGeometry", "SlotKVCache"]
 
 
 @dataclass(slots=True, frozen=True)
@@ -169,24 +167,3 @@ class SlotKVCache:
             if self._lengths[slot] >= self.max_seq_len:
                 raise RuntimeError(f"slot {slot} is full")
             self._lengths[slot] += 1
-
-
-#: GPU memory kept free beside the KV cache for activations (prefill of a large image above all).
-ACTIVATION_RESERVE_BYTES = 4 * 2**30
-
-
-def fit_slots(
-    requested: int, bytes_per_slot: int, free_bytes: int, reserve: int = ACTIVATION_RESERVE_BYTES
-) -> int:
-    """How many cache slots fit in ``free_bytes`` (at most ``requested``), keeping ``reserve`` free.
-
-    Raises ``ModelLoadError`` when not even one fits: the server could never answer.
-    """
-    usable = int(free_bytes * 0.9) - reserve
-    slots = min(requested, max(0, usable // max(1, bytes_per_slot)))
-    if slots < 1:
-        raise ModelLoadError(
-            f"Not enough GPU memory for even one KV-cache slot ({bytes_per_slot / 2**30:.1f} GiB for "
-            f"max_seq_len tokens; {free_bytes / 2**30:.1f} GiB free). Lower GLIMPSE_ENGINE__MAX_SEQ_LEN."
-        )
-    return slots

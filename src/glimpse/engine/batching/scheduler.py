@@ -1,23 +1,21 @@
-"""Continuous batching: sequences join and leave the batch between steps, prompts prefill in chunks.
+"""The one scheduler: queue, admission, timeouts, cancellation and stop decisions for every model.
 
-One thread (the engine thread) drives ``ContinuousBatcher.step()`` or
-``run_forever()``; any thread may call ``submit()`` and ``cancel()``. A step
+One thread (the engine thread) drives ``Scheduler.step()`` or ``run_forever()``;
+any thread may call ``submit()`` and ``cancel()``. A step
 
 1. takes in new submissions and cancellations,
 2. fails waiting requests that outstayed ``queue_timeout_s``,
-3. admits waiting requests in FIFO order while a cache slot and token budget are
-   free (counted once, here: the request now holds a slot),
-4. plans the prefill: up to ``prefill_tokens_per_step`` prompt tokens, taken in
-   admission order, a long prompt split across steps (``prompt.plan_chunk``),
-5. encodes every image that this step's chunks reach in one vision-tower call,
-6. runs one forward over the decode token of every decoding sequence and the
-   planned chunks, packed ragged (``runner.Glm4vRunner.forward``),
-7. reports each new token to its sink and retires finished sequences at once,
-   freeing their slot for the next step.
+3. admits waiting requests in FIFO order while the runner has a free slot and
+   the token budget allows (counted once, here: the request now holds a slot),
+4. has the ``StepRunner`` advance its sequences one step, and
+5. decides, for each token it reports, whether the sequence ends (end of
+   sequence, ``max_new_tokens``, a stop string from the sink), retiring it at
+   once so its slot is free for the next step.
 
-So a running stream waits at most one step's prefill budget for its next token,
-however many prompts arrive. A step with no prefill and no prompt in progress
-may replay a CUDA graph of the padded decode step instead (``cuda_graphs``).
+The runner is the model's half: ``MixedSteps`` batches GLM-4.xV (mixed prefill +
+decode steps over a slot KV cache), ``GenerateSteps`` serves any other model one
+sequence at a time through ``generate()``. ``ContinuousBatcher`` is the
+scheduler over ``MixedSteps``.
 
 A request that can never fit (prompt + ``max_new_tokens`` beyond a slot or the
 token budget) is refused in ``submit()`` with ``RequestTooLarge``; one that only
@@ -27,7 +25,6 @@ prompt's inputs, its images, its sink) ends that sequence only, through ``on_err
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
@@ -35,64 +32,39 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-import torch
-
-from glimpse.engine.batching.cuda_graphs import DecodeGraphs
-from glimpse.engine.batching.interface import BatcherConfig, BatcherStats, BatchObserver, SequenceRequest
-from glimpse.engine.batching.kv_cache import SlotKVCache, fit_slots
-from glimpse.engine.batching.prompt import plan_chunk
-from glimpse.engine.batching.runner import Glm4vRunner
-from glimpse.engine.batching.sampling import SamplerState, sample_tokens
+from glimpse.engine.batching.interface import (
+    BatcherConfig,
+    BatcherStats,
+    BatchObserver,
+    SequenceRequest,
+    StepRunner,
+)
+from glimpse.engine.batching.mixed_steps import MixedSteps
 from glimpse.engine.batching.sequence import SequenceState
 from glimpse.engine.max_tokens import resolve_max_tokens
 from glimpse.engine.protocol import FinishReason
 from glimpse.engine.sampling_config import check_sampling
 from glimpse.errors import InvalidRequest, Overloaded
 
-__all__ = ["ContinuousBatcher"]
+__all__ = ["ContinuousBatcher", "Scheduler"]
 
 logger = logging.getLogger(__name__)
 
 
-#: A prompt's share of one step: the sequence, its tokens to prefill, its images to encode first.
-_Planned = tuple[SequenceState, int, list[int]]
-
-
-class ContinuousBatcher:
-    """Waiting and running sequences over one model and one ``SlotKVCache``."""
+class Scheduler:
+    """Waiting and running sequences over one ``StepRunner``."""
 
     def __init__(
         self,
-        model: Any,
+        steps: StepRunner,
         config: BatcherConfig,
         *,
-        eos_token_ids: frozenset[int] | None = None,
         clock: Callable[[], float] = time.monotonic,
         observer: BatchObserver | None = None,
     ) -> None:
-        self._observer = observer
-        self.runner = Glm4vRunner(model)
-        geometry = self.runner.geometry()
-        if geometry.device.type == "cuda":
-            free_bytes, _ = torch.cuda.mem_get_info(geometry.device)
-            slots = fit_slots(
-                config.max_batch_size, geometry.bytes_per_token * config.max_seq_len, free_bytes
-            )
-            if slots < config.max_batch_size:
-                logger.warning(
-                    "KV cache for %d slots of %d tokens does not fit the free GPU memory; using %d slots",
-                    config.max_batch_size,
-                    config.max_seq_len,
-                    slots,
-                )
-                config = dataclasses.replace(config, max_batch_size=slots)
+        self.steps = steps
         self.config = config
-        self.cache = SlotKVCache(geometry, config.max_batch_size, config.max_seq_len)
-        #: Decode steps replayed as CUDA graphs (GPU only, when configured); ``None`` runs them eagerly.
-        self.graphs: DecodeGraphs | None = None
-        if config.cuda_graphs and self.runner.device.type == "cuda":
-            self.graphs = DecodeGraphs(self.runner, self.cache)
-        self.eos_token_ids = self.runner.eos_token_ids() if eos_token_ids is None else eos_token_ids
+        self._observer = observer
         self._clock = clock
         self._lock = threading.Lock()
         self._wakeup = threading.Event()
@@ -100,15 +72,8 @@ class ContinuousBatcher:
         self._cancelled: set[str] = set()
         self._known: set[str] = set()  # ids submitted and not yet finished
         self._waiting: deque[SequenceState] = deque()
-        self._running: list[SequenceState] = []  # index == cache slot; prefilling ones included
-        self._prefilling: deque[SequenceState] = deque()  # admitted, prompt not all in the cache; FIFO
+        self._running: list[SequenceState] = []  # holding a runner slot, prefilling ones included
         self._closed: BaseException | None = None  # set by abort_all: submit raises it from then on
-        logger.info(
-            "continuous batcher: %d slots of %d tokens, %.1f MiB of KV cache",
-            config.max_batch_size,
-            config.max_seq_len,
-            self.cache.nbytes / 2**20,
-        )
 
     # -- any thread -----------------------------------------------------------------
 
@@ -124,7 +89,7 @@ class ContinuousBatcher:
             # steps sits in the inbox, but the free slots will take it at the next step.
             limit = self.config.max_waiting
             queued = len(self._inbox) + len(self._waiting)
-            if limit is not None and queued >= limit + self.cache.free:
+            if limit is not None and queued >= limit + self.steps.free_slots:
                 raise Overloaded("too many requests are waiting", retry_after=1)
             self._known.add(request.seq_id)
             self._inbox.append(seq)
@@ -138,9 +103,14 @@ class ContinuousBatcher:
         self._wakeup.set()
 
     @property
+    def eos_token_ids(self) -> frozenset[int]:
+        return self.steps.eos_token_ids
+
+    @property
     def sequence_room(self) -> int:
         """Most prompt + answer tokens one sequence may hold: a cache slot, and the in-flight budget."""
-        return min(self.config.max_seq_len, self.config.max_tokens_in_flight or self.config.max_seq_len)
+        room = self.steps.slot_tokens
+        return min(room, self.config.max_tokens_in_flight or room)
 
     def stats(self) -> BatcherStats:
         with self._lock:
@@ -149,7 +119,7 @@ class ContinuousBatcher:
         return BatcherStats(
             waiting=waiting,
             running=len(running),
-            free_slots=self.config.max_batch_size - len(running),
+            free_slots=self.steps.slots - len(running),
             reserved_tokens=sum(seq.reserve for seq in running),
         )
 
@@ -189,14 +159,15 @@ class ContinuousBatcher:
                 self._wakeup.wait(idle_wait_s)
 
     def step(self) -> bool:
-        """Admit, prefill a budget of prompt tokens and decode one token for every decoding
-        sequence in one forward, retire; True if anything ran."""
+        """Admit, have the runner advance its sequences one step, retire; True if anything ran."""
         self._take_inbox()
         self._expire_waiting()
         admitted = self._admit()
         if not self._running:
             return admitted
-        self._forward()
+        decoded = self.steps.step(self)
+        if decoded and self._observer is not None:
+            self._observer.on_decode_step(decoded)
         return True
 
     def abort_all(self, error: BaseException) -> None:
@@ -233,7 +204,7 @@ class ContinuousBatcher:
             self._fail(seq, Overloaded(f"waited more than {timeout:g}s for capacity", retry_after=1))
 
     def _fits_now(self, seq: SequenceState) -> bool:
-        if self.cache.free == 0:
+        if self.steps.free_slots == 0:
             return False
         budget = self.config.max_tokens_in_flight
         return budget is None or sum(s.reserve for s in self._running) + seq.reserve <= budget
@@ -246,123 +217,50 @@ class ContinuousBatcher:
             if self._observer is not None:
                 self._observer.on_admit(self._clock() - seq.enqueued_at)
             try:
-                seq.sampler = SamplerState.create(seq.request.sampling, seq.request.inputs["input_ids"])
-                seq.prompt = self.runner.prepare(seq.request.inputs)
+                self.steps.admit(seq)
             except Exception as exc:
                 logger.exception("prompt of sequence %s is unusable", seq.seq_id)
                 self._fail(seq, exc)
                 continue
-            seq.slot = self.cache.allocate()
             self._running.append(seq)
-            self._prefilling.append(seq)
         return admitted
 
-    def _plan_prefill(self) -> list[_Planned]:
-        """Each prefilling prompt's chunk in this step, oldest first, within the token budget."""
-        left = self.config.prefill_tokens_per_step
-        planned: list[_Planned] = []
-        for seq in self._prefilling:
-            if left <= 0:
-                break
-            assert seq.prompt is not None
-            count, images = plan_chunk(seq.prompt, seq.prefilled, seq.features, left, alone=not planned)
-            if count or images:
-                planned.append((seq, count, images))
-                left -= count + sum(seq.prompt.images[i].length for i in images)
-        return planned
+    # -- the runner's host (engine thread) --------------------------------------------
 
-    def _encode_images(self, planned: list[_Planned]) -> list[_Planned]:
-        """Encode this step's images in one vision-tower call; on failure, fail their sequences."""
-        wanted = [(seq, index) for seq, _, images in planned for index in images]
-        if not wanted:
-            return planned
-        try:
-            features = self.runner.encode_images(
-                [seq.prompt.images[index] for seq, index in wanted if seq.prompt is not None]
-            )
-        except Exception as exc:
-            logger.exception("vision tower failed for %d images", len(wanted))
-            failed = {id(seq) for seq, _ in wanted}
-            for seq, _, _ in planned:
-                if id(seq) in failed:
-                    self._retire(seq, error=exc)
-            return [plan for plan in planned if id(plan[0]) not in failed]
-        for (seq, index), rows in zip(wanted, features, strict=True):
-            seq.features[index] = rows
-        return planned
-
-    def _forward(self) -> None:
-        planned = self._encode_images(self._plan_prefill())
-        chunks = [(seq, seq.chunk(count)) for seq, count, _ in planned if count]
-        decoding = [seq for seq in self._running if seq.decoding]
-        if not decoding and not chunks:
-            return  # this step only encoded images
-        if decoding and self._observer is not None:
-            self._observer.on_decode_step(len(decoding))
-        stepped = decoding + [seq for seq, _ in chunks]
-        try:
-            if self.graphs is not None and not self._prefilling:
-                # Decode only, every slot decoding (slots 0 .. n-1 in order): the graph path.
-                logits = self.runner.decode(
-                    self.cache,
-                    [seq.last_token for seq in decoding],
-                    [seq.positions for seq in decoding],
-                    kv_bucket=self.config.kv_bucket,
-                    graphs=self.graphs,
-                )
-            else:
-                logits = self.runner.forward(
-                    self.cache,
-                    [seq.slot for seq in decoding],
-                    [seq.last_token for seq in decoding],
-                    [seq.positions for seq in decoding],
-                    [chunk for _, chunk in chunks],
-                )
-            sampled = decoding + [seq for seq, chunk in chunks if chunk.logits]
-            tokens = sample_tokens(logits, [seq.sampler for seq in sampled])
-        except Exception as exc:
-            logger.exception("step failed for %d sequences", len(stepped))
-            for seq in stepped:
-                self._retire(seq, error=exc)
-            return
-        for seq in decoding:
-            seq.positions = (seq.positions[0] + 1, seq.positions[1] + 1, seq.positions[2] + 1)
-        for seq, chunk in chunks:
-            seq.prefilled_chunk(int(chunk.token_ids.shape[0]))
-            if seq.decoding:
-                self._prefilling.remove(seq)
-        for seq, token in zip(sampled, tokens, strict=True):
-            self._accept(seq, token)
-
-    def _accept(self, seq: SequenceState, token: int) -> None:
-        """Hand one token to the sink and retire the sequence if it is done."""
-        seq.last_token = token
+    def accept(self, seq: SequenceState, token: int) -> bool:
+        """Hand one token to the sink; retire the sequence (and return True) if it is done."""
         seq.generated += 1
         try:
             stop = seq.request.sink.on_token(seq.seq_id, token)
         except Exception as exc:
             logger.exception("token sink failed for sequence %s", seq.seq_id)
             self._retire(seq, error=exc)
-            return
+            return True
         sampling = seq.request.sampling
         if stop or (token in self.eos_token_ids and not sampling.ignore_eos):
             self._retire(seq, reason=FinishReason.STOP)
         elif seq.generated >= sampling.max_new_tokens:
             self._retire(seq, reason=FinishReason.LENGTH)
+        else:
+            return False
+        return True
+
+    def fail(self, seq: SequenceState, error: BaseException) -> None:
+        self._retire(seq, error=error)
+
+    def end(self, seq: SequenceState, reason: FinishReason) -> None:
+        self._retire(seq, reason=reason)
+
+    def cancel_requested(self, seq: SequenceState) -> bool:
+        with self._lock:
+            return seq.seq_id in self._cancelled
 
     def _retire(
         self, seq: SequenceState, reason: FinishReason | None = None, error: BaseException | None = None
     ) -> None:
-        """Free a running sequence's slot (moving the last slot's sequence into it) and report."""
-        moved_from = self.cache.release(seq.slot)
-        last = self._running.pop()
-        if moved_from is not None:
-            last.slot = seq.slot
-            self._running[seq.slot] = last
-        seq.slot = -1
-        if not seq.decoding:
-            self._prefilling.remove(seq)
-        seq.features.clear()
+        """Free a running sequence's slot and report."""
+        self.steps.release(seq)
+        self._running.remove(seq)
         self._forget(seq.seq_id)
         if error is not None:
             self._notify_error(seq, error)
@@ -391,3 +289,21 @@ class ContinuousBatcher:
             seq.request.sink.on_error(seq.seq_id, error)
         except Exception:
             logger.exception("on_error failed for sequence %s", seq.seq_id)
+
+
+class ContinuousBatcher(Scheduler):
+    """The scheduler over GLM-4.xV's mixed prefill + decode steps (``MixedSteps``)."""
+
+    def __init__(
+        self,
+        model: Any,
+        config: BatcherConfig,
+        *,
+        eos_token_ids: frozenset[int] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        self.mixed = MixedSteps(model, config, eos_token_ids=eos_token_ids)
+        super().__init__(self.mixed, self.mixed.config, clock=clock, observer=observer)
+        self.runner = self.mixed.runner
+        self.cache = self.mixed.cache

@@ -38,7 +38,7 @@ def test_padded_decode_matches_generate_with_joins_and_leaves(model, processor):
 
     batcher = ContinuousBatcher(model, BatcherConfig(max_batch_size=6, max_seq_len=256, kv_bucket=32))
     graphs = DecodeGraphs(batcher.runner, batcher.cache, capture=False)
-    batcher.graphs = graphs
+    batcher.mixed.graphs = graphs
     sink = RecordingSink()
     arrivals = {0: prepared[:2], 3: prepared[2:4], 6: prepared[4:]}  # batch sizes 2, 3, 4, 5 pad up
     for step in range(300):

@@ -76,21 +76,6 @@ def test_advance_refuses_to_overflow_a_slot():
         cache.advance(1)
 
 
-def test_fit_slots_keeps_the_cache_within_free_gpu_memory():
-    from glimpse.engine.batching.kv_cache import fit_slots
-    from glimpse.errors import ModelLoadError
-
-    gib = 2**30
-    # GLM-4.6V-Flash: 40 KiB a token; 2048-token slots are 80 MiB each.
-    per_slot = 40 * 1024 * 2048
-    assert fit_slots(64, per_slot, free_bytes=60 * gib) == 64
-    assert fit_slots(64, per_slot, free_bytes=6 * gib, reserve=4 * gib) == int(
-        (6 * gib * 0.9 - 4 * gib) // per_slot
-    )
-    with pytest.raises(ModelLoadError, match="MAX_SEQ_LEN"):
-        fit_slots(8, per_slot, free_bytes=4 * gib, reserve=4 * gib)
-
-
 def test_packed_writes_land_in_each_slot_at_its_own_positions():
     cache = SlotKVCache(GEOMETRY, max_slots=3, max_seq_len=8)
     assert [cache.allocate(), cache.allocate(_prompt(2, 50.0)), cache.allocate()] == [0, 1, 2]

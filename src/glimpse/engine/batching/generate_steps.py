@@ -1,0 +1,169 @@
+"""Any image-text-to-text model, one sequence at a time through ``model.generate()``.
+
+Models the mixed-step runner does not know (anything but GLM-4.xV) are served by
+this ``StepRunner``: one slot, and a "step" that is the slot's whole generation,
+its tokens streamed to the scheduler as ``generate()`` makes them. The scheduler
+still makes every decision: a token it says ended the sequence (end of sequence,
+``max_new_tokens``, a stop string) or a cancellation stops ``generate()`` at the
+next token, through a stopping criterion.
+
+Sampling is ``generate()``'s own, from the checkpoint's ``generation_config``
+with the request's settings written over it, plus OpenAI's presence and
+frequency penalties, which transformers lacks.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+import torch
+
+from glimpse.engine.batching.interface import StepHost
+from glimpse.engine.batching.penalties import OpenAIPenalties
+from glimpse.engine.batching.runner import generation_eos_ids
+from glimpse.engine.batching.sequence import SequenceState
+from glimpse.engine.protocol import FinishReason, SamplingDefaults, SamplingParams
+
+__all__ = ["GenerateSteps", "generation_config_for"]
+
+logger = logging.getLogger(__name__)
+
+
+def generation_config_for(base: Any, sampling: SamplingParams) -> Any:
+    """``base`` (a model's ``generation_config``) with ``sampling`` written over it, each setting that acts.
+
+    ``generate()`` fills a ``None`` from the model's config and then its own defaults
+    (``top_k`` 50), so for a sampled request "off" is written as the value that turns
+    each warper off; a greedy request runs no warper, and only its repetition penalty matters.
+    """
+    config = copy.deepcopy(base)
+    sampling = sampling.resolved(SamplingDefaults())  # the engine has resolved it; neutral if not
+    config.max_new_tokens = sampling.max_new_tokens
+    config.min_new_tokens = sampling.max_new_tokens if sampling.ignore_eos else None
+    config.do_sample = not sampling.greedy
+    config.num_beams = 1
+    config.repetition_penalty = float(sampling.repetition_penalty or 1.0)
+    if sampling.greedy:  # the warpers do not run: whatever generate() fills in is unused
+        config.temperature = config.top_p = config.top_k = config.min_p = None
+    else:
+        config.temperature = sampling.temperature
+        config.top_p = sampling.top_p
+        config.top_k = sampling.top_k
+        config.min_p = sampling.min_p  # 0.0, not None: the checkpoint's own min_p must not come back
+    return config
+
+
+class _Streamer:
+    """``generate()`` streamer that hands each new token to the scheduler."""
+
+    def __init__(self, seq: SequenceState, host: StepHost) -> None:
+        self._seq = seq
+        self._host = host
+        self._prompt_seen = False
+        #: The scheduler ended the sequence (or it was cancelled): generate() must stop.
+        self.ended = False
+
+    def put(self, value: Any) -> None:
+        if not self._prompt_seen:  # generate() first pushes the prompt
+            self._prompt_seen = True
+            return
+        for token_id in value.reshape(-1).tolist():
+            if self.ended:
+                return
+            self._seq.last_token = int(token_id)
+            self.ended = self._host.accept(self._seq, int(token_id))
+
+    def end(self) -> None:
+        return None
+
+
+class _StopWhenEnded:
+    """Stops ``generate()`` once the scheduler ended the sequence or the caller cancelled it."""
+
+    def __init__(self, seq: SequenceState, host: StepHost, streamer: _Streamer) -> None:
+        self._seq = seq
+        self._host = host
+        self._streamer = streamer
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        stop = self._streamer.ended or self._host.cancel_requested(self._seq)
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+
+class GenerateSteps:
+    """A one-slot ``StepRunner`` over ``model.generate()``."""
+
+    def __init__(self, model: Any, *, device: Any, dtype: Any, slot_tokens: int) -> None:
+        self._model = model
+        self._device = device
+        self._dtype = dtype
+        self._slot_tokens = slot_tokens
+        self._seq: SequenceState | None = None
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        """Read at each token, as ``generate()`` reads its config at each call."""
+        return generation_eos_ids(self._model.generation_config)
+
+    @property
+    def slots(self) -> int:
+        return 1
+
+    @property
+    def free_slots(self) -> int:
+        return 0 if self._seq is not None else 1
+
+    @property
+    def slot_tokens(self) -> int:
+        return self._slot_tokens
+
+    def admit(self, seq: SequenceState) -> None:
+        assert self._seq is None, "one sequence at a time"
+        seq.slot = 0
+        self._seq = seq
+
+    def release(self, seq: SequenceState) -> None:
+        if self._seq is seq:
+            self._seq = None
+        seq.slot = -1
+
+    def step(self, host: StepHost) -> int:
+        seq = self._seq
+        if seq is None:
+            return 0
+        try:
+            self._generate(seq, host)
+        except Exception as exc:  # noqa: BLE001 - one request failed; the engine carries on
+            host.fail(seq, exc)
+        return 1
+
+    def _generate(self, seq: SequenceState, host: StepHost) -> None:
+        inputs = {k: (v.to(self._device) if hasattr(v, "to") else v) for k, v in seq.request.inputs.items()}
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self._dtype)
+        sampling = seq.request.sampling
+        if sampling.seed is not None:
+            torch.manual_seed(sampling.seed)
+        streamer = _Streamer(seq, host)
+        with torch.inference_mode():
+            self._model.generate(
+                **inputs,
+                generation_config=generation_config_for(self._model.generation_config, sampling),
+                logits_processor=self._penalties(seq),
+                streamer=streamer,
+                stopping_criteria=[_StopWhenEnded(seq, host, streamer)],
+            )
+        if self._seq is seq and not streamer.ended and not host.cancel_requested(seq):
+            # generate() stopped on its own (an end token outside our set, the model's max_length).
+            host.end(seq, FinishReason.STOP)
+
+    @staticmethod
+    def _penalties(seq: SequenceState) -> list[Any]:
+        """What ``generate()`` lacks: OpenAI's presence and frequency penalties."""
+        presence = seq.request.sampling.presence_penalty or 0.0
+        frequency = seq.request.sampling.frequency_penalty or 0.0
+        if presence == 0.0 and frequency == 0.0:
+            return []
+        return [OpenAIPenalties(seq.prompt_len, presence, frequency)]

@@ -1,0 +1,189 @@
+"""GLM-4.xV's steps: every decoding sequence's next token and a budget of prompt chunks in one forward.
+
+The scheduler (``scheduler.Scheduler``) decides who runs; this runner holds the
+admitted sequences in KV-cache slots and, each step,
+
+1. plans the prefill: up to ``prefill_tokens_per_step`` prompt tokens, taken in
+   admission order, a long prompt split across steps (``prompt.plan_chunk``),
+2. encodes every image that this step's chunks reach in one vision-tower call,
+3. runs one forward over the decode token of every decoding sequence and the
+   planned chunks, packed ragged (``runner.Glm4vRunner.forward``),
+4. samples each row (``sampling.sample_tokens``) and hands the tokens to the host.
+
+So a running stream waits at most one step's prefill budget for its next token,
+however many prompts arrive. A step with no prefill and no prompt in progress
+may replay a CUDA graph of the padded decode step instead (``cuda_graphs``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import deque
+from typing import Any
+
+import torch
+
+from glimpse.engine.batching.cuda_graphs import DecodeGraphs
+from glimpse.engine.batching.interface import BatcherConfig, StepHost
+from glimpse.engine.batching.kv_cache import SlotKVCache
+from glimpse.engine.batching.prompt import plan_chunk
+from glimpse.engine.batching.runner import Glm4vRunner
+from glimpse.engine.batching.sampling import SamplerState, sample_tokens
+from glimpse.engine.batching.sequence import SequenceState
+from glimpse.engine.batching.sizing import size_batch
+
+__all__ = ["MixedSteps"]
+
+logger = logging.getLogger(__name__)
+
+#: A prompt's share of one step: the sequence, its tokens to prefill, its images to encode first.
+_Planned = tuple[SequenceState, int, list[int]]
+
+
+class MixedSteps:
+    """A ``StepRunner`` for GLM-4.xV models: slots in one ``SlotKVCache``, mixed prefill + decode steps."""
+
+    def __init__(
+        self, model: Any, config: BatcherConfig, *, eos_token_ids: frozenset[int] | None = None
+    ) -> None:
+        self.runner = Glm4vRunner(model)
+        geometry = self.runner.geometry()
+        free_bytes = torch.cuda.mem_get_info(geometry.device)[0] if geometry.device.type == "cuda" else None
+        self.size = size_batch(
+            config.max_batch_size,
+            geometry=geometry,
+            model_config=model.config,
+            max_seq_len=config.max_seq_len,
+            prefill_tokens=config.prefill_tokens_per_step,
+            free_bytes=free_bytes,
+            cuda_graphs=config.cuda_graphs,
+        )
+        config = dataclasses.replace(config, max_batch_size=self.size.slots)
+        self.config = config
+        self.cache = SlotKVCache(geometry, self.size.slots, config.max_seq_len)
+        #: Decode steps replayed as CUDA graphs (GPU only, when configured); ``None`` runs them eagerly.
+        self.graphs: DecodeGraphs | None = None
+        if config.cuda_graphs and self.runner.device.type == "cuda":
+            self.graphs = DecodeGraphs(self.runner, self.cache)
+        self.eos_token_ids = self.runner.eos_token_ids() if eos_token_ids is None else eos_token_ids
+        self._by_slot: list[SequenceState] = []  # index == cache slot; prefilling ones included
+        self._prefilling: deque[SequenceState] = deque()  # admitted, prompt not all in the cache; FIFO
+        logger.info(
+            "continuous batcher: %d slots (%s) of %d tokens, %.1f MiB of KV cache, %.1f MiB kept for "
+            "a step's activations; %s tokens in flight",
+            self.size.slots,
+            self.size.reason,
+            config.max_seq_len,
+            self.cache.nbytes / 2**20,
+            self.size.reserve_bytes / 2**20,
+            config.max_tokens_in_flight or "every slot's",
+        )
+
+    @property
+    def slots(self) -> int:
+        return self.size.slots
+
+    @property
+    def free_slots(self) -> int:
+        return self.cache.free
+
+    @property
+    def slot_tokens(self) -> int:
+        return self.config.max_seq_len
+
+    def admit(self, seq: SequenceState) -> None:
+        seq.sampler = SamplerState.create(seq.request.sampling, seq.request.inputs["input_ids"])
+        seq.prompt = self.runner.prepare(seq.request.inputs)
+        seq.slot = self.cache.allocate()
+        self._by_slot.append(seq)
+        self._prefilling.append(seq)
+
+    def release(self, seq: SequenceState) -> None:
+        """Free the slot, moving the last slot's sequence into it (slots stay ``0 .. n-1``)."""
+        moved_from = self.cache.release(seq.slot)
+        last = self._by_slot.pop()
+        if moved_from is not None:
+            last.slot = seq.slot
+            self._by_slot[seq.slot] = last
+        seq.slot = -1
+        if not seq.decoding:
+            self._prefilling.remove(seq)
+        seq.features.clear()
+
+    def _plan_prefill(self) -> list[_Planned]:
+        """Each prefilling prompt's chunk in this step, oldest first, within the token budget."""
+        left = self.config.prefill_tokens_per_step
+        planned: list[_Planned] = []
+        for seq in self._prefilling:
+            if left <= 0:
+                break
+            assert seq.prompt is not None
+            count, images = plan_chunk(seq.prompt, seq.prefilled, seq.features, left, alone=not planned)
+            if count or images:
+                planned.append((seq, count, images))
+                left -= count + sum(seq.prompt.images[i].length for i in images)
+        return planned
+
+    def _encode_images(self, planned: list[_Planned], host: StepHost) -> list[_Planned]:
+        """Encode this step's images in one vision-tower call; on failure, fail their sequences."""
+        wanted = [(seq, index) for seq, _, images in planned for index in images]
+        if not wanted:
+            return planned
+        try:
+            features = self.runner.encode_images(
+                [seq.prompt.images[index] for seq, index in wanted if seq.prompt is not None]
+            )
+        except Exception as exc:
+            logger.exception("vision tower failed for %d images", len(wanted))
+            failed = {id(seq) for seq, _ in wanted}
+            for seq, _, _ in planned:
+                if id(seq) in failed:
+                    host.fail(seq, exc)
+            return [plan for plan in planned if id(plan[0]) not in failed]
+        for (seq, index), rows in zip(wanted, features, strict=True):
+            seq.features[index] = rows
+        return planned
+
+    def step(self, host: StepHost) -> int:
+        planned = self._encode_images(self._plan_prefill(), host)
+        chunks = [(seq, seq.chunk(count)) for seq, count, _ in planned if count]
+        decoding = [seq for seq in self._by_slot if seq.decoding]
+        if not decoding and not chunks:
+            return 0  # this step only encoded images
+        try:
+            if self.graphs is not None and not self._prefilling:
+                # Decode only, every slot decoding (slots 0 .. n-1 in order): the graph path.
+                logits = self.runner.decode(
+                    self.cache,
+                    [seq.last_token for seq in decoding],
+                    [seq.positions for seq in decoding],
+                    kv_bucket=self.config.kv_bucket,
+                    graphs=self.graphs,
+                )
+            else:
+                logits = self.runner.forward(
+                    self.cache,
+                    [seq.slot for seq in decoding],
+                    [seq.last_token for seq in decoding],
+                    [seq.positions for seq in decoding],
+                    [chunk for _, chunk in chunks],
+                )
+            sampled = decoding + [seq for seq, chunk in chunks if chunk.logits]
+            tokens = sample_tokens(logits, [seq.sampler for seq in sampled])
+        except Exception as exc:
+            stepped = decoding + [seq for seq, _ in chunks]
+            logger.exception("step failed for %d sequences", len(stepped))
+            for seq in stepped:
+                host.fail(seq, exc)
+            return 0
+        for seq in decoding:
+            seq.positions = (seq.positions[0] + 1, seq.positions[1] + 1, seq.positions[2] + 1)
+        for seq, chunk in chunks:
+            seq.prefilled_chunk(int(chunk.token_ids.shape[0]))
+            if seq.decoding:
+                self._prefilling.remove(seq)
+        for seq, token in zip(sampled, tokens, strict=True):
+            seq.last_token = token
+            host.accept(seq, token)
+        return len(decoding)
