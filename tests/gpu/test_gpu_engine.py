@@ -59,7 +59,8 @@ def test_batched_greedy_answers_on_the_gpu_equal_generate(tmp_path, cuda_graphs)
                 return "".join([event.text async for event in engine.submit(request)])
 
             answers = await asyncio.gather(*(ask(i) for i in range(len(images))))
-            graphs = engine._worker._batcher.graphs if engine._worker and engine._worker._batcher else None
+            scheduler = engine._worker._scheduler if engine._worker else None
+            graphs = getattr(scheduler.steps, "graphs", None) if scheduler is not None else None
             replays.append(graphs.replays if graphs is not None else 0)
             return answers
         finally:

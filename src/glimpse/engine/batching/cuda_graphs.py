@@ -10,11 +10,18 @@ one from Python they cost more than the step's memory traffic (the baseline's
 kernels once per shape and replays them with one launch.
 
 Shapes must repeat for that, so the batch is padded up to a bucket (1, 2, 4, 8,
-then steps of 8) and the attended length is already rounded to ``kv_bucket`` by
-the runner. Padding rows use free cache slots (running sequences are compacted
-into slots ``0 .. n-1``) at position 0, so their writes land where nothing is
-read and their mask is never empty. Inputs live in fixed buffers that the graph
-reads; each step copies the real values in, replays, and copies the logits out.
+then steps of 8) and the attended length is rounded up to a length bucket
+(``kv_bucket``, then doubling up to ``max_seq_len``: a step reads at most twice the
+longest sequence's keys, and there are few lengths to capture). Padding rows use
+free cache slots (running sequences are compacted into slots ``0 .. n-1``) at
+position 0, so their writes land where nothing is read and their mask is never
+empty. Inputs live in fixed buffers that the graph reads; each step copies the
+real values in, replays, and copies the logits out.
+
+Every (batch bucket, length bucket) is captured at start-up (``capture_all``),
+before any request, so no request pays for a capture and the graphs' memory is
+taken before traffic (the batch sizing keeps room for it, ``sizing``); the count,
+seconds and memory are logged. A step whose shape was not captured runs eagerly.
 
 With ``capture=False`` the same padded path runs eagerly: that is how the padding
 logic is tested on machines without a GPU. A capture that fails (a kernel that
@@ -25,6 +32,7 @@ runs eagerly, with one warning in the log.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -36,7 +44,7 @@ from glimpse.engine.batching.kv_cache import SlotKVCache
 if TYPE_CHECKING:
     from glimpse.engine.batching.runner import Glm4vRunner
 
-__all__ = ["DecodeGraphs", "batch_buckets"]
+__all__ = ["DecodeGraphs", "batch_buckets", "length_buckets"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +55,17 @@ def batch_buckets(max_batch: int) -> tuple[int, ...]:
     sizes.update(range(8, max_batch, 8))
     sizes.add(max_batch)
     return tuple(sorted(sizes))
+
+
+def length_buckets(max_seq_len: int, first: int) -> tuple[int, ...]:
+    """Attended lengths: ``first``, doubling, and ``max_seq_len`` itself."""
+    sizes = []
+    length = max(1, first)
+    while length < max_seq_len:
+        sizes.append(length)
+        length *= 2
+    sizes.append(max_seq_len)
+    return tuple(sizes)
 
 
 @dataclass(slots=True)
@@ -66,12 +85,12 @@ class DecodeGraphs:
     """One captured decode step per (padded batch, attended length), replayed each step."""
 
     def __init__(
-        self, runner: Glm4vRunner, cache: SlotKVCache, *, max_graphs: int = 256, capture: bool = True
+        self, runner: Glm4vRunner, cache: SlotKVCache, *, kv_bucket: int = 256, capture: bool = True
     ) -> None:
         self._runner = runner
         self._cache = cache
         self._buckets = batch_buckets(cache.max_slots)
-        self._max_graphs = max_graphs
+        self.lengths = length_buckets(cache.max_seq_len, kv_bucket)
         self._capture_enabled = capture
         self._buffers: dict[int, _Buffers] = {}
         self._graphs: dict[tuple[int, int], _Captured] = {}
@@ -81,6 +100,35 @@ class DecodeGraphs:
 
     def _bucket(self, n: int) -> int:
         return next(b for b in self._buckets if b >= n)
+
+    def attended_length(self, needed: int) -> int:
+        """The length bucket a step that must read ``needed`` keys per row attends to."""
+        return next(length for length in self.lengths if length >= needed)
+
+    def capture_all(self) -> None:
+        """Capture every (batch bucket, length bucket) now, before any sequence holds a slot.
+
+        The warm-up and captured steps write padding keys/values into free slots at
+        position 0, which is why this runs only while the cache is empty.
+        """
+        if not self._capture_enabled or self.disabled is not None:
+            return
+        assert self._cache.used == 0, "capture only while no sequence holds a slot"
+        started = time.monotonic()
+        before = torch.cuda.memory_reserved(self._runner.device)
+        for nb in self._buckets:
+            buffers = self._buffers_for(nb)
+            for kv_len in self.lengths:
+                if self._capture(nb, kv_len, buffers) is None:
+                    return  # disabled, with its warning
+        logger.info(
+            "captured %d decode graphs (batch %s x attended length %s) in %.1f s, %.0f MiB",
+            len(self._graphs),
+            "/".join(map(str, self._buckets)),
+            "/".join(map(str, self.lengths)),
+            time.monotonic() - started,
+            (torch.cuda.memory_reserved(self._runner.device) - before) / 2**20,
+        )
 
     def _buffers_for(self, nb: int) -> _Buffers:
         buffers = self._buffers.get(nb)
@@ -129,12 +177,8 @@ class DecodeGraphs:
             )
             return logits[:n]
         captured = self._graphs.get((nb, kv_len))
-        if captured is None:
-            if len(self._graphs) >= self._max_graphs:
-                return None
-            captured = self._capture(nb, kv_len, buffers)
-            if captured is None:
-                return None
+        if captured is None:  # not a captured shape (never, after capture_all): eager
+            return None
         captured.graph.replay()
         self.replays += 1
         return captured.logits[:n].clone()

@@ -65,7 +65,8 @@ class MixedSteps:
         #: Decode steps replayed as CUDA graphs (GPU only, when configured); ``None`` runs them eagerly.
         self.graphs: DecodeGraphs | None = None
         if config.cuda_graphs and self.runner.device.type == "cuda":
-            self.graphs = DecodeGraphs(self.runner, self.cache)
+            self.graphs = DecodeGraphs(self.runner, self.cache, kv_bucket=config.kv_bucket)
+            self.graphs.capture_all()
         self.eos_token_ids = self.runner.eos_token_ids() if eos_token_ids is None else eos_token_ids
         self._by_slot: list[SequenceState] = []  # index == cache slot; prefilling ones included
         self._prefilling: deque[SequenceState] = deque()  # admitted, prompt not all in the cache; FIFO

@@ -254,13 +254,18 @@ class Glm4vRunner:
     ) -> torch.Tensor:
         """A decode-only step for slots ``0 .. n-1`` on the padded, fixed-shape path; logits ``[n, vocab]``.
 
-        ``kv_bucket`` rounds the attended length up, so shapes repeat across steps (for
-        CUDA graphs); the mask hides the padding. With ``graphs`` (CUDA only), the step
+        The attended length is rounded up, so shapes repeat across steps (for CUDA
+        graphs): to the graphs' length bucket with ``graphs``, else to a multiple of
+        ``kv_bucket``; the mask hides the padding. With ``graphs`` (CUDA only), the step
         replays a captured graph when it can.
         """
         n = len(token_ids)
         lengths = cache.lengths()[:n]
-        kv_len = min(cache.max_seq_len, -(-(max(lengths) + 1) // kv_bucket) * kv_bucket)
+        needed = max(lengths) + 1
+        if graphs is not None:
+            kv_len = graphs.attended_length(needed)
+        else:
+            kv_len = min(cache.max_seq_len, -(-needed // kv_bucket) * kv_bucket)
         logits = graphs.run(token_ids, positions, lengths, kv_len) if graphs is not None else None
         if logits is None:
             ids = torch.tensor(token_ids, dtype=torch.long, device=self.device)[:, None]
