@@ -171,6 +171,11 @@ class EngineSettings(BaseModel):
         False,
         description="Replay decode steps as CUDA graphs on a GPU (experimental: not yet measured on a GPU).",
     )
+    prefix_cache: bool = Field(
+        True,
+        description="Keep finished requests' keys and values in free KV-cache slots, keyed by their "
+        "tokens and image contents, so a follow-up or a prompt that starts the same prefills only the rest.",
+    )
     batching: bool = Field(
         True, description="Continuous batching where the model supports it (GLM-4.xV); else one at a time."
     )

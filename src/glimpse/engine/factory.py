@@ -43,6 +43,10 @@ class PrometheusBatchObserver:
     def on_decode_step(self, batch_size: int) -> None:
         self._metrics.batch_size.observe(batch_size)
 
+    def on_prefix_reuse(self, prompt_tokens: int, reused_tokens: int) -> None:
+        self._metrics.prefix_queried_tokens.inc(prompt_tokens)
+        self._metrics.prefix_hit_tokens.inc(reused_tokens)
+
 
 def build_engine(
     settings: EngineSettings,

@@ -94,7 +94,13 @@ def build_inputs(
     """The model inputs of one conversation; what the processor refuses is the client's error."""
     try:
         # Client text is encoded as plain text: control tokens come only from the template.
-        return encoder.encode(messages, images, template_kwargs)
+        inputs = encoder.encode(messages, images, template_kwargs)
+        from glimpse.engine.batching.prefix_cache import IMAGE_KEYS, image_keys
+
+        keys = image_keys(inputs)
+        if keys is not None:  # hashed here, off the engine thread, for the prefix cache
+            inputs[IMAGE_KEYS] = keys
+        return inputs
     except GlimpseError:
         raise
     except (ValueError, TypeError) as exc:

@@ -165,6 +165,16 @@ class Metrics:
             buckets=_BATCH_BUCKETS,
             registry=r,
         )
+        self.prefix_queried_tokens = Counter(
+            "glimpse_prefix_cache_queried_tokens_total",
+            "Prompt tokens of admitted requests, looked up in the engine's prefix cache.",
+            registry=r,
+        )
+        self.prefix_hit_tokens = Counter(
+            "glimpse_prefix_cache_hit_tokens_total",
+            "Prompt tokens found in the prefix cache (their keys and values copied, not computed).",
+            registry=r,
+        )
         self.model_load = Gauge(
             "glimpse_model_load_seconds", "How long loading the model (and warm-up) took.", registry=r
         )

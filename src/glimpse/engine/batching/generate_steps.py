@@ -22,6 +22,7 @@ import torch
 
 from glimpse.engine.batching.interface import StepHost
 from glimpse.engine.batching.penalties import OpenAIPenalties
+from glimpse.engine.batching.prefix_cache import IMAGE_KEYS
 from glimpse.engine.batching.runner import generation_eos_ids
 from glimpse.engine.batching.sequence import SequenceState
 from glimpse.engine.protocol import FinishReason, SamplingDefaults, SamplingParams
@@ -124,7 +125,11 @@ class GenerateSteps:
         seq.slot = 0
         self._seq = seq
 
-    def release(self, seq: SequenceState) -> None:
+    @property
+    def caches_prefixes(self) -> bool:
+        return False
+
+    def release(self, seq: SequenceState, reusable: bool) -> None:
         if self._seq is seq:
             self._seq = None
         seq.slot = -1
@@ -140,7 +145,11 @@ class GenerateSteps:
         return 1
 
     def _generate(self, seq: SequenceState, host: StepHost) -> None:
-        inputs = {k: (v.to(self._device) if hasattr(v, "to") else v) for k, v in seq.request.inputs.items()}
+        inputs = {
+            k: (v.to(self._device) if hasattr(v, "to") else v)
+            for k, v in seq.request.inputs.items()
+            if k != IMAGE_KEYS  # for the prefix cache; not a model input
+        }
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self._dtype)
         sampling = seq.request.sampling

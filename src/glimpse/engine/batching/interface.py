@@ -79,6 +79,8 @@ class BatcherConfig:
     kv_bucket: int = 64
     #: Replay decode steps as CUDA graphs (on a CUDA device only).
     cuda_graphs: bool = False
+    #: Keep finished sequences' keys and values in free slots for prompts that start the same.
+    prefix_cache: bool = True
 
     @classmethod
     def from_settings(cls, settings: EngineSettings, max_seq_len: int) -> BatcherConfig:
@@ -91,6 +93,7 @@ class BatcherConfig:
             prefill_tokens_per_step=settings.prefill_tokens_per_step,
             kv_bucket=settings.kv_bucket,
             cuda_graphs=settings.cuda_graphs,
+            prefix_cache=settings.prefix_cache,
         )
 
 
@@ -110,6 +113,9 @@ class BatchObserver(Protocol):
 
     def on_decode_step(self, batch_size: int) -> None:
         """One step decoded a token for ``batch_size`` sequences (prefill chunks not counted)."""
+
+    def on_prefix_reuse(self, prompt_tokens: int, reused_tokens: int) -> None:
+        """An admitted prompt of ``prompt_tokens`` found ``reused_tokens`` of them in the prefix cache."""
 
 
 class StepHost(Protocol):
@@ -162,8 +168,14 @@ class StepRunner(Protocol):
         """Take ``seq`` into a free slot (prompt prepared here); raises if its prompt is unusable."""
         ...
 
-    def release(self, seq: SequenceState) -> None:
-        """Free ``seq``'s slot (it finished, failed or was cancelled)."""
+    @property
+    def caches_prefixes(self) -> bool:
+        """Whether admission may find part of a prompt already in the cache (``seq.prefilled``)."""
+        ...
+
+    def release(self, seq: SequenceState, reusable: bool) -> None:
+        """Free ``seq``'s slot (it finished, failed or was cancelled); ``reusable``: its keys and
+        values are sound (it did not fail), so a prefix cache may keep them."""
         ...
 
     def step(self, host: StepHost) -> int:

@@ -108,8 +108,22 @@ class SlotKVCache:
         self._lengths.append(length)
         return slot
 
-    def release(self, slot: int) -> int | None:
-        """Free ``slot``; returns the slot whose sequence moved into it, if one did."""
+    def allocate_with(self, length: int) -> int:
+        """Take the next free slot, whose first ``length`` rows already hold the sequence's keys, values."""
+        if self.free == 0:
+            raise RuntimeError("no free cache slot")
+        if not 0 <= length <= self.max_seq_len:
+            raise ValueError(f"{length} cached tokens do not fit a slot of {self.max_seq_len}")
+        self._lengths.append(length)
+        return len(self._lengths) - 1
+
+    def release(self, slot: int, keep: bool = False) -> int | None:
+        """Free ``slot``; returns the slot whose sequence moved into it, if one did.
+
+        Running sequences stay in slots ``0 .. n-1``, so the last one moves into the hole.
+        With ``keep``, the freed rows are swapped into the last slot rather than overwritten,
+        so they stay readable (by the prefix cache) in what is now the first free slot.
+        """
         last = len(self._lengths) - 1
         if not 0 <= slot <= last:
             raise IndexError(f"slot {slot} is not in use")
@@ -117,11 +131,29 @@ class SlotKVCache:
             self._lengths.pop()
             return None
         length = self._lengths[last]
-        for tensor in (*self.keys, *self.values):
-            tensor[slot, :, :length].copy_(tensor[last, :, :length])
+        if keep:
+            self.swap_rows(slot, last, self._lengths[slot], length)
+        else:
+            self.copy_rows(last, slot, length)
         self._lengths[slot] = length
         self._lengths.pop()
         return last
+
+    def copy_rows(self, source: int, target: int, length: int) -> None:
+        """Copy the first ``length`` keys and values of slot ``source`` into slot ``target``, every layer."""
+        if length <= 0 or source == target:
+            return
+        for tensor in (*self.keys, *self.values):
+            tensor[target, :, :length].copy_(tensor[source, :, :length])
+
+    def swap_rows(self, a: int, b: int, length_a: int, length_b: int) -> None:
+        """Exchange the first ``length_a`` rows of slot ``a`` with the first ``length_b`` of slot ``b``."""
+        if a == b or (length_a <= 0 and length_b <= 0):
+            return
+        for tensor in (*self.keys, *self.values):
+            held = tensor[a, :, :length_a].clone()
+            tensor[a, :, :length_b].copy_(tensor[b, :, :length_b])
+            tensor[b, :, :length_a].copy_(held)
 
     def write_step(
         self, layer: int, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor

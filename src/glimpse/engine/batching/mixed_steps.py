@@ -27,6 +27,7 @@ import torch
 from glimpse.engine.batching.cuda_graphs import DecodeGraphs
 from glimpse.engine.batching.interface import BatcherConfig, StepHost
 from glimpse.engine.batching.kv_cache import SlotKVCache
+from glimpse.engine.batching.prefix_cache import IMAGE_KEYS, PrefixCache, block_keys, image_key
 from glimpse.engine.batching.prompt import plan_chunk
 from glimpse.engine.batching.runner import Glm4vRunner
 from glimpse.engine.batching.sampling import SamplerState, sample_tokens
@@ -68,6 +69,8 @@ class MixedSteps:
             self.graphs = DecodeGraphs(self.runner, self.cache, kv_bucket=config.kv_bucket)
             self.graphs.capture_all()
         self.eos_token_ids = self.runner.eos_token_ids() if eos_token_ids is None else eos_token_ids
+        #: Finished sequences' rows kept in free slots (``prefix_cache``); ``None`` when off.
+        self.prefix: PrefixCache | None = PrefixCache(self.cache) if config.prefix_cache else None
         self._by_slot: list[SequenceState] = []  # index == cache slot; prefilling ones included
         self._prefilling: deque[SequenceState] = deque()  # admitted, prompt not all in the cache; FIFO
         logger.info(
@@ -93,16 +96,36 @@ class MixedSteps:
     def slot_tokens(self) -> int:
         return self.config.max_seq_len
 
+    @property
+    def caches_prefixes(self) -> bool:
+        return self.prefix is not None
+
     def admit(self, seq: SequenceState) -> None:
         seq.sampler = SamplerState.create(seq.request.sampling, seq.request.inputs["input_ids"])
-        seq.prompt = self.runner.prepare(seq.request.inputs)
-        seq.slot = self.cache.allocate()
+        seq.prompt = prompt = self.runner.prepare(seq.request.inputs)
+        if self.prefix is None:
+            seq.slot = self.cache.allocate()
+        else:
+            known = seq.request.inputs.get(IMAGE_KEYS)  # computed by preprocessing, off this thread
+            if known is not None and len(known) == len(prompt.images):
+                seq.image_keys = [bytes(row.tolist()) for row in known]
+            else:
+                seq.image_keys = [image_key(image.pixel_values, image.grid) for image in prompt.images]
+            keys = block_keys(prompt, seq.image_keys, prompt.token_ids.tolist())
+            seq.slot, seq.prefilled = self.prefix.admit(keys, seq.prompt_len)
         self._by_slot.append(seq)
         self._prefilling.append(seq)
 
-    def release(self, seq: SequenceState) -> None:
-        """Free the slot, moving the last slot's sequence into it (slots stay ``0 .. n-1``)."""
-        moved_from = self.cache.release(seq.slot)
+    def release(self, seq: SequenceState, reusable: bool) -> None:
+        """Free the slot, moving the last slot's sequence into it (slots stay ``0 .. n-1``);
+        with the prefix cache, the freed rows are kept in the first free slot and indexed."""
+        keep = self.prefix is not None and reusable and seq.prompt is not None
+        length = self.cache.length(seq.slot)
+        moved_from = self.cache.release(seq.slot, keep=keep)
+        if self.prefix is not None and keep and seq.prompt is not None:
+            held = (seq.prompt.token_ids.tolist() + seq.generated_ids)[:length]
+            kept_at = seq.slot if moved_from is None else moved_from
+            self.prefix.keep(kept_at, block_keys(seq.prompt, seq.image_keys, held))
         last = self._by_slot.pop()
         if moved_from is not None:
             last.slot = seq.slot
@@ -186,5 +209,7 @@ class MixedSteps:
                 self._prefilling.remove(seq)
         for seq, token in zip(sampled, tokens, strict=True):
             seq.last_token = token
+            if self.prefix is not None:
+                seq.generated_ids.append(token)
             host.accept(seq, token)
         return len(decoding)

@@ -223,6 +223,8 @@ class Scheduler:
                 self._fail(seq, exc)
                 continue
             self._running.append(seq)
+            if self._observer is not None and self.steps.caches_prefixes:
+                self._observer.on_prefix_reuse(seq.prompt_len, seq.prefilled)
         return admitted
 
     # -- the runner's host (engine thread) --------------------------------------------
@@ -259,7 +261,7 @@ class Scheduler:
         self, seq: SequenceState, reason: FinishReason | None = None, error: BaseException | None = None
     ) -> None:
         """Free a running sequence's slot and report."""
-        self.steps.release(seq)
+        self.steps.release(seq, reusable=error is None)
         self._running.remove(seq)
         self._forget(seq.seq_id)
         if error is not None:

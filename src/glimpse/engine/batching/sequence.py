@@ -33,6 +33,10 @@ class SequenceState:
     last_token: int = -1
     positions: tuple[int, int, int] = (0, 0, 0)
     generated: int = 0
+    #: The tokens generated so far (kept by runners that cache prefixes: they are part of one).
+    generated_ids: list[int] = field(default_factory=list)
+    #: Content hash of each of the prompt's images (set at admission when prefixes are cached).
+    image_keys: list[bytes] = field(default_factory=list)
 
     @property
     def seq_id(self) -> str:

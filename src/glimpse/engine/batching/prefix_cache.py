@@ -1,0 +1,194 @@
+"""Finished sequences' keys and values, kept in free cache slots for the next prompt that starts the same.
+
+A follow-up question about an image re-sends the whole conversation: the image,
+the first question, the answer, then the new question. Without this cache every
+turn re-runs the vision tower and re-prefills that history. Here a sequence that
+finishes leaves its keys and values where they are, in a slot that is now free,
+indexed by the hash chain of its 16-token blocks; a new prompt whose first
+blocks hash the same copies those rows into its own slot and prefills only the
+rest.
+
+- **Keys.** Block ``i``'s key hashes block ``i - 1``'s key, its token ids and, for
+  each image token in it, a hash of that image's pixel rows (the processor's
+  output, so the same picture at the same processor settings): two different
+  images whose tokens share ids never share a key, and a key stands for the
+  whole prefix up to the end of its block.
+- **Memory.** Entries live only in free slots. A new sequence takes an empty free
+  slot first, else the least recently used entry's, so the cache never refuses a
+  request or uses memory the batch would not have: it is the free slots' content.
+- **Sharing.** A hit copies the prefix rows into the new sequence's slot (a memory
+  copy, no model work) and the entry stays, for the next follow-up or user.
+  Running sequences do not share rows (the cache has slots, not pages): two
+  requests with the same prefix each hold their own copy.
+- At least one prompt token is always prefilled, for the logits of the first answer token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from glimpse.engine.batching.kv_cache import SlotKVCache
+from glimpse.engine.batching.prompt import PreparedPrompt
+
+__all__ = ["BLOCK_TOKENS", "IMAGE_KEYS", "PrefixCache", "block_keys", "image_key", "image_keys"]
+
+#: Tokens per hashed block: the granularity of a hit (vLLM's default block size).
+BLOCK_TOKENS = 16
+
+
+#: The inputs entry where preprocessing leaves each image's ``image_key`` (``[images, 32]`` bytes).
+IMAGE_KEYS = "glimpse_image_keys"
+
+
+def image_key(pixel_values: torch.Tensor, grid: torch.Tensor) -> bytes:
+    """The content hash of one image as the model sees it: its patch rows and grid.
+
+    SHA-256, so nobody can make a picture that collides with another user's (a cached
+    prefix would then answer about that user's picture); about 20 ms for a 1024²
+    image's 26 MB of rows, which is why preprocessing computes it, off the engine thread.
+    """
+    digest = hashlib.sha256(grid.to("cpu", torch.long).numpy().tobytes())
+    digest.update(pixel_values.to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.digest()
+
+
+def image_keys(inputs: Mapping[str, Any]) -> torch.Tensor | None:
+    """Every image's ``image_key`` in a processor output, as ``[images, 32]`` bytes (None: no images)."""
+    pixel_values, grid = inputs.get("pixel_values"), inputs.get("image_grid_thw")
+    if pixel_values is None or grid is None:
+        return None
+    rows = grid.prod(-1).tolist()
+    keys, start = [], 0
+    for count, image_grid in zip(rows, grid, strict=True):
+        keys.append(list(image_key(pixel_values[start : start + count], image_grid)))
+        start += count
+    return torch.tensor(keys, dtype=torch.uint8)
+
+
+def block_keys(prompt: PreparedPrompt, image_keys: Sequence[bytes], token_ids: Sequence[int]) -> list[bytes]:
+    """The key of every whole block of ``token_ids`` (the prompt's own, then any generated ones)."""
+    keys: list[bytes] = []
+    previous = b""
+    for start in range(0, len(token_ids) - BLOCK_TOKENS + 1, BLOCK_TOKENS):
+        end = start + BLOCK_TOKENS
+        digest = hashlib.blake2b(previous, digest_size=16)
+        digest.update(torch.tensor(token_ids[start:end], dtype=torch.long).numpy().tobytes())
+        for index, image in enumerate(prompt.images):
+            if image.start < end and image.end > start:  # this block holds some of the image's tokens
+                digest.update(index.to_bytes(2, "little"))
+                digest.update(image_keys[index])
+        previous = digest.digest()
+        keys.append(previous)
+    return keys
+
+
+@dataclass(slots=True)
+class _Entry:
+    keys: list[bytes]
+    last_used: int
+
+
+@dataclass(slots=True)
+class PrefixCache:
+    """Which free slots of ``cache`` hold which prefixes (engine thread only)."""
+
+    cache: SlotKVCache
+    _entries: dict[int, _Entry] = field(default_factory=dict)  # free slot -> what it holds
+    _index: dict[bytes, set[int]] = field(default_factory=dict)  # block key -> free slots holding it
+    _clock: int = 0
+    #: Totals since start: prompt tokens looked up, and those found (for the metrics).
+    queried_tokens: int = 0
+    hit_tokens: int = 0
+    evictions: int = 0
+
+    @property
+    def entries(self) -> int:
+        return len(self._entries)
+
+    def match(self, keys: Sequence[bytes]) -> tuple[int | None, int]:
+        """The free slot holding the longest prefix of ``keys``, and how many blocks it holds."""
+        best: tuple[int | None, int] = (None, 0)
+        for count, key in enumerate(keys, start=1):
+            slots = self._index.get(key)
+            if not slots:
+                break
+            best = (max(slots, key=lambda s: self._entries[s].last_used), count)
+        return best
+
+    def admit(self, keys: Sequence[bytes], prompt_len: int) -> tuple[int, int]:
+        """Take a slot for a new sequence whose prompt has block ``keys``; returns (slot, tokens reused).
+
+        The slot is ``cache.used`` (running slots stay ``0 .. n-1``), filled with the reused
+        prefix's keys and values; the cache records that many tokens in it.
+        """
+        source, blocks = self.match(keys)
+        reused = min(blocks * BLOCK_TOKENS, prompt_len - 1) if source is not None else 0
+        self.queried_tokens += prompt_len
+        target = self.cache.used
+        if source == target:  # the entry is in the very slot the sequence takes: used in place
+            self._detach(target)
+        else:
+            victim = self._victim(avoid=source)
+            if victim != target:
+                self._exchange(victim, target)  # what ``target`` held moves to ``victim``
+            self._detach(target)
+            if source is not None and reused > 0:
+                self._entries[source].last_used = self._tick()
+                self.cache.copy_rows(source, target, reused)
+        self.hit_tokens += max(reused, 0)
+        slot = self.cache.allocate_with(max(reused, 0))
+        assert slot == target
+        return slot, max(reused, 0)
+
+    def keep(self, slot: int, keys: Sequence[bytes]) -> None:
+        """``slot`` was just freed with these whole blocks in it: index them."""
+        self._detach(slot)
+        if not keys:
+            return
+        self._entries[slot] = _Entry(list(keys), self._tick())
+        for key in keys:
+            self._index.setdefault(key, set()).add(slot)
+
+    def _victim(self, avoid: int | None) -> int:
+        """The free slot a new sequence overwrites (not ``avoid``): an empty one, else the least
+        recently used entry's."""
+        free = [s for s in range(self.cache.used, self.cache.max_slots) if s != avoid]
+        empty = next((s for s in free if s not in self._entries), None)
+        if empty is not None:
+            return empty
+        self.evictions += 1
+        return min(free, key=lambda s: self._entries[s].last_used)
+
+    def _exchange(self, a: int, b: int) -> None:
+        """Swap what free slots ``a`` and ``b`` hold (rows and entries)."""
+        entry_a, entry_b = self._entries.get(a), self._entries.get(b)
+        length_a = len(entry_a.keys) * BLOCK_TOKENS if entry_a else 0
+        length_b = len(entry_b.keys) * BLOCK_TOKENS if entry_b else 0
+        self.cache.swap_rows(a, b, length_a, length_b)
+        self._detach(a)
+        self._detach(b)
+        for slot, entry in ((b, entry_a), (a, entry_b)):
+            if entry is not None:
+                self._entries[slot] = entry
+                for key in entry.keys:
+                    self._index.setdefault(key, set()).add(slot)
+
+    def _detach(self, slot: int) -> None:
+        entry = self._entries.pop(slot, None)
+        if entry is None:
+            return
+        for key in entry.keys:
+            slots = self._index.get(key)
+            if slots is not None:
+                slots.discard(slot)
+                if not slots:
+                    del self._index[key]
+
+    def _tick(self) -> int:
+        self._clock += 1
+        return self._clock

@@ -1,0 +1,184 @@
+"""The prefix cache must never change an answer, and must skip the work it claims to skip."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from glimpse.engine.batching import BatcherConfig, ContinuousBatcher, SequenceRequest
+from glimpse.engine.batching.prefix_cache import BLOCK_TOKENS
+from glimpse.engine.protocol import SamplingParams
+
+from .conftest import RecordingSink, reference
+
+pytestmark = pytest.mark.slow
+
+
+def _image(size: tuple[int, int], seed: int) -> Image.Image:
+    image = Image.new("RGB", size, (40 + seed * 50 % 200, 120, 200 - seed * 30 % 150))
+    for x in range(0, size[0], 3):
+        image.putpixel((x, (x * 7 + seed) % size[1]), (255, seed * 40 % 256, 0))
+    return image
+
+
+def _inputs(processor, image: Image.Image, turns: list[tuple[str, str | None]]):
+    """Processor output for a conversation about ``image``: (question, answer or None) turns."""
+    messages = []
+    for index, (question, answer) in enumerate(turns):
+        content = [{"type": "text", "text": question}]
+        if index == 0:
+            content.insert(0, {"type": "image"})
+        messages.append({"role": "user", "content": content})
+        if answer is not None:
+            messages.append({"role": "assistant", "content": answer})
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return dict(processor(text=[text], images=[image], return_tensors="pt"))
+
+
+class _Reuse:
+    def __init__(self) -> None:
+        self.reused: list[int] = []
+
+    def on_admit(self, queue_wait_s: float) -> None:
+        pass
+
+    def on_decode_step(self, batch_size: int) -> None:
+        pass
+
+    def on_prefix_reuse(self, prompt_tokens: int, reused_tokens: int) -> None:
+        self.reused.append(reused_tokens)
+
+
+def _run(batcher, sink, requests, max_steps=400):
+    for request in requests:
+        batcher.submit(request)
+    for _ in range(max_steps):
+        batcher.step()
+        if all(sink.done(r.seq_id) for r in requests):
+            return
+    raise AssertionError("not finished")
+
+
+def _batcher(model, slots=4, **config):
+    observer = _Reuse()
+    batcher = ContinuousBatcher(
+        model, BatcherConfig(max_batch_size=slots, max_seq_len=512, **config), observer=observer
+    )
+    return batcher, observer
+
+
+def test_a_follow_up_reuses_the_first_turn_and_skips_the_vision_tower(model, processor, tiny_dir):
+    batcher, observer = _batcher(model)
+    sink = RecordingSink()
+    image = _image((140, 112), 1)  # 20 image tokens: image and question end in the second block
+    first = _inputs(processor, image, [("What is in this picture?", None)])
+    _run(batcher, sink, [SequenceRequest("t1", first, sink, SamplingParams(max_new_tokens=10))])
+    assert sink.tokens["t1"] == reference(model, first, 10)
+    answer = processor.tokenizer.decode(sink.tokens["t1"], skip_special_tokens=True)
+
+    second = _inputs(processor, image, [("What is in this picture?", answer), ("And the colour?", None)])
+    calls = batcher.runner.vision_calls
+    _run(batcher, sink, [SequenceRequest("t2", second, sink, SamplingParams(max_new_tokens=10))])
+    assert sink.tokens["t2"] == reference(model, second, 10)
+    # Reused: every whole block the first turn's keys and values cover (its prompt and all
+    # but its last answer token) that the follow-up starts with.
+    held = first["input_ids"][0].tolist() + sink.tokens["t1"][:-1]
+    follow = second["input_ids"][0].tolist()
+    common = next(
+        (i for i, (x, y) in enumerate(zip(held, follow, strict=False)) if x != y), min(len(held), len(follow))
+    )
+    assert observer.reused[-1] == common // BLOCK_TOKENS * BLOCK_TOKENS
+    image_end = int((second["input_ids"][0] == model.config.image_token_id).nonzero()[-1]) + 1
+    assert observer.reused[-1] >= image_end  # the image and the first question at least
+    assert batcher.runner.vision_calls == calls  # the image was not encoded again
+
+
+def test_a_new_question_about_a_known_image_reuses_the_image(model, processor):
+    batcher, observer = _batcher(model)
+    sink = RecordingSink()
+    image = _image((140, 112), 2)
+    a = _inputs(processor, image, [("Describe the image in detail.", None)])
+    b = _inputs(processor, image, [("How many apples are there?", None)])
+    _run(batcher, sink, [SequenceRequest("a", a, sink, SamplingParams(max_new_tokens=6))])
+    _run(batcher, sink, [SequenceRequest("b", b, sink, SamplingParams(max_new_tokens=8))])
+    assert observer.reused == [0, observer.reused[1]]
+    image_start = int((b["input_ids"][0] == model.config.image_token_id).nonzero()[0])
+    assert observer.reused[1] > image_start
+    assert sink.tokens["b"] == reference(model, b, 8)
+
+
+def test_two_images_with_the_same_token_ids_never_share_an_entry(model, processor):
+    batcher, observer = _batcher(model)
+    sink = RecordingSink()
+    a = _inputs(processor, _image((112, 112), 3), [("What is it?", None)])
+    b = _inputs(processor, _image((112, 112), 4), [("What is it?", None)])
+    assert a["input_ids"].tolist() == b["input_ids"].tolist()  # same ids, different pixels
+    _run(batcher, sink, [SequenceRequest("a", a, sink, SamplingParams(max_new_tokens=6))])
+    _run(batcher, sink, [SequenceRequest("b", b, sink, SamplingParams(max_new_tokens=6))])
+    image_start = int((b["input_ids"][0] == model.config.image_token_id).nonzero()[0])
+    assert observer.reused[1] <= image_start // BLOCK_TOKENS * BLOCK_TOKENS  # text before the image only
+    assert sink.tokens["b"] == reference(model, b, 6)
+
+
+def test_answers_stay_right_through_evictions_and_shared_prefixes(model, processor):
+    batcher, observer = _batcher(model, slots=2)  # few slots: entries are evicted all the time
+    sink = RecordingSink()
+    # 30+ image tokens each: the first block is template and image only, so a new question hits.
+    images = [_image((168 + 28 * i, 140), 10 + i) for i in range(4)]
+    questions = ["What is it?", "Describe the image.", "这是什么？"]
+    cases = []
+    for round_ in range(2):
+        requests = []
+        order = list(enumerate(images))
+        for i, image in order if round_ == 0 else reversed(order):  # the last ones are still cached
+            inputs = _inputs(processor, image, [(questions[(i + round_) % 3], None)])
+            seq_id = f"r{round_}-{i}"
+            cases.append((seq_id, inputs))
+            requests.append(SequenceRequest(seq_id, inputs, sink, SamplingParams(max_new_tokens=7)))
+        _run(batcher, sink, requests)  # four at once on two slots: joins, leaves, copies
+    assert not sink.errors
+    for seq_id, inputs in cases:
+        assert sink.tokens[seq_id] == reference(model, inputs, 7), seq_id
+    assert batcher.mixed.prefix is not None
+    assert batcher.mixed.prefix.evictions > 0
+    assert any(observer.reused)
+
+
+def test_a_failed_sequence_leaves_nothing_to_reuse(model, processor, monkeypatch):
+    batcher, observer = _batcher(model)
+    sink = RecordingSink(raise_after={"bad": 3})  # its sink breaks: the sequence fails
+    image = _image((112, 84), 5)
+    inputs = _inputs(processor, image, [("What is in this picture?", None)])
+    _run(batcher, sink, [SequenceRequest("bad", inputs, sink, SamplingParams(max_new_tokens=8))])
+    assert "bad" in sink.errors
+    assert batcher.mixed.prefix is not None
+    assert batcher.mixed.prefix.entries == 0
+
+
+def test_the_cache_can_be_turned_off(model, processor):
+    batcher, observer = _batcher(model, prefix_cache=False)
+    sink = RecordingSink()
+    image = _image((112, 84), 6)
+    a = _inputs(processor, image, [("What is it?", None)])
+    _run(batcher, sink, [SequenceRequest("a", a, sink, SamplingParams(max_new_tokens=4))])
+    _run(batcher, sink, [SequenceRequest("b", a, sink, SamplingParams(max_new_tokens=4))])
+    assert observer.reused == []
+    assert batcher.mixed.prefix is None
+    assert sink.tokens["a"] == sink.tokens["b"]
+
+
+def test_preprocessing_hashes_each_image_as_the_engine_would(processor):
+    from glimpse.engine.batching.prefix_cache import image_key, image_keys
+
+    from .conftest import make_multi_image_inputs
+
+    inputs = make_multi_image_inputs(processor, [(56, 84), (112, 56)], "Compare them.")
+    keys = image_keys(inputs)
+    assert keys is not None
+    assert keys.shape == (2, 32)
+    rows = inputs["image_grid_thw"].prod(-1).tolist()
+    first = image_key(inputs["pixel_values"][: rows[0]], inputs["image_grid_thw"][0])
+    second = image_key(inputs["pixel_values"][rows[0] :], inputs["image_grid_thw"][1])
+    assert [bytes(k.tolist()) for k in keys] == [first, second]
+    assert first != second
+    assert image_keys({"input_ids": inputs["input_ids"]}) is None
