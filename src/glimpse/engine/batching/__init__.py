@@ -4,6 +4,12 @@
 called from any thread, and results come back through each request's ``TokenSink``.
 """
 
+from glimpse.engine.batching.embedding_cache import (
+    EmbeddingCacheObserver,
+    ImageEmbeddingCache,
+    embedding_cache_for,
+    image_key,
+)
 from glimpse.engine.batching.interface import (
     BatcherConfig,
     BatcherStats,
@@ -26,7 +32,9 @@ __all__ = [
     "CacheGeometry",
     "Chunk",
     "ContinuousBatcher",
+    "EmbeddingCacheObserver",
     "Glm4vRunner",
+    "ImageEmbeddingCache",
     "ImageSpan",
     "OpenAIPenalties",
     "PreparedPrompt",
@@ -37,8 +45,10 @@ __all__ = [
     "TokenSink",
     "apply_penalties",
     "draw_tokens",
+    "embedding_cache_for",
     "filter_logits",
     "generation_eos_ids",
+    "image_key",
     "plan_chunk",
     "sample_tokens",
 ]

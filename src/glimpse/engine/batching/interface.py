@@ -67,6 +67,8 @@ class BatcherConfig:
     kv_bucket: int = 64
     #: Replay decode steps as CUDA graphs (on a CUDA device only).
     cuda_graphs: bool = False
+    #: Host memory for the vision tower's output of images seen before (0: no cache).
+    image_embedding_cache_bytes: int = 0
 
     @classmethod
     def from_settings(cls, settings: EngineSettings, max_seq_len: int) -> BatcherConfig:
@@ -79,6 +81,7 @@ class BatcherConfig:
             prefill_tokens_per_step=settings.prefill_tokens_per_step,
             kv_bucket=settings.kv_bucket,
             cuda_graphs=settings.cuda_graphs,
+            image_embedding_cache_bytes=settings.image_embedding_cache_mb * 2**20,
         )
 
 
@@ -98,3 +101,6 @@ class BatchObserver(Protocol):
 
     def on_decode_step(self, batch_size: int) -> None:
         """One step decoded a token for ``batch_size`` sequences (prefill chunks not counted)."""
+
+    def on_image_embeddings(self, hits: int, misses: int, evictions: int) -> None:
+        """A step's images: found in the embedding cache, run through the vision tower, entries dropped."""
