@@ -43,7 +43,14 @@ def cluster(
 
     nodes = [server(f"node{i}", ["--model", "tiny"]) for i in range(3)]
     upstream_args = [arg for node in nodes for arg in ("--upstream", node.base_url)]
-    gateway = server("gateway", ["--engine", "upstream", *upstream_args])
+    # Least outstanding: these tests need traffic on every node (one image and one question would
+    # all go to one node under cache-aware routing).
+    gateway = GlimpseServer(
+        ["--engine", "upstream", *upstream_args],
+        env={**tiny_env, "GLIMPSE_UPSTREAM__ROUTING_POLICY": "least_outstanding"},
+        log_path=log_dir / "gateway.log",
+        ready_timeout=START_TIMEOUT_S,
+    )
     try:
         for node in nodes:
             node.start()

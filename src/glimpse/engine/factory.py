@@ -30,6 +30,9 @@ class PrometheusUpstreamMetrics:
     def set_healthy(self, upstream: str, healthy: bool) -> None:
         self._metrics.upstream_healthy.labels(upstream).set(int(healthy))
 
+    def on_route(self, outcome: str) -> None:
+        self._metrics.upstream_routes.labels(outcome).inc()
+
 
 class PrometheusBatchObserver:
     """Queue wait and decode batch size of the in-process engine, in Glimpse's registry."""
@@ -46,6 +49,15 @@ class PrometheusBatchObserver:
     def on_prefix_reuse(self, prompt_tokens: int, reused_tokens: int) -> None:
         self._metrics.prefix_queried_tokens.inc(prompt_tokens)
         self._metrics.prefix_hit_tokens.inc(reused_tokens)
+
+    def on_image_embeddings(self, hits: int, misses: int, evictions: int) -> None:
+        m = self._metrics
+        if hits:
+            m.image_embedding_lookups.labels("hit").inc(hits)
+        if misses:
+            m.image_embedding_lookups.labels("miss").inc(misses)
+        if evictions:
+            m.image_embedding_evictions.inc(evictions)
 
 
 def build_engine(

@@ -95,7 +95,7 @@ def build_inputs(
     try:
         # Client text is encoded as plain text: control tokens come only from the template.
         inputs = encoder.encode(messages, images, template_kwargs)
-        from glimpse.engine.batching.prefix_cache import IMAGE_KEYS, image_keys
+        from glimpse.engine.batching.image_keys import IMAGE_KEYS, image_keys
 
         keys = image_keys(inputs)
         if keys is not None:  # hashed here, off the engine thread, for the prefix cache

@@ -130,7 +130,7 @@ class EngineWorker(threading.Thread):
                 self._settings, max_seq_len=min(self._settings.max_seq_len, context)
             )
             try:
-                mixed = MixedSteps(loaded.model, config)
+                mixed = MixedSteps(loaded.model, config, observer=self._observer)
                 return mixed, mixed.config
             except ModelLoadError as exc:
                 logger.info("continuous batching unavailable, serving one request at a time: %s", exc.message)

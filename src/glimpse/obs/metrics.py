@@ -175,6 +175,18 @@ class Metrics:
             "Prompt tokens found in the prefix cache (their keys and values copied, not computed).",
             registry=r,
         )
+        self.image_embedding_lookups = Counter(
+            "glimpse_engine_image_embedding_cache_lookups_total",
+            "Images whose features were found in the embedding cache (hit) or computed by the vision "
+            "tower (miss).",
+            ["result"],
+            registry=r,
+        )
+        self.image_embedding_evictions = Counter(
+            "glimpse_engine_image_embedding_cache_evictions_total",
+            "Image features dropped from the embedding cache to make room (least recently used).",
+            registry=r,
+        )
         self.model_load = Gauge(
             "glimpse_model_load_seconds", "How long loading the model (and warm-up) took.", registry=r
         )
@@ -234,6 +246,14 @@ class Metrics:
             "glimpse_upstream_healthy",
             "1 if the upstream passed its last health check, else 0.",
             ["upstream"],
+            registry=r,
+        )
+        self.upstream_routes = Counter(
+            "glimpse_upstream_routing_decisions_total",
+            "Cache-aware picks by what decided them: affinity_kept (the request's image or conversation "
+            "went to its upstream), overridden_load (that one was too busy), overridden_health (it was "
+            "out of rotation or had failed the request), no_key (least outstanding).",
+            ["outcome"],
             registry=r,
         )
 

@@ -27,6 +27,9 @@ REQUIRED = {
     "glimpse_upstream_request_duration_seconds": "histogram",
     "glimpse_upstream_in_flight": "gauge",
     "glimpse_upstream_healthy": "gauge",
+    "glimpse_upstream_routing_decisions": "counter",
+    "glimpse_engine_image_embedding_cache_lookups": "counter",
+    "glimpse_engine_image_embedding_cache_evictions": "counter",
 }
 
 

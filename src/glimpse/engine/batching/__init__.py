@@ -7,7 +7,13 @@ Its ``StepRunner`` is ``MixedSteps`` (continuous batching, GLM-4.xV) or
 scheduler over ``MixedSteps``.
 """
 
+from glimpse.engine.batching.embedding_cache import (
+    EmbeddingCacheObserver,
+    ImageEmbeddingCache,
+    embedding_cache_for,
+)
 from glimpse.engine.batching.generate_steps import GenerateSteps, generation_config_for
+from glimpse.engine.batching.image_keys import image_key
 from glimpse.engine.batching.interface import (
     BatcherConfig,
     BatcherStats,
@@ -34,7 +40,9 @@ __all__ = [
     "Chunk",
     "ContinuousBatcher",
     "GenerateSteps",
+    "EmbeddingCacheObserver",
     "Glm4vRunner",
+    "ImageEmbeddingCache",
     "ImageSpan",
     "MixedSteps",
     "OpenAIPenalties",
@@ -49,9 +57,11 @@ __all__ = [
     "TokenSink",
     "apply_penalties",
     "draw_tokens",
+    "embedding_cache_for",
     "filter_logits",
     "generation_config_for",
     "generation_eos_ids",
+    "image_key",
     "plan_chunk",
     "sample_tokens",
 ]

@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
+from glimpse.engine.batching.image_keys import IMAGE_KEYS
 from glimpse.engine.batching.interface import StepHost
 from glimpse.engine.batching.penalties import OpenAIPenalties
-from glimpse.engine.batching.prefix_cache import IMAGE_KEYS
 from glimpse.engine.batching.runner import generation_eos_ids
 from glimpse.engine.batching.sequence import SequenceState
 from glimpse.engine.protocol import FinishReason, SamplingDefaults, SamplingParams

@@ -81,6 +81,8 @@ class BatcherConfig:
     cuda_graphs: bool = False
     #: Keep finished sequences' keys and values in free slots for prompts that start the same.
     prefix_cache: bool = True
+    #: Host memory for the vision tower's output of images seen before (0: no cache).
+    image_embedding_cache_bytes: int = 0
 
     @classmethod
     def from_settings(cls, settings: EngineSettings, max_seq_len: int) -> BatcherConfig:
@@ -94,6 +96,7 @@ class BatcherConfig:
             kv_bucket=settings.kv_bucket,
             cuda_graphs=settings.cuda_graphs,
             prefix_cache=settings.prefix_cache,
+            image_embedding_cache_bytes=settings.image_embedding_cache_mb * 2**20,
         )
 
 
@@ -116,6 +119,9 @@ class BatchObserver(Protocol):
 
     def on_prefix_reuse(self, prompt_tokens: int, reused_tokens: int) -> None:
         """An admitted prompt of ``prompt_tokens`` found ``reused_tokens`` of them in the prefix cache."""
+
+    def on_image_embeddings(self, hits: int, misses: int, evictions: int) -> None:
+        """A step's images: found in the embedding cache, run through the vision tower, entries dropped."""
 
 
 class StepHost(Protocol):

@@ -25,9 +25,10 @@ from typing import Any
 import torch
 
 from glimpse.engine.batching.cuda_graphs import DecodeGraphs
+from glimpse.engine.batching.embedding_cache import EmbeddingCacheObserver, embedding_cache_for
 from glimpse.engine.batching.interface import BatcherConfig, StepHost
 from glimpse.engine.batching.kv_cache import SlotKVCache
-from glimpse.engine.batching.prefix_cache import IMAGE_KEYS, PrefixCache, block_keys, image_key
+from glimpse.engine.batching.prefix_cache import PrefixCache, block_keys
 from glimpse.engine.batching.prompt import plan_chunk
 from glimpse.engine.batching.runner import Glm4vRunner
 from glimpse.engine.batching.sampling import SamplerState, sample_tokens
@@ -46,9 +47,14 @@ class MixedSteps:
     """A ``StepRunner`` for GLM-4.xV models: slots in one ``SlotKVCache``, mixed prefill + decode steps."""
 
     def __init__(
-        self, model: Any, config: BatcherConfig, *, eos_token_ids: frozenset[int] | None = None
+        self,
+        model: Any,
+        config: BatcherConfig,
+        *,
+        eos_token_ids: frozenset[int] | None = None,
+        observer: EmbeddingCacheObserver | None = None,
     ) -> None:
-        self.runner = Glm4vRunner(model)
+        self.runner = Glm4vRunner(model, embedding_cache_for(config, observer))
         geometry = self.runner.geometry()
         free_bytes = torch.cuda.mem_get_info(geometry.device)[0] if geometry.device.type == "cuda" else None
         self.size = size_batch(
@@ -106,11 +112,7 @@ class MixedSteps:
         if self.prefix is None:
             seq.slot = self.cache.allocate()
         else:
-            known = seq.request.inputs.get(IMAGE_KEYS)  # computed by preprocessing, off this thread
-            if known is not None and len(known) == len(prompt.images):
-                seq.image_keys = [bytes(row.tolist()) for row in known]
-            else:
-                seq.image_keys = [image_key(image.pixel_values, image.grid) for image in prompt.images]
+            seq.image_keys = [image.key for image in prompt.images]
             keys = block_keys(prompt, seq.image_keys, prompt.token_ids.tolist())
             seq.slot, seq.prefilled = self.prefix.admit(keys, seq.prompt_len)
         self._by_slot.append(seq)

@@ -9,9 +9,9 @@ blocks hash the same copies those rows into its own slot and prefills only the
 rest.
 
 - **Keys.** Block ``i``'s key hashes block ``i - 1``'s key, its token ids and, for
-  each image token in it, a hash of that image's pixel rows (the processor's
-  output, so the same picture at the same processor settings): two different
-  images whose tokens share ids never share a key, and a key stands for the
+  each image token in it, that image's content key (``image_keys``: a SHA-256 of
+  its pixel rows as the processor produced them): two different images whose
+  tokens share ids never share a key, and a key stands for the
   whole prefix up to the end of its block.
 - **Memory.** Entries live only in free slots. A new sequence takes an empty free
   slot first, else the least recently used entry's, so the cache never refuses a
@@ -26,48 +26,18 @@ rest.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
 from glimpse.engine.batching.kv_cache import SlotKVCache
 from glimpse.engine.batching.prompt import PreparedPrompt
 
-__all__ = ["BLOCK_TOKENS", "IMAGE_KEYS", "PrefixCache", "block_keys", "image_key", "image_keys"]
+__all__ = ["BLOCK_TOKENS", "PrefixCache", "block_keys"]
 
 #: Tokens per hashed block: the granularity of a hit (vLLM's default block size).
 BLOCK_TOKENS = 16
-
-
-#: The inputs entry where preprocessing leaves each image's ``image_key`` (``[images, 32]`` bytes).
-IMAGE_KEYS = "glimpse_image_keys"
-
-
-def image_key(pixel_values: torch.Tensor, grid: torch.Tensor) -> bytes:
-    """The content hash of one image as the model sees it: its patch rows and grid.
-
-    SHA-256, so nobody can make a picture that collides with another user's (a cached
-    prefix would then answer about that user's picture); about 20 ms for a 1024²
-    image's 26 MB of rows, which is why preprocessing computes it, off the engine thread.
-    """
-    digest = hashlib.sha256(grid.to("cpu", torch.long).numpy().tobytes())
-    digest.update(pixel_values.to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.digest()
-
-
-def image_keys(inputs: Mapping[str, Any]) -> torch.Tensor | None:
-    """Every image's ``image_key`` in a processor output, as ``[images, 32]`` bytes (None: no images)."""
-    pixel_values, grid = inputs.get("pixel_values"), inputs.get("image_grid_thw")
-    if pixel_values is None or grid is None:
-        return None
-    rows = grid.prod(-1).tolist()
-    keys, start = [], 0
-    for count, image_grid in zip(rows, grid, strict=True):
-        keys.append(list(image_key(pixel_values[start : start + count], image_grid)))
-        start += count
-    return torch.tensor(keys, dtype=torch.uint8)
 
 
 def block_keys(prompt: PreparedPrompt, image_keys: Sequence[bytes], token_ids: Sequence[int]) -> list[bytes]:

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from glimpse.engine.batching.image_keys import IMAGE_KEYS, image_key
+
 __all__ = ["ImageSpan", "PreparedPrompt", "plan_chunk", "prepare_prompt"]
 
 
@@ -31,6 +33,13 @@ class ImageSpan:
     length: int  # its tokens (patches after the spatial merge)
     pixel_values: torch.Tensor  # [patches, channels * temporal * patch * patch]: its rows of the batch
     grid: torch.Tensor  # [3]: (t, h, w) in patches
+    #: Its content key when preprocessing sent one (``image_keys``); see ``key``.
+    given_key: bytes | None = None
+
+    @property
+    def key(self) -> bytes:
+        """The image's content key (``image_keys.image_key``): as sent, else hashed now."""
+        return self.given_key if self.given_key is not None else image_key(self.pixel_values, self.grid)
 
     @property
     def end(self) -> int:
@@ -77,7 +86,7 @@ def prepare_prompt(
         positions = torch.arange(ids.shape[0]).expand(3, -1)
         return PreparedPrompt(token_ids=ids, positions=positions, images=())
     grid = grid.to("cpu")
-    images = _image_spans(image_at, inputs["pixel_values"], grid, merge_size)
+    images = _image_spans(image_at, inputs["pixel_values"], grid, merge_size, inputs.get(IMAGE_KEYS))
     mm_token_type_ids = inputs.get("mm_token_type_ids")
     if mm_token_type_ids is None:  # what the processor sends: 1 on image tokens, 0 elsewhere
         mm_token_type_ids = (input_ids == image_token_id).int()
@@ -89,7 +98,11 @@ def prepare_prompt(
 
 
 def _image_spans(
-    image_at: torch.Tensor, pixel_values: torch.Tensor, grid: torch.Tensor, merge_size: int
+    image_at: torch.Tensor,
+    pixel_values: torch.Tensor,
+    grid: torch.Tensor,
+    merge_size: int,
+    keys: torch.Tensor | None = None,
 ) -> tuple[ImageSpan, ...]:
     rows = grid.prod(-1).tolist()
     counts = [r // merge_size**2 for r in rows]
@@ -103,7 +116,8 @@ def _image_spans(
         start, last = int(image_at[token]), int(image_at[token + count - 1])
         if last - start + 1 != count:
             raise ValueError(f"the tokens of image {index} are not contiguous")
-        spans.append(ImageSpan(start, count, pixel_values[row : row + patches], grid[index]))
+        key = bytes(keys[index].tolist()) if keys is not None and len(keys) == len(rows) else None
+        spans.append(ImageSpan(start, count, pixel_values[row : row + patches], grid[index], key))
         token += count
         row += patches
     return tuple(spans)

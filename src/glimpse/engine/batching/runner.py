@@ -42,6 +42,7 @@ from glimpse.engine.batching.prompt import ImageSpan, PreparedPrompt, prepare_pr
 
 if TYPE_CHECKING:
     from glimpse.engine.batching.cuda_graphs import DecodeGraphs
+    from glimpse.engine.batching.embedding_cache import ImageEmbeddingCache
 from glimpse.errors import ModelLoadError
 
 __all__ = ["Chunk", "Glm4vRunner", "generation_eos_ids"]
@@ -87,8 +88,10 @@ class Glm4vRunner:
     Not thread-safe: the engine thread owns it (and the model).
     """
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, embedding_cache: ImageEmbeddingCache | None = None) -> None:
         self.model = model
+        #: Features of images seen before (``None``: every image goes through the vision tower).
+        self.embedding_cache = embedding_cache
         try:
             self._vlm = model.model
             text = self._vlm.language_model
@@ -114,7 +117,7 @@ class Glm4vRunner:
         first_param = next(model.parameters())
         self.device: torch.device = first_param.device
         self.dtype: torch.dtype = first_param.dtype
-        #: Calls of the vision tower so far (one per step that encodes images).
+        #: Calls of the vision tower so far (one per step that encodes images not in the cache).
         self.vision_calls = 0
 
     def geometry(self) -> CacheGeometry:
@@ -135,7 +138,14 @@ class Glm4vRunner:
 
     @torch.inference_mode()
     def encode_images(self, images: Sequence[ImageSpan]) -> list[torch.Tensor]:
-        """Image features ``[tokens, hidden]`` of each image, from one vision-tower call over all of them.
+        """Image features ``[tokens, hidden]`` of each image: from the embedding cache, else from one
+        vision-tower call over all the others."""
+        if self.embedding_cache is None:
+            return self._vision_tower(images)
+        return self.embedding_cache.encode(images, self._vision_tower, self.device)
+
+    def _vision_tower(self, images: Sequence[ImageSpan]) -> list[torch.Tensor]:
+        """One vision-tower call over ``images``.
 
         The patches are concatenated as the processor does for a batch of images; the
         tower attends within each image only (by its grid), so each image's features

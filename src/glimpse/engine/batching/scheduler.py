@@ -305,7 +305,7 @@ class ContinuousBatcher(Scheduler):
         clock: Callable[[], float] = time.monotonic,
         observer: BatchObserver | None = None,
     ) -> None:
-        self.mixed = MixedSteps(model, config, eos_token_ids=eos_token_ids)
+        self.mixed = MixedSteps(model, config, eos_token_ids=eos_token_ids, observer=observer)
         super().__init__(self.mixed, self.mixed.config, clock=clock, observer=observer)
         self.runner = self.mixed.runner
         self.cache = self.mixed.cache

@@ -4,16 +4,21 @@ from glimpse.engine.upstream.balancer import Balancer, Upstream, UpstreamSpec, p
 from glimpse.engine.upstream.breaker import BreakerState, CircuitBreaker
 from glimpse.engine.upstream.engine import UpstreamEngine
 from glimpse.engine.upstream.hooks import NullUpstreamMetrics, Outcome, UpstreamMetrics
+from glimpse.engine.upstream.routing import HashRing, RouteOutcome, RoutingPolicy, affinity_key
 
 __all__ = [
     "Balancer",
     "BreakerState",
     "CircuitBreaker",
+    "HashRing",
     "NullUpstreamMetrics",
     "Outcome",
+    "RouteOutcome",
+    "RoutingPolicy",
     "Upstream",
     "UpstreamEngine",
     "UpstreamMetrics",
     "UpstreamSpec",
+    "affinity_key",
     "parse_upstream_url",
 ]

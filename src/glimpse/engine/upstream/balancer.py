@@ -1,8 +1,13 @@
-"""Upstream descriptions and the least-outstanding-requests balancer.
+"""Upstream descriptions and the balancer: cache-aware, else least outstanding requests.
 
-Each pick takes the available upstream with the fewest requests in flight per
-unit of weight. Ties are broken by a rotating start index, so idle upstreams
-share traffic round-robin instead of all going to the first one.
+A request with an affinity key (``routing.affinity_key``) goes to the first upstream
+on the key's walk of the hash ring that may take it and is not busier than the
+least-loaded one by more than ``load_margin`` requests per unit of weight, so an
+upstream's prefix cache keeps serving its conversations and images without one hot
+key piling work on it. Without a key (or with policy ``least_outstanding``), a pick
+takes the available upstream with the fewest requests in flight per unit of weight.
+Ties are broken by a rotating start index, so idle upstreams share traffic
+round-robin instead of all going to the first one.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
 from glimpse.engine.upstream.breaker import BreakerState, CircuitBreaker
+from glimpse.engine.upstream.routing import HashRing, RouteOutcome, RoutingPolicy
 
 __all__ = ["Balancer", "Upstream", "UpstreamSpec", "parse_upstream_url"]
 
@@ -82,17 +88,38 @@ class Upstream:
     def load(self) -> float:
         return (self.in_flight + 1) / self.spec.weight
 
+    def outstanding(self) -> float:
+        """Requests in flight per unit of weight: what the load margin compares."""
+        return self.in_flight / self.spec.weight
+
+
+def _no_record(outcome: RouteOutcome) -> None:
+    return None
+
 
 class Balancer:
-    def __init__(self, upstreams: Sequence[Upstream], *, max_in_flight: int | None = None) -> None:
+    def __init__(
+        self,
+        upstreams: Sequence[Upstream],
+        *,
+        max_in_flight: int | None = None,
+        policy: RoutingPolicy = "cache_aware",
+        load_margin: float = 8,
+        on_route: Callable[[RouteOutcome], None] = _no_record,
+    ) -> None:
         if not upstreams:
             raise ValueError("the upstream engine needs at least one upstream URL")
         names = [u.name for u in upstreams]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate upstream URLs: {names}")
         self._upstreams = tuple(upstreams)
+        self._by_name = {u.name: u for u in self._upstreams}
         self._max_in_flight = max_in_flight
         self._start = 0
+        self._policy: RoutingPolicy = policy
+        self._load_margin = load_margin
+        self._on_route = on_route
+        self._ring = HashRing([(u.name, u.spec.weight) for u in self._upstreams])
 
     @classmethod
     def from_urls(
@@ -101,9 +128,19 @@ class Balancer:
         breaker_factory: Callable[[], CircuitBreaker],
         *,
         max_in_flight: int | None = None,
+        policy: RoutingPolicy = "cache_aware",
+        load_margin: float = 8,
+        on_route: Callable[[RouteOutcome], None] = _no_record,
     ) -> Balancer:
         upstreams = [Upstream(spec=parse_upstream_url(url), breaker=breaker_factory()) for url in urls]
-        return cls(upstreams, max_in_flight=max_in_flight)
+        return cls(
+            upstreams, max_in_flight=max_in_flight, policy=policy, load_margin=load_margin, on_route=on_route
+        )
+
+    @property
+    def cache_aware(self) -> bool:
+        """Whether picks follow affinity keys (else every pick is least outstanding)."""
+        return self._policy == "cache_aware"
 
     @property
     def upstreams(self) -> tuple[Upstream, ...]:
@@ -112,14 +149,49 @@ class Balancer:
     def _has_room(self, upstream: Upstream) -> bool:
         return self._max_in_flight is None or upstream.in_flight < self._max_in_flight
 
-    def pick(self, exclude: frozenset[str] | set[str] = frozenset()) -> Upstream | None:
-        """The next upstream to try (its breaker slot taken), or ``None`` if none may take it."""
+    def _eligible(self, upstream: Upstream, exclude: frozenset[str] | set[str]) -> bool:
+        return upstream.name not in exclude and self._has_room(upstream) and upstream.breaker.available()
+
+    def pick(
+        self, exclude: frozenset[str] | set[str] = frozenset(), key: str | None = None
+    ) -> Upstream | None:
+        """The next upstream to try (its breaker slot taken), or ``None`` if none may take it.
+
+        ``key`` is the request's affinity key; it is followed only under policy ``cache_aware``,
+        and each such pick reports what decided it to ``on_route``.
+        """
+        if not self.cache_aware:
+            return self._least_outstanding(exclude)
+        if key is None:
+            upstream = self._least_outstanding(exclude)
+            if upstream is not None:
+                self._on_route("no_key")
+            return upstream
+        return self._by_affinity(key, exclude)
+
+    def _by_affinity(self, key: str, exclude: frozenset[str] | set[str]) -> Upstream | None:
+        ring = [self._by_name[name] for name in self._ring.walk(key)]
+        eligible = [u for u in ring if self._eligible(u, exclude)]
+        if not eligible:
+            return None
+        ceiling = min(u.outstanding() for u in eligible) + self._load_margin
+        home = ring[0]
+        for upstream in eligible:
+            if upstream.outstanding() <= ceiling and upstream.breaker.try_acquire():
+                self._on_route("affinity_kept" if upstream is home else self._why_not(home, exclude))
+                return upstream
+        return None
+
+    def _why_not(self, home: Upstream, exclude: frozenset[str] | set[str]) -> RouteOutcome:
+        """Why the key's own upstream was passed over: full or too busy (load), else health."""
+        healthy = home.name not in exclude and home.breaker.available()
+        return "overridden_load" if healthy else "overridden_health"
+
+    def _least_outstanding(self, exclude: frozenset[str] | set[str]) -> Upstream | None:
         count = len(self._upstreams)
         order = [self._upstreams[(self._start + i) % count] for i in range(count)]
         self._start = (self._start + 1) % count
-        candidates = [
-            u for u in order if u.name not in exclude and self._has_room(u) and u.breaker.available()
-        ]
+        candidates = [u for u in order if self._eligible(u, exclude)]
         # sorted() is stable, so equal loads keep the rotated order.
         for upstream in sorted(candidates, key=Upstream.load):
             if upstream.breaker.try_acquire():

@@ -34,6 +34,7 @@ from glimpse.engine.upstream.balancer import Balancer, Upstream
 from glimpse.engine.upstream.breaker import BreakerState, CircuitBreaker
 from glimpse.engine.upstream.health import HealthChecker
 from glimpse.engine.upstream.hooks import NullUpstreamMetrics, Outcome, UpstreamMetrics
+from glimpse.engine.upstream.routing import RouteOutcome, affinity_key
 from glimpse.engine.upstream.wire import ImageEncoder, chat_body, error_for_status
 from glimpse.errors import (
     DeadlineExceeded,
@@ -64,6 +65,7 @@ class UpstreamEngine:
         image_runner: BlockingRunner | None = None,
     ) -> None:
         self._model_name = settings.served_model_name or settings.model
+        self._metrics: UpstreamMetrics = metrics_hook or NullUpstreamMetrics()
         self._max_new_tokens_limit = settings.max_new_tokens_limit
         self._options = upstream
         opts = self._options
@@ -74,12 +76,14 @@ class UpstreamEngine:
                 failure_threshold=opts.failure_threshold, cooldown_s=opts.cooldown_s, clock=clock
             ),
             max_in_flight=opts.max_in_flight_per_upstream,
+            policy=opts.routing_policy,
+            load_margin=opts.routing_load_margin,
+            on_route=self._record_route,
         )
         self._client = http_client
         self._owns_client = http_client is None
         key = upstream.api_key
         self._headers = {"Authorization": f"Bearer {key.get_secret_value()}"} if key else {}
-        self._metrics: UpstreamMetrics = metrics_hook or NullUpstreamMetrics()
         self._timeout = httpx.Timeout(
             connect=opts.connect_timeout_s,
             read=opts.read_timeout_s,
@@ -107,6 +111,9 @@ class UpstreamEngine:
     @property
     def model_name(self) -> str:
         return self._model_name
+
+    def _record_route(self, outcome: RouteOutcome) -> None:
+        self._metrics.on_route(outcome)
 
     @property
     def upstreams(self) -> tuple[Upstream, ...]:
@@ -222,8 +229,9 @@ class UpstreamEngine:
         tried: set[str] = set()
         failures: list[GlimpseError] = []
         suspects = Suspects(self._judge)
+        key = affinity_key(request) if self._balancer.cache_aware else None
         try:
-            while (upstream := self._balancer.pick(tried)) is not None:
+            while (upstream := self._balancer.pick(tried, key)) is not None:
                 # In half-open state pick() just took the one trial slot; only its owner may free it.
                 trial = upstream.breaker.state is BreakerState.HALF_OPEN
                 tried.add(upstream.name)

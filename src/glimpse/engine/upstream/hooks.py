@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Literal, Protocol
 
+from glimpse.engine.upstream.routing import RouteOutcome
+
 __all__ = ["NullUpstreamMetrics", "Outcome", "UpstreamMetrics"]
 
 #: How one attempt on one upstream ended (a low-cardinality label).
@@ -27,6 +29,9 @@ class UpstreamMetrics(Protocol):
     def set_healthy(self, upstream: str, healthy: bool) -> None:
         """Whether the circuit of ``upstream`` is closed (it takes traffic)."""
 
+    def on_route(self, outcome: RouteOutcome) -> None:
+        """One cache-aware pick and what decided it (not called under least-outstanding routing)."""
+
 
 class NullUpstreamMetrics:
     """Records nothing; the default when metrics are off."""
@@ -38,4 +43,7 @@ class NullUpstreamMetrics:
         return None
 
     def set_healthy(self, upstream: str, healthy: bool) -> None:
+        return None
+
+    def on_route(self, outcome: RouteOutcome) -> None:
         return None

@@ -168,7 +168,7 @@ def test_the_cache_can_be_turned_off(model, processor):
 
 
 def test_preprocessing_hashes_each_image_as_the_engine_would(processor):
-    from glimpse.engine.batching.prefix_cache import image_key, image_keys
+    from glimpse.engine.batching.image_keys import image_key, image_keys
 
     from .conftest import make_multi_image_inputs
 

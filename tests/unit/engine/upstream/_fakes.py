@@ -156,6 +156,7 @@ class RecordingMetrics:
         self.requests: list[tuple[str, str]] = []
         self.in_flight: dict[str, int] = {}
         self.healthy: dict[str, bool] = {}
+        self.routes: list[str] = []
 
     def on_request(self, upstream: str, outcome: str, seconds: float) -> None:
         self.requests.append((upstream, outcome))
@@ -165,6 +166,9 @@ class RecordingMetrics:
 
     def set_healthy(self, upstream: str, healthy: bool) -> None:
         self.healthy[upstream] = healthy
+
+    def on_route(self, outcome: str) -> None:
+        self.routes.append(outcome)
 
 
 #: What a request asks for when a test does not say (the API resolves a real one from settings).
@@ -203,7 +207,14 @@ class Harness:
             kind="upstream",
             model="GLM-Test",
         )
-        opts = {"health_interval_s": 3600, "failure_threshold": 2, "cooldown_s": 10} | options
+        # Least outstanding unless a test asks: the failover tests rely on which upstream is tried
+        # first, which cache-aware routing leaves to a hash (test_engine_routing.py tests that).
+        opts = {
+            "health_interval_s": 3600,
+            "failure_threshold": 2,
+            "cooldown_s": 10,
+            "routing_policy": "least_outstanding",
+        } | options
         upstream = UpstreamSettings(
             urls=tuple(f"http://{h}:8000" for h in hosts), api_key="secret-key", **opts
         )

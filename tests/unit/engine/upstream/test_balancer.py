@@ -122,3 +122,96 @@ def test_credentials_in_an_upstream_url_are_used_but_never_shown():
     assert upstream.url == "http://produser:upPASSWORD42@10.0.0.5:8000"  # requests carry them
     assert upstream.name == "http://10.0.0.5:8000"  # logs, metric labels and /readyz do not
     assert parse_upstream_url("http://[::1]:8000").name == "http://[::1]:8000"
+
+
+def routed(*weights: float, margin=2, max_in_flight=None):
+    clock = FakeClock()
+    ups = [
+        Upstream(
+            spec=UpstreamSpec(f"http://u{i}", w),
+            breaker=CircuitBreaker(failure_threshold=1, cooldown_s=10, clock=clock),
+        )
+        for i, w in enumerate(weights)
+    ]
+    outcomes: list[str] = []
+    b = Balancer(ups, max_in_flight=max_in_flight, load_margin=margin, on_route=outcomes.append)
+    return b, {u.name: u for u in ups}, outcomes
+
+
+def home_of(b: Balancer, key: str) -> str:
+    return b._ring.home(key)
+
+
+def test_the_same_key_always_goes_to_the_same_upstream():
+    b, ups, outcomes = routed(1, 1, 1)
+    for key in ("image:1", "image:2", "text:3"):
+        names = {b.pick(key=key).name for _ in range(5)}
+        assert names == {home_of(b, key)}
+    assert outcomes == ["affinity_kept"] * 15
+    homes = {home_of(b, f"image:{i}") for i in range(60)}
+    assert homes == set(ups)  # different keys use every upstream
+
+
+def test_a_busy_home_within_the_margin_keeps_the_key():
+    b, ups, outcomes = routed(1, 1, 1, margin=2)
+    home = ups[home_of(b, "k")]
+    home.in_flight = 2  # the others are idle: exactly the margin
+    assert b.pick(key="k") is home
+    assert outcomes == ["affinity_kept"]
+
+
+def test_a_home_beyond_the_margin_is_passed_over_for_the_next_on_the_ring():
+    b, ups, outcomes = routed(1, 1, 1, margin=2)
+    walk = list(b._ring.walk("k"))
+    ups[walk[0]].in_flight = 3
+    assert b.pick(key="k") is ups[walk[1]]
+    assert outcomes == ["overridden_load"]
+    # Compared with the least-loaded upstream that could take it, not with zero:
+    for name in walk[1:]:
+        ups[name].in_flight = 1
+    assert b.pick(key="k") is ups[walk[0]]
+
+
+def test_a_full_home_counts_as_load():
+    b, ups, outcomes = routed(1, 1, margin=100, max_in_flight=1)
+    walk = list(b._ring.walk("k"))
+    ups[walk[0]].in_flight = 1
+    assert b.pick(key="k") is ups[walk[1]]
+    assert outcomes == ["overridden_load"]
+
+
+def test_an_unhealthy_or_failed_home_is_skipped():
+    b, ups, outcomes = routed(1, 1, 1)
+    walk = list(b._ring.walk("k"))
+    ups[walk[0]].breaker.record_failure()  # threshold 1: open
+    assert b.pick(key="k") is ups[walk[1]]
+    ups[walk[0]].breaker.record_success()
+    assert b.pick(key="k", exclude={walk[0]}) is ups[walk[1]]  # the home failed this request
+    assert b.pick(key="k", exclude=set(walk)) is None
+    assert outcomes == ["overridden_health", "overridden_health"]
+
+
+def test_a_request_without_a_key_goes_to_the_least_outstanding():
+    b, ups, outcomes = routed(1, 1, 1)
+    loads = dict(zip(ups, (4, 1, 2), strict=True))
+    for name, load in loads.items():
+        ups[name].in_flight = load
+    assert b.pick() is ups["http://u1"]
+    assert outcomes == ["no_key"]
+
+
+def test_least_outstanding_policy_ignores_keys():
+    clock = FakeClock()
+    ups = [
+        Upstream(UpstreamSpec(f"http://u{i}"), CircuitBreaker(failure_threshold=1, cooldown_s=1, clock=clock))
+        for i in range(3)
+    ]
+    outcomes: list[str] = []
+    b = Balancer(ups, policy="least_outstanding", on_route=outcomes.append)
+    picked = []
+    for _ in range(6):
+        u = b.pick(key="k")
+        u.in_flight += 1
+        picked.append(u)
+    assert [u.in_flight for u in ups] == [2, 2, 2]
+    assert outcomes == []

@@ -121,6 +121,8 @@ def standins():
 
 def make_engine(*urls: str, **options) -> UpstreamEngine:
     settings = EngineSettings(kind="upstream", model="GLM-4.6V-Flash")
+    # Least outstanding: the failover test needs requests to reach the server it stops.
+    options = {"routing_policy": "least_outstanding"} | options
     return UpstreamEngine(settings, UpstreamSettings(urls=urls, health_interval_s=3600, **options))
 
 
