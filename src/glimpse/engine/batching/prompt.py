@@ -33,13 +33,12 @@ class ImageSpan:
     length: int  # its tokens (patches after the spatial merge)
     pixel_values: torch.Tensor  # [patches, channels * temporal * patch * patch]: its rows of the batch
     grid: torch.Tensor  # [3]: (t, h, w) in patches
-    #: Its content key when preprocessing sent one (``image_keys``); see ``key``.
-    given_key: bytes | None = None
+    #: Its content key (``image_keys.image_key``): as preprocessing sent it, else hashed here, once.
+    key: bytes = b""
 
-    @property
-    def key(self) -> bytes:
-        """The image's content key (``image_keys.image_key``): as sent, else hashed now."""
-        return self.given_key if self.given_key is not None else image_key(self.pixel_values, self.grid)
+    def __post_init__(self) -> None:
+        if not self.key:
+            object.__setattr__(self, "key", image_key(self.pixel_values, self.grid))
 
     @property
     def end(self) -> int:
@@ -116,7 +115,7 @@ def _image_spans(
         start, last = int(image_at[token]), int(image_at[token + count - 1])
         if last - start + 1 != count:
             raise ValueError(f"the tokens of image {index} are not contiguous")
-        key = bytes(keys[index].tolist()) if keys is not None and len(keys) == len(rows) else None
+        key = bytes(keys[index].tolist()) if keys is not None and len(keys) == len(rows) else b""
         spans.append(ImageSpan(start, count, pixel_values[row : row + patches], grid[index], key))
         token += count
         row += patches
