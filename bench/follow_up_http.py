@@ -1,6 +1,7 @@
 """Over HTTP, a follow-up's time to first token against the first question's, prefix cache on and off.
 
 Usage: python bench/follow_up_http.py [--conversations 6] [--size 1024x768] [--json FILE]
+       python bench/follow_up_http.py --url http://host:8080   # one running server, as it is set up
 
 What the web page does, turn by turn: a streaming chat completion with a picture and a
 question, then the same conversation (the picture in the first user turn, the answer as the
@@ -40,7 +41,8 @@ def _picture(index: int, size: tuple[int, int]) -> str:
 
 def _stream(client: Any, messages: list[dict[str, Any]], max_tokens: int) -> tuple[float, str]:
     """(seconds to the first text delta, the whole answer) of one streaming chat completion."""
-    body = {"model": "tiny", "messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": True}
+    model = client.headers.get("X-Bench-Model", "tiny")
+    body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": True}
     started = time.perf_counter()
     first: float | None = None
     text = []
@@ -61,6 +63,8 @@ def measure(url: str, conversations: int, size: tuple[int, int], max_tokens: int
 
     turn1, turn2, answers = [], [], []
     with httpx.Client(base_url=url, headers={"Cache-Control": "no-cache"}, timeout=300) as client:
+        models = client.get("/v1/models").json().get("data") or [{"id": "tiny"}]
+        client.headers["X-Bench-Model"] = models[0]["id"]
         _stream(client, [{"role": "user", "content": "hello"}], 2)  # warm-up
         for index in range(conversations):
             url_ = _picture(index, size)
@@ -95,9 +99,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conversations", type=int, default=6)
     parser.add_argument("--size", default="1024x768")
     parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--url", help="measure this running server only (its own prefix-cache setting)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     size = tuple(int(x) for x in args.size.split("x"))
+    if args.url:
+        result = measure(args.url, args.conversations, (size[0], size[1]), args.max_tokens)
+        result.pop("answers")
+        sys.stdout.write(
+            f"first question {result['turn1_ttft_median_s']} s, follow-up {result['turn2_ttft_median_s']} s "
+            f"to the first token (medians of {args.conversations})\n"
+        )
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2) + "\n")
+        return 0
     from glimpse.engine.tiny_model import ensure_random_tiny_model
 
     model_dir = ensure_random_tiny_model(Path(tempfile.mkdtemp(prefix="glimpse-follow-")) / "tiny")

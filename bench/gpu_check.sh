@@ -68,6 +68,9 @@ $py -m glimpse bench --url "http://127.0.0.1:$PORT" --concurrency "$LEVELS" $ben
 $py -m glimpse bench --url "http://127.0.0.1:$PORT" --concurrency "$LEVELS" $bench_load --warmup 4 \
   --image-size 448 --max-tokens 64 --ignore-eos --json "$OUT/bench_448.json" | tail -20
 
+echo "== 5b. follow-up questions about the same 1024x768 image (prefix + embedding caches) ==" | tee -a "$OUT/summary.txt"
+$py bench/follow_up_http.py --url "http://127.0.0.1:$PORT" --conversations "${FOLLOW_UPS:-6}" \
+  --json "$OUT/follow_up.json" | tee -a "$OUT/summary.txt"
 grep -h "CUDA graph capture failed" "$OUT/serve.log" | head -3 | tee -a "$OUT/summary.txt"
 
 echo "== 6. ratios (at ${SECONDS}s) ==" | tee -a "$OUT/summary.txt"
