@@ -26,6 +26,7 @@ from glimpse.engine.batching import (
     SequenceRequest,
     generation_eos_ids,
 )
+from glimpse.engine.grammar import GrammarLogitsProcessor
 from glimpse.engine.job import Job
 from glimpse.engine.loader import LoadedModel, load_model
 from glimpse.engine.protocol import FinishReason, SamplingDefaults
@@ -142,7 +143,9 @@ class EngineWorker(threading.Thread):
                 return
         self._sinks.jobs[job.request_id] = job
         try:
-            self._batcher.submit(SequenceRequest(job.request_id, job.inputs, self._sinks, job.sampling))
+            self._batcher.submit(
+                SequenceRequest(job.request_id, job.inputs, self._sinks, job.sampling, job.constraint)
+            )
         except BaseException:
             self._sinks.jobs.pop(job.request_id, None)
             raise
@@ -299,9 +302,12 @@ class EngineWorker(threading.Thread):
 
     @staticmethod
     def logits_processors(job: Job) -> list[Any]:
-        """What ``generate()`` lacks: OpenAI's presence and frequency penalties."""
+        """What ``generate()`` lacks: OpenAI's presence and frequency penalties, then the grammar."""
         presence = job.sampling.presence_penalty or 0.0
         frequency = job.sampling.frequency_penalty or 0.0
-        if presence == 0.0 and frequency == 0.0:
-            return []
-        return [OpenAIPenalties(job.prompt_tokens, presence, frequency)]
+        processors: list[Any] = []
+        if presence != 0.0 or frequency != 0.0:
+            processors.append(OpenAIPenalties(job.prompt_tokens, presence, frequency))
+        if job.constraint is not None:
+            processors.append(GrammarLogitsProcessor(job.constraint, job.prompt_tokens))
+        return processors

@@ -246,7 +246,10 @@ class ContinuousBatcher:
             if self._observer is not None:
                 self._observer.on_admit(self._clock() - seq.enqueued_at)
             try:
-                seq.sampler = SamplerState.create(seq.request.sampling, seq.request.inputs["input_ids"])
+                request = seq.request
+                seq.sampler = SamplerState.create(
+                    request.sampling, request.inputs["input_ids"], request.constraint
+                )
                 seq.prompt = self.runner.prepare(seq.request.inputs)
             except Exception as exc:
                 logger.exception("prompt of sequence %s is unusable", seq.seq_id)
@@ -345,7 +348,7 @@ class ContinuousBatcher:
             self._retire(seq, error=exc)
             return
         sampling = seq.request.sampling
-        if stop or (token in self.eos_token_ids and not sampling.ignore_eos):
+        if stop or seq.sampler.finished or (token in self.eos_token_ids and not sampling.ignore_eos):
             self._retire(seq, reason=FinishReason.STOP)
         elif seq.generated >= sampling.max_new_tokens:
             self._retire(seq, reason=FinishReason.LENGTH)
