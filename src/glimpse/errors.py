@@ -8,11 +8,13 @@ so layers below the API never import a web framework.
     GlimpseError [500]
     ├─ ClientError [400]
     │   ├─ InvalidRequest [400]
+    │   │   └─ UnsupportedParameter [400]   an OpenAI parameter Glimpse does not implement
     │   ├─ InvalidImage [400]
     │   ├─ PromptRejected [400]
     │   ├─ Unauthorized [401]
     │   ├─ Forbidden [403]
     │   ├─ ModelNotFound [404]
+    │   ├─ EndpointNotFound [404]
     │   ├─ RequestTooLarge [413]
     │   │   └─ ImageTooLarge [413]
     │   ├─ RequestTimeout [408]
@@ -38,6 +40,7 @@ __all__ = [
     "ClientError",
     "DeadlineExceeded",
     "EngineDead",
+    "EndpointNotFound",
     "EngineRequestError",
     "Forbidden",
     "GlimpseError",
@@ -54,6 +57,7 @@ __all__ = [
     "RequestTooLarge",
     "Unauthorized",
     "UnsupportedMediaType",
+    "UnsupportedParameter",
     "UpstreamError",
     "UpstreamTimeout",
 ]
@@ -85,6 +89,12 @@ class InvalidRequest(ClientError):
     code = "invalid_request"
 
 
+class UnsupportedParameter(InvalidRequest):
+    """A parameter (OpenAI's) that Glimpse does not implement: refused, never silently ignored."""
+
+    code = "unsupported_parameter"
+
+
 class InvalidImage(ClientError):
     code = "invalid_image"
 
@@ -108,6 +118,14 @@ class Forbidden(ClientError):
 class ModelNotFound(ClientError):
     status_code = HTTPStatus.NOT_FOUND
     code = "model_not_found"
+    error_type = "not_found_error"
+
+
+class EndpointNotFound(ClientError):
+    """An API path Glimpse does not serve (OpenAI's ``/v1/completions``, ``/v1/responses``)."""
+
+    status_code = HTTPStatus.NOT_FOUND
+    code = "not_found"
     error_type = "not_found_error"
 
 

@@ -154,7 +154,7 @@ async def test_models_lists_the_served_model(make_client):
     [
         ({"messages": []}, 422, "invalid_request"),
         ({"messages": "nope"}, 422, "invalid_request"),
-        (_chat(_vision(), n=2), 422, "invalid_request"),
+        (_chat(_vision(), n=2), 400, "unsupported_parameter"),
         (_chat(_vision(), temperature=5), 422, "invalid_request"),
         ({"model": "other", "messages": [{"role": "user", "content": "x"}]}, 404, "model_not_found"),
         ({"messages": [{"role": "system", "content": "only system"}]}, 400, "invalid_request"),
@@ -295,3 +295,71 @@ async def test_a_vanishing_temperature_is_greedy_for_the_cache_too(make_client):
         sampled = await client.post("/v1/chat/completions", json=_chat(_vision(), temperature=0.5))
     assert (first.headers["x-glimpse-cache"], again.headers["x-glimpse-cache"]) == ("miss", "hit")
     assert sampled.headers["x-glimpse-cache"] != "hit"
+
+
+async def test_response_format_reaches_the_engine_with_the_schema_in_the_clients_order(make_client):
+    engine = FakeEngine()
+    schema = {"type": "object", "properties": {"b": {"type": "integer"}, "a": {"type": "string"}}}
+    fmt = {"type": "json_schema", "json_schema": {"name": "thing", "schema": schema, "strict": True}}
+    async with make_client(engine) as client:
+        for response_format in (fmt, {"type": "json_object"}, {"type": "text"}):
+            response = await client.post(
+                "/v1/chat/completions", json=_chat(_vision(), response_format=response_format)
+            )
+            assert response.status_code == 200, response.text
+    structured, any_object, text = (r.sampling.response_format for r in engine.requests)
+    assert structured is not None
+    assert (structured.type, structured.name, structured.strict) == ("json_schema", "thing", True)
+    assert list(json.loads(structured.schema)["properties"]) == ["b", "a"]
+    assert any_object is not None
+    assert any_object.type == "json_object"
+    assert text is None
+
+
+@pytest.mark.parametrize(
+    ("response_format", "status", "param"),
+    [
+        ({"type": "json_schema", "json_schema": {"name": "x"}}, 400, "response_format"),
+        ({"type": "json_schema", "json_schema": {"name": "no spaces", "schema": {}}}, 422, None),
+        ({"type": "json_schema", "json_schema": {"name": "x", "schema": {}, "stict": True}}, 422, None),
+        ({"type": "xml"}, 422, None),
+    ],
+)
+async def test_malformed_response_format_is_refused_before_the_engine(
+    make_client, response_format, status, param
+):
+    engine = FakeEngine()
+    async with make_client(engine) as client:
+        response = await client.post(
+            "/v1/chat/completions", json=_chat(_vision(), response_format=response_format)
+        )
+    _assert_error_shape(response, status, "invalid_request")
+    assert response.json()["error"]["param"].startswith(param or "response_format")
+    assert engine.requests == []
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"logprobs": True, "top_logprobs": 2}, "logprobs"),
+        ({"n": 3}, "n"),
+        ({"guided_json": {"type": "object"}}, "guided_json"),
+        ({"max_tokns": 5}, "max_tokns"),
+    ],
+)
+async def test_unsupported_parameters_are_a_400_naming_them_before_the_engine(make_client, extra, param):
+    engine = FakeEngine()
+    async with make_client(engine) as client:
+        response = await client.post("/v1/chat/completions", json=_chat(_vision(), **extra))
+    _assert_error_shape(response, 400, "unsupported_parameter")
+    assert response.json()["error"]["param"] == param
+    assert engine.requests == []
+
+
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/responses"])
+async def test_other_openai_generation_paths_are_a_404_pointing_to_chat_completions(make_client, path):
+    async with make_client(FakeEngine()) as client:
+        response = await client.post(path, json={"model": "fake-model", "prompt": "hi"})
+    _assert_error_shape(response, 404, "not_found")
+    assert "/v1/chat/completions" in response.json()["error"]["message"]

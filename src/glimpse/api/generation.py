@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from glimpse.config import EngineSettings, ServerSettings
 from glimpse.engine.max_tokens import resolve_max_tokens
-from glimpse.engine.protocol import Engine, ImagePart, ImageSizeCheck, SamplingParams
+from glimpse.engine.protocol import Engine, ImagePart, ImageSizeCheck, ResponseFormat, SamplingParams
 from glimpse.media import DecodedImage, ImageHeader
 
 __all__ = [
@@ -70,6 +70,7 @@ def sampling_params(
     fields: SamplingFields | None = None,
     stop: str | list[str] | None = None,
     ignore_eos: bool = False,
+    response_format: ResponseFormat | None = None,
 ) -> SamplingParams:
     """The engine's settings for a request: limits applied, unset sampling fields left unset.
 
@@ -93,6 +94,7 @@ def sampling_params(
         repetition_penalty=f.repetition_penalty,
         presence_penalty=f.presence_penalty,
         frequency_penalty=f.frequency_penalty,
+        response_format=response_format,
     )
 
 

@@ -287,6 +287,9 @@ class GenerationService:
                 "seed": s.seed,
                 "stop": list(s.stop),
                 "ignore_eos": s.ignore_eos,
+                "response_format": None
+                if s.response_format is None
+                else dataclasses.asdict(s.response_format),
                 "template": dict(gen.template_kwargs),
                 "server": self.answer_settings.model_dump(mode="json"),
             },

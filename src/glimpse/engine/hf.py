@@ -9,7 +9,9 @@ stream. Closing that stream early cancels the job.
 
 Client text is tokenized as plain text (``PromptEncoder``); preprocessing fails
 only with ``GlimpseError``s and within the request's deadline, so no await here
-can hang.
+can hang. A ``response_format`` is compiled to a grammar (``engine.grammar``) in a
+thread of its own before preprocessing, so an unusable schema is refused first and
+the engine thread only applies grammars, never compiles them.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 from glimpse.config import EngineSettings
-from glimpse.engine.batching import BatchObserver
+from glimpse.engine.batching import BatchObserver, generation_eos_ids
+from glimpse.engine.grammar import Grammars, TokenConstraint
+from glimpse.engine.grammar_pool import GrammarPool
 from glimpse.engine.job import Job, JobSink
 from glimpse.engine.loader import LoadedModel, resolve_device, resolve_model_path
 from glimpse.engine.max_tokens import resolve_max_tokens
@@ -88,6 +92,7 @@ class HFEngine:
         self.loaded: LoadedModel | None = None
         self._think_ids: tuple[int, int] | None = None
         self._sampling_defaults = SamplingDefaults()
+        self._grammars = GrammarPool(self._build_grammars)
 
     @property
     def model_name(self) -> str:
@@ -206,6 +211,7 @@ class HFEngine:
             await run_in_executor(None, self._worker.join, 30)
         # After the worker: what finishes preprocessing now fails at enqueue with EngineDead.
         await self._close_preprocessing()
+        self._grammars.close()
 
     def health(self) -> EngineHealth:
         worker = self._worker
@@ -287,20 +293,27 @@ class HFEngine:
         job: Job | None = None
         try:
             loop = asyncio.get_running_loop()
+            grammar = await self._grammars.compile(sampling, request.deadline)
             inputs, prompt_tokens = await self._prepared(request)
             assert self.loaded is not None
             assert self._worker is not None
             tokenizer = getattr(self.loaded.processor, "tokenizer", self.loaded.processor)
             think = self._think_ids
+            thinking = think is not None and int(inputs["input_ids"][0, -1]) == think[0]
             sink = JobSink(
                 loop,
                 lambda ids: str(tokenizer.decode(ids, skip_special_tokens=True)),
                 request.sampling.stop,
                 prompt_tokens,
                 think_ids=think,
-                thinking=think is not None and int(inputs["input_ids"][0, -1]) == think[0],
+                thinking=thinking,
             )
-            job = Job(request.request_id, inputs, sampling, sink, prompt_tokens)
+            constraint: TokenConstraint | None = None
+            if grammar is not None:
+                # A prompt that opened a thought: the grammar starts after the thought closes.
+                after = think[1] if think is not None and thinking else None
+                constraint = self._grammars.constraint(grammar, after=after)
+            job = Job(request.request_id, inputs, sampling, sink, prompt_tokens, constraint)
             self._jobs[request.request_id] = job
             self._worker.enqueue(job)
             async for event in self._drain(job, request.deadline):
@@ -311,6 +324,19 @@ class HFEngine:
                 if not job.sink.finished and self._worker is not None:
                     self._worker.cancel(job)
                 self._jobs.pop(request.request_id, None)
+
+    def _build_grammars(self) -> Grammars:
+        """The grammars' vocabulary is the logits' width (GLM's head is wider than its tokenizer), their
+        stop tokens the ids ``generate()`` and the batcher end on."""
+        loaded = self.loaded
+        if loaded is None:
+            raise NotReady("The model is still loading; try again shortly.", retry_after=_RETRY_AFTER_S)
+        tokenizer = getattr(loaded.processor, "tokenizer", loaded.processor)
+        head = loaded.model.get_output_embeddings()
+        vocab = (
+            int(head.weight.shape[0]) if head is not None else int(loaded.model.config.text_config.vocab_size)
+        )
+        return Grammars(tokenizer, vocab, generation_eos_ids(loaded.model.generation_config))
 
     async def _prepared(self, request: GenerationRequest) -> tuple[dict[str, Any], int]:
         """The request's model inputs from the preprocessor, within the request's deadline.

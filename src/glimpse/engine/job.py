@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from glimpse.engine.grammar import TokenConstraint
 from glimpse.engine.protocol import FinishReason, SamplingParams, TokenEvent
 from glimpse.engine.text import IncrementalDecoder, StopMatcher
 
@@ -126,6 +127,8 @@ class Job:
     sampling: SamplingParams
     sink: JobSink
     prompt_tokens: int
+    #: Structured output: the grammar the answer follows (``sampling.response_format``, compiled).
+    constraint: TokenConstraint | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
     enqueued_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None

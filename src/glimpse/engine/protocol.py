@@ -29,6 +29,7 @@ __all__ = [
     "ImagePart",
     "ImageSizeCheck",
     "ContentPart",
+    "ResponseFormat",
     "SamplingDefaults",
     "SamplingParams",
     "SamplingResolver",
@@ -68,6 +69,25 @@ class ChatMessage:
     @property
     def images(self) -> tuple[ImagePart, ...]:
         return tuple(part for part in self.content if isinstance(part, ImagePart))
+
+
+@dataclass(slots=True, frozen=True)
+class ResponseFormat:
+    """The shape an answer must have (OpenAI's ``response_format``), enforced while decoding.
+
+    ``json_object``: any JSON object. ``json_schema``: JSON valid against ``schema``, kept
+    as JSON text in the client's key order (the order in which a grammar lays out an
+    object's properties, and what an upstream server receives), so the value stays
+    hashable for the result cache's key and for grammar caching. ``name``,
+    ``description`` and ``strict`` are only passed on (to an upstream server): the
+    in-process engine enforces every schema, ``strict`` or not.
+    """
+
+    type: Literal["json_object", "json_schema"]
+    schema: str | None = None
+    name: str | None = None
+    description: str | None = None
+    strict: bool | None = None
 
 
 #: Temperatures below this decode greedily (as vLLM does): dividing logits by a smaller
@@ -118,6 +138,8 @@ class SamplingParams:
     #: OpenAI's penalties: over answer tokens only, subtracted once (presence) or per use (frequency).
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    #: Structured output: the answer is decoded under this format's grammar (``None``: free text).
+    response_format: ResponseFormat | None = None
 
     @property
     def greedy(self) -> bool:

@@ -109,7 +109,9 @@ class EngineWorker(threading.Thread):
             raise NotReady("The model is still loading; try again shortly.", retry_after=2)
         self._sinks.jobs[job.request_id] = job
         try:
-            scheduler.submit(SequenceRequest(job.request_id, job.inputs, self._sinks, job.sampling))
+            scheduler.submit(
+                SequenceRequest(job.request_id, job.inputs, self._sinks, job.sampling, job.constraint)
+            )
         except BaseException:
             self._sinks.jobs.pop(job.request_id, None)
             raise

@@ -19,6 +19,7 @@ from glimpse.engine.protocol import (
     FinishReason,
     GenerationRequest,
     ImagePart,
+    ResponseFormat,
     SamplingDefaults,
     SamplingParams,
     TextPart,
@@ -198,6 +199,8 @@ async def test_an_engine_that_cannot_resolve_gets_the_settings_as_sent():
         ("frequency_penalty", -0.5),
         ("top_p", 0.9),
         ("temperature", 0.5),
+        ("response_format", ResponseFormat("json_object")),
+        ("response_format", ResponseFormat("json_schema", '{"type":"object"}', name="x")),
     ],
 )
 def test_every_sampling_setting_is_part_of_the_cache_key(name, value):

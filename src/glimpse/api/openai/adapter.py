@@ -18,6 +18,7 @@ from glimpse.engine.protocol import (
     ContentPart,
     FinishReason,
     GenerationRequest,
+    ResponseFormat,
     TextPart,
     TokenEvent,
 )
@@ -25,7 +26,8 @@ from glimpse.errors import GlimpseError, InvalidRequest
 from glimpse.guard.normalize import sanitize_model_text
 from glimpse.media import DecodedBatch, DecodedImage, ImageHeader, ImageIntake
 
-from .schemas import ChatCompletionRequest, ChatMessageIn, ImageURLPart
+from .params import check_parameters
+from .schemas import ChatCompletionRequest, ChatMessageIn, ImageURLPart, JSONSchemaFormat, ResponseFormatIn
 
 __all__ = ["completion_body", "error_event", "sse_stream", "to_generation_request"]
 
@@ -64,9 +66,12 @@ async def to_generation_request(
     """The engine request and its decoded images, whose budget the caller must free or release.
 
     Everything that can refuse the request cheaply runs before any image is fetched
-    or decoded; all images are sized from their headers (and ``size_check``ed, e.g.
-    against the engine's token budget) before any is decoded.
+    or decoded (parameters Glimpse does not implement first); all images are sized from
+    their headers (and ``size_check``ed, e.g. against the engine's token budget) before
+    any is decoded.
     """
+    check_parameters(body.model_extra or {})
+    response_format = _response_format(body.response_format)
     refs = _image_refs(body.messages)
     intake.check_count(len(refs))
     if not any(m.role == "user" and m.content for m in body.messages):
@@ -79,6 +84,7 @@ async def to_generation_request(
         fields=body,
         stop=body.stop,
         ignore_eos=body.ignore_eos,
+        response_format=response_format,
     )
     template_kwargs = tuple(sorted((body.chat_template_kwargs or {}).items()))
     blobs = await asyncio.gather(*(intake.load_reference(ref) for ref in refs))
@@ -91,6 +97,23 @@ async def to_generation_request(
         raise
     gen = GenerationRequest(request_id, tuple(messages), sampling, deadline, template_kwargs)
     return gen, images
+
+
+def _response_format(wire: ResponseFormatIn | None) -> ResponseFormat | None:
+    """The engine's format (``text``, OpenAI's default, is none); the schema keeps the client's key order,
+    which is the order the answer's properties come in."""
+    if wire is None or wire.type == "text":
+        return None
+    if not isinstance(wire, JSONSchemaFormat):
+        return ResponseFormat("json_object")
+    spec = wire.json_schema
+    if spec.schema_ is None:
+        raise InvalidRequest(
+            "response_format.json_schema.schema is required: the JSON Schema the answer must follow.",
+            param="response_format",
+        )
+    schema = json.dumps(spec.schema_, ensure_ascii=False, separators=(",", ":"))
+    return ResponseFormat("json_schema", schema, spec.name, spec.description, spec.strict)
 
 
 def _check(size_check: SizeCheck, max_new_tokens: int, headers: Sequence[ImageHeader]) -> None:

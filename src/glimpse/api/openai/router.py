@@ -1,4 +1,4 @@
-"""``/v1/chat/completions`` and ``/v1/models``."""
+"""``/v1/chat/completions`` and ``/v1/models``; OpenAI's other generation paths answer where to go."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from glimpse.api.service import CACHE_HEADER
 from glimpse.api.state import AppState, StateDep
 from glimpse.api.streams import ReceiveWatcher
 from glimpse.engine.protocol import GenerationRequest
+from glimpse.errors import EndpointNotFound
 from glimpse.media import DecodedBatch
 
 from .adapter import completion_body, sse_stream, to_generation_request
@@ -75,6 +76,20 @@ async def _respond(
     result = await state.service.handle(gen, context, watcher, stream=False, on_first_event=images.free)
     return JSONResponse(
         completion_body(completion_id, model, result), headers={CACHE_HEADER: result.cache.value}
+    )
+
+
+@router.api_route("/completions", methods=["GET", "POST"], include_in_schema=False)
+@router.api_route("/responses", methods=["GET", "POST"], include_in_schema=False)
+async def not_served(request: Request) -> None:
+    """OpenAI's legacy completions and its Responses API: a 404 that says which path to use.
+
+    LlamaIndex's ``OpenAILike`` calls ``/v1/completions`` by default; a bare "Not Found"
+    does not tell its user what to change.
+    """
+    raise EndpointNotFound(
+        f"{request.url.path} is not served here: Glimpse implements OpenAI's chat completions API; "
+        "use POST /v1/chat/completions.",
     )
 
 

@@ -14,8 +14,13 @@ __all__ = [
     "ChatMessageIn",
     "ImageURL",
     "ImageURLPart",
+    "JSONObjectFormat",
+    "JSONSchemaFormat",
+    "JSONSchemaSpec",
+    "ResponseFormatIn",
     "StreamOptions",
     "TextContentPart",
+    "TextFormat",
 ]
 
 
@@ -98,7 +103,41 @@ class StreamOptions(_Lenient):
     include_usage: bool = False
 
 
+class _Exact(BaseModel):
+    # A misspelt key in response_format would change what the answer must be: refuse it.
+    model_config = ConfigDict(extra="forbid")
+
+
+class TextFormat(_Exact):
+    type: Literal["text"]
+
+
+class JSONObjectFormat(_Exact):
+    type: Literal["json_object"]
+
+
+class JSONSchemaSpec(_Exact):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The schema's name (OpenAI's rule).")
+    description: str | None = None
+    schema_: dict[str, Any] | bool | None = Field(
+        None, alias="schema", description="A JSON Schema; the answer is decoded to be valid against it."
+    )
+    strict: bool | None = Field(None, description="Accepted either way: every schema is enforced.")
+
+
+class JSONSchemaFormat(_Exact):
+    type: Literal["json_schema"]
+    json_schema: JSONSchemaSpec
+
+
+ResponseFormatIn = Annotated[TextFormat | JSONObjectFormat | JSONSchemaFormat, Field(discriminator="type")]
+
+
 class ChatCompletionRequest(SamplingFields, _Lenient):
+    # Undeclared fields are kept (``model_extra``) for ``params.check_parameters`` to refuse
+    # or ignore by name; nested models stay lenient.
+    model_config = ConfigDict(extra="allow")
+
     model: str | None = None
     messages: list[ChatMessageIn] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
@@ -106,8 +145,10 @@ class ChatCompletionRequest(SamplingFields, _Lenient):
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int = Field(1, ge=1, le=1, description="Only one choice per request is supported.")
     user: str | None = None
+    response_format: ResponseFormatIn | None = Field(
+        None, description="Structured output: json_object, or json_schema enforced while decoding."
+    )
     ignore_eos: bool = Field(False, description="vLLM extension: generate exactly max_tokens tokens.")
     chat_template_kwargs: (
         dict[str, bool | int | FiniteFloat | Annotated[str, Field(max_length=256)]] | None

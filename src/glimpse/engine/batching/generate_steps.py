@@ -9,7 +9,7 @@ next token, through a stopping criterion.
 
 Sampling is ``generate()``'s own, from the checkpoint's ``generation_config``
 with the request's settings written over it, plus OpenAI's presence and
-frequency penalties, which transformers lacks.
+frequency penalties, which transformers lacks, and a structured-output grammar.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from glimpse.engine.batching.interface import StepHost
 from glimpse.engine.batching.penalties import OpenAIPenalties
 from glimpse.engine.batching.runner import generation_eos_ids
 from glimpse.engine.batching.sequence import SequenceState
+from glimpse.engine.grammar import GrammarLogitsProcessor
 from glimpse.engine.protocol import FinishReason, SamplingDefaults, SamplingParams
 
 __all__ = ["GenerateSteps", "generation_config_for"]
@@ -170,9 +171,12 @@ class GenerateSteps:
 
     @staticmethod
     def _penalties(seq: SequenceState) -> list[Any]:
-        """What ``generate()`` lacks: OpenAI's presence and frequency penalties."""
+        """What ``generate()`` lacks: OpenAI's presence and frequency penalties, then the grammar."""
         presence = seq.request.sampling.presence_penalty or 0.0
         frequency = seq.request.sampling.frequency_penalty or 0.0
-        if presence == 0.0 and frequency == 0.0:
-            return []
-        return [OpenAIPenalties(seq.prompt_len, presence, frequency)]
+        processors: list[Any] = []
+        if presence != 0.0 or frequency != 0.0:
+            processors.append(OpenAIPenalties(seq.prompt_len, presence, frequency))
+        if seq.request.constraint is not None:
+            processors.append(GrammarLogitsProcessor(seq.request.constraint, seq.prompt_len))
+        return processors

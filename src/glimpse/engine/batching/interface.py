@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 
 from glimpse.config import EngineSettings
+from glimpse.engine.grammar import TokenConstraint
 from glimpse.engine.protocol import FinishReason, SamplingParams
 
 if TYPE_CHECKING:
@@ -50,13 +51,16 @@ class SequenceRequest:
     """One prompt, already through the processor (batch size 1), to generate from.
 
     ``sampling.stop`` is not used here: stop strings need detokenized text, so the
-    sink matches them and returns True from ``on_token``.
+    sink matches them and returns True from ``on_token``. Nor is ``sampling.response_format``:
+    ``constraint`` is its grammar, compiled before the request gets here.
     """
 
     seq_id: str
     inputs: Mapping[str, torch.Tensor]
     sink: TokenSink
     sampling: SamplingParams
+    #: Structured output: the grammar the answer follows; it ends the sequence once complete.
+    constraint: TokenConstraint | None = None
 
 
 @dataclass(slots=True, frozen=True)

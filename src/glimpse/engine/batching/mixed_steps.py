@@ -107,7 +107,8 @@ class MixedSteps:
         return self.prefix is not None
 
     def admit(self, seq: SequenceState) -> None:
-        seq.sampler = SamplerState.create(seq.request.sampling, seq.request.inputs["input_ids"])
+        request = seq.request
+        seq.sampler = SamplerState.create(request.sampling, request.inputs["input_ids"], request.constraint)
         seq.prompt = prompt = self.runner.prepare(seq.request.inputs)
         if self.prefix is None:
             seq.slot = self.cache.allocate()

@@ -3,6 +3,7 @@
 Each running sequence brings its own settings. A step works on all rows at once:
 
 1. rows with a penalty get it (``penalties``: one pass over just those rows);
+   rows under a grammar (structured output) then get its mask (``constraints``);
 2. every row's arg-max (first index on ties, as ``generate()``) is the greedy answer;
 3. sampled rows (one pass over just those) go through their temperature and cut-offs
    (``warpers``) and draw by inverse CDF: one uniform number per row, from that row's
@@ -23,8 +24,10 @@ from typing import TypeVar
 
 import torch
 
+from glimpse.engine.batching.constraints import accept_tokens, constrain_logits
 from glimpse.engine.batching.penalties import apply_penalties, prompt_mask
 from glimpse.engine.batching.warpers import RowWarp, filter_logits
+from glimpse.engine.grammar import TokenConstraint
 from glimpse.engine.protocol import SamplingDefaults, SamplingParams
 from glimpse.engine.sampling_config import check_sampling
 
@@ -53,21 +56,34 @@ class SamplerState:
     prompt_ids: torch.Tensor | None = None
     seen_in_prompt: torch.Tensor | None = None
     counts: torch.Tensor | None = None
+    #: Structured output: the grammar this sequence's tokens must follow.
+    constraint: TokenConstraint | None = None
 
     @property
     def greedy(self) -> bool:
         return self.generator is None
 
     @property
+    def finished(self) -> bool:
+        """The sequence's grammar is complete (it took its stop token): the answer ends here."""
+        return self.constraint is not None and self.constraint.finished
+
+    @property
     def penalised(self) -> bool:
         return self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
 
     @classmethod
-    def create(cls, sampling: SamplingParams, prompt_ids: torch.Tensor | None = None) -> SamplerState:
+    def create(
+        cls,
+        sampling: SamplingParams,
+        prompt_ids: torch.Tensor | None = None,
+        constraint: TokenConstraint | None = None,
+    ) -> SamplerState:
         """The state for ``sampling``; fields nobody resolved take their neutral values.
 
         Raises ``InvalidRequest`` for settings the sampler cannot use. ``prompt_ids`` is
-        needed only for a repetition penalty (it counts the prompt's tokens too).
+        needed only for a repetition penalty (it counts the prompt's tokens too);
+        ``constraint`` is the request's grammar (structured output), if it has one.
         """
         check_sampling(sampling)
         s, n = sampling, _NEUTRAL
@@ -77,6 +93,7 @@ class SamplerState:
             presence_penalty=_or(s.presence_penalty, n.presence_penalty),
             frequency_penalty=_or(s.frequency_penalty, n.frequency_penalty),
             prompt_ids=prompt_ids if repetition != 1.0 else None,
+            constraint=constraint,
         )
         if not s.greedy:
             state.warp = RowWarp(
@@ -107,12 +124,16 @@ def _or(value: _T | None, default: _T) -> _T:
 
 
 def sample_tokens(logits: torch.Tensor, states: Sequence[SamplerState]) -> list[int]:
-    """Pick one token per row of ``logits`` (``[n, vocab]``, float32) by that row's settings."""
+    """Pick one token per row of ``logits`` (``[n, vocab]``, float32) by that row's settings.
+
+    Rows under a grammar are masked in place (``logits`` is the step's scratch output).
+    """
     if len(states) != logits.shape[0]:
         raise ValueError(f"{logits.shape[0]} rows of logits for {len(states)} sequences")
     penalised = [i for i, state in enumerate(states) if state.penalised]
     if penalised:
         logits = _penalise(logits, penalised, [states[i] for i in penalised])
+    constrain_logits(logits, states)
     tokens = logits.argmax(dim=-1)
     sampled = [i for i, state in enumerate(states) if not state.greedy]
     if sampled:
@@ -124,6 +145,7 @@ def sample_tokens(logits: torch.Tensor, states: Sequence[SamplerState]) -> list[
         counts = states[i].counts
         assert counts is not None
         counts[chosen[i]] += 1
+    accept_tokens(states, chosen)
     return chosen
 
 

@@ -239,7 +239,7 @@ class Scheduler:
             self._retire(seq, error=exc)
             return True
         sampling = seq.request.sampling
-        if stop or (token in self.eos_token_ids and not sampling.ignore_eos):
+        if stop or seq.sampler.finished or (token in self.eos_token_ids and not sampling.ignore_eos):
             self._retire(seq, reason=FinishReason.STOP)
         elif seq.generated >= sampling.max_new_tokens:
             self._retire(seq, reason=FinishReason.LENGTH)

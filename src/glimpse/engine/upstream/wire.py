@@ -18,7 +18,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from glimpse import openai_wire
-from glimpse.engine.protocol import ChatMessage, FinishReason, GenerationRequest, ImagePart, TextPart
+from glimpse.engine.protocol import (
+    ChatMessage,
+    FinishReason,
+    GenerationRequest,
+    ImagePart,
+    ResponseFormat,
+    TextPart,
+)
 from glimpse.errors import (
     EngineRequestError,
     GlimpseError,
@@ -46,6 +53,7 @@ __all__ = [
     "finish_reason",
     "parse_chunk",
     "resolve_model",
+    "response_format_body",
 ]
 
 logger = logging.getLogger(__name__)
@@ -139,7 +147,22 @@ def chat_body(request: GenerationRequest, model: str, messages: list[dict[str, A
         body["ignore_eos"] = True
     if request.template_kwargs:
         body["chat_template_kwargs"] = dict(request.template_kwargs)  # vLLM/SGLang extension too
+    if sampling.response_format is not None:
+        body["response_format"] = response_format_body(sampling.response_format)
     return body
+
+
+def response_format_body(response_format: ResponseFormat) -> dict[str, Any]:
+    """``response_format`` as the client sent it (the upstream enforces it: vLLM and SGLang do)."""
+    if response_format.type == "json_object" or response_format.schema is None:
+        return {"type": "json_object"}
+    name = response_format.name or "response"  # OpenAI requires one
+    spec: dict[str, Any] = {"name": name, "schema": json.loads(response_format.schema)}
+    if response_format.description is not None:
+        spec["description"] = response_format.description
+    if response_format.strict is not None:
+        spec["strict"] = response_format.strict
+    return {"type": "json_schema", "json_schema": spec}
 
 
 def parse_chunk(data: str) -> StreamChunk:

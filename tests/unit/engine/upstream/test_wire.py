@@ -6,7 +6,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from glimpse.engine.protocol import ChatMessage, FinishReason, ImagePart, TextPart
+from glimpse.engine.protocol import ChatMessage, FinishReason, ImagePart, ResponseFormat, TextPart
 from glimpse.engine.upstream.wire import (
     ImageEncoder,
     chat_body,
@@ -144,6 +144,20 @@ def test_chat_body_sends_sampling_and_only_set_extras():
     }
     extra = chat_body(make_request(seed=3, stop=("END",), ignore_eos=True), "m", [])
     assert (extra["seed"], extra["stop"], extra["ignore_eos"]) == (3, ["END"], True)
+
+
+def test_chat_body_passes_response_format_on_as_the_client_sent_it():
+    schema = '{"type":"object","properties":{"b":{"type":"integer"},"a":{"type":"string"}}}'
+    fmt = ResponseFormat("json_schema", schema, name="thing", strict=True)
+    body = chat_body(make_request(response_format=fmt), "m", [])
+    assert body["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "thing", "schema": json.loads(schema), "strict": True},
+    }
+    assert list(body["response_format"]["json_schema"]["schema"]["properties"]) == ["b", "a"]
+    plain = chat_body(make_request(response_format=ResponseFormat("json_object")), "m", [])
+    assert plain["response_format"] == {"type": "json_object"}
+    assert "response_format" not in chat_body(make_request(), "m", [])
 
 
 def test_chat_body_sends_unset_temperature_as_greedy_and_new_settings_only_when_set():
