@@ -12,7 +12,8 @@ so layers below the API never import a web framework.
     │   ├─ PromptRejected [400]
     │   ├─ Unauthorized [401]
     │   ├─ Forbidden [403]
-    │   ├─ ModelNotFound [404]
+    │   ├─ NotFound [404]
+    │   │   └─ ModelNotFound [404]
     │   ├─ RequestTooLarge [413]
     │   │   └─ ImageTooLarge [413]
     │   ├─ RequestTimeout [408]
@@ -45,6 +46,7 @@ __all__ = [
     "InvalidImage",
     "InvalidRequest",
     "ModelNotFound",
+    "NotFound",
     "ModelLoadError",
     "NotReady",
     "Overloaded",
@@ -105,10 +107,16 @@ class Forbidden(ClientError):
     error_type = "permission_error"
 
 
-class ModelNotFound(ClientError):
+class NotFound(ClientError):
+    """No such object, or not one the caller may see (another key's file or batch looks absent)."""
+
     status_code = HTTPStatus.NOT_FOUND
-    code = "model_not_found"
+    code = "not_found"
     error_type = "not_found_error"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
 
 
 class RequestTooLarge(ClientError):
