@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
     "AnswerDefaults",
+    "BatchSettings",
     "CacheSettings",
     "EngineSettings",
     "GuardSettings",
@@ -491,6 +492,46 @@ class RedisSettings(BaseModel):
     )
 
 
+class BatchSettings(BaseModel):
+    """OpenAI's Batch API: uploaded files, the durable queue of their lines, and the share of the engine
+    that batch work may take from live requests."""
+
+    model_config = _FROZEN
+
+    enabled: bool = Field(True, description="Serve /v1/files and /v1/batches and run batch lines.")
+    dir: Path | None = Field(
+        None,
+        description="Where uploaded and result files and the queue's SQLite database live (a shared "
+        "volume for replicas); default: ~/.cache/glimpse/batches.",
+    )
+    max_file_bytes: int = Field(
+        100 * 1024 * 1024, gt=0, description="Largest file one upload may be (413 beyond it, unread)."
+    )
+    max_lines_per_batch: int = Field(
+        50_000, ge=1, description="Most request lines in one batch's input file (400 beyond it)."
+    )
+    max_active_batches_per_key: int = Field(
+        10, ge=1, description="Batches one caller may have unfinished at once (429 beyond it)."
+    )
+    max_in_flight: int = Field(4, ge=1, description="Most batch lines generating at once on this replica.")
+    capacity_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Share of the engine's capacity batch lines may hold; a line starts only while the "
+        "engine has a free place, so live requests are never queued behind batch work.",
+    )
+    visibility_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="A line claimed by a replica that stops renewing its claim (it died) is queued again "
+        "after this long; a live replica renews it every third of it.",
+    )
+    poll_interval_s: float = Field(
+        0.5, gt=0, description="How often an idle batch worker looks for queued lines."
+    )
+
+
 class ObsSettings(BaseModel):
     model_config = _FROZEN
 
@@ -522,6 +563,7 @@ class Settings(BaseSettings):
     cache: CacheSettings = Field(default_factory=CacheSettings, description="Result cache.")
     redis: RedisSettings = Field(default_factory=RedisSettings, description="Shared Redis.")
     obs: ObsSettings = Field(default_factory=ObsSettings, description="Logs and metrics.")
+    batch: BatchSettings = Field(default_factory=BatchSettings, description="Batch API and its queue.")
 
     @model_validator(mode="before")
     @classmethod

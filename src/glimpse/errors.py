@@ -13,8 +13,9 @@ so layers below the API never import a web framework.
     │   ├─ PromptRejected [400]
     │   ├─ Unauthorized [401]
     │   ├─ Forbidden [403]
-    │   ├─ ModelNotFound [404]
-    │   ├─ EndpointNotFound [404]
+    │   ├─ NotFound [404]
+    │   │   ├─ ModelNotFound [404]
+    │   │   └─ EndpointNotFound [404]
     │   ├─ RequestTooLarge [413]
     │   │   └─ ImageTooLarge [413]
     │   ├─ RequestTimeout [408]
@@ -48,6 +49,7 @@ __all__ = [
     "InvalidImage",
     "InvalidRequest",
     "ModelNotFound",
+    "NotFound",
     "ModelLoadError",
     "NotReady",
     "Overloaded",
@@ -115,18 +117,20 @@ class Forbidden(ClientError):
     error_type = "permission_error"
 
 
-class ModelNotFound(ClientError):
-    status_code = HTTPStatus.NOT_FOUND
-    code = "model_not_found"
-    error_type = "not_found_error"
-
-
-class EndpointNotFound(ClientError):
-    """An API path Glimpse does not serve (OpenAI's ``/v1/completions``, ``/v1/responses``)."""
+class NotFound(ClientError):
+    """No such object, or not one the caller may see (another key's file or batch looks absent)."""
 
     status_code = HTTPStatus.NOT_FOUND
     code = "not_found"
     error_type = "not_found_error"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class EndpointNotFound(NotFound):
+    """An API path Glimpse does not serve (OpenAI's ``/v1/completions``, ``/v1/responses``)."""
 
 
 class RequestTooLarge(ClientError):

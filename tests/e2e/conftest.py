@@ -30,6 +30,7 @@ def tiny_env(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         "GLIMPSE_ENGINE__TINY_MODEL_DIR": str(tiny_model_dir),
         "GLIMPSE_OBS__LOG_LEVEL": "INFO",
         "GLIMPSE_GUARD__AUDIT_LOG_PATH": str(tmp_path_factory.mktemp("audit") / "audit.sqlite3"),
+        "GLIMPSE_BATCH__DIR": str(tmp_path_factory.mktemp("batches")),
     }
 
 
@@ -54,6 +55,7 @@ def seeing_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GlimpseS
     env = {
         "GLIMPSE_OBS__LOG_LEVEL": "INFO",
         "GLIMPSE_GUARD__AUDIT_LOG_PATH": str(tmp_path_factory.mktemp("audit") / "audit.sqlite3"),
+        "GLIMPSE_BATCH__DIR": str(tmp_path_factory.mktemp("batches")),
     }
     with GlimpseServer(["--model", "tiny", "--max-batch-size", "8"], env=env, log_path=log) as server:
         yield server

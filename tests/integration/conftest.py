@@ -42,7 +42,7 @@ async def assert_engine_idle(engine: object, deadline_s: float = WATCHDOG_DEADLI
 def make_client(tmp_path) -> ClientFactory:
     """An in-process app over ASGITransport, with the given engine and settings.
 
-    The audit store goes to the test's temporary directory unless the settings name one.
+    The audit and batch stores go to the test's temporary directory unless the settings name one.
     Every test runs under the watchdog: leaving the client's block (normally) waits
     for the engine to be idle, with the app still running, or fails — so no test,
     hostile or not, can leave a request hanging or a queue slot taken.
@@ -56,6 +56,9 @@ def make_client(tmp_path) -> ClientFactory:
         if settings.guard.audit_log_path is None:
             guard = settings.guard.model_copy(update={"audit_log_path": tmp_path / "audit.sqlite3"})
             settings = settings.model_copy(update={"guard": guard})
+        if settings.batch.dir is None:
+            batch = settings.batch.model_copy(update={"dir": tmp_path / "batches"})
+            settings = settings.model_copy(update={"batch": batch})
         engine = engine or FakeEngine()
         app = create_app(settings, engine=engine)  # type: ignore[arg-type]
         async with LifespanManager(app) as manager:

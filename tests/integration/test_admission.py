@@ -184,7 +184,9 @@ async def test_every_api_route_refuses_a_missing_credential_from_the_headers(mak
             body = LazyBody(1024)
             response = await client.request(method, path, content=body, headers=_json_headers(1024))
             assert (response.status_code, body.pulled) == (401, 0), (method, path)
-    assert {path for _, path in Admission(settings).policies} == {path for _, path in routes}
+    admission = Admission(settings)
+    assert all(admission.policy(method, path) is not None for method, path in routes)
+    assert {path for _, path in admission.policies} <= {path for _, path in routes}
 
 
 async def test_a_route_missing_from_the_table_is_still_authorized_late(make_client):

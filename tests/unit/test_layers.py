@@ -17,6 +17,7 @@ FORBIDDEN = {
     "cache": {"api", "engine", "media", "guard", "client", "cli"},
     "engine": {"api", "client", "cli", "guard", "cache"},
     "client": {"api", "engine", "media", "guard", "cache", "cli"},
+    "batches": {"api", "engine", "media", "guard", "cache", "client", "web", "cli"},
 }
 WEB_FRAMEWORKS = {"fastapi", "starlette", "uvicorn"}
 

@@ -69,7 +69,21 @@ def route_policies(settings: Settings) -> dict[tuple[str, str], RoutePolicy]:
         ("POST", "/infer"): RoutePolicy("infer", limit(image_json), generates=True),
         ("POST", "/v1/analyze"): RoutePolicy("analyze", limit(media.max_image_bytes), generates=True),
         ("GET", "/v1/models"): RoutePolicy(None, limit(0), generates=False),
+        ("POST", "/v1/files"): RoutePolicy(
+            "batch", settings.batch.max_file_bytes + TEXT_ALLOWANCE_BYTES, generates=False
+        ),
+        ("GET", "/v1/files"): RoutePolicy("batch", limit(0), generates=False),
+        ("POST", "/v1/batches"): RoutePolicy("batch", limit(0), generates=False),
+        ("GET", "/v1/batches"): RoutePolicy("batch", limit(0), generates=False),
     }
+
+
+#: Routes under these prefixes (``/v1/files/{file_id}``, ``/v1/batches/{batch_id}/cancel``) need a
+#: scope whatever their method; their label in metrics and logs is the prefix, never an id.
+PREFIX_POLICIES = {
+    "/v1/files/": RoutePolicy("batch", TEXT_ALLOWANCE_BYTES, generates=False),
+    "/v1/batches/": RoutePolicy("batch", TEXT_ALLOWANCE_BYTES, generates=False),
+}
 
 
 @dataclass(slots=True, frozen=True)
@@ -128,7 +142,16 @@ class Admission:
         self.in_flight = 0
 
     def policy(self, method: str, path: str) -> RoutePolicy | None:
-        return self.policies.get((method, path))
+        found = self.policies.get((method, path))
+        if found is None:
+            found = next((p for prefix, p in PREFIX_POLICIES.items() if path.startswith(prefix)), None)
+        return found
+
+    @staticmethod
+    def route_label(path: str) -> str:
+        """The name a route admission matched goes by in metrics and logs (no ids in labels)."""
+        prefix = next((prefix for prefix in PREFIX_POLICIES if path.startswith(prefix)), None)
+        return path if prefix is None else f"{prefix}*"
 
     def body_limits(self) -> dict[str, int]:
         """The body limit of each API path (for ``BodyLimitMiddleware``)."""
@@ -205,6 +228,14 @@ class Admission:
                 f"The server is at capacity ({busy} requests admitted); retry shortly.",
                 retry_after=OVERLOADED_RETRY_AFTER_S,
             )
+
+    def load(self, state: AppState) -> tuple[int, int] | None:
+        """(generations admitted and not finished, the engine's capacity); None if nothing bounds it."""
+        if not self._bounded:
+            return None
+        health = state.engine.health()
+        capacity = self._capacity(health)
+        return None if capacity is None else (self._busy(health), capacity)
 
     def _capacity(self, health: EngineHealth) -> int | None:
         return health.capacity if health.capacity is not None else self._configured

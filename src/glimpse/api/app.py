@@ -19,6 +19,8 @@ from starlette.types import Receive, Scope, Send
 from glimpse import __version__
 from glimpse.api import health
 from glimpse.api.admission import Admission
+from glimpse.api.batch.router import router as batch_router
+from glimpse.api.batch.runner import BatchRunner
 from glimpse.api.errors import install_error_handlers
 from glimpse.api.infer.router import router as infer_router
 from glimpse.api.middleware import (
@@ -31,6 +33,7 @@ from glimpse.api.openai.router import router as openai_router
 from glimpse.api.service import GenerationService
 from glimpse.api.shedding import LoadShedder
 from glimpse.api.state import AppState, StateDep
+from glimpse.batches import SqliteBatchStore, default_batch_dir
 from glimpse.cache import MemoryCache, RedisCache, ResultCache
 from glimpse.config import Settings
 from glimpse.engine.factory import build_engine
@@ -141,6 +144,19 @@ def _add_metrics_route(app: FastAPI) -> None:
         return Response(body, headers={"Content-Type": content_type})
 
 
+async def _start_batches(resources: contextlib.AsyncExitStack, state: AppState, audit: AuditLog) -> None:
+    """Open the batch store and start its worker; both stop with the app (the worker first)."""
+    settings = state.settings.batch
+    store = SqliteBatchStore((settings.dir or default_batch_dir()).expanduser())
+    await store.open()
+    resources.push_async_callback(store.close)
+    state.batch_store = store
+    runner = BatchRunner(store, state, settings, audit)
+    await runner.start()
+    resources.push_async_callback(runner.stop)
+    state.wake_batch_worker = runner.wake
+
+
 async def _cancel(task: asyncio.Task[None]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -246,6 +262,8 @@ def create_app(
             app.state.glimpse = state
             starting = asyncio.create_task(_start_engine(state.engine, state, on_fatal, on_ready))
             resources.push_async_callback(_cancel, starting)
+            if settings.batch.enabled:
+                await _start_batches(resources, state, audit)
             resources.callback(state.start_draining)  # first of all: refuse new work, then stop
             yield
 
@@ -259,6 +277,8 @@ def create_app(
     app.include_router(health.router)
     app.include_router(openai_router)
     app.include_router(infer_router)
+    if settings.batch.enabled:
+        app.include_router(batch_router)
     if settings.obs.metrics_enabled:
         _add_metrics_route(app)
     if settings.server.web_enabled:

@@ -161,9 +161,10 @@ def _too_large(max_bytes: int) -> RequestTooLarge:
 class BodyLimitMiddleware:
     """413 as soon as the body passes its limit; 408 if it is not all in within ``read_timeout_s``.
 
-    ``route_limits`` gives some paths a smaller limit than ``max_bytes`` (an upload of one
-    image needs less room than a chat with four); a declared ``Content-Length`` above the
-    limit is refused from the headers, before any of the body is read.
+    ``route_limits`` gives some paths their own limit instead of ``max_bytes``: smaller (an
+    upload of one image needs less room than a chat with four) or, for a batch input file,
+    larger; a declared ``Content-Length`` above the limit is refused from the headers, before
+    any of the body is read.
     """
 
     def __init__(
@@ -182,7 +183,7 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = min(self.max_bytes, self.route_limits.get(scope.get("path", ""), self.max_bytes))
+        limit = self.route_limits.get(scope.get("path", ""), self.max_bytes)
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await error_response(_too_large(limit))(scope, receive, send)
@@ -214,7 +215,7 @@ class AdmissionMiddleware:
         state = self.app_state()
         context = request_context(scope)
         if policy is not None:  # the table's paths are the routes' own: metrics and logs name them
-            context.route_path = head.path
+            context.route_path = self.admission.route_label(head.path)
         try:
             self.admission.check_host(head)
             if policy is not None:

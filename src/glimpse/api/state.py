@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -10,6 +11,7 @@ from fastapi import Depends, Request
 
 from glimpse.api.admission import Admission
 from glimpse.api.service import GenerationService
+from glimpse.batches import BatchStore
 from glimpse.config import Settings
 from glimpse.engine.protocol import Engine
 from glimpse.errors import ModelNotFound, NotReady
@@ -36,6 +38,10 @@ class AppState:
     draining_since: float | None = None
     load_error: str | None = None
     model_aliases: frozenset[str] = field(default_factory=frozenset)
+    #: The Batch API's files, batches and line queue (None: the Batch API is off).
+    batch_store: BatchStore | None = None
+    #: Tells the batch worker that new lines are queued (it looks on its own every poll interval).
+    wake_batch_worker: Callable[[], None] = lambda: None
 
     @property
     def draining(self) -> bool:

@@ -8,4 +8,4 @@ from __future__ import annotations
 
 __all__ = ["SCOPES"]
 
-SCOPES = frozenset({"chat", "infer", "analyze"})
+SCOPES = frozenset({"chat", "infer", "analyze", "batch"})

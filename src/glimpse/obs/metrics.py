@@ -256,6 +256,21 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.batch_lines = Counter(
+            "glimpse_batch_lines_total",
+            "Batch API lines run here: answered (completed), failed, or put back in the queue (requeued).",
+            ["result"],
+            registry=r,
+        )
+        self.batch_lines_in_flight = Gauge(
+            "glimpse_batch_lines_in_flight", "Batch API lines generating on this replica now.", registry=r
+        )
+        self.batch_line_duration = Histogram(
+            "glimpse_batch_line_duration_seconds",
+            "Time to answer one batch line, from claiming it to storing its output.",
+            buckets=_REQUEST_BUCKETS,
+            registry=r,
+        )
 
         r.register(_GpuMemoryCollector())
 

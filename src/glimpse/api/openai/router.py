@@ -8,18 +8,17 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from glimpse.api.context import ContextDep, RequestContext
+from glimpse.api.context import ContextDep
 from glimpse.api.errors import error_responses
-from glimpse.api.generation import image_size_check, new_completion_id, with_deadline
+from glimpse.api.generation import new_completion_id
 from glimpse.api.security import authorize
 from glimpse.api.service import CACHE_HEADER
-from glimpse.api.state import AppState, StateDep
+from glimpse.api.state import StateDep
 from glimpse.api.streams import ReceiveWatcher
-from glimpse.engine.protocol import GenerationRequest
 from glimpse.errors import EndpointNotFound
-from glimpse.media import DecodedBatch
 
-from .adapter import completion_body, sse_stream, to_generation_request
+from .adapter import sse_stream
+from .chat import complete_chat, prepare_chat
 from .schemas import ChatCompletionRequest
 
 __all__ = ["router"]
@@ -37,45 +36,21 @@ _STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, state: StateDep, context: ContextDep
 ) -> JSONResponse | StreamingResponse:
-    state.check_model(body.model)
+    watcher = ReceiveWatcher(request.receive)
+    if not body.stream:
+        answer, cache = await complete_chat(body, state, context, watcher)
+        return JSONResponse(answer, headers={CACHE_HEADER: cache.value})
     completion_id = new_completion_id()
-    gen, images = await to_generation_request(
-        body,
-        context.engine_request_id(),
-        with_deadline(state.settings.server),
-        state.intake,
-        state.settings.engine,
-        image_size_check(state.engine),
-    )
+    gen, images = await prepare_chat(body, state, context)
     try:
-        return await _respond(body, request, state, context, gen, images, completion_id)
+        stream = await state.service.handle(gen, context, watcher, stream=True, on_first_event=images.free)
     finally:
         images.release()
-
-
-async def _respond(
-    body: ChatCompletionRequest,
-    request: Request,
-    state: AppState,
-    context: RequestContext,
-    gen: GenerationRequest,
-    images: DecodedBatch,
-    completion_id: str,
-) -> JSONResponse | StreamingResponse:
-    """Answer; the decoded images are freed as soon as the engine has taken them (first event)."""
-    model = state.engine.model_name
-    watcher = ReceiveWatcher(request.receive)
-    if body.stream:
-        stream = await state.service.handle(gen, context, watcher, stream=True, on_first_event=images.free)
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(
-            sse_stream(completion_id, model, stream.first, stream.rest, include_usage),
-            media_type="text/event-stream",
-            headers={**_STREAM_HEADERS, CACHE_HEADER: stream.cache.value},
-        )
-    result = await state.service.handle(gen, context, watcher, stream=False, on_first_event=images.free)
-    return JSONResponse(
-        completion_body(completion_id, model, result), headers={CACHE_HEADER: result.cache.value}
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    return StreamingResponse(
+        sse_stream(completion_id, state.engine.model_name, stream.first, stream.rest, include_usage),
+        media_type="text/event-stream",
+        headers={**_STREAM_HEADERS, CACHE_HEADER: stream.cache.value},
     )
 
 

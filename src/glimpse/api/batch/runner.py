@@ -1,0 +1,193 @@
+"""The batch worker: takes queued lines and answers each through the live chat pipeline.
+
+It runs in the server, started and stopped with the app's lifespan, and fills only the
+engine capacity live requests leave free: a line starts only while the engine has a
+free place, and batch lines never hold more than ``capacity_share`` of the engine's
+places nor more than ``max_in_flight`` at once. Live requests are admitted as before;
+they are never queued behind batch work.
+
+Each line is a non-streamed chat completion run by ``api.openai.chat.complete_chat``,
+as the line's submitter (quota, audit record, cache partition): the same validation,
+guard, cache and engine as ``/v1/chat/completions``. Its output is stored with the
+line marked done in one step (``BatchStore.complete``). A line the engine could not
+take for now (overloaded, not ready, shutting down) goes back to the queue unanswered.
+Claims are renewed while lines run; on shutdown the lines still running are cancelled
+and put back, so a restart (or another replica) answers them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from glimpse.api.context import RequestContext
+from glimpse.api.openai.chat import complete_chat
+from glimpse.api.security import record_audit
+from glimpse.api.state import AppState
+from glimpse.batches import BatchStore, ClaimedLine, LineOutcome, error_message, new_id, response_line
+from glimpse.config import BatchSettings
+from glimpse.errors import ClientDisconnected, EngineDead, GlimpseError, NotReady, Overloaded
+from glimpse.guard import AuditLog
+
+from .adapter import chat_request, principal_from_json
+
+__all__ = ["BatchRunner"]
+
+logger = logging.getLogger(__name__)
+
+#: Failures that say nothing about the line: it is queued again, not answered.
+_TRANSIENT = (Overloaded, NotReady, EngineDead, ClientDisconnected)
+#: The route name batch lines carry in the audit trail.
+AUDIT_ROUTE = "/v1/batches"
+
+
+class _Requeue(Exception):  # noqa: N818 - a signal between two methods, never raised to a caller
+    """The line could not run now; put it back."""
+
+
+class _Never:
+    """The watcher of a batch line: nobody can hang up on it (shutdown cancels the line instead)."""
+
+    async def disconnected(self) -> None:
+        await asyncio.Event().wait()
+
+
+class BatchRunner:
+    """One replica's batch worker (see the module's docstring)."""
+
+    def __init__(self, store: BatchStore, state: AppState, settings: BatchSettings, audit: AuditLog) -> None:
+        self.store = store
+        self.state = state
+        self.settings = settings
+        self.audit = audit
+        self.worker_id = new_id("worker-")
+        self._running: dict[asyncio.Task[None], ClaimedLine] = {}
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def start(self) -> None:
+        requeued = await self.store.requeue_expired()
+        if requeued:
+            logger.info("batch lines of a stopped worker queued again", extra={"lines": requeued})
+        self._loop_task = asyncio.create_task(self._loop(), name="batch-runner")
+
+    async def stop(self) -> None:
+        """Cancel the lines still running and put them back in the queue, unanswered."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        lines = list(self._running.values())
+        for task in self._running:
+            task.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)
+        if lines:
+            await self.store.release(self.worker_id, lines)
+            self.state.metrics.batch_lines.labels(result="requeued").inc(len(lines))
+            logger.info("batch lines returned to the queue at shutdown", extra={"lines": len(lines)})
+
+    def room(self) -> int:
+        """How many more lines may start now (0 while the engine is full, loading or draining)."""
+        state = self.state
+        if state.draining:
+            return 0
+        health = state.engine.health()
+        if not health.ready:
+            return 0
+        room = self.settings.max_in_flight - len(self._running)
+        load = state.admission.load(state)
+        if load is not None:
+            busy, capacity = load
+            share = max(1, int(capacity * self.settings.capacity_share))
+            # The engine's free places now; lines claimed but not yet in the engine count in
+            # ``_running`` only, so both bounds together never over-fill it.
+            room = min(room, share - len(self._running), capacity - busy)
+        return max(0, room)
+
+    async def _loop(self) -> None:
+        renew_every = self.settings.visibility_timeout_s / 3
+        renewed = time.monotonic()
+        while True:
+            try:
+                await self.store.finalize_ready()
+                room = self.room()
+                if room > 0:
+                    for line in await self.store.claim(
+                        self.worker_id, room, self.settings.visibility_timeout_s
+                    ):
+                        self._running[asyncio.create_task(self._run(line))] = line
+                if self._running and time.monotonic() - renewed >= renew_every:
+                    await self.store.renew(
+                        self.worker_id, list(self._running.values()), self.settings.visibility_timeout_s
+                    )
+                    renewed = time.monotonic()
+            except Exception:  # a store that fails now may work on the next pass; lines stay queued
+                logger.exception("batch worker pass failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval_s)
+            self._wake.clear()
+
+    async def _run(self, line: ClaimedLine) -> None:
+        metrics = self.state.metrics
+        metrics.batch_lines_in_flight.inc()
+        started = time.perf_counter()
+        wake = True
+        try:
+            try:
+                outcome = await self._answer(line)
+            except _Requeue:
+                await self.store.release(self.worker_id, [line])
+                metrics.batch_lines.labels(result="requeued").inc()
+                wake = False  # the engine is full or stopping: look again at the next poll, not at once
+                return
+            if await self.store.complete(self.worker_id, line, outcome):
+                metrics.batch_lines.labels(result="failed" if outcome.failed else "completed").inc()
+                metrics.batch_line_duration.observe(time.perf_counter() - started)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the claim lapses and the line is run again
+            logger.exception("batch line could not be stored")
+        finally:
+            metrics.batch_lines_in_flight.dec()
+            self._running.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
+            if wake:
+                self._wake.set()
+
+    async def _answer(self, line: ClaimedLine) -> LineOutcome:
+        """The line's output-file entry; ``_Requeue`` when it could not run for reasons of the server's."""
+        state = self.state
+        request_id = new_id("batch_req_")
+        context = RequestContext(
+            request_id,
+            arrived_at=time.monotonic(),
+            route_path=AUDIT_ROUTE,
+            principal=principal_from_json(line.principal),
+        )
+        status, started = 500, time.perf_counter()
+        try:
+            if context.principal is not None:
+                await state.quota.check(context.principal)
+            body, _ = await complete_chat(chat_request(line.body), state, context, _Never())
+            status = 200
+            return LineOutcome(response_line(line.custom_id, request_id, 200, body), failed=False)
+        except _TRANSIENT as exc:
+            status = int(exc.status_code)
+            raise _Requeue from exc
+        except GlimpseError as exc:
+            status = int(exc.status_code)
+            error = response_line(line.custom_id, request_id, status, error_message(exc))
+            return LineOutcome(error, failed=True)
+        except asyncio.CancelledError:
+            status = ClientDisconnected.status_code  # stopped with the server; queued again
+            raise
+        except Exception:  # noqa: BLE001 - a bug answers this line with a 500, never loops on it
+            logger.exception("batch line failed", extra={"batch_id": line.batch_id})
+            body = error_message(GlimpseError("The server hit an internal error."))
+            return LineOutcome(response_line(line.custom_id, request_id, 500, body), failed=True)
+        finally:
+            record_audit(self.audit, context, None, AUDIT_ROUTE, status, time.perf_counter() - started)

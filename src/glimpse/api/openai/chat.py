@@ -1,0 +1,52 @@
+"""A chat completion from a validated request: the one pipeline live requests and batch lines share.
+
+The route streams or answers it whole; a Batch API line (``api.batch.runner``) is a
+non-streamed chat completion run through ``complete_chat`` exactly as a live request
+is: model check, adapter (images fetched, sized and decoded), ``GenerationService``
+(guard, cache, single-flight, engine, quota), the same response body.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from glimpse.api.context import RequestContext
+from glimpse.api.generation import image_size_check, new_completion_id, with_deadline
+from glimpse.api.service import CacheStatus
+from glimpse.api.state import AppState
+from glimpse.api.streams import DisconnectWatcher
+from glimpse.engine.protocol import GenerationRequest
+from glimpse.media import DecodedBatch
+
+from .adapter import completion_body, to_generation_request
+from .schemas import ChatCompletionRequest
+
+__all__ = ["complete_chat", "prepare_chat"]
+
+
+async def prepare_chat(
+    body: ChatCompletionRequest, state: AppState, context: RequestContext
+) -> tuple[GenerationRequest, DecodedBatch]:
+    """The engine request and its decoded images (the caller frees or releases them)."""
+    state.check_model(body.model)
+    return await to_generation_request(
+        body,
+        context.engine_request_id(),
+        with_deadline(state.settings.server),
+        state.intake,
+        state.settings.engine,
+        image_size_check(state.engine),
+    )
+
+
+async def complete_chat(
+    body: ChatCompletionRequest, state: AppState, context: RequestContext, watcher: DisconnectWatcher
+) -> tuple[dict[str, Any], CacheStatus]:
+    """A whole ``chat.completion`` body, and where its answer came from."""
+    completion_id = new_completion_id()
+    gen, images = await prepare_chat(body, state, context)
+    try:
+        result = await state.service.handle(gen, context, watcher, stream=False, on_first_event=images.free)
+    finally:
+        images.release()
+    return completion_body(completion_id, state.engine.model_name, result), result.cache
