@@ -217,6 +217,9 @@ class HFEngine:
             queue_depth=max(0, self._admitted - (worker.running if worker else 0)),
             running=worker.running if worker else 0,
             capacity=self._capacity(),
+            weight_bytes=self.loaded.weight_bytes if self.loaded is not None else None,
+            # EngineWorker.kv_cache_bytes: the batcher's SlotKVCache.nbytes (None when it has none).
+            kv_cache_bytes=getattr(worker, "kv_cache_bytes", None),
         )
 
     def _capacity(self) -> int | None:
