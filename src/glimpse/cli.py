@@ -44,6 +44,7 @@ def _add_serve(sub: Any) -> None:
     p.add_argument("--port", type=int, help="Port (default 8080).")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="Where the model runs (default auto).")
     p.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"], help="Weight dtype.")
+    _add_quantization_flag(p)
     p.add_argument(
         "--engine", choices=["hf", "upstream"], help="In-process transformers, or upstream servers."
     )
@@ -56,6 +57,29 @@ def _add_serve(sub: Any) -> None:
     p.add_argument("--no-warmup", action="store_true", help="Skip the warm-up generation at start-up.")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="Log level.")
     p.set_defaults(func=_serve)
+
+
+def _add_quantization_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--quantization",
+        choices=["none", "int8", "int4", "fp8"],
+        help="Weight-only quantization of the language model (torchao), done while loading (default none).",
+    )
+
+
+def _add_quantize(sub: Any) -> None:
+    p = sub.add_parser(
+        "quantize",
+        help="Write a quantized copy of a model that glimpse serve --model loads directly.",
+        description="Load MODEL with --quantization applied (as glimpse serve would) and write it, with its "
+        "processor, tokenizer and chat template, to OUT.",
+    )
+    p.add_argument("model", help=f"Hugging Face id, local directory, or '{TINY_MODEL}'.")
+    p.add_argument("out", type=Path, help="Folder to write (new or empty).")
+    _add_quantization_flag(p)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="Where to quantize (default auto).")
+    p.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"], help="Unquantized dtype.")
+    p.set_defaults(func=_quantize)
 
 
 def _add_ask(sub: Any) -> None:
@@ -131,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"glimpse {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    adders = (_add_serve, _add_ask, _add_make_tiny, _add_train_tiny, _add_settings, _add_audit)
+    adders = (_add_serve, _add_quantize, _add_ask, _add_make_tiny, _add_train_tiny, _add_settings, _add_audit)
     for add in (*adders, _add_client_commands):
         add(sub)
     return parser
@@ -147,6 +171,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         (engine, "model", "model"),
         (engine, "device", "device"),
         (engine, "dtype", "dtype"),
+        (engine, "quantization", "quantization"),
         (engine, "engine", "kind"),
         (engine, "served_model_name", "served_model_name"),
         (engine, "max_batch_size", "max_batch_size"),
@@ -260,6 +285,21 @@ def _serve(args: argparse.Namespace) -> int:
     server.run()
     if fatal:
         raise fatal[0]
+    return 0
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    from glimpse.engine.loader import check_runtime_installed
+    from glimpse.engine.quantized_checkpoint import write_quantized
+
+    settings = settings_from_args(args)
+    _configure_logging(settings)
+    check_runtime_installed()
+    directory = write_quantized(settings.engine, args.out)
+    _console.print(
+        f"Wrote {escape(settings.engine.model)} quantized ({settings.engine.quantization}) to "
+        f"{escape(str(directory))}; serve it with: glimpse serve --model {escape(str(directory))}"
+    )
     return 0
 
 

@@ -114,6 +114,18 @@ class EngineSettings(BaseModel):
         "auto", description="Weight dtype: 'auto' is bfloat16 on a GPU and float32 on a CPU."
     )
     trust_remote_code: bool = Field(False, description="Allow model repositories to run their own code.")
+    quantization: Literal["none", "int8", "int4", "fp8"] = Field(
+        "none",
+        description="Weight-only quantization of the language model's linear layers by torchao, done while "
+        "the model loads: 'int8' (any device), 'int4' (CPU, or a CUDA GPU with bfloat16), 'fp8' (CUDA GPU of "
+        "compute capability 8.9 or newer). A checkpoint written by glimpse quantize is already quantized.",
+    )
+    quantize_lm_head: bool = Field(
+        True, description="With quantization, also quantize the output layer (LM head) unless tied."
+    )
+    quantize_vision: bool = Field(
+        False, description="With quantization, also quantize the vision tower's linear layers."
+    )
     reasoning_parser: Literal["none", "think-tags"] = Field(
         "none",
         description="'think-tags': send a thinking model's <think>…</think> text as reasoning_content, "

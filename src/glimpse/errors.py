@@ -28,7 +28,9 @@ so layers below the API never import a web framework.
     ├─ UpstreamError [502]
     │   └─ UpstreamTimeout [504]
     ├─ EngineRequestError [500]   one request failed, the engine is fine
-    └─ EngineDead [503]           the engine cannot serve anything any more
+    ├─ EngineDead [503]           the engine cannot serve anything any more
+    └─ ModelLoadError [500]       start-up: the model cannot be found or loaded (CLI exit 2)
+        └─ QuantizationUnsupported  the asked weight quantization cannot run here
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ __all__ = [
     "NotReady",
     "Overloaded",
     "PromptRejected",
+    "QuantizationUnsupported",
     "RateLimited",
     "RequestTimeout",
     "RequestTooLarge",
@@ -213,3 +216,9 @@ class ModelLoadError(GlimpseError):
     """The model could not be found or loaded; raised at start-up, shown by the CLI."""
 
     code = "model_load_error"
+
+
+class QuantizationUnsupported(ModelLoadError):
+    """The quantization method asked for cannot run here (device, dtype or library); raised at start-up."""
+
+    code = "quantization_unsupported"

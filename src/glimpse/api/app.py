@@ -140,6 +140,10 @@ def _add_metrics_route(app: FastAPI) -> None:
         health = state.engine.health()
         state.metrics.queue_depth.set(health.queue_depth)
         state.metrics.running_requests.set(health.running)
+        if health.weight_bytes is not None:
+            state.metrics.weight_bytes.set(health.weight_bytes)
+        if health.kv_cache_bytes is not None:
+            state.metrics.kv_cache_bytes.set(health.kv_cache_bytes)
         body, content_type = state.metrics.render()
         return Response(body, headers={"Content-Type": content_type})
 

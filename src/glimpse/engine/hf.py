@@ -223,6 +223,8 @@ class HFEngine:
             queue_depth=max(0, self._admitted - (worker.running if worker else 0)),
             running=worker.running if worker else 0,
             capacity=self._capacity(),
+            weight_bytes=self.loaded.weight_bytes if self.loaded is not None else None,
+            kv_cache_bytes=worker.kv_cache_bytes if worker else None,
         )
 
     def _capacity(self) -> int | None:

@@ -19,7 +19,7 @@ from glimpse.config import TINY_MODEL, EngineSettings
 from glimpse.cpu_share import cpu_threads
 from glimpse.engine.protocol import SamplingDefaults
 from glimpse.engine.sampling_config import checkpoint_defaults
-from glimpse.errors import ModelLoadError
+from glimpse.errors import ModelLoadError, QuantizationUnsupported
 
 __all__ = ["LoadedModel", "check_model_available", "load_model", "resolve_device", "resolve_model_path"]
 
@@ -35,6 +35,10 @@ class LoadedModel:
     source: str
     is_tiny: bool
     load_seconds: float
+    #: The weight quantization in effect ("none", or the method asked for / the checkpoint's).
+    quantization: str = "none"
+    #: Bytes the parameters and buffers hold (quantized ones at their real storage).
+    weight_bytes: int = 0
 
     @property
     def sampling_defaults(self) -> SamplingDefaults:
@@ -128,7 +132,9 @@ def check_runtime_installed() -> None:
 
 
 def check_model_available(settings: EngineSettings) -> None:
-    """Fail fast (before the server starts) when the runtime or the model cannot be found at all."""
+    """Fail fast (before the server starts) when the runtime or the model cannot be found at all,
+    or when the quantization asked for cannot run here.
+    """
     check_runtime_installed()
     from transformers import AutoConfig
 
@@ -137,6 +143,44 @@ def check_model_available(settings: EngineSettings) -> None:
         AutoConfig.from_pretrained(source, trust_remote_code=settings.trust_remote_code)
     except Exception as exc:  # noqa: BLE001 - any failure here means "cannot load"; explained to the user
         raise _explain(settings.model, exc) from exc
+    device = resolve_device(settings.device)
+    _quantization_plan(settings, source, device, _resolve_dtype(settings.dtype, device), build=False)
+
+
+def _quantization_plan(
+    settings: EngineSettings, source: str, device: str, dtype: Any, *, build: bool = True
+) -> tuple[str, dict[str, Any]]:
+    """The quantization in effect and the ``from_pretrained`` arguments that apply it.
+
+    A checkpoint written quantized (``glimpse quantize``) loads as it is; asking for
+    another method on it is refused rather than silently ignored. ``build=False``
+    only checks (no ``meta`` model is built).
+    """
+    from glimpse.engine import quantization as quant
+
+    written = quant.checkpoint_quantization(source, settings.trust_remote_code)
+    if written is not None:
+        if settings.quantization not in ("none", written):
+            raise QuantizationUnsupported(
+                f"--quantization {settings.quantization}: the checkpoint '{settings.model}' is already "
+                f"quantized ({written}); drop --quantization, or quantize the full-precision model."
+            )
+        if written in quant.METHODS:  # another library's checkpoint is transformers' to check
+            quant.check_supported(written, device, dtype)
+        return written, {}
+    quant.check_supported(settings.quantization, device, dtype)
+    if settings.quantization == "none" or not build:
+        return settings.quantization, {}
+    config = quant.loading_config(
+        source,
+        settings.quantization,
+        device,
+        lm_head=settings.quantize_lm_head,
+        vision=settings.quantize_vision,
+        trust_remote_code=settings.trust_remote_code,
+    )
+    # Loaded straight onto the device: each weight is quantized there as it is read.
+    return settings.quantization, {"quantization_config": config, "device_map": device}
 
 
 def load_model(settings: EngineSettings) -> LoadedModel:
@@ -153,21 +197,29 @@ def load_model(settings: EngineSettings) -> LoadedModel:
 
         threads = cpu_threads(settings.cpu_threads)
         torch.set_num_threads(threads)
+    quantization, quantize_kwargs = _quantization_plan(settings, source, device, dtype)
     try:
         processor = AutoProcessor.from_pretrained(source, trust_remote_code=settings.trust_remote_code)
         model = AutoModelForImageTextToText.from_pretrained(
-            source, dtype=dtype, trust_remote_code=settings.trust_remote_code
+            source, dtype=dtype, trust_remote_code=settings.trust_remote_code, **quantize_kwargs
         )
     except Exception as exc:  # noqa: BLE001 - translated into one explained error at the boundary
         raise _explain(settings.model, exc) from exc
     model = model.to(device).eval()
     elapsed = time.monotonic() - started
+    from glimpse.engine.quantization import resident_weight_bytes
+
+    weight_bytes = resident_weight_bytes(model)
     logger.info(
-        "model loaded",
+        "model loaded: %.1f MiB of weights (quantization %s)",
+        weight_bytes / 2**20,
+        quantization,
         extra={
             "model": settings.model,
             "device": device,
             "dtype": str(dtype),
+            "quantization": quantization,
+            "weight_bytes": weight_bytes,
             "cpu_threads": threads,
             "load_seconds": round(elapsed, 2),
         },
@@ -180,4 +232,6 @@ def load_model(settings: EngineSettings) -> LoadedModel:
         source=source,
         is_tiny=is_tiny,
         load_seconds=elapsed,
+        quantization=quantization,
+        weight_bytes=weight_bytes,
     )

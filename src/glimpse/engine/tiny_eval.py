@@ -134,6 +134,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--seed", type=int, default=TrainConfig().eval_seed, help="Seed of the held-out set (not training's)."
     )
     parser.add_argument("--threads", type=int, default=2, help="torch threads.")
+    parser.add_argument(
+        "--quantization",
+        choices=["none", "int8", "int4"],
+        default="none",
+        help="Quantize the language model's weights as glimpse serve --quantization does (CPU).",
+    )
     args = parser.parse_args(argv)
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -143,9 +149,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     source = args.model or str(shipped_tiny_model_dir())
     processor = AutoProcessor.from_pretrained(source)
-    model = AutoModelForImageTextToText.from_pretrained(source, dtype=torch.float32).eval()
+    extra: dict[str, Any] = {}
+    if args.quantization != "none":
+        from glimpse.engine.quantization import check_supported, loading_config
+
+        check_supported(args.quantization, "cpu", torch.float32)
+        extra["quantization_config"] = loading_config(source, args.quantization, "cpu")
+    model = AutoModelForImageTextToText.from_pretrained(source, dtype=torch.float32, **extra).eval()
     table = evaluate(model, processor, seed=args.seed, per_cell=args.per_cell)
-    sys.stdout.write(f"held-out set: seed {args.seed}, {args.per_cell} questions per cell, model {source}\n")
+    sys.stdout.write(
+        f"held-out set: seed {args.seed}, {args.per_cell} questions per cell, model {source}, "
+        f"quantization {args.quantization}\n"
+    )
     sys.stdout.write(format_table(table) + "\n")
     return 0 if meets_targets(table) else 1
 

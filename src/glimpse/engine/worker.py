@@ -95,6 +95,12 @@ class EngineWorker(threading.Thread):
         return self._scheduler.steps.slots if self._scheduler is not None else None
 
     @property
+    def kv_cache_bytes(self) -> int | None:
+        """The batching runner's KV-cache size (``None``: not loaded, or served through ``generate()``)."""
+        steps = self._scheduler.steps if self._scheduler is not None else None
+        return steps.kv_cache_bytes if isinstance(steps, MixedSteps) else None
+
+    @property
     def sequence_room(self) -> int | None:
         """Most prompt + answer tokens the scheduler lets one sequence hold (``None``: not loaded)."""
         return self._scheduler.sequence_room if self._scheduler is not None else None

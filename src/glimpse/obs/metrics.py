@@ -190,6 +190,14 @@ class Metrics:
         self.model_load = Gauge(
             "glimpse_model_load_seconds", "How long loading the model (and warm-up) took.", registry=r
         )
+        self.weight_bytes = Gauge(
+            "glimpse_engine_weight_bytes",
+            "Bytes the model's weights hold in memory (quantized weights at their real storage).",
+            registry=r,
+        )
+        self.kv_cache_bytes = Gauge(
+            "glimpse_engine_kv_cache_bytes", "Bytes of the preallocated KV cache.", registry=r
+        )
         self.info = Gauge(
             "glimpse_info",
             "Always 1; labels describe the running server.",

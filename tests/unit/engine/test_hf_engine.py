@@ -325,3 +325,26 @@ def test_unset_settings_come_from_the_checkpoint_and_request_values_win(tiny_dir
         assert unset == explicit
         assert without == _answers(tiny_dir, batching, _sampled("plain", 24))[0]
         assert unset != without
+
+
+@pytest.mark.parametrize("batching", [False, True], ids=["generate", "batcher"])
+def test_health_reports_the_chosen_batch_and_the_kv_cache_it_holds(tiny_dir, batching):
+    # The batch is sized at start-up (16 on the CPU when unset), so its capacity and KV cache
+    # are known only from the running engine.
+    engine = _engine(tiny_dir, batching=batching, max_seq_len=256, default_max_new_tokens=16, max_queue=3)
+
+    async def run():
+        await engine.start()
+        try:
+            return engine.health()
+        finally:
+            await engine.stop()
+
+    health = asyncio.run(run())
+    if batching:
+        assert health.capacity == 3 + 16
+        assert health.kv_cache_bytes is not None
+        assert health.kv_cache_bytes > 0
+    else:
+        assert health.capacity == 3 + 1  # one at a time through generate()
+        assert health.kv_cache_bytes is None

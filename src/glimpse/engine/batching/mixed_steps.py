@@ -95,6 +95,11 @@ class MixedSteps:
         return self.size.slots
 
     @property
+    def kv_cache_bytes(self) -> int:
+        """Bytes of the preallocated KV cache (reported by the engine's health and ``/metrics``)."""
+        return self.cache.nbytes
+
+    @property
     def free_slots(self) -> int:
         return self.cache.free
 
