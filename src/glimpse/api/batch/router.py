@@ -7,7 +7,8 @@ file or batch answers 404, as if it did not exist. The lines themselves are run 
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Sequence
+from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
@@ -35,6 +36,15 @@ def _store(state: StateDep) -> BatchStore:
 
 
 StoreDep = Annotated[BatchStore, Depends(_store)]
+
+
+def _page(data: Sequence[FileObject] | Sequence[BatchObject], *, has_more: bool) -> dict[str, Any]:
+    """OpenAI's list cursor fields: whether more follow, and the first and last ids of this page."""
+    return {
+        "has_more": has_more,
+        "first_id": data[0].id if data else None,
+        "last_id": data[-1].id if data else None,
+    }
 
 
 @router.post("/files", responses=error_responses(400, 401, 403, 413, 422))
@@ -67,12 +77,7 @@ async def list_files(
 ) -> FileList:
     records = await store.list_files(owner_of(context.principal), purpose, limit + 1, after)
     data = [FileObject.of(r) for r in records[:limit]]
-    return FileList(
-        data=data,
-        has_more=len(records) > limit,
-        first_id=data[0].id if data else None,
-        last_id=data[-1].id if data else None,
-    )
+    return FileList(data=data, **_page(data, has_more=len(records) > limit))
 
 
 @router.get("/files/{file_id}", responses=error_responses(401, 403, 404))
@@ -142,12 +147,7 @@ async def list_batches(
 ) -> BatchList:
     records = await store.list_batches(owner_of(context.principal), limit + 1, after)
     data = [BatchObject.of(r) for r in records[:limit]]
-    return BatchList(
-        data=data,
-        has_more=len(records) > limit,
-        first_id=data[0].id if data else None,
-        last_id=data[-1].id if data else None,
-    )
+    return BatchList(data=data, **_page(data, has_more=len(records) > limit))
 
 
 @router.get("/batches/{batch_id}", responses=error_responses(401, 403, 404))
