@@ -43,7 +43,8 @@ def test_gpu_check_runs_every_step_on_the_cpu(tmp_path):
     assert "ready_s=" in summary
     baseline_rows = [line for line in (out / "baseline.jsonl").read_text().splitlines() if '"batch"' in line]
     assert len(baseline_rows) == 2
-    for name in ("bench_1024.json", "bench_448.json"):
+    assert "follow-up" in summary.split("== 5b.", 1)[1], summary  # the caches' step ran and printed
+    for name in ("bench_1024.json", "bench_448.json", "follow_up.json"):
         assert (out / name).stat().st_size > 0
     ratios = summary.split("== 6. ratios", 1)[1]
     for expected in ("c=1", "c=4", "targets"):
