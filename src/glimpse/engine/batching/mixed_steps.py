@@ -28,7 +28,7 @@ from glimpse.engine.batching.cuda_graphs import DecodeGraphs
 from glimpse.engine.batching.embedding_cache import EmbeddingCacheObserver, embedding_cache_for
 from glimpse.engine.batching.interface import BatcherConfig, StepHost
 from glimpse.engine.batching.kv_cache import SlotKVCache
-from glimpse.engine.batching.prefix_cache import PrefixCache, block_keys
+from glimpse.engine.batching.prefix_cache import BLOCK_TOKENS, PrefixCache, block_keys
 from glimpse.engine.batching.prompt import plan_chunk
 from glimpse.engine.batching.runner import Glm4vRunner
 from glimpse.engine.batching.sampling import SamplerState, sample_tokens
@@ -119,8 +119,8 @@ class MixedSteps:
             seq.slot = self.cache.allocate()
         else:
             seq.image_keys = [image.key for image in prompt.images]
-            keys = block_keys(prompt, seq.image_keys, prompt.token_ids.tolist())
-            seq.slot, seq.prefilled = self.prefix.admit(keys, seq.prompt_len)
+            seq.prompt_keys = block_keys(prompt, seq.image_keys, prompt.token_ids.tolist())
+            seq.slot, seq.prefilled = self.prefix.admit(seq.prompt_keys, seq.prompt_len)
         self._by_slot.append(seq)
         self._prefilling.append(seq)
 
@@ -133,7 +133,8 @@ class MixedSteps:
         if self.prefix is not None and keep and seq.prompt is not None:
             held = (seq.prompt.token_ids.tolist() + seq.generated_ids)[:length]
             kept_at = seq.slot if moved_from is None else moved_from
-            self.prefix.keep(kept_at, block_keys(seq.prompt, seq.image_keys, held))
+            known = seq.prompt_keys[: length // BLOCK_TOKENS]  # the prompt's blocks: hashed at admission
+            self.prefix.keep(kept_at, block_keys(seq.prompt, seq.image_keys, held, known))
         last = self._by_slot.pop()
         if moved_from is not None:
             last.slot = seq.slot

@@ -26,10 +26,9 @@ rest.
 from __future__ import annotations
 
 import hashlib
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-
-import torch
 
 from glimpse.engine.batching.kv_cache import SlotKVCache
 from glimpse.engine.batching.prompt import PreparedPrompt
@@ -40,14 +39,23 @@ __all__ = ["BLOCK_TOKENS", "PrefixCache", "block_keys"]
 BLOCK_TOKENS = 16
 
 
-def block_keys(prompt: PreparedPrompt, image_keys: Sequence[bytes], token_ids: Sequence[int]) -> list[bytes]:
-    """The key of every whole block of ``token_ids`` (the prompt's own, then any generated ones)."""
-    keys: list[bytes] = []
-    previous = b""
-    for start in range(0, len(token_ids) - BLOCK_TOKENS + 1, BLOCK_TOKENS):
+def block_keys(
+    prompt: PreparedPrompt,
+    image_keys: Sequence[bytes],
+    token_ids: Sequence[int],
+    known: Sequence[bytes] = (),
+) -> list[bytes]:
+    """The key of every whole block of ``token_ids`` (the prompt's own, then any generated ones).
+
+    ``known`` are the keys of its first blocks, already computed (the prompt's, at admission):
+    the chain goes on from the last of them instead of hashing those blocks again.
+    """
+    keys = list(known)
+    previous = keys[-1] if keys else b""
+    for start in range(len(keys) * BLOCK_TOKENS, len(token_ids) - BLOCK_TOKENS + 1, BLOCK_TOKENS):
         end = start + BLOCK_TOKENS
         digest = hashlib.blake2b(previous, digest_size=16)
-        digest.update(torch.tensor(token_ids[start:end], dtype=torch.long).numpy().tobytes())
+        digest.update(array("q", token_ids[start:end]).tobytes())
         for index, image in enumerate(prompt.images):
             if image.start < end and image.end > start:  # this block holds some of the image's tokens
                 digest.update(index.to_bytes(2, "little"))

@@ -37,6 +37,8 @@ class SequenceState:
     generated_ids: list[int] = field(default_factory=list)
     #: Content hash of each of the prompt's images (set at admission when prefixes are cached).
     image_keys: list[bytes] = field(default_factory=list)
+    #: The prefix cache's key of each whole block of the prompt (set with ``image_keys``).
+    prompt_keys: list[bytes] = field(default_factory=list)
 
     @property
     def seq_id(self) -> str:

@@ -182,3 +182,20 @@ def test_preprocessing_hashes_each_image_as_the_engine_would(processor):
     assert [bytes(k.tolist()) for k in keys] == [first, second]
     assert first != second
     assert image_keys({"input_ids": inputs["input_ids"]}) is None
+
+
+def test_the_chain_goes_on_from_known_keys_as_if_hashed_from_the_start(processor, model):
+    from glimpse.engine.batching import Glm4vRunner
+    from glimpse.engine.batching.prefix_cache import block_keys
+
+    inputs = _inputs(processor, _image((140, 112), 7), [("What is in this picture?", None)])
+    prompt = Glm4vRunner(model).prepare(inputs)
+    images = [image.key for image in prompt.images]
+    ids = prompt.token_ids.tolist()
+    held = ids + [5, 6, 7] * 12  # the prompt, then an answer
+    full = block_keys(prompt, images, held)
+    assert len(full) == len(held) // BLOCK_TOKENS
+    prompt_keys = block_keys(prompt, images, ids)
+    assert block_keys(prompt, images, held, prompt_keys) == full
+    assert block_keys(prompt, images, held, prompt_keys[:1]) == full
+    assert full[: len(prompt_keys)] == prompt_keys
