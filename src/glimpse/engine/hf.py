@@ -255,12 +255,9 @@ class HFEngine:
     def _room(self, loaded: LoadedModel) -> int:
         """Most prompt + answer tokens one request may hold: the model's context, the in-flight
         budget and, when batching, a cache slot (what the scheduler would refuse later)."""
-        limits = [self._settings.max_tokens_in_flight or loaded.context_length or self._settings.max_seq_len]
-        if loaded.context_length:
-            limits.append(loaded.context_length)
-        if self._worker is not None and self._worker.sequence_room is not None:
-            limits.append(self._worker.sequence_room)
-        return min(limits)
+        room = self._worker.sequence_room if self._worker is not None else None
+        limits = [n for n in (self._settings.max_tokens_in_flight, loaded.context_length, room) if n]
+        return min(limits) if limits else self._settings.max_seq_len
 
     def resolve_sampling(self, sampling: SamplingParams) -> SamplingParams:
         """Unset fields from the checkpoint's ``generation_config`` (neutral until it is loaded)."""

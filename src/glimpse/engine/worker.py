@@ -86,10 +86,6 @@ class EngineWorker(threading.Thread):
         return self._scheduler.stats().running if self._scheduler is not None else 0
 
     @property
-    def batching(self) -> bool:
-        return self._scheduler is not None and isinstance(self._scheduler.steps, MixedSteps)
-
-    @property
     def slots(self) -> int | None:
         """Sequences running at once (chosen at start-up; ``None``: not loaded yet)."""
         return self._scheduler.steps.slots if self._scheduler is not None else None

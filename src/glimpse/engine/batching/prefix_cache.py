@@ -79,9 +79,7 @@ class PrefixCache:
     _entries: dict[int, _Entry] = field(default_factory=dict)  # free slot -> what it holds
     _index: dict[bytes, set[int]] = field(default_factory=dict)  # block key -> free slots holding it
     _clock: int = 0
-    #: Totals since start: prompt tokens looked up, and those found (for the metrics).
-    queried_tokens: int = 0
-    hit_tokens: int = 0
+    #: Entries overwritten by a new sequence since start.
     evictions: int = 0
 
     @property
@@ -106,7 +104,6 @@ class PrefixCache:
         """
         source, blocks = self.match(keys)
         reused = min(blocks * BLOCK_TOKENS, prompt_len - 1) if source is not None else 0
-        self.queried_tokens += prompt_len
         target = self.cache.used
         if source == target:  # the entry is in the very slot the sequence takes: used in place
             self._detach(target)
@@ -118,10 +115,9 @@ class PrefixCache:
             if source is not None and reused > 0:
                 self._entries[source].last_used = self._tick()
                 self.cache.copy_rows(source, target, reused)
-        self.hit_tokens += max(reused, 0)
-        slot = self.cache.allocate_with(max(reused, 0))
+        slot = self.cache.allocate_with(reused)
         assert slot == target
-        return slot, max(reused, 0)
+        return slot, reused
 
     def keep(self, slot: int, keys: Sequence[bytes]) -> None:
         """``slot`` was just freed with these whole blocks in it: index them."""
