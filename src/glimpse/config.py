@@ -24,6 +24,7 @@ __all__ = [
     "MediaSettings",
     "MOVED_SETTINGS",
     "ObsSettings",
+    "QueueSettings",
     "RedisSettings",
     "ServerSettings",
     "Settings",
@@ -513,8 +514,9 @@ class BatchSettings(BaseModel):
     enabled: bool = Field(True, description="Serve /v1/files and /v1/batches and run batch lines.")
     dir: Path | None = Field(
         None,
-        description="Where uploaded and result files and the queue's SQLite database live (a shared "
-        "volume for replicas); default: ~/.cache/glimpse/batches.",
+        description="Where uploaded and result files live (with a Redis queue: a volume every replica "
+        "mounts at this path), and the embedded queue's SQLite database; default: "
+        "~/.cache/glimpse/batches.",
     )
     max_file_bytes: int = Field(
         100 * 1024 * 1024, gt=0, description="Largest file one upload may be (413 beyond it, unread)."
@@ -541,6 +543,37 @@ class BatchSettings(BaseModel):
     )
     poll_interval_s: float = Field(
         0.5, gt=0, description="How often an idle batch worker looks for queued lines."
+    )
+    file_retention_s: int = Field(
+        30 * 24 * 3600,
+        gt=0,
+        description="Files (uploads and results) are deleted this long after they were created; a file's "
+        "expires_at says when.",
+    )
+
+
+class QueueSettings(BaseModel):
+    """Where the Batch API keeps its line queue and its batch and file records."""
+
+    model_config = _FROZEN
+
+    redis_url: SecretStr | None = Field(
+        None,
+        description="Redis shared by replicas for the batch queue (a Redis Stream per batch, one consumer "
+        "group for every replica) and the batch and file records; unset: SQLite in batch.dir (one "
+        "machine). Never falls back to the cache's Redis, which may evict: give this one persistence "
+        "(appendonly yes) and maxmemory-policy noeviction, or queued lines can be lost.",
+    )
+    key_prefix: str = Field(
+        "glimpse:batch",
+        min_length=1,
+        description="Prefix of every key the queue writes, so deployments can share one Redis.",
+    )
+    timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="Longest one queue command may take; beyond it the request fails with 503 and the "
+        "worker tries again on its next pass.",
     )
 
 
@@ -576,6 +609,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = Field(default_factory=RedisSettings, description="Shared Redis.")
     obs: ObsSettings = Field(default_factory=ObsSettings, description="Logs and metrics.")
     batch: BatchSettings = Field(default_factory=BatchSettings, description="Batch API and its queue.")
+    queue: QueueSettings = Field(default_factory=QueueSettings, description="Batch queue shared by replicas.")
 
     @model_validator(mode="before")
     @classmethod

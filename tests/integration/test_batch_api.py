@@ -11,81 +11,36 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from tests.fakes import FakeEngine
+from tests.integration.batch_client import (
+    batch_settings,
+    create,
+    jsonl,
+    request_line,
+    result_lines,
+    submit,
+    upload,
+    wait_for,
+)
 
 from glimpse.api.app import create_app
-from glimpse.config import BatchSettings, EngineSettings, GuardSettings, Settings
+from glimpse.config import EngineSettings, GuardSettings
 from glimpse.engine.protocol import EngineHealth
 from glimpse.guard import hash_key
-
-URL = "/v1/chat/completions"
-FAST = BatchSettings(poll_interval_s=0.02)
-
-
-def _line(custom_id: str, text: str = "hi", **body) -> str:
-    request = {"messages": [{"role": "user", "content": text}], "max_tokens": 8, **body}
-    return json.dumps({"custom_id": custom_id, "method": "POST", "url": URL, "body": request})
-
-
-def _jsonl(*lines: str) -> bytes:
-    return ("\n".join(lines) + "\n").encode()
-
-
-async def _upload(client, content: bytes, headers=None, purpose: str = "batch"):
-    return await client.post(
-        "/v1/files",
-        files={"file": ("in.jsonl", content, "application/jsonl")},
-        data={"purpose": purpose},
-        headers=headers or {},
-    )
-
-
-async def _create(client, file_id: str, headers=None, **overrides):
-    body = {"input_file_id": file_id, "endpoint": URL, "completion_window": "24h", **overrides}
-    return await client.post("/v1/batches", json=body, headers=headers or {})
-
-
-async def _submit(client, content: bytes, headers=None) -> dict:
-    upload = await _upload(client, content, headers)
-    assert upload.status_code == 200, upload.text
-    created = await _create(client, upload.json()["id"], headers, metadata={"job": "t"})
-    assert created.status_code == 200, created.text
-    return created.json()
-
-
-async def _wait(client, batch_id: str, statuses=("completed",), headers=None, limit_s: float = 10.0) -> dict:
-    deadline = time.monotonic() + limit_s
-    while True:
-        batch = (await client.get(f"/v1/batches/{batch_id}", headers=headers or {})).json()
-        if batch["status"] in statuses:
-            return batch
-        assert time.monotonic() < deadline, batch
-        await asyncio.sleep(0.02)
-
-
-async def _lines(client, file_id: str | None, headers=None) -> list[dict]:
-    assert file_id is not None
-    response = await client.get(f"/v1/files/{file_id}/content", headers=headers or {})
-    assert response.status_code == 200
-    return [json.loads(line) for line in response.text.splitlines()]
-
-
-def _settings(**batch) -> Settings:
-    return Settings(batch=FAST.model_copy(update=batch))
 
 
 async def test_a_batch_runs_every_line_through_the_chat_pipeline_once(make_client):
     engine = FakeEngine()
-    async with make_client(engine, _settings()) as client:
-        batch = await _submit(client, _jsonl(*(_line(f"r{i}", f"q{i}") for i in range(5))))
+    async with make_client(engine, batch_settings()) as client:
+        batch = await submit(client, jsonl(*(request_line(f"r{i}", f"q{i}") for i in range(5))))
         assert batch["object"] == "batch"
         assert batch["status"] == "in_progress"
         assert batch["request_counts"] == {"total": 5, "completed": 0, "failed": 0}
-        done = await _wait(client, batch["id"])
+        done = await wait_for(client, batch["id"])
         assert done["request_counts"] == {"total": 5, "completed": 5, "failed": 0}
         assert done["error_file_id"] is None
         assert done["metadata"] == {"job": "t"}
         assert done["completed_at"] >= done["in_progress_at"] >= done["created_at"]
-        lines = await _lines(client, done["output_file_id"])
+        lines = await result_lines(client, done["output_file_id"])
         assert sorted(line["custom_id"] for line in lines) == [f"r{i}" for i in range(5)]
         for line in lines:
             response = line["response"]
@@ -103,25 +58,25 @@ async def test_a_batch_runs_every_line_through_the_chat_pipeline_once(make_clien
 
 
 async def test_bad_lines_are_answered_in_the_error_file_while_the_rest_run(make_client):
-    async with make_client(FakeEngine(), _settings()) as client:
-        content = _jsonl(
-            _line("good"),
+    async with make_client(FakeEngine(), batch_settings()) as client:
+        content = jsonl(
+            request_line("good"),
             "not json at all",
-            _line("good"),
+            request_line("good"),
             json.dumps({"custom_id": "url", "method": "POST", "url": "/v1/embeddings", "body": {}}),
-            _line("model", model="no-such-model"),
-            _line("invalid", temperature=9),
-            _line("image", text="x").replace(
+            request_line("model", model="no-such-model"),
+            request_line("invalid", temperature=9),
+            request_line("image", text="x").replace(
                 '"content": "x"',
                 '"content": [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]',
             ),
         )
-        batch = await _submit(client, content)
+        batch = await submit(client, content)
         assert batch["request_counts"] == {"total": 7, "completed": 0, "failed": 5}
-        done = await _wait(client, batch["id"])
+        done = await wait_for(client, batch["id"])
         assert done["request_counts"] == {"total": 7, "completed": 1, "failed": 6}
-        assert [line["custom_id"] for line in await _lines(client, done["output_file_id"])] == ["good"]
-        errors = {line["custom_id"]: line for line in await _lines(client, done["error_file_id"])}
+        assert [line["custom_id"] for line in await result_lines(client, done["output_file_id"])] == ["good"]
+        errors = {line["custom_id"]: line for line in await result_lines(client, done["error_file_id"])}
     assert errors[None]["error"]["code"] == "invalid_json"
     assert errors["good"]["error"]["code"] == "duplicate_custom_id"
     assert errors["url"]["error"]["code"] == "invalid_url"
@@ -139,9 +94,9 @@ async def test_bad_lines_are_answered_in_the_error_file_while_the_rest_run(make_
     [({"endpoint": "/v1/embeddings"}, "endpoint"), ({"completion_window": "1h"}, "completion_window")],
 )
 async def test_a_wrong_endpoint_or_window_is_a_400(make_client, overrides, param):
-    async with make_client(FakeEngine(), _settings()) as client:
-        file_id = (await _upload(client, _jsonl(_line("a")))).json()["id"]
-        response = await _create(client, file_id, **overrides)
+    async with make_client(FakeEngine(), batch_settings()) as client:
+        file_id = (await upload(client, jsonl(request_line("a")))).json()["id"]
+        response = await create(client, file_id, **overrides)
     assert response.status_code == 400
     assert response.json()["error"]["param"] == param
 
@@ -151,14 +106,14 @@ async def test_a_wrong_endpoint_or_window_is_a_400(make_client, overrides, param
     [
         (b"this is not jsonl\n", "No line of the input file is a usable request"),
         (b"\xff\xfe\x00", "not UTF-8"),
-        (_jsonl(_line("a", model="gpt-4o"), _line("b", model="gpt-4o")), "not served here"),
-        (_jsonl(_line("a"), _line("b"), _line("c")), "at most 2"),
+        (jsonl(request_line("a", model="gpt-4o"), request_line("b", model="gpt-4o")), "not served here"),
+        (jsonl(request_line("a"), request_line("b"), request_line("c")), "at most 2"),
     ],
 )
 async def test_a_wholly_unusable_file_is_a_400(make_client, content, message):
-    async with make_client(FakeEngine(), _settings(max_lines_per_batch=2)) as client:
-        file_id = (await _upload(client, content)).json()["id"]
-        response = await _create(client, file_id)
+    async with make_client(FakeEngine(), batch_settings(max_lines_per_batch=2)) as client:
+        file_id = (await upload(client, content)).json()["id"]
+        response = await create(client, file_id)
         listed = (await client.get("/v1/batches")).json()
     assert response.status_code == 400, response.text
     assert response.json()["error"]["type"] == "invalid_request_error"
@@ -167,10 +122,10 @@ async def test_a_wholly_unusable_file_is_a_400(make_client, content, message):
 
 
 async def test_uploads_are_limited_in_size_and_purpose(make_client):
-    async with make_client(FakeEngine(), _settings(max_file_bytes=1000)) as client:
-        too_large = await _upload(client, b"x" * 5000)
-        wrong_purpose = await _upload(client, _jsonl(_line("a")), purpose="fine-tune")
-        missing = await _create(client, "file-nope")
+    async with make_client(FakeEngine(), batch_settings(max_file_bytes=1000)) as client:
+        too_large = await upload(client, b"x" * 5000)
+        wrong_purpose = await upload(client, jsonl(request_line("a")), purpose="fine-tune")
+        missing = await create(client, "file-nope")
         listed = (await client.get("/v1/files")).json()
     assert too_large.status_code == 413
     assert too_large.json()["error"]["code"] == "request_too_large"
@@ -182,8 +137,8 @@ async def test_uploads_are_limited_in_size_and_purpose(make_client):
 
 
 async def test_files_are_listed_paged_and_deleted(make_client):
-    async with make_client(FakeEngine(), _settings()) as client:
-        ids = [(await _upload(client, _jsonl(_line(str(i))))).json()["id"] for i in range(3)]
+    async with make_client(FakeEngine(), batch_settings()) as client:
+        ids = [(await upload(client, jsonl(request_line(str(i))))).json()["id"] for i in range(3)]
         first = (await client.get("/v1/files", params={"limit": 2})).json()
         rest = (await client.get("/v1/files", params={"limit": 2, "after": first["last_id"]})).json()
         deleted = await client.delete(f"/v1/files/{ids[0]}")
@@ -207,11 +162,11 @@ async def test_another_key_sees_none_of_a_keys_files_and_batches(make_client, tm
             ]
         )
     )
-    settings = _settings().model_copy(update={"guard": GuardSettings(api_keys_file=keys)})
+    settings = batch_settings().model_copy(update={"guard": GuardSettings(api_keys_file=keys)})
     a, b, c = ({"Authorization": f"Bearer key-{x}"} for x in "abc")
     async with make_client(FakeEngine(), settings) as client:
-        batch = await _submit(client, _jsonl(_line("r")), a)
-        done = await _wait(client, batch["id"], headers=a)
+        batch = await submit(client, jsonl(request_line("r")), a)
+        done = await wait_for(client, batch["id"], headers=a)
         file_id = done["output_file_id"]
         statuses = [
             (await client.get(f"/v1/batches/{batch['id']}", headers=b)).status_code,
@@ -219,7 +174,7 @@ async def test_another_key_sees_none_of_a_keys_files_and_batches(make_client, tm
             (await client.get(f"/v1/files/{file_id}", headers=b)).status_code,
             (await client.get(f"/v1/files/{file_id}/content", headers=b)).status_code,
             (await client.delete(f"/v1/files/{batch['input_file_id']}", headers=b)).status_code,
-            (await _create(client, batch["input_file_id"], b)).status_code,
+            (await create(client, batch["input_file_id"], b)).status_code,
         ]
         lists = [
             (await client.get("/v1/batches", headers=b)).json()["data"],
@@ -229,7 +184,7 @@ async def test_another_key_sees_none_of_a_keys_files_and_batches(make_client, tm
         scoped = [
             (await client.get("/v1/batches", headers=c)).status_code,
             (await client.get(f"/v1/files/{file_id}", headers=c)).status_code,
-            (await _upload(client, b"{}", c)).status_code,
+            (await upload(client, b"{}", c)).status_code,
         ]
         anonymous = (await client.get("/v1/files")).status_code
     assert statuses == [404] * 6
@@ -253,12 +208,12 @@ class BoundedEngine(FakeEngine):
 
 async def test_batch_lines_take_only_their_share_of_the_engine(make_client):
     engine = BoundedEngine(delay_s=0.02, capacity=4)
-    settings = _settings(max_in_flight=10, capacity_share=0.5).model_copy(
+    settings = batch_settings(max_in_flight=10, capacity_share=0.5).model_copy(
         update={"engine": EngineSettings(warmup=False)}
     )
     async with make_client(engine, settings) as client:
         runner_peak = 0
-        batch = await _submit(client, _jsonl(*(_line(f"r{i}", f"q{i}") for i in range(8))))
+        batch = await submit(client, jsonl(*(request_line(f"r{i}", f"q{i}") for i in range(8))))
         deadline = time.monotonic() + 10
         while (await client.get(f"/v1/batches/{batch['id']}")).json()["status"] != "completed":
             runner_peak = max(runner_peak, engine.in_flight)
@@ -269,35 +224,35 @@ async def test_batch_lines_take_only_their_share_of_the_engine(make_client):
 
 async def test_batch_lines_wait_while_live_requests_fill_the_engine(make_client):
     engine = BoundedEngine(capacity=4, live=4)
-    settings = _settings().model_copy(update={"engine": EngineSettings(warmup=False)})
+    settings = batch_settings().model_copy(update={"engine": EngineSettings(warmup=False)})
     async with make_client(engine, settings) as client:
-        batch = await _submit(client, _jsonl(_line("r0", "q0"), _line("r1", "q1")))
+        batch = await submit(client, jsonl(request_line("r0", "q0"), request_line("r1", "q1")))
         await asyncio.sleep(0.3)  # fifteen polls of the worker
         assert engine.requests == []
         assert (await client.get(f"/v1/batches/{batch['id']}")).json()["status"] == "in_progress"
         engine.live = 3  # one place free: the lines run one at a time
-        done = await _wait(client, batch["id"])
+        done = await wait_for(client, batch["id"])
         engine.live = 0  # the live requests end (the watchdog checks the engine is idle)
     assert done["request_counts"]["completed"] == 2
 
 
 async def test_cancelling_stops_the_batch_and_keeps_what_was_answered(make_client):
     engine = FakeEngine(delay_s=0.05)
-    async with make_client(engine, _settings(max_in_flight=1)) as client:
-        batch = await _submit(client, _jsonl(*(_line(f"r{i}", f"q{i}") for i in range(6))))
+    async with make_client(engine, batch_settings(max_in_flight=1)) as client:
+        batch = await submit(client, jsonl(*(request_line(f"r{i}", f"q{i}") for i in range(6))))
         while not engine.requests:  # noqa: ASYNC110 - the fake engine offers no event to wait on
             await asyncio.sleep(0.01)
         cancelling = (await client.post(f"/v1/batches/{batch['id']}/cancel")).json()
         assert cancelling["status"] == "cancelling"
         assert cancelling["cancelling_at"] is not None
-        done = await _wait(client, batch["id"], ("cancelled",))
+        done = await wait_for(client, batch["id"], ("cancelled",))
     assert 1 <= done["request_counts"]["completed"] < 6
     assert len(engine.requests) == done["request_counts"]["completed"]
 
 
 async def test_a_shutdown_puts_running_lines_back_and_a_restart_finishes_them(make_client, tmp_path):
     slow = FakeEngine(delay_s=0.5)
-    settings = _settings(max_in_flight=2, dir=tmp_path / "batches")
+    settings = batch_settings(max_in_flight=2, dir=tmp_path / "batches")
     # Not make_client: its watchdog would wait for the running lines to end before shutting down.
     app = create_app(
         settings.model_copy(update={"guard": GuardSettings(audit_log_path=tmp_path / "a.db")}), slow
@@ -305,14 +260,14 @@ async def test_a_shutdown_puts_running_lines_back_and_a_restart_finishes_them(ma
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
-            batch = await _submit(client, _jsonl(*(_line(f"r{i}", f"q{i}") for i in range(3))))
+            batch = await submit(client, jsonl(*(request_line(f"r{i}", f"q{i}") for i in range(3))))
             while slow.in_flight < 2:  # noqa: ASYNC110 - the fake engine offers no event to wait on
                 await asyncio.sleep(0.01)
     # Shut down with two lines running: they are cancelled and queued again, not lost or answered.
     assert slow.in_flight == 0
     assert len(slow.requests) == 2
     async with make_client(FakeEngine(), settings) as client:
-        done = await _wait(client, batch["id"])
-        lines = await _lines(client, done["output_file_id"])
+        done = await wait_for(client, batch["id"])
+        lines = await result_lines(client, done["output_file_id"])
     assert sorted(line["custom_id"] for line in lines) == ["r0", "r1", "r2"]
     assert done["request_counts"] == {"total": 3, "completed": 3, "failed": 0}

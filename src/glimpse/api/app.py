@@ -33,7 +33,7 @@ from glimpse.api.openai.router import router as openai_router
 from glimpse.api.service import GenerationService
 from glimpse.api.shedding import LoadShedder
 from glimpse.api.state import AppState, StateDep
-from glimpse.batches import SqliteBatchStore, default_batch_dir
+from glimpse.batches import BatchStore, RedisBatchStore, SqliteBatchStore, default_batch_dir
 from glimpse.cache import MemoryCache, RedisCache, ResultCache
 from glimpse.config import Settings
 from glimpse.engine.factory import build_engine
@@ -148,10 +148,27 @@ def _add_metrics_route(app: FastAPI) -> None:
         return Response(body, headers={"Content-Type": content_type})
 
 
+def _batch_store(settings: Settings) -> BatchStore:
+    """Redis shared by replicas when a queue Redis is named, else SQLite on this machine.
+
+    Only ``queue.redis_url``: a cache's Redis may evict keys and keep nothing on disk.
+    """
+    directory = (settings.batch.dir or default_batch_dir()).expanduser()
+    if settings.queue.redis_url is None:
+        return SqliteBatchStore(directory)
+    return RedisBatchStore(
+        settings.queue.redis_url.get_secret_value(),
+        directory,
+        key_prefix=settings.queue.key_prefix,
+        timeout_s=settings.queue.timeout_s,
+        visibility_timeout_s=settings.batch.visibility_timeout_s,
+    )
+
+
 async def _start_batches(resources: contextlib.AsyncExitStack, state: AppState, audit: AuditLog) -> None:
     """Open the batch store and start its worker; both stop with the app (the worker first)."""
     settings = state.settings.batch
-    store = SqliteBatchStore((settings.dir or default_batch_dir()).expanduser())
+    store = _batch_store(state.settings)
     await store.open()
     resources.push_async_callback(store.close)
     state.batch_store = store

@@ -1,7 +1,9 @@
 """OpenAI's Batch API below HTTP: stored files, batches, and the durable queue of their lines.
 
 Framework-free: the API layer (``glimpse.api.batch``) parses requests and runs each
-line through the live chat pipeline; this package keeps what must survive a restart.
+line through the live chat pipeline; this package keeps what must survive a restart,
+in SQLite on one machine (``SqliteBatchStore``) or in Redis shared by replicas
+(``RedisBatchStore``).
 """
 
 from glimpse.batches.lines import (
@@ -9,6 +11,7 @@ from glimpse.batches.lines import (
     ParsedInput,
     error_line,
     error_message,
+    expired_line,
     parse_input,
     response_line,
 )
@@ -19,10 +22,15 @@ from glimpse.batches.records import (
     BatchStore,
     ClaimedLine,
     FileRecord,
+    FileStore,
     LineOutcome,
+    LineQueue,
     NewBatch,
+    final_status,
     new_id,
+    result_file_id,
 )
+from glimpse.batches.redis_store import RedisBatchStore
 from glimpse.batches.sqlite_store import SqliteBatchStore, default_batch_dir
 
 __all__ = [
@@ -33,14 +41,20 @@ __all__ = [
     "BodyCheck",
     "ClaimedLine",
     "FileRecord",
+    "FileStore",
     "LineOutcome",
+    "LineQueue",
     "NewBatch",
     "ParsedInput",
+    "RedisBatchStore",
     "SqliteBatchStore",
     "default_batch_dir",
     "error_line",
     "error_message",
+    "expired_line",
+    "final_status",
     "new_id",
     "parse_input",
     "response_line",
+    "result_file_id",
 ]

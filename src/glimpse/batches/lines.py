@@ -18,7 +18,15 @@ from typing import Any
 from glimpse.batches.records import LineOutcome, new_id
 from glimpse.errors import ClientError, GlimpseError, InvalidRequest
 
-__all__ = ["BodyCheck", "ParsedInput", "error_line", "error_message", "parse_input", "response_line"]
+__all__ = [
+    "BodyCheck",
+    "ParsedInput",
+    "error_line",
+    "error_message",
+    "expired_line",
+    "parse_input",
+    "response_line",
+]
 
 #: How many refused lines a 400 for a wholly unusable file names.
 _REASONS_SHOWN = 3
@@ -42,6 +50,13 @@ def error_line(custom_id: str | None, code: str, message: str) -> str:
             "error": {"code": code, "message": message},
         },
         ensure_ascii=False,
+    )
+
+
+def expired_line(custom_id: str) -> str:
+    """A line its batch's completion window closed on before it ran (OpenAI's ``batch_expired``)."""
+    return error_line(
+        custom_id, "batch_expired", "This request could not be executed before the completion window expired."
     )
 
 

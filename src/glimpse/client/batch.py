@@ -2,7 +2,8 @@
 
 Each answer is appended to a JSON-lines file as soon as it arrives, so the file
 is both the result and the checkpoint: rerunning the same command skips what
-already succeeded and retries what failed.
+already succeeded and retries what failed. With ``--remote`` the images go to the
+server as one Batch API job instead (``batch_remote``), and this command only waits.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from rich.progress import (
 from glimpse.client._args import output_path, positive_int
 from glimpse.client._http import RETRY_STATUSES, RetryPolicy, build_client, error_message
 from glimpse.client.batch_io import BatchItem, ResultsFile, discover_images, load_list, read_results
+from glimpse.client.batch_remote import RemoteBatchError, remote_batch
 from glimpse.openai_wire import parse_retry_after
 
 __all__ = ["BatchStats", "batch", "collect_items", "infer_item", "register_batch", "run_batch", "run_items"]
@@ -55,6 +57,17 @@ def register_batch(subparsers: Any) -> None:
     p.add_argument("--max-tokens", type=positive_int, default=256)
     p.add_argument("--max-attempts", type=positive_int, default=5, help="tries per image on 429/503/network")
     p.add_argument("--timeout", type=float, default=600.0, help="per-request timeout, seconds")
+    p.add_argument(
+        "--remote",
+        action="store_true",
+        help="submit the images as one Batch API job (/v1/batches) and wait for it, instead of "
+        "sending them one by one",
+    )
+    p.add_argument("--batch-id", help="with --remote: collect this job instead of submitting one")
+    p.add_argument("--model", help="with --remote: the model each request names (default: the server's)")
+    p.add_argument(
+        "--poll-interval", type=float, default=2.0, help="with --remote: seconds between looks at the job"
+    )
     p.set_defaults(func=run_batch)
 
 
@@ -70,6 +83,16 @@ class BatchStats:
     started: float = field(default_factory=time.monotonic)
     #: The signal that stopped the run (Ctrl-C, or SIGTERM from a scheduler or `kill`).
     interrupted_by: signal.Signals | None = None
+    #: With ``--remote``: the server's job, which an interruption leaves running.
+    batch_id: str | None = None
+
+    def count(self, record: dict[str, Any]) -> None:
+        """Count one written results line."""
+        if "response" in record:
+            self.done += 1
+        else:
+            self.failed += 1
+            self.reasons[str(record["error"])[:120]] += 1
 
 
 def collect_items(args: argparse.Namespace) -> list[BatchItem]:
@@ -176,11 +199,7 @@ async def run_items(
             )
             async with write_lock:
                 await _append_uninterrupted(results, record)
-            if "response" in record:
-                stats.done += 1
-            else:
-                stats.failed += 1
-                stats.reasons[str(record["error"])[:120]] += 1
+            stats.count(record)
             on_record(record)
 
     async with asyncio.TaskGroup() as group:
@@ -260,16 +279,22 @@ def run_batch(args: argparse.Namespace) -> int:
         err.print(f"[red]error:[/red] {escape(str(exc))}")
         return 2
     stats = BatchStats(total=len(items))
+    run = remote_batch if args.remote else batch
     try:
-        asyncio.run(batch(args, items, stats, err))
+        asyncio.run(run(args, items, stats, err))
     except KeyboardInterrupt:
         stats.interrupted_by = signal.SIGINT
     except asyncio.CancelledError:
         if stats.interrupted_by is None:
             raise
-    except OSError as exc:  # the results file could not be read or opened (e.g. no permission)
+    except (OSError, RemoteBatchError) as exc:  # the results file is unusable, or the server said no
         err.print(f"[red]error:[/red] {escape(str(exc))}")
         return 2
+    if stats.interrupted_by and stats.batch_id:
+        err.print(
+            f"the job {stats.batch_id} keeps running on the server; collect it with "
+            f"--remote --batch-id {stats.batch_id}"
+        )
     _print_summary(stats, args.out, Console())
     if stats.interrupted_by:
         return 128 + stats.interrupted_by  # the shell's status for a death by that signal

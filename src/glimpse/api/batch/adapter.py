@@ -14,10 +14,21 @@ from glimpse.batches import BodyCheck
 from glimpse.errors import InvalidRequest
 from glimpse.guard import Principal
 
-__all__ = ["body_check", "chat_request", "owner_of", "principal_from_json", "principal_to_json"]
+__all__ = [
+    "CHAT_ENDPOINT",
+    "COMPLETION_WINDOWS",
+    "body_check",
+    "chat_request",
+    "owner_of",
+    "principal_from_json",
+    "principal_to_json",
+]
 
 #: The one endpoint a batch may name.
 CHAT_ENDPOINT = "/v1/chat/completions"
+#: The completion windows a batch may ask for (OpenAI's one), in seconds: a batch not finished
+#: by then is ``expired``.
+COMPLETION_WINDOWS: dict[str, int] = {"24h": 24 * 3600}
 
 
 def owner_of(principal: Principal | None) -> str:

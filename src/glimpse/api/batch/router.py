@@ -21,7 +21,7 @@ from glimpse.api.state import StateDep
 from glimpse.batches import BatchStore, NewBatch, parse_input
 from glimpse.errors import InvalidRequest, NotFound
 
-from .adapter import CHAT_ENDPOINT, body_check, owner_of, principal_to_json
+from .adapter import CHAT_ENDPOINT, COMPLETION_WINDOWS, body_check, owner_of, principal_to_json
 from .schemas import BatchCreateRequest, BatchList, BatchObject, FileDeleted, FileList, FileObject
 
 __all__ = ["router"]
@@ -64,25 +64,27 @@ async def upload_file(
         file.file,
         state.settings.batch.max_file_bytes,
     )
-    return FileObject.of(record)
+    return FileObject.of(record, state.settings.batch.file_retention_s)
 
 
 @router.get("/files", responses=error_responses(401, 403))
 async def list_files(
     store: StoreDep,
+    state: StateDep,
     context: ContextDep,
     purpose: str | None = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
     after: str | None = None,
 ) -> FileList:
     records = await store.list_files(owner_of(context.principal), purpose, limit + 1, after)
-    data = [FileObject.of(r) for r in records[:limit]]
+    data = [FileObject.of(r, state.settings.batch.file_retention_s) for r in records[:limit]]
     return FileList(data=data, **_page(data, has_more=len(records) > limit))
 
 
 @router.get("/files/{file_id}", responses=error_responses(401, 403, 404))
-async def get_file(file_id: str, store: StoreDep, context: ContextDep) -> FileObject:
-    return FileObject.of(await store.get_file(file_id, owner_of(context.principal)))
+async def get_file(file_id: str, store: StoreDep, state: StateDep, context: ContextDep) -> FileObject:
+    record = await store.get_file(file_id, owner_of(context.principal))
+    return FileObject.of(record, state.settings.batch.file_retention_s)
 
 
 @router.get("/files/{file_id}/content", response_class=FileResponse, responses=error_responses(401, 403, 404))
@@ -108,8 +110,11 @@ async def create_batch(
         raise InvalidRequest(
             f"Only the endpoint {CHAT_ENDPOINT!r} is served, not {body.endpoint!r}.", param="endpoint"
         )
-    if body.completion_window != "24h":
-        raise InvalidRequest("completion_window must be '24h'.", param="completion_window")
+    window_s = COMPLETION_WINDOWS.get(body.completion_window)
+    if window_s is None:
+        raise InvalidRequest(
+            f"completion_window must be one of {sorted(COMPLETION_WINDOWS)}.", param="completion_window"
+        )
     owner = owner_of(context.principal)
     source = await store.get_file(body.input_file_id, owner)
     if source.purpose != "batch":
@@ -128,6 +133,7 @@ async def create_batch(
             input_file_id=source.id,
             endpoint=CHAT_ENDPOINT,
             completion_window=body.completion_window,
+            window_s=window_s,
             metadata=body.metadata,
             lines=parsed.lines,
             refused=parsed.refused,

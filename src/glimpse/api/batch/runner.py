@@ -12,7 +12,9 @@ guard, cache and engine as ``/v1/chat/completions``. Its output is stored with t
 line marked done in one step (``BatchStore.complete``). A line the engine could not
 take for now (overloaded, not ready, shutting down) goes back to the queue unanswered.
 Claims are renewed while lines run; on shutdown the lines still running are cancelled
-and put back, so a restart (or another replica) answers them.
+and put back, so a restart (or another replica) answers them. Each pass also closes
+the batches with nothing left to run (or past their window), and once a minute the
+files past their retention are deleted.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ logger = logging.getLogger(__name__)
 _TRANSIENT = (Overloaded, NotReady, EngineDead, ClientDisconnected)
 #: The route name batch lines carry in the audit trail.
 AUDIT_ROUTE = "/v1/batches"
+#: How often a worker deletes the files past their retention (every replica does; any may).
+_PURGE_EVERY_S = 60.0
 
 
 class _Requeue(Exception):  # noqa: N818 - a signal between two methods, never raised to a caller
@@ -66,14 +70,12 @@ class BatchRunner:
         self._running: dict[asyncio.Task[None], ClaimedLine] = {}
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
+        self._purged = self._renewed = time.monotonic() - _PURGE_EVERY_S
 
     def wake(self) -> None:
         self._wake.set()
 
     async def start(self) -> None:
-        requeued = await self.store.requeue_expired()
-        if requeued:
-            logger.info("batch lines of a stopped worker queued again", extra={"lines": requeued})
         self._loop_task = asyncio.create_task(self._loop(), name="batch-runner")
 
     async def stop(self) -> None:
@@ -86,10 +88,20 @@ class BatchRunner:
         for task in self._running:
             task.cancel()
         await asyncio.gather(*self._running, return_exceptions=True)
-        if lines:
+        if not lines:
+            return
+        try:
             await self.store.release(self.worker_id, lines)
-            self.state.metrics.batch_lines.labels(result="requeued").inc(len(lines))
-            logger.info("batch lines returned to the queue at shutdown", extra={"lines": len(lines)})
+        except NotReady as exc:
+            logger.warning(
+                "batch lines not returned at shutdown (%s); another worker takes them after the "
+                "visibility timeout",
+                exc.message,
+                extra={"lines": len(lines)},
+            )
+            return
+        self.state.metrics.batch_lines.labels(result="requeued").inc(len(lines))
+        logger.info("batch lines returned to the queue at shutdown", extra={"lines": len(lines)})
 
     def room(self) -> int:
         """How many more lines may start now (0 while the engine is full, loading or draining)."""
@@ -109,23 +121,43 @@ class BatchRunner:
             room = min(room, share - len(self._running), capacity - busy)
         return max(0, room)
 
+    async def _purge(self) -> None:
+        """Delete the files older than the retention setting."""
+        purged = await self.store.purge_files(int(time.time()) - self.settings.file_retention_s)
+        if purged:
+            logger.info("batch files past their retention deleted", extra={"files": purged})
+
+    async def _pass(self) -> None:
+        """One look at the queue: purge (now and then), finalize, claim what fits, renew claims."""
+        now = time.monotonic()
+        if now - self._purged >= _PURGE_EVERY_S:
+            self._purged = now
+            await self._purge()
+        await self.store.finalize_ready()
+        room = self.room()
+        if room > 0:
+            held = {(line.batch_id, line.index) for line in self._running.values()}
+            for line in await self.store.claim(self.worker_id, room, self.settings.visibility_timeout_s):
+                if (line.batch_id, line.index) not in held:  # retaken after a stall: runs once
+                    self._running[asyncio.create_task(self._run(line))] = line
+        if self._running and time.monotonic() - self._renewed >= self.settings.visibility_timeout_s / 3:
+            await self.store.renew(
+                self.worker_id, list(self._running.values()), self.settings.visibility_timeout_s
+            )
+            self._renewed = time.monotonic()
+
     async def _loop(self) -> None:
-        renew_every = self.settings.visibility_timeout_s / 3
-        renewed = time.monotonic()
+        store_down = False
         while True:
             try:
-                await self.store.finalize_ready()
-                room = self.room()
-                if room > 0:
-                    for line in await self.store.claim(
-                        self.worker_id, room, self.settings.visibility_timeout_s
-                    ):
-                        self._running[asyncio.create_task(self._run(line))] = line
-                if self._running and time.monotonic() - renewed >= renew_every:
-                    await self.store.renew(
-                        self.worker_id, list(self._running.values()), self.settings.visibility_timeout_s
-                    )
-                    renewed = time.monotonic()
+                await self._pass()
+                if store_down:
+                    logger.info("batch store reachable again; batch work resumes")
+                    store_down = False
+            except NotReady as exc:  # the shared queue is down: said once, retried every pass
+                if not store_down:
+                    logger.warning("batch work paused: %s", exc.message)
+                    store_down = True
             except Exception:  # a store that fails now may work on the next pass; lines stay queued
                 logger.exception("batch worker pass failed")
             with contextlib.suppress(TimeoutError):

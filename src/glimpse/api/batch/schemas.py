@@ -36,13 +36,15 @@ class FileObject(BaseModel):
     status_details: str | None = None
 
     @classmethod
-    def of(cls, record: FileRecord) -> FileObject:
+    def of(cls, record: FileRecord, retention_s: int) -> FileObject:
+        """``expires_at``: when the retention sweep deletes the file."""
         return cls(
             id=record.id,
             bytes=record.bytes,
             created_at=record.created_at,
             filename=record.filename,
             purpose=record.purpose,
+            expires_at=record.created_at + retention_s,
         )
 
 
@@ -116,6 +118,7 @@ class BatchObject(BaseModel):
             failed_at=record.failed_at,
             cancelling_at=record.cancelling_at,
             cancelled_at=record.cancelled_at,
+            expired_at=record.expired_at,
             request_counts=RequestCounts(
                 total=record.total, completed=record.completed, failed=record.failed
             ),
