@@ -13,10 +13,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from glimpse.config import MediaSettings
-from glimpse.engine.tiny_task import Question, Sample, draw, encode
+from glimpse.engine.tiny_task import Picture, Question, Sample, draw, encode, make_study_sample
 from glimpse.media.decode import decode_image
 
-__all__ = ["Encoded", "chat_messages", "collate", "decoded_images", "encode_sample", "prompt_inputs"]
+__all__ = [
+    "Encoded",
+    "chat_messages",
+    "collate",
+    "decoded_images",
+    "encode_sample",
+    "encoded_pool",
+    "prompt_inputs",
+]
 
 IGNORE = -100
 #: the token a trained answer ends with: GLM-4.6V ends a turn by starting the next one
@@ -32,6 +40,8 @@ class Encoded:
     mm_token_type_ids: Any
     pixel_values: Any
     image_grid_thw: Any
+    #: what the one picture of a one-picture conversation shows (the vision warm-up's labels)
+    picture: Picture | None = None
 
 
 def decoded_images(sample: Sample) -> list[Any]:
@@ -97,6 +107,7 @@ def encode_sample(processor: Any, sample: Sample, rng: random.Random) -> Encoded
         mm_token_type_ids=inputs["mm_token_type_ids"][0],
         pixel_values=inputs["pixel_values"],
         image_grid_thw=inputs["image_grid_thw"],
+        picture=sample.pictures[0] if len(sample.pictures) == 1 else None,
     )
 
 
@@ -122,3 +133,54 @@ def collate(batch: list[Encoded], pad_id: int) -> dict[str, Any]:
         "pixel_values": torch.cat([e.pixel_values for e in batch]),
         "image_grid_thw": torch.cat([e.image_grid_thw for e in batch]),
     }
+
+
+#: the processor the pool's forked workers inherit (set just before they start)
+_WORKER_PROCESSOR: Any = None
+
+
+def encoded_pool(processor: Any, count: int, seed: int, workers: int, *, chunk: int = 250) -> list[Encoded]:
+    """``count`` study conversations, encoded in ``workers`` processes; the same for the same seed.
+
+    Drawing, compressing, decoding and processing a picture costs as much CPU as a
+    training step on it, so the pool is made in parallel before training starts.
+    Chunk ``i`` draws from ``Random(seed * 1_000_003 + i)``, whatever the worker count.
+    """
+    import multiprocessing
+
+    global _WORKER_PROCESSOR
+    jobs = [
+        (seed * 1_000_003 + i, min(chunk, count - i * chunk)) for i in range((count + chunk - 1) // chunk)
+    ]
+    if workers <= 1:
+        _WORKER_PROCESSOR = processor
+        parts = [_encode_chunk(job) for job in jobs]
+    else:
+        _WORKER_PROCESSOR = processor
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            parts = pool.map(_encode_chunk, jobs)
+    _WORKER_PROCESSOR = None
+    return [_from_arrays(fields) for part in parts for fields in part]
+
+
+def _encode_chunk(job: tuple[int, int]) -> list[tuple[Any, ...]]:
+    import torch
+
+    torch.set_num_threads(1)
+    seed, n = job
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        e = encode_sample(_WORKER_PROCESSOR, make_study_sample(rng), rng)
+        # numpy arrays travel through the pipe; tensors would each need a shared-memory handle
+        arrays = (e.input_ids, e.labels, e.mm_token_type_ids, e.pixel_values, e.image_grid_thw)
+        out.append((*(a.numpy() for a in arrays), e.picture))
+    return out
+
+
+def _from_arrays(fields: tuple[Any, ...]) -> Encoded:
+    import torch
+
+    ids, labels, types, pixels, grid, picture = fields
+    tensors = [torch.from_numpy(a) for a in (ids, labels, types, pixels, grid)]
+    return Encoded(tensors[0], tensors[1], tensors[2], tensors[3], tensors[4], picture=picture)

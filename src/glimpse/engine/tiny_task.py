@@ -36,8 +36,8 @@ __all__ = [
     "draw",
     "encode",
     "grade",
-    "make_easy_sample",
     "make_sample",
+    "make_study_sample",
     "random_picture",
 ]
 
@@ -103,8 +103,6 @@ class Picture:
     width: int
     height: int
     seed: int
-    #: draw the shape big (most of the picture): the easy pictures training starts with
-    big: bool = False
 
 
 @dataclass(slots=True, frozen=True)
@@ -273,7 +271,7 @@ def _size(picture: Picture, rng: random.Random) -> float:
     where to look sees their colour; the others teach it to find small ones.
     """
     short = min(picture.width, picture.height)
-    big = rng.random() < 0.4 or picture.big
+    big = rng.random() < 0.4
     if picture.count == 1:
         size = rng.uniform(0.45, 0.85) if big else rng.uniform(0.125, 0.45)
         room = {
@@ -354,17 +352,24 @@ def make_sample(rng: random.Random, *, max_turns: int = 4, two_images: float = 0
     return sample
 
 
-def make_easy_sample(rng: random.Random) -> Sample:
-    """One big shape and one question about its colour or kind: what training starts with.
+def make_study_sample(rng: random.Random, *, full: float = 0.7, two_images: float = 0.15) -> Sample:
+    """A training conversation: most often one picture with every question about it, in random order.
 
-    Its answer depends on most of the picture, so a model still learning where to
-    look gets a strong signal to look at the image at all.
+    Asking all of a picture's questions in one conversation gives four or five
+    supervised answers for one pass of the vision tower; the rest are
+    ``make_sample``'s two-image and shorter conversations.
     """
-    pic = random_picture(rng, count=1)
-    pic = Picture(pic.color, pic.shape, 1, pic.position, pic.width, pic.height, pic.seed, big=True)
-    task: Task = "color" if rng.random() < 0.7 else "shape"
-    question = ask(task, rng.choice(("en", "zh")), rng)
-    return Sample([pic], [Turn(question, answer(pic, task, question.lang))], [rng.choice(FORMATS)], [90])
+    roll = rng.random()
+    if roll >= full:
+        return make_sample(rng, two_images=1.0 if roll < full + two_images else 0.0)
+    picture = random_picture(rng)
+    tasks: list[Task] = [t for t in TASKS if t != "position" or picture.count == 1]
+    rng.shuffle(tasks)
+    turns = []
+    for task in tasks:
+        question = ask(task, rng.choice(("en", "zh")), rng)
+        turns.append(Turn(question, answer(picture, task, question.lang)))
+    return Sample([picture], turns, [rng.choice(FORMATS)], [rng.randint(60, 95)])
 
 
 _WORDS: dict[tuple[str, Lang], dict[str, str]] = {

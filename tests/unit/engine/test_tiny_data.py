@@ -5,8 +5,9 @@ from __future__ import annotations
 import random
 
 import pytest
+import torch
 
-from glimpse.engine.tiny_data import IGNORE, collate, encode_sample
+from glimpse.engine.tiny_data import IGNORE, collate, encode_sample, encoded_pool
 from glimpse.engine.tiny_task import Picture, Question, Sample, Turn
 from glimpse.engine.tiny_train import TrainConfig, untrained_model
 
@@ -48,3 +49,14 @@ def test_a_batch_is_right_padded_with_images_in_order(processor):
     assert int(batch["attention_mask"][1].sum()) == len(two.input_ids)
     assert (batch["labels"][1, len(two.input_ids) :] == IGNORE).all()
     assert batch["pixel_values"].shape[0] == one.pixel_values.shape[0] + two.pixel_values.shape[0]
+
+
+def test_the_pool_is_the_same_whatever_the_worker_count(processor):
+    one = encoded_pool(processor, 6, seed=3, workers=1, chunk=2)
+    two = encoded_pool(processor, 6, seed=3, workers=2, chunk=2)
+    assert len(one) == len(two) == 6
+    for a, b in zip(one, two, strict=True):
+        assert torch.equal(a.input_ids, b.input_ids)
+        assert torch.equal(a.pixel_values, b.pixel_values)
+        assert a.picture == b.picture
+    assert any(e.picture is not None for e in one)  # one-picture conversations carry their labels
