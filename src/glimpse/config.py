@@ -205,6 +205,13 @@ class EngineSettings(BaseModel):
     )
     default_max_new_tokens: int = Field(512, ge=1, description="Output tokens when a request does not say.")
     max_new_tokens_limit: int = Field(4096, ge=1, description="Largest max_tokens a request may ask for.")
+    max_n: int = Field(
+        8,
+        ge=1,
+        le=128,
+        description="Most choices (OpenAI's n) one chat completion may ask for; each is a sequence of its "
+        "own in the batch, so a request holds up to n times the work of one.",
+    )
     preprocess_workers: int | None = Field(
         None,
         ge=0,

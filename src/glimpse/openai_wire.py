@@ -44,6 +44,8 @@ class StreamChunk:
     usage: tuple[int, int] | None = None
     #: The server's words when this is an error event.
     error: str | None = None
+    #: ``logprobs.content`` as sent (one JSON object per token), for the reader to interpret.
+    logprobs: tuple[Any, ...] = ()
 
 
 def error_text(payload: Any) -> str:
@@ -73,6 +75,7 @@ def parse_chunk(data: str) -> StreamChunk:
         return StreamChunk(error=error_text(payload) or "unknown error")
     text = reasoning = ""
     finish: str | None = None
+    logprobs: tuple[Any, ...] = ()
     choices = payload.get("choices")
     if isinstance(choices, list) and choices and isinstance(choices[0], dict):
         choice = choices[0]
@@ -84,6 +87,9 @@ def parse_chunk(data: str) -> StreamChunk:
             reasoning = thought if isinstance(thought, str) else ""
         reason = choice.get("finish_reason")
         finish = reason if isinstance(reason, str) else None
+        found = choice.get("logprobs")
+        content = found.get("content") if isinstance(found, dict) else None
+        logprobs = tuple(content) if isinstance(content, list) else ()
     usage = payload.get("usage")
     counts: tuple[int, int] | None = None
     if isinstance(usage, dict):
@@ -91,7 +97,9 @@ def parse_chunk(data: str) -> StreamChunk:
             counts = (int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
         except (TypeError, ValueError) as exc:
             raise MalformedChunk("usage is not numbers") from exc
-    return StreamChunk(text=text, reasoning=reasoning, finish_reason=finish, usage=counts, error=None)
+    return StreamChunk(
+        text=text, reasoning=reasoning, finish_reason=finish, usage=counts, error=None, logprobs=logprobs
+    )
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:

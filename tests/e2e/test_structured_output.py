@@ -133,9 +133,6 @@ def test_an_unusable_schema_is_a_400_naming_response_format(tiny_server, stream)
             {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]},
             "tools",
         ),
-        ({"logprobs": True}, "logprobs"),
-        ({"n": 2}, "n"),
-        ({"logit_bias": {"5": 10}}, "logit_bias"),
         ({"ignore_eos": True, "response_format": {"type": "json_object"}}, "ignore_eos"),
     ],
 )

@@ -71,6 +71,8 @@ def sampling_params(
     stop: str | list[str] | None = None,
     ignore_eos: bool = False,
     response_format: ResponseFormat | None = None,
+    logprobs: int | None = None,
+    logit_bias: tuple[tuple[int, float], ...] = (),
 ) -> SamplingParams:
     """The engine's settings for a request: limits applied, unset sampling fields left unset.
 
@@ -95,6 +97,8 @@ def sampling_params(
         presence_penalty=f.presence_penalty,
         frequency_penalty=f.frequency_penalty,
         response_format=response_format,
+        logprobs=logprobs,
+        logit_bias=logit_bias,
     )
 
 

@@ -10,6 +10,11 @@ get their status code) and the rest of the stream, or the whole ``Completion``.
 Closing the stream early cancels the work it was waiting for, unless other
 identical requests still follow it.
 
+A request with several choices (OpenAI's ``n``, ``api.choices``) is screened once and
+charged once, for its prompt and every choice's tokens; each choice is answered as
+above, on its own. An answer with log-probabilities is never cached: the cache keeps
+text, and a replay without them would answer another question.
+
 Nothing here waits for ever (issue 12, F1): every wait for the next event ends at
 the request's deadline (``DeadlineExceeded``, 504), and a client that goes away
 while its answer is being prepared cancels that work at once, which frees its
@@ -23,11 +28,12 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Literal, TypeVar, overload
 
+from glimpse.api.choices import together
 from glimpse.api.context import AuditDetails, RequestContext
 from glimpse.api.streams import DisconnectWatcher, StreamTail, TokenStream, replay, within_deadline
 from glimpse.cache import CachedResult, ResultCache, cache_key, is_cacheable
@@ -39,6 +45,7 @@ from glimpse.engine.protocol import (
     ImagePart,
     SamplingResolver,
     TokenEvent,
+    TokenLogprob,
 )
 from glimpse.errors import ClientDisconnected, EngineRequestError
 from glimpse.guard import PromptGuard, QuotaTracker
@@ -76,6 +83,8 @@ class Completion:
     completion_tokens: int
     cache: CacheStatus
     reasoning: str = ""
+    #: The answer tokens' log-probabilities, when the request asked for them.
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(slots=True)
@@ -124,6 +133,12 @@ def _to_result(events: Sequence[TokenEvent]) -> CachedResult | None:
         last.completion_tokens,
         reasoning,
     )
+
+
+def _overall(statuses: Iterable[CacheStatus]) -> CacheStatus:
+    """One status for a request's choices: theirs if they agree, else a miss (something was generated)."""
+    found = set(statuses)
+    return found.pop() if len(found) == 1 else CacheStatus.MISS
 
 
 class GenerationService:
@@ -192,30 +207,86 @@ class GenerationService:
         before the answer ends. The context gets the audit details, the cache status and
         the tokens; a stream's tokens are charged when its final event passes.
         """
-        gen = self.resolve_sampling(gen)
-        await self._screen(gen, context)
-        partition = self._partition(context)
-        if not stream:
-            completion = await self._unless_disconnected(
-                self._collect(gen, context.no_cache, partition, on_first_event), watcher
+        if stream:
+            (opened,) = await self.handle_choices(
+                [gen], context, watcher, stream=True, on_first_event=on_first_event
             )
-            context.cache = completion.cache
-            await self._charge(context, completion.prompt_tokens, completion.completion_tokens)
-            return completion
-        opened = await self._unless_disconnected(
-            self._open(gen, no_cache=context.no_cache, partition=partition), watcher
+            return opened
+        (completion,) = await self.handle_choices(
+            [gen], context, watcher, stream=False, on_first_event=on_first_event
         )
+        return completion
+
+    @overload
+    async def handle_choices(
+        self,
+        gens: Sequence[GenerationRequest],
+        context: RequestContext,
+        watcher: DisconnectWatcher,
+        *,
+        stream: Literal[False],
+        on_first_event: Callable[[], None] | None = None,
+    ) -> list[Completion]: ...
+
+    @overload
+    async def handle_choices(
+        self,
+        gens: Sequence[GenerationRequest],
+        context: RequestContext,
+        watcher: DisconnectWatcher,
+        *,
+        stream: Literal[True],
+        on_first_event: Callable[[], None] | None = None,
+    ) -> list[OpenStream]: ...
+
+    async def handle_choices(
+        self,
+        gens: Sequence[GenerationRequest],
+        context: RequestContext,
+        watcher: DisconnectWatcher,
+        *,
+        stream: bool,
+        on_first_event: Callable[[], None] | None = None,
+    ) -> list[Completion] | list[OpenStream]:
+        """``handle`` for the choices of one request (``api.choices.choice_requests``), in their order.
+
+        The prompt is screened once; every choice opens before ``on_first_event`` runs
+        (they all read the images); the caller is charged once, for the prompt and the
+        tokens of every choice, when the last one ends.
+        """
+        gens = [self.resolve_sampling(gen) for gen in gens]
+        await self._screen(gens[0], context)
+        partition = self._partition(context)
+        # Unseeded sampled choices share one key: each must draw its own answer, not the cached one.
+        first = gens[0].sampling
+        no_cache = context.no_cache or (len(gens) > 1 and not first.greedy and first.seed is None)
+        if not stream:
+            completions = await self._unless_disconnected(
+                self._answers(gens, no_cache, partition, on_first_event), watcher
+            )
+            context.cache = _overall(c.cache for c in completions)
+            await self._charge(
+                context, completions[0].prompt_tokens, sum(c.completion_tokens for c in completions)
+            )
+            return completions
+        opened = await self._unless_disconnected(self._open_all(gens, no_cache, partition), watcher)
         if on_first_event is not None:
             on_first_event()
-        context.cache = opened.cache
+        context.cache = _overall(o.cache for o in opened)
+        finals: list[TokenEvent] = []
 
         async def charge(final: TokenEvent) -> None:
-            await self._charge(context, final.prompt_tokens, final.completion_tokens)
+            finals.append(final)
+            if len(finals) == len(opened):
+                prompt = max(f.prompt_tokens for f in finals)
+                await self._charge(context, prompt, sum(f.completion_tokens for f in finals))
 
-        done = opened.first.finish_reason is not None
-        if done:
-            await charge(opened.first)
-        opened.rest = StreamTail(opened.rest, self.metrics, done, charge)
+        for index, choice in enumerate(opened):
+            done = choice.first.finish_reason is not None
+            if done:
+                await charge(choice.first)
+            # One request counts one disconnect: the first choice's stream counts it.
+            choice.rest = StreamTail(choice.rest, self.metrics, done or index > 0, charge)
         return opened
 
     async def _screen(self, gen: GenerationRequest, context: RequestContext) -> None:
@@ -285,6 +356,7 @@ class GenerationService:
                 "presence_penalty": _number(s.presence_penalty),
                 "frequency_penalty": _number(s.frequency_penalty),
                 "seed": s.seed,
+                "logit_bias": [[token, _number(bias)] for token, bias in s.logit_bias],
                 "stop": list(s.stop),
                 "ignore_eos": s.ignore_eos,
                 "response_format": None
@@ -297,8 +369,10 @@ class GenerationService:
         )
 
     def _cacheable(self, gen: GenerationRequest, no_cache: bool) -> bool:
-        return not no_cache and is_cacheable(
-            gen.sampling.greedy, gen.sampling.seed, self.settings.allow_sampled
+        return (
+            not no_cache
+            and gen.sampling.logprobs is None
+            and is_cacheable(gen.sampling.greedy, gen.sampling.seed, self.settings.allow_sampled)
         )
 
     async def _open(self, gen: GenerationRequest, *, no_cache: bool, partition: str) -> OpenStream:
@@ -362,33 +436,44 @@ class GenerationService:
             raise
         return OpenStream(first, events, status)
 
-    async def _collect(
+    async def _open_all(
+        self, gens: Sequence[GenerationRequest], no_cache: bool, partition: str
+    ) -> list[OpenStream]:
+        """Every choice's stream, opened side by side; on a failure, those already open are closed."""
+        return await together(
+            [self._open(gen, no_cache=no_cache, partition=partition) for gen in gens], OpenStream.close
+        )
+
+    async def _answers(
         self,
-        gen: GenerationRequest,
+        gens: Sequence[GenerationRequest],
         no_cache: bool,
         partition: str,
         on_first_event: Callable[[], None] | None,
-    ) -> Completion:
-        stream = await self._open(gen, no_cache=no_cache, partition=partition)
-        if on_first_event is not None:
-            on_first_event()
-        parts, thoughts = [stream.first.text], [stream.first.reasoning]
-        last = stream.first
+    ) -> list[Completion]:
+        opened = await self._open_all(gens, no_cache, partition)
         try:
-            while last.finish_reason is None:
-                last = await stream.rest.__anext__()
-                parts.append(last.text)
-                thoughts.append(last.reasoning)
-        finally:
-            await stream.close()
-        reason = last.finish_reason
+            if on_first_event is not None:
+                on_first_event()
+            return await together([self._collect(stream) for stream in opened])
+        finally:  # also the streams whose collecting never started (cancelled first)
+            for stream in opened:
+                await stream.close()
+
+    @staticmethod
+    async def _collect(stream: OpenStream) -> Completion:
+        events = [stream.first]
+        while (reason := events[-1].finish_reason) is None:
+            events.append(await stream.rest.__anext__())
+        last = events[-1]
         return Completion(
-            "".join(parts),
+            "".join(e.text for e in events),
             reason,
             last.prompt_tokens,
             last.completion_tokens,
             stream.cache,
-            "".join(thoughts),
+            "".join(e.reasoning for e in events),
+            tuple(entry for e in events for entry in e.logprobs),
         )
 
     async def _unless_disconnected(self, work: Coroutine[Any, Any, _T], watcher: DisconnectWatcher) -> _T:

@@ -48,7 +48,8 @@ from glimpse.engine.protocol import (
     TextPart,
     TokenEvent,
 )
-from glimpse.engine.sampling_config import check_sampling
+from glimpse.engine.sampling_config import check_sampling, check_vocabulary
+from glimpse.engine.token_text import TokenTexts
 from glimpse.engine.worker import EngineWorker
 from glimpse.errors import DeadlineExceeded, EngineDead, GlimpseError, InvalidRequest, NotReady, Overloaded
 from glimpse.media.threads import run_in_executor
@@ -91,6 +92,7 @@ class HFEngine:
         self._detail = "loading model"
         self.loaded: LoadedModel | None = None
         self._think_ids: tuple[int, int] | None = None
+        self._token_texts: TokenTexts | None = None
         self._sampling_defaults = SamplingDefaults()
         self._grammars = GrammarPool(self._build_grammars)
 
@@ -124,6 +126,7 @@ class HFEngine:
         logger.info("sampling defaults for unset request fields: %s", self._sampling_defaults)
         self._preprocessor = await processes or ThreadPreprocessor(result.processor, preprocess_threads())
         self._think_ids = self._find_think_ids()
+        self._token_texts = TokenTexts(getattr(result.processor, "tokenizer", result.processor))
         if self._settings.warmup:
             self._detail = "warming up"
             await self._warm_up()
@@ -288,6 +291,8 @@ class HFEngine:
             raise InvalidRequest(f"Request id {request.request_id!r} is already running.")
         sampling = self.resolve_sampling(request.sampling)
         check_sampling(sampling)
+        if sampling.logit_bias and self.loaded is not None:
+            check_vocabulary(sampling, self._logits_width(self.loaded))
         self._admitted += 1
         job: Job | None = None
         try:
@@ -306,6 +311,7 @@ class HFEngine:
                 prompt_tokens,
                 think_ids=think,
                 thinking=thinking,
+                token_text=self._token_texts,
             )
             constraint: TokenConstraint | None = None
             if grammar is not None:
@@ -331,11 +337,16 @@ class HFEngine:
         if loaded is None:
             raise NotReady("The model is still loading; try again shortly.", retry_after=_RETRY_AFTER_S)
         tokenizer = getattr(loaded.processor, "tokenizer", loaded.processor)
+        vocab = self._logits_width(loaded)
+        return Grammars(tokenizer, vocab, generation_eos_ids(loaded.model.generation_config))
+
+    @staticmethod
+    def _logits_width(loaded: LoadedModel) -> int:
+        """Token ids the model's logits cover (GLM's head is wider than its tokenizer)."""
         head = loaded.model.get_output_embeddings()
-        vocab = (
+        return (
             int(head.weight.shape[0]) if head is not None else int(loaded.model.config.text_config.vocab_size)
         )
-        return Grammars(tokenizer, vocab, generation_eos_ids(loaded.model.generation_config))
 
     async def _prepared(self, request: GenerationRequest) -> tuple[dict[str, Any], int]:
         """The request's model inputs from the preprocessor, within the request's deadline.

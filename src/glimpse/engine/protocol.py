@@ -35,6 +35,7 @@ __all__ = [
     "SamplingResolver",
     "TextPart",
     "TokenEvent",
+    "TokenLogprob",
 ]
 
 Role = Literal["system", "user", "assistant"]
@@ -140,6 +141,11 @@ class SamplingParams:
     frequency_penalty: float | None = None
     #: Structured output: the answer is decoded under this format's grammar (``None``: free text).
     response_format: ResponseFormat | None = None
+    #: Log-probabilities of the answer's tokens: ``None`` none; ``k`` the chosen token's and the ``k``
+    #: most likely ones (OpenAI's ``logprobs: true`` with ``top_logprobs: k``).
+    logprobs: int | None = None
+    #: OpenAI's ``logit_bias``: ``(token id, bias)`` pairs added to the logits before anything else.
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
     @property
     def greedy(self) -> bool:
@@ -177,13 +183,30 @@ class FinishReason(StrEnum):
 
 
 @dataclass(slots=True, frozen=True)
+class TokenLogprob:
+    """One answer token's log-probability (OpenAI's ``logprobs.content[]``) and the most likely tokens
+    at its position (``top``, most likely first; their own ``top`` is empty).
+
+    ``token`` is the token's text; ``utf8`` its exact bytes, which may be part of a character
+    (byte-level tokenizers split multi-byte characters), and then ``token`` shows U+FFFD.
+    """
+
+    token: str
+    logprob: float
+    utf8: bytes
+    top: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(slots=True, frozen=True)
 class TokenEvent:
     """A piece of the answer. The last event of a stream has ``finish_reason`` set.
 
     ``text`` is the new answer text since the previous event (may be empty, e.g. while
     a multi-byte character is incomplete or a possible stop string is held back).
     ``reasoning`` is new thinking text, for models that think before answering
-    (GLM-4.6V's ``<think>…</think>``) when the engine separates it.
+    (GLM-4.6V's ``<think>…</think>``) when the engine separates it. An event may carry
+    ``logprobs`` with no ``text`` (text held back) or text with none (thinking tokens
+    and end-of-sequence tokens have none).
     """
 
     text: str
@@ -192,6 +215,8 @@ class TokenEvent:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     reasoning: str = ""
+    #: One entry per answer token this event reports, when the request asked for log-probabilities.
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(slots=True, frozen=True)

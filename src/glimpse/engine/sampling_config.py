@@ -19,7 +19,13 @@ from typing import Any
 from glimpse.engine.protocol import SamplingDefaults, SamplingParams
 from glimpse.errors import InvalidRequest
 
-__all__ = ["check_sampling", "checkpoint_defaults"]
+__all__ = [
+    "LOGIT_BIAS_LIMIT",
+    "MAX_TOP_LOGPROBS",
+    "check_sampling",
+    "check_vocabulary",
+    "checkpoint_defaults",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +42,10 @@ _LIMITS: dict[str, tuple[Callable[[Number], bool], str]] = {
     "frequency_penalty": (math.isfinite, "a finite number"),
 }
 
+#: OpenAI's limits: at most 20 alternatives per token, a bias within [-100, 100].
+MAX_TOP_LOGPROBS = 20
+LOGIT_BIAS_LIMIT = 100.0
+
 #: ``generation_config`` attributes read as defaults (``temperature`` is read apart, see the module doc).
 _FROM_CHECKPOINT = ("top_p", "top_k", "min_p", "repetition_penalty")
 
@@ -46,6 +56,30 @@ def check_sampling(sampling: SamplingParams) -> None:
         value = getattr(sampling, name)
         if value is not None and not (isinstance(value, int | float) and valid(value)):
             raise InvalidRequest(f"{name} must be {rule}, got {value!r}.", param=name)
+    top = sampling.logprobs
+    if top is not None and not (isinstance(top, int) and 0 <= top <= MAX_TOP_LOGPROBS):
+        raise InvalidRequest(
+            f"top_logprobs must be an integer from 0 to {MAX_TOP_LOGPROBS}, got {top!r}.",
+            param="top_logprobs",
+        )
+    for token, bias in sampling.logit_bias:
+        if token < 0 or not (math.isfinite(bias) and abs(bias) <= LOGIT_BIAS_LIMIT):
+            raise InvalidRequest(
+                f"logit_bias maps token ids (integers >= 0) to biases from -{LOGIT_BIAS_LIMIT:g} to "
+                f"{LOGIT_BIAS_LIMIT:g}; got {token} -> {bias!r}.",
+                param="logit_bias",
+            )
+
+
+def check_vocabulary(sampling: SamplingParams, vocab_size: int) -> None:
+    """Raise ``InvalidRequest`` if ``logit_bias`` names a token the model's logits do not have."""
+    unknown = sorted(token for token, _ in sampling.logit_bias if token >= vocab_size)
+    if unknown:
+        raise InvalidRequest(
+            f"logit_bias names token ids the model does not have (its ids are 0 to {vocab_size - 1}): "
+            f"{', '.join(map(str, unknown[:5]))}.",
+            param="logit_bias",
+        )
 
 
 def checkpoint_defaults(generation_config: Any) -> SamplingDefaults:

@@ -20,6 +20,7 @@ from glimpse.engine.batching import (
     BatchObserver,
     GenerateSteps,
     MixedSteps,
+    SampledLogprobs,
     Scheduler,
     SequenceRequest,
     StepRunner,
@@ -40,9 +41,9 @@ class _BatchSinks:
     def __init__(self) -> None:
         self.jobs: dict[str, Job] = {}
 
-    def on_token(self, seq_id: str, token_id: int) -> bool:
+    def on_token(self, seq_id: str, token_id: int, logprobs: SampledLogprobs | None = None) -> bool:
         job = self.jobs.get(seq_id)
-        return True if job is None else job.sink.on_token(token_id)
+        return True if job is None else job.sink.on_token(token_id, logprobs)
 
     def on_finish(self, seq_id: str, reason: FinishReason) -> None:
         job = self.jobs.pop(seq_id, None)

@@ -89,3 +89,35 @@ async def test_without_think_ids_everything_is_the_answer(tokenizer):
     tokens = [start, *_ids(tokenizer, "a"), end, *_ids(tokenizer, "b")]
     answer, thought, _ = _split(await _run(tokenizer, tokens, think=False))
     assert (answer, thought) == ("ab", "")
+
+
+async def test_answer_tokens_carry_their_logprobs_as_text_and_bytes_thinking_none(tokenizer):
+    from glimpse.engine.batching import SampledLogprobs
+    from glimpse.engine.token_text import TokenTexts
+
+    start, end = tokenizer.convert_tokens_to_ids("<think>"), tokenizer.convert_tokens_to_ids("</think>")
+    answer = _ids(tokenizer, "猫 ok. STOP here")
+    tokens = [start, *_ids(tokenizer, "hmm"), end, *answer]
+    sink = JobSink(
+        asyncio.get_running_loop(),
+        lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
+        ("STOP",),
+        prompt_tokens=5,
+        think_ids=(start, end),
+        token_text=TokenTexts(tokenizer),
+    )
+    for index, token in enumerate(tokens):
+        if sink.on_token(token, SampledLogprobs(token, -0.1 * index, ((token, -0.1 * index), (7, -3.0)))):
+            break
+    await asyncio.sleep(0)
+    events = []
+    while not sink.queue.empty():
+        events.append(sink.queue.get_nowait())
+    entries = [entry for event in events for entry in event.logprobs]
+    assert all(not event.logprobs for event in events if event.reasoning)
+    # Every answer token up to the one that completed the stop string, none of the thought or its tags.
+    stop_at = next(i for i in range(len(answer)) if "STOP" in tokenizer.decode(answer[: i + 1]))
+    assert len(entries) == stop_at + 1
+    assert b"".join(entry.utf8 for entry in entries).decode().startswith("猫 ok.")
+    assert [entry.top[1].token for entry in entries] == [tokenizer.decode([7])] * len(entries)
+    assert events[-1].finish_reason is FinishReason.STOP

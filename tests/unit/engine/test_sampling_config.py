@@ -8,7 +8,7 @@ import pytest
 from transformers import GenerationConfig
 
 from glimpse.engine.protocol import SamplingDefaults, SamplingParams
-from glimpse.engine.sampling_config import check_sampling, checkpoint_defaults
+from glimpse.engine.sampling_config import check_sampling, check_vocabulary, checkpoint_defaults
 from glimpse.errors import InvalidRequest
 
 #: As GLM-4.6V-Flash-style checkpoints recommend: sample, with a top-k and a repetition penalty.
@@ -76,3 +76,31 @@ def test_check_names_the_field_it_refuses(field, value):
         check_sampling(SamplingParams(1, **{field: value}))
     assert info.value.param == field
     check_sampling(SamplingParams(1))  # unset is always fine
+
+
+@pytest.mark.parametrize(
+    ("settings", "param"),
+    [
+        ({"logprobs": 21}, "top_logprobs"),
+        ({"logprobs": -1}, "top_logprobs"),
+        ({"logit_bias": ((5, 100.5),)}, "logit_bias"),
+        ({"logit_bias": ((5, float("nan")),)}, "logit_bias"),
+        ({"logit_bias": ((-1, 1.0),)}, "logit_bias"),
+    ],
+)
+def test_logprobs_and_logit_bias_out_of_range_are_refused_by_name(settings, param):
+    with pytest.raises(InvalidRequest) as err:
+        check_sampling(SamplingParams(1, **settings))
+    assert err.value.param == param
+
+
+def test_logprobs_and_logit_bias_at_their_limits_pass():
+    check_sampling(SamplingParams(1, logprobs=20, logit_bias=((0, -100.0), (7, 100.0))))
+    check_sampling(SamplingParams(1, logprobs=0))
+
+
+def test_a_bias_on_a_token_beyond_the_logits_is_refused():
+    check_vocabulary(SamplingParams(1, logit_bias=((99, 1.0),)), vocab_size=100)
+    with pytest.raises(InvalidRequest, match="100, 250") as err:
+        check_vocabulary(SamplingParams(1, logit_bias=((3, 1.0), (250, 1.0), (100, 2.0))), vocab_size=100)
+    assert err.value.param == "logit_bias"

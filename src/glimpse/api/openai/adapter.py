@@ -6,9 +6,10 @@ import asyncio
 import functools
 import json
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from typing import Any
 
+from glimpse.api.choices import choice_requests, merged
 from glimpse.api.generation import SizeCheck, image_part, sampling_params
 from glimpse.api.service import Completion
 from glimpse.api.streams import TokenStream
@@ -21,7 +22,9 @@ from glimpse.engine.protocol import (
     ResponseFormat,
     TextPart,
     TokenEvent,
+    TokenLogprob,
 )
+from glimpse.engine.sampling_config import check_sampling
 from glimpse.errors import GlimpseError, InvalidRequest
 from glimpse.guard.normalize import sanitize_model_text
 from glimpse.media import DecodedBatch, DecodedImage, ImageHeader, ImageIntake
@@ -30,6 +33,12 @@ from .params import check_parameters
 from .schemas import ChatCompletionRequest, ChatMessageIn, ImageURLPart, JSONSchemaFormat, ResponseFormatIn
 
 __all__ = ["completion_body", "error_event", "sse_stream", "to_generation_request"]
+
+#: Most entries in one ``logit_bias``: each is work for that request's row at every step.
+MAX_LOGIT_BIAS = 1024
+#: JSON has no infinity: a log-probability below this (a token the grammar forbids) is sent as it,
+#: as vLLM does.
+_LOWEST_LOGPROB = -9999.0
 
 
 def _image_refs(messages: list[ChatMessageIn]) -> list[str]:
@@ -62,8 +71,9 @@ async def to_generation_request(
     intake: ImageIntake,
     settings: EngineSettings,
     size_check: SizeCheck | None = None,
-) -> tuple[GenerationRequest, DecodedBatch]:
-    """The engine request and its decoded images, whose budget the caller must free or release.
+) -> tuple[list[GenerationRequest], DecodedBatch]:
+    """The engine requests, one per choice (``n``), and their decoded images, whose budget the
+    caller must free or release.
 
     Everything that can refuse the request cheaply runs before any image is fetched
     or decoded (parameters Glimpse does not implement first); all images are sized from
@@ -71,6 +81,7 @@ async def to_generation_request(
     any is decoded.
     """
     check_parameters(body.model_extra or {})
+    n = _choice_count(body.n, settings)
     response_format = _response_format(body.response_format)
     refs = _image_refs(body.messages)
     intake.check_count(len(refs))
@@ -85,7 +96,10 @@ async def to_generation_request(
         stop=body.stop,
         ignore_eos=body.ignore_eos,
         response_format=response_format,
+        logprobs=_logprobs(body),
+        logit_bias=_logit_bias(body.logit_bias),
     )
+    check_sampling(sampling)  # top_logprobs and logit_bias ranges: the engine's own rules, named
     template_kwargs = tuple(sorted((body.chat_template_kwargs or {}).items()))
     blobs = await asyncio.gather(*(intake.load_reference(ref) for ref in refs))
     check = None if size_check is None else functools.partial(_check, size_check, sampling.max_new_tokens)
@@ -96,7 +110,45 @@ async def to_generation_request(
         images.release()
         raise
     gen = GenerationRequest(request_id, tuple(messages), sampling, deadline, template_kwargs)
-    return gen, images
+    return choice_requests(gen, n), images
+
+
+def _choice_count(n: int | None, settings: EngineSettings) -> int:
+    if n is None:
+        return 1
+    if not 1 <= n <= settings.max_n:
+        raise InvalidRequest(f"n must be from 1 to {settings.max_n} on this server, got {n}.", param="n")
+    return n
+
+
+def _logprobs(body: ChatCompletionRequest) -> int | None:
+    """How many top tokens to report per answer token (``None``: no log-probabilities)."""
+    top = body.top_logprobs
+    if body.logprobs:
+        return 0 if top is None else top  # its range is the engine's rule (check_sampling)
+    if top:
+        raise InvalidRequest("top_logprobs is for a request with logprobs: true.", param="top_logprobs")
+    return None
+
+
+def _logit_bias(wire: dict[str, Any] | None) -> tuple[tuple[int, float], ...]:
+    """``(token id, bias)`` pairs, by id; the biases' range is the engine's rule (check_sampling)."""
+    if not wire:
+        return ()
+    if len(wire) > MAX_LOGIT_BIAS:
+        raise InvalidRequest(
+            f"logit_bias may name at most {MAX_LOGIT_BIAS} tokens, got {len(wire)}.", param="logit_bias"
+        )
+    pairs: list[tuple[int, float]] = []
+    for key, value in wire.items():
+        canonical = key.isascii() and key.isdecimal() and (key == "0" or not key.startswith("0"))
+        if not canonical or isinstance(value, bool) or not isinstance(value, int | float):
+            raise InvalidRequest(
+                f"logit_bias maps token ids (as strings of digits) to numbers; got {key!r}: {value!r}.",
+                param="logit_bias",
+            )
+        pairs.append((int(key), float(value)))
+    return tuple(sorted(pairs))
 
 
 def _response_format(wire: ResponseFormatIn | None) -> ResponseFormat | None:
@@ -159,7 +211,20 @@ def _message(result: Completion) -> dict[str, Any]:
     return message
 
 
-def completion_body(completion_id: str, model: str, result: Completion) -> dict[str, Any]:
+def _logprob(entry: TokenLogprob) -> dict[str, Any]:
+    return {"token": entry.token, "logprob": max(entry.logprob, _LOWEST_LOGPROB), "bytes": list(entry.utf8)}
+
+
+def _logprobs_body(entries: Sequence[TokenLogprob]) -> dict[str, Any]:
+    """OpenAI's ``choices[].logprobs``: one entry per answer token, with its most likely alternatives."""
+    content = [{**_logprob(entry), "top_logprobs": [_logprob(top) for top in entry.top]} for entry in entries]
+    return {"content": content, "refusal": None}
+
+
+def completion_body(
+    completion_id: str, model: str, results: Sequence[Completion], logprobs: bool = False
+) -> dict[str, Any]:
+    """A ``chat.completion`` with one choice per result; ``usage`` counts the prompt once."""
     return {
         "id": completion_id,
         "object": "chat.completion",
@@ -167,13 +232,14 @@ def completion_body(completion_id: str, model: str, result: Completion) -> dict[
         "model": model,
         "choices": [
             {
-                "index": 0,
+                "index": index,
                 "message": _message(result),
                 "finish_reason": _finish(result.finish_reason),
-                "logprobs": None,
+                "logprobs": _logprobs_body(result.logprobs) if logprobs else None,
             }
+            for index, result in enumerate(results)
         ],
-        "usage": _usage(result.prompt_tokens, result.completion_tokens),
+        "usage": _usage(results[0].prompt_tokens, sum(result.completion_tokens for result in results)),
     }
 
 
@@ -186,52 +252,82 @@ def error_event(exc: GlimpseError) -> str:
     return _sse({"error": {"message": exc.message, "type": exc.error_type, "code": exc.code, "param": None}})
 
 
+async def _one(first: TokenEvent, rest: TokenStream) -> AsyncGenerator[tuple[int, TokenEvent], None]:
+    """A single choice's events, up to its final one; closing this closes ``rest``."""
+    event = first
+    try:
+        yield 0, event
+        while event.finish_reason is None:
+            event = await rest.__anext__()
+            yield 0, event
+    finally:
+        await rest.aclose()
+
+
 async def sse_stream(
     completion_id: str,
     model: str,
-    first: TokenEvent,
-    rest: TokenStream,
+    choices: Sequence[tuple[TokenEvent, TokenStream]],
     include_usage: bool,
+    logprobs: bool = False,
 ) -> AsyncIterator[str]:
-    """OpenAI ``chat.completion.chunk`` events, ending with ``data: [DONE]``."""
+    """OpenAI ``chat.completion.chunk`` events, ending with ``data: [DONE]``.
+
+    ``choices`` are each choice's first event and the rest of its stream; their chunks
+    interleave as their tokens come, each with its choice's ``index``. The usage chunk
+    (when asked for) follows the last choice's end.
+    """
     created = int(time.time())
 
-    def chunk(delta: dict[str, Any], finish: str | None, usage: dict[str, int] | None = None) -> str:
+    def chunk(
+        index: int,
+        delta: dict[str, Any],
+        finish: str | None,
+        entries: Sequence[TokenLogprob] = (),
+    ) -> str:
+        choice = {
+            "index": index,
+            "delta": delta,
+            "finish_reason": finish,
+            "logprobs": _logprobs_body(entries) if logprobs and entries else None,
+        }
         body: dict[str, Any] = {
             "id": completion_id,
             "object": "chat.completion.chunk",
             "created": created,
             "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+            "choices": [choice],
         }
         if include_usage:
-            body["usage"] = usage
+            body["usage"] = None
         return _sse(body)
 
-    event = first
-    try:  # from the first chunk on: a client gone at any yield still closes ``rest``
-        yield chunk({"role": "assistant", "content": ""}, None)
-        while True:
+    events = _one(*choices[0]) if len(choices) == 1 else merged(choices)
+    finals: dict[int, TokenEvent] = {}
+    try:  # from the first chunk on: a client gone at any yield still closes every choice's stream
+        for index in range(len(choices)):
+            yield chunk(index, {"role": "assistant", "content": ""}, None)
+        async for index, event in events:
             if event.reasoning:
-                yield chunk({"reasoning_content": event.reasoning}, None)
-            if event.text:
-                yield chunk({"content": event.text}, None)
+                yield chunk(index, {"reasoning_content": event.reasoning}, None)
+            if event.text or event.logprobs:
+                yield chunk(index, {"content": event.text}, None, event.logprobs)
             if event.finish_reason is not None:
-                yield chunk({}, _finish(event.finish_reason))
-                if include_usage:
-                    final = {
-                        "id": completion_id,
-                        "object": "chat.completion.chunk",
-                        "created": created,
-                        "model": model,
-                        "choices": [],
-                        "usage": _usage(event.prompt_tokens, event.completion_tokens),
-                    }
-                    yield _sse(final)
-                break
-            event = await rest.__anext__()
+                finals[index] = event
+                yield chunk(index, {}, _finish(event.finish_reason))
+        if include_usage:
+            prompt = max((final.prompt_tokens for final in finals.values()), default=0)
+            final = {
+                "id": completion_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [],
+                "usage": _usage(prompt, sum(final.completion_tokens for final in finals.values())),
+            }
+            yield _sse(final)
     except GlimpseError as exc:  # after the 200 was sent, an error can only be an event
         yield error_event(exc)
     finally:
-        await rest.aclose()
+        await events.aclose()
     yield _sse("[DONE]")

@@ -26,8 +26,8 @@ __all__ = ["complete_chat", "prepare_chat"]
 
 async def prepare_chat(
     body: ChatCompletionRequest, state: AppState, context: RequestContext
-) -> tuple[GenerationRequest, DecodedBatch]:
-    """The engine request and its decoded images (the caller frees or releases them)."""
+) -> tuple[list[GenerationRequest], DecodedBatch]:
+    """The engine requests, one per choice, and their decoded images (the caller frees or releases them)."""
     state.check_model(body.model)
     return await to_generation_request(
         body,
@@ -44,9 +44,12 @@ async def complete_chat(
 ) -> tuple[dict[str, Any], CacheStatus]:
     """A whole ``chat.completion`` body, and where its answer came from."""
     completion_id = new_completion_id()
-    gen, images = await prepare_chat(body, state, context)
+    choices, images = await prepare_chat(body, state, context)
     try:
-        result = await state.service.handle(gen, context, watcher, stream=False, on_first_event=images.free)
+        results = await state.service.handle_choices(
+            choices, context, watcher, stream=False, on_first_event=images.free
+        )
     finally:
         images.release()
-    return completion_body(completion_id, state.engine.model_name, result), result.cache
+    answer = completion_body(completion_id, state.engine.model_name, results, bool(body.logprobs))
+    return answer, context.cache or results[0].cache

@@ -36,10 +36,6 @@ REFUSED: Mapping[str, tuple[Any, ...]] = {
     "parallel_tool_calls": (),
     "functions": ([],),
     "function_call": ("none",),
-    "logprobs": (False,),
-    "top_logprobs": (0,),
-    "logit_bias": ({},),
-    "n": (1,),
     "audio": (),
     "modalities": (["text"],),
     "prediction": (),
@@ -65,14 +61,11 @@ IGNORED = frozenset(
 
 #: Why a refused parameter is refused, where a hint helps the client.
 _HINTS = {
-    "n": "one choice per request; send n requests instead",
     "tools": "tool calls are not implemented yet",
     "tool_choice": "tool calls are not implemented yet",
     "parallel_tool_calls": "tool calls are not implemented yet",
     "functions": "function calls are not implemented yet",
     "function_call": "function calls are not implemented yet",
-    "logprobs": "log-probabilities are not implemented yet",
-    "top_logprobs": "log-probabilities are not implemented yet",
 }
 
 #: Other servers' structured-output extensions: ``response_format`` is Glimpse's way.

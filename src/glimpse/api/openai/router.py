@@ -41,16 +41,24 @@ async def chat_completions(
         answer, cache = await complete_chat(body, state, context, watcher)
         return JSONResponse(answer, headers={CACHE_HEADER: cache.value})
     completion_id = new_completion_id()
-    gen, images = await prepare_chat(body, state, context)
+    choices, images = await prepare_chat(body, state, context)
     try:
-        stream = await state.service.handle(gen, context, watcher, stream=True, on_first_event=images.free)
+        streams = await state.service.handle_choices(
+            choices, context, watcher, stream=True, on_first_event=images.free
+        )
     finally:
         images.release()
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    events = sse_stream(
+        completion_id,
+        state.engine.model_name,
+        [(stream.first, stream.rest) for stream in streams],
+        include_usage,
+        bool(body.logprobs),
+    )
+    cache = context.cache or streams[0].cache
     return StreamingResponse(
-        sse_stream(completion_id, state.engine.model_name, stream.first, stream.rest, include_usage),
-        media_type="text/event-stream",
-        headers={**_STREAM_HEADERS, CACHE_HEADER: stream.cache.value},
+        events, media_type="text/event-stream", headers={**_STREAM_HEADERS, CACHE_HEADER: cache.value}
     )
 
 

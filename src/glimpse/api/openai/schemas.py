@@ -150,6 +150,22 @@ class ChatCompletionRequest(SamplingFields, _Lenient):
         None, description="Structured output: json_object, or json_schema enforced while decoding."
     )
     ignore_eos: bool = Field(False, description="vLLM extension: generate exactly max_tokens tokens.")
+    # Checked by the adapter, which refuses a bad value with a 400 naming the parameter, as OpenAI does.
+    logprobs: bool | None = Field(
+        None, strict=True, description="Return each answer token's log-probability."
+    )
+    top_logprobs: int | None = Field(
+        None, strict=True, description="With logprobs: the 0 to 20 most likely tokens at each position too."
+    )
+    n: int | None = Field(
+        None,
+        strict=True,
+        description="Choices to generate, each its own answer (at most the server's max_n).",
+    )
+    logit_bias: dict[str, Any] | None = Field(
+        None,
+        description="Token id (a string) -> a bias from -100 to 100, added to its logit before sampling.",
+    )
     chat_template_kwargs: (
         dict[str, bool | int | FiniteFloat | Annotated[str, Field(max_length=256)]] | None
     ) = Field(

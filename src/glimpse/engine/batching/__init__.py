@@ -24,11 +24,12 @@ from glimpse.engine.batching.interface import (
     TokenSink,
 )
 from glimpse.engine.batching.kv_cache import CacheGeometry, SlotKVCache
+from glimpse.engine.batching.logprobs import RowBias, SampledLogprobs, add_bias, token_logprobs
 from glimpse.engine.batching.mixed_steps import MixedSteps
 from glimpse.engine.batching.penalties import OpenAIPenalties, apply_penalties
 from glimpse.engine.batching.prompt import ImageSpan, PreparedPrompt, plan_chunk
 from glimpse.engine.batching.runner import Chunk, Glm4vRunner, generation_eos_ids
-from glimpse.engine.batching.sampling import SamplerState, draw_tokens, sample_tokens
+from glimpse.engine.batching.sampling import Sampled, SamplerState, draw_tokens, sample_step, sample_tokens
 from glimpse.engine.batching.scheduler import ContinuousBatcher, Scheduler
 from glimpse.engine.batching.warpers import RowWarp, filter_logits
 
@@ -47,7 +48,10 @@ __all__ = [
     "MixedSteps",
     "OpenAIPenalties",
     "PreparedPrompt",
+    "RowBias",
     "RowWarp",
+    "Sampled",
+    "SampledLogprobs",
     "SamplerState",
     "Scheduler",
     "SequenceRequest",
@@ -55,6 +59,7 @@ __all__ = [
     "StepHost",
     "StepRunner",
     "TokenSink",
+    "add_bias",
     "apply_penalties",
     "draw_tokens",
     "embedding_cache_for",
@@ -63,5 +68,7 @@ __all__ = [
     "generation_eos_ids",
     "image_key",
     "plan_chunk",
+    "sample_step",
     "sample_tokens",
+    "token_logprobs",
 ]

@@ -8,8 +8,12 @@ still makes every decision: a token it says ended the sequence (end of sequence,
 next token, through a stopping criterion.
 
 Sampling is ``generate()``'s own, from the checkpoint's ``generation_config``
-with the request's settings written over it, plus OpenAI's presence and
-frequency penalties, which transformers lacks, and a structured-output grammar.
+with the request's settings written over it (``logit_bias`` as its
+``sequence_bias``, which ``generate()`` applies first, as the batch does), plus
+OpenAI's presence and frequency penalties, which transformers lacks, and a
+structured-output grammar. Log-probabilities are read from the logits after all
+of those, before the warpers, and scaled by the temperature: the batch's
+definition (``logprobs``).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch
 
 from glimpse.engine.batching.image_keys import IMAGE_KEYS
 from glimpse.engine.batching.interface import StepHost
+from glimpse.engine.batching.logprobs import SampledLogprobs, token_logprobs
 from glimpse.engine.batching.penalties import OpenAIPenalties
 from glimpse.engine.batching.runner import generation_eos_ids
 from glimpse.engine.batching.sequence import SequenceState
@@ -47,6 +52,8 @@ def generation_config_for(base: Any, sampling: SamplingParams) -> Any:
     config.do_sample = not sampling.greedy
     config.num_beams = 1
     config.repetition_penalty = float(sampling.repetition_penalty or 1.0)
+    if sampling.logit_bias:
+        config.sequence_bias = [[[token], bias] for token, bias in sampling.logit_bias]
     if sampling.greedy:  # the warpers do not run: whatever generate() fills in is unused
         config.temperature = config.top_p = config.top_k = config.min_p = None
     else:
@@ -57,12 +64,32 @@ def generation_config_for(base: Any, sampling: SamplingParams) -> Any:
     return config
 
 
+class _LogitsRecorder:
+    """A ``generate()`` logits processor, last before the warpers: keeps the step's logits for the
+    log-probabilities of the token ``generate()`` then picks from them."""
+
+    def __init__(self, temperature: float, top: int) -> None:
+        self._temperature = temperature
+        self._top = top
+        self._scores: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self._scores = scores.clone()
+        return scores
+
+    def logprobs(self, token_id: int) -> SampledLogprobs | None:
+        if self._scores is None:
+            return None
+        return token_logprobs(self._scores[-1:], [self._temperature], [token_id], [self._top])[0]
+
+
 class _Streamer:
     """``generate()`` streamer that hands each new token to the scheduler."""
 
-    def __init__(self, seq: SequenceState, host: StepHost) -> None:
+    def __init__(self, seq: SequenceState, host: StepHost, recorder: _LogitsRecorder | None = None) -> None:
         self._seq = seq
         self._host = host
+        self._recorder = recorder
         self._prompt_seen = False
         #: The scheduler ended the sequence (or it was cancelled): generate() must stop.
         self.ended = False
@@ -75,7 +102,8 @@ class _Streamer:
             if self.ended:
                 return
             self._seq.last_token = int(token_id)
-            self.ended = self._host.accept(self._seq, int(token_id))
+            logprobs = None if self._recorder is None else self._recorder.logprobs(int(token_id))
+            self.ended = self._host.accept(self._seq, int(token_id), logprobs)
 
     def end(self) -> None:
         return None
@@ -156,12 +184,17 @@ class GenerateSteps:
         sampling = seq.request.sampling
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
-        streamer = _Streamer(seq, host)
+        recorder = None
+        if sampling.logprobs is not None:
+            temperature = 1.0 if sampling.greedy or sampling.temperature is None else sampling.temperature
+            recorder = _LogitsRecorder(temperature, sampling.logprobs)
+        streamer = _Streamer(seq, host, recorder)
+        processors = self._penalties(seq) + ([recorder] if recorder is not None else [])
         with torch.inference_mode():
             self._model.generate(
                 **inputs,
                 generation_config=generation_config_for(self._model.generation_config, sampling),
-                logits_processor=self._penalties(seq),
+                logits_processor=processors,
                 streamer=streamer,
                 stopping_criteria=[_StopWhenEnded(seq, host, streamer)],
             )

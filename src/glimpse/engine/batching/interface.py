@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 
 from glimpse.config import EngineSettings
+from glimpse.engine.batching.logprobs import SampledLogprobs
 from glimpse.engine.grammar import TokenConstraint
 from glimpse.engine.protocol import FinishReason, SamplingParams
 
@@ -33,8 +34,12 @@ __all__ = [
 class TokenSink(Protocol):
     """Where a sequence's results go. Called on the engine thread: return quickly, never block."""
 
-    def on_token(self, seq_id: str, token_id: int) -> bool:
-        """One new token (end-of-sequence tokens included); return True to stop here (stop string)."""
+    def on_token(self, seq_id: str, token_id: int, logprobs: SampledLogprobs | None = None) -> bool:
+        """One new token (end-of-sequence tokens included); return True to stop here (stop string).
+
+        ``logprobs``: the token's log-probabilities, when the request asked for them (not for
+        the end-of-sequence token that ends the answer).
+        """
         ...
 
     def on_finish(self, seq_id: str, reason: FinishReason) -> None:
@@ -131,8 +136,9 @@ class BatchObserver(Protocol):
 class StepHost(Protocol):
     """What a ``StepRunner`` reports back to the scheduler during a step (engine thread)."""
 
-    def accept(self, seq: SequenceState, token_id: int) -> bool:
-        """One new token of ``seq``; True when that ended the sequence (the runner stops feeding it)."""
+    def accept(self, seq: SequenceState, token_id: int, logprobs: SampledLogprobs | None = None) -> bool:
+        """One new token of ``seq`` (with its log-probabilities if the request asked for them);
+        True when that ended the sequence (the runner stops feeding it)."""
         ...
 
     def fail(self, seq: SequenceState, error: BaseException) -> None:

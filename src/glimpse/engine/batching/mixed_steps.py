@@ -8,7 +8,8 @@ admitted sequences in KV-cache slots and, each step,
 2. encodes every image that this step's chunks reach in one vision-tower call,
 3. runs one forward over the decode token of every decoding sequence and the
    planned chunks, packed ragged (``runner.Glm4vRunner.forward``),
-4. samples each row (``sampling.sample_tokens``) and hands the tokens to the host.
+4. samples each row (``sampling.sample_step``) and hands the tokens (and the log-probabilities
+   of the rows that asked for them) to the host.
 
 So a running stream waits at most one step's prefill budget for its next token,
 however many prompts arrive. A step with no prefill and no prompt in progress
@@ -31,9 +32,10 @@ from glimpse.engine.batching.kv_cache import SlotKVCache
 from glimpse.engine.batching.prefix_cache import BLOCK_TOKENS, PrefixCache, block_keys
 from glimpse.engine.batching.prompt import plan_chunk
 from glimpse.engine.batching.runner import Glm4vRunner
-from glimpse.engine.batching.sampling import SamplerState, sample_tokens
+from glimpse.engine.batching.sampling import SamplerState, sample_step
 from glimpse.engine.batching.sequence import SequenceState
 from glimpse.engine.batching.sizing import size_batch
+from glimpse.engine.sampling_config import check_vocabulary
 
 __all__ = ["MixedSteps"]
 
@@ -113,6 +115,8 @@ class MixedSteps:
 
     def admit(self, seq: SequenceState) -> None:
         request = seq.request
+        # The engine refuses these first; an id beyond the logits here would fail the whole step.
+        check_vocabulary(request.sampling, self.runner.vocab_size)
         seq.sampler = SamplerState.create(request.sampling, request.inputs["input_ids"], request.constraint)
         seq.prompt = prompt = self.runner.prepare(seq.request.inputs)
         if self.prefix is None:
@@ -203,7 +207,7 @@ class MixedSteps:
                     [chunk for _, chunk in chunks],
                 )
             sampled = decoding + [seq for seq, chunk in chunks if chunk.logits]
-            tokens = sample_tokens(logits, [seq.sampler for seq in sampled])
+            result = sample_step(logits, [seq.sampler for seq in sampled])
         except Exception as exc:
             stepped = decoding + [seq for seq, _ in chunks]
             logger.exception("step failed for %d sequences", len(stepped))
@@ -216,9 +220,9 @@ class MixedSteps:
             seq.prefilled_chunk(int(chunk.token_ids.shape[0]))
             if seq.decoding:
                 self._prefilling.remove(seq)
-        for seq, token in zip(sampled, tokens, strict=True):
+        for seq, token, logprobs in zip(sampled, result.tokens, result.logprobs, strict=True):
             seq.last_token = token
             if self.prefix is not None:
                 seq.generated_ids.append(token)
-            host.accept(seq, token)
+            host.accept(seq, token, logprobs)
         return len(decoding)

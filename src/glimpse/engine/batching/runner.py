@@ -132,6 +132,11 @@ class Glm4vRunner:
     def eos_token_ids(self) -> frozenset[int]:
         return generation_eos_ids(self.model.generation_config)
 
+    @property
+    def vocab_size(self) -> int:
+        """Token ids the logits cover (GLM's head is wider than its tokenizer)."""
+        return int(self._lm_head.get_parameter("weight").shape[0])
+
     def prepare(self, inputs: Mapping[str, torch.Tensor]) -> PreparedPrompt:
         """A processor output (batch size 1) read for chunked prefill; ``ValueError`` if inconsistent."""
         return prepare_prompt(self._vlm, inputs, self._image_token_id, self._merge_size)

@@ -2,12 +2,14 @@
 
 Each running sequence brings its own settings. A step works on all rows at once:
 
-1. rows with a penalty get it (``penalties``: one pass over just those rows);
-   rows under a grammar (structured output) then get its mask (``constraints``);
+1. rows with a ``logit_bias`` get it added (``logprobs.add_bias``), then rows with a
+   penalty get it (``penalties``: one pass over just those rows); rows under a grammar
+   (structured output) then get its mask (``constraints``);
 2. every row's arg-max (first index on ties, as ``generate()``) is the greedy answer;
 3. sampled rows (one pass over just those) go through their temperature and cut-offs
    (``warpers``) and draw by inverse CDF: one uniform number per row, from that row's
-   own generator, located in the row's cumulative distribution.
+   own generator, located in the row's cumulative distribution;
+4. rows that asked for log-probabilities get them from the same logits (``logprobs``).
 
 A step with only greedy, unpenalised rows is one arg-max. The draw for a row depends
 on its logits, its settings and its own generator only, so a seeded request draws
@@ -25,13 +27,14 @@ from typing import TypeVar
 import torch
 
 from glimpse.engine.batching.constraints import accept_tokens, constrain_logits
+from glimpse.engine.batching.logprobs import RowBias, SampledLogprobs, add_bias, token_logprobs
 from glimpse.engine.batching.penalties import apply_penalties, prompt_mask
 from glimpse.engine.batching.warpers import RowWarp, filter_logits
 from glimpse.engine.grammar import TokenConstraint
 from glimpse.engine.protocol import SamplingDefaults, SamplingParams
 from glimpse.engine.sampling_config import check_sampling
 
-__all__ = ["SamplerState", "draw_tokens", "sample_tokens"]
+__all__ = ["Sampled", "SamplerState", "draw_tokens", "sample_step", "sample_tokens"]
 
 _NEUTRAL = SamplingDefaults()
 _T = TypeVar("_T")
@@ -58,10 +61,19 @@ class SamplerState:
     counts: torch.Tensor | None = None
     #: Structured output: the grammar this sequence's tokens must follow.
     constraint: TokenConstraint | None = None
+    #: OpenAI's ``logit_bias``, added to this row's logits before anything else.
+    bias: RowBias | None = None
+    #: Log-probabilities wanted: ``None`` none, ``k`` the chosen token's and the ``k`` most likely.
+    logprobs: int | None = None
 
     @property
     def greedy(self) -> bool:
         return self.generator is None
+
+    @property
+    def temperature(self) -> float:
+        """What the row's logits are divided by before the draw (and for its log-probabilities)."""
+        return 1.0 if self.warp is None else self.warp.temperature
 
     @property
     def finished(self) -> bool:
@@ -94,6 +106,8 @@ class SamplerState:
             frequency_penalty=_or(s.frequency_penalty, n.frequency_penalty),
             prompt_ids=prompt_ids if repetition != 1.0 else None,
             constraint=constraint,
+            bias=RowBias.of(s.logit_bias),
+            logprobs=s.logprobs,
         )
         if not s.greedy:
             state.warp = RowWarp(
@@ -123,13 +137,30 @@ def _or(value: _T | None, default: _T) -> _T:
     return default if value is None else value
 
 
+@dataclass(slots=True, frozen=True)
+class Sampled:
+    """A step's tokens, one per row, and the log-probabilities of the rows that asked for them."""
+
+    tokens: list[int]
+    #: Per row: its log-probabilities if its sequence asked for them, else ``None``.
+    logprobs: list[SampledLogprobs | None]
+
+
 def sample_tokens(logits: torch.Tensor, states: Sequence[SamplerState]) -> list[int]:
-    """Pick one token per row of ``logits`` (``[n, vocab]``, float32) by that row's settings.
+    """Pick one token per row of ``logits`` (``[n, vocab]``, float32) by that row's settings."""
+    return sample_step(logits, states).tokens
+
+
+def sample_step(logits: torch.Tensor, states: Sequence[SamplerState]) -> Sampled:
+    """One token per row of ``logits`` (``[n, vocab]``, float32), and each asking row's log-probabilities.
 
     Rows under a grammar are masked in place (``logits`` is the step's scratch output).
     """
     if len(states) != logits.shape[0]:
         raise ValueError(f"{logits.shape[0]} rows of logits for {len(states)} sequences")
+    biased = [i for i, state in enumerate(states) if state.bias is not None]
+    if biased:
+        logits = add_bias(logits, biased, [bias for i in biased if (bias := states[i].bias) is not None])
     penalised = [i for i, state in enumerate(states) if state.penalised]
     if penalised:
         logits = _penalise(logits, penalised, [states[i] for i in penalised])
@@ -141,12 +172,29 @@ def sample_tokens(logits: torch.Tensor, states: Sequence[SamplerState]) -> list[
         drawn = draw_tokens(logits.index_select(0, index), [states[i] for i in sampled])
         tokens = tokens.index_copy(0, index, drawn)
     chosen: list[int] = tokens.tolist()
+    logprobs = _logprobs(logits, states, chosen)
     for i in penalised:
         counts = states[i].counts
         assert counts is not None
         counts[chosen[i]] += 1
     accept_tokens(states, chosen)
-    return chosen
+    return Sampled(chosen, logprobs)
+
+
+def _logprobs(
+    logits: torch.Tensor, states: Sequence[SamplerState], chosen: list[int]
+) -> list[SampledLogprobs | None]:
+    """The log-probabilities of the rows that asked (one pass over just those rows); ``None`` elsewhere."""
+    found: list[SampledLogprobs | None] = [None] * len(states)
+    asked = [i for i, state in enumerate(states) if state.logprobs is not None]
+    if not asked:
+        return found
+    rows = logits.index_select(0, torch.tensor(asked, device=logits.device))
+    tops = [top for i in asked if (top := states[i].logprobs) is not None]
+    computed = token_logprobs(rows, [states[i].temperature for i in asked], [chosen[i] for i in asked], tops)
+    for i, entry in zip(asked, computed, strict=True):
+        found[i] = entry
+    return found
 
 
 def _penalise(logits: torch.Tensor, rows: list[int], states: list[SamplerState]) -> torch.Tensor:

@@ -39,6 +39,7 @@ from glimpse.engine.batching.interface import (
     SequenceRequest,
     StepRunner,
 )
+from glimpse.engine.batching.logprobs import SampledLogprobs
 from glimpse.engine.batching.mixed_steps import MixedSteps
 from glimpse.engine.batching.sequence import SequenceState
 from glimpse.engine.max_tokens import resolve_max_tokens
@@ -229,17 +230,22 @@ class Scheduler:
 
     # -- the runner's host (engine thread) --------------------------------------------
 
-    def accept(self, seq: SequenceState, token: int) -> bool:
-        """Hand one token to the sink; retire the sequence (and return True) if it is done."""
+    def accept(self, seq: SequenceState, token: int, logprobs: SampledLogprobs | None = None) -> bool:
+        """Hand one token to the sink; retire the sequence (and return True) if it is done.
+
+        The end-of-sequence token that ends an answer is no part of it: its log-probabilities
+        are not passed on (OpenAI lists the answer's tokens only).
+        """
         seq.generated += 1
+        sampling = seq.request.sampling
+        ends = token in self.eos_token_ids and not sampling.ignore_eos
         try:
-            stop = seq.request.sink.on_token(seq.seq_id, token)
+            stop = seq.request.sink.on_token(seq.seq_id, token, None if ends else logprobs)
         except Exception as exc:
             logger.exception("token sink failed for sequence %s", seq.seq_id)
             self._retire(seq, error=exc)
             return True
-        sampling = seq.request.sampling
-        if stop or seq.sampler.finished or (token in self.eos_token_ids and not sampling.ignore_eos):
+        if stop or seq.sampler.finished or ends:
             self._retire(seq, reason=FinishReason.STOP)
         elif seq.generated >= sampling.max_new_tokens:
             self._retire(seq, reason=FinishReason.LENGTH)

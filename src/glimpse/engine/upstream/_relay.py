@@ -20,7 +20,7 @@ from glimpse.config import UpstreamSettings
 from glimpse.engine.protocol import FinishReason, GenerationRequest, TokenEvent
 from glimpse.engine.upstream._failures import Progress, Reported
 from glimpse.engine.upstream._reader import bounded_lines
-from glimpse.engine.upstream.wire import finish_reason, parse_chunk
+from glimpse.engine.upstream.wire import finish_reason, parse_chunk, token_logprobs
 from glimpse.errors import GlimpseError, UpstreamError
 from glimpse.sse import DONE, aiter_sse_data
 
@@ -69,7 +69,7 @@ async def relay(
             chunk = parse_chunk(data)
             if chunk.error is not None:
                 raise Reported(UpstreamError("the upstream failed during the answer"), chunk.error)
-            if chunk.text or chunk.reasoning:
+            if chunk.text or chunk.reasoning or chunk.logprobs:
                 if progress.tokens >= limit:
                     logger.warning(
                         "request %s: the upstream sent more than max_tokens=%d tokens; answer cut",
@@ -79,7 +79,8 @@ async def relay(
                     finish, usage = FinishReason.LENGTH, (usage[0] if usage else 0, limit)
                     break
                 progress.tokens += 1
-                queue.put_nowait(TokenEvent(chunk.text, reasoning=chunk.reasoning))
+                logprobs = token_logprobs(chunk.logprobs)
+                queue.put_nowait(TokenEvent(chunk.text, reasoning=chunk.reasoning, logprobs=logprobs))
                 progress.output()
             finish = finish_reason(chunk.finish_reason) or finish
             usage = chunk.usage or usage

@@ -25,6 +25,7 @@ from glimpse.engine.protocol import (
     ImagePart,
     ResponseFormat,
     TextPart,
+    TokenLogprob,
 )
 from glimpse.errors import (
     EngineRequestError,
@@ -54,6 +55,7 @@ __all__ = [
     "parse_chunk",
     "resolve_model",
     "response_format_body",
+    "token_logprobs",
 ]
 
 logger = logging.getLogger(__name__)
@@ -149,6 +151,11 @@ def chat_body(request: GenerationRequest, model: str, messages: list[dict[str, A
         body["chat_template_kwargs"] = dict(request.template_kwargs)  # vLLM/SGLang extension too
     if sampling.response_format is not None:
         body["response_format"] = response_format_body(sampling.response_format)
+    if sampling.logprobs is not None:
+        body["logprobs"] = True
+        body["top_logprobs"] = sampling.logprobs
+    if sampling.logit_bias:
+        body["logit_bias"] = {str(token): bias for token, bias in sampling.logit_bias}
     return body
 
 
@@ -171,6 +178,23 @@ def parse_chunk(data: str) -> StreamChunk:
         return openai_wire.parse_chunk(data)
     except openai_wire.MalformedChunk as exc:
         raise UpstreamError("upstream sent a malformed stream event") from exc
+
+
+def token_logprobs(content: Sequence[Any]) -> tuple[TokenLogprob, ...]:
+    """An upstream chunk's ``logprobs.content``, as sent; a malformed entry is ``UpstreamError``."""
+    try:
+        return tuple(_token_logprob(entry, top=True) for entry in content)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UpstreamError("upstream sent malformed logprobs") from exc
+
+
+def _token_logprob(entry: Any, *, top: bool) -> TokenLogprob:
+    token, logprob, raw = entry["token"], float(entry["logprob"]), entry.get("bytes")
+    if not isinstance(token, str):
+        raise TypeError("token is not a string")
+    utf8 = token.encode("utf-8") if raw is None else bytes(raw)
+    alternatives = entry.get("top_logprobs") or () if top else ()
+    return TokenLogprob(token, logprob, utf8, tuple(_token_logprob(alt, top=False) for alt in alternatives))
 
 
 def finish_reason(word: str | None) -> FinishReason | None:

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from glimpse.engine.batching import SampledLogprobs
 from glimpse.engine.protocol import FinishReason
 from glimpse.engine.tiny_model import ensure_random_tiny_model
 
@@ -82,12 +83,14 @@ class RecordingSink:
     errors: dict[str, BaseException] = field(default_factory=dict)
     stop_after: dict[str, int] = field(default_factory=dict)
     raise_after: dict[str, int] = field(default_factory=dict)
+    logprobs: dict[str, list[SampledLogprobs | None]] = field(default_factory=dict)
 
-    def on_token(self, seq_id: str, token_id: int) -> bool:
+    def on_token(self, seq_id: str, token_id: int, logprobs: SampledLogprobs | None = None) -> bool:
         assert seq_id not in self.finished
         assert seq_id not in self.errors
         got = self.tokens.setdefault(seq_id, [])
         got.append(token_id)
+        self.logprobs.setdefault(seq_id, []).append(logprobs)
         if len(got) == self.raise_after.get(seq_id, -1):
             raise RuntimeError("sink broke")
         return len(got) == self.stop_after.get(seq_id, -1)

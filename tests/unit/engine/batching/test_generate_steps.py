@@ -91,8 +91,8 @@ def test_cancelling_mid_generation_stops_it_and_reports_cancelled(model, process
     inputs = make_inputs(processor, (56, 56), "What is this?")
 
     class CancellingSink(RecordingSink):
-        def on_token(self, seq_id: str, token_id: int) -> bool:
-            stop = super().on_token(seq_id, token_id)
+        def on_token(self, seq_id: str, token_id: int, logprobs=None) -> bool:
+            stop = super().on_token(seq_id, token_id, logprobs)
             if len(self.tokens[seq_id]) == 2:  # the caller goes away while generate() runs
                 scheduler.cancel(seq_id)
             return stop

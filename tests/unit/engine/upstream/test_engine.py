@@ -1,4 +1,5 @@
 import asyncio
+import json
 import time
 
 import httpx
@@ -484,3 +485,23 @@ async def test_upstream_credentials_stay_out_of_health_details_and_metrics():
     assert "s3cret" not in detail
     assert "s3cret" not in repr(metrics.__dict__)
     assert "http://a:8000" in detail
+
+
+async def test_logprobs_are_relayed_with_their_tokens_even_without_text(h):
+    def with_logprobs(text: str, token: str, logprob: float) -> bytes:
+        entry = {"token": token, "logprob": logprob, "bytes": list(token.encode()), "top_logprobs": []}
+        choice = {"index": 0, "delta": {"content": text}, "logprobs": {"content": [entry]}}
+        return b"data: " + json.dumps({"choices": [choice]}).encode() + b"\n\n"
+
+    async def chat(request, body):
+        parts = [with_logprobs("Hi", "Hi", -0.5), with_logprobs("", "<", -1.5), chunk(finish="stop"), DONE]
+        return h["a"].stream(parts)
+
+    h["a"].chat = chat
+    events = await collect(h.engine, make_request(logprobs=0))
+    assert h["a"].chat_bodies[0]["logprobs"] is True
+    assert [(e.text, [(t.token, t.logprob) for t in e.logprobs]) for e in events[:-1]] == [
+        ("Hi", [("Hi", -0.5)]),
+        ("", [("<", -1.5)]),
+    ]
+    assert events[-1].finish_reason is FinishReason.STOP

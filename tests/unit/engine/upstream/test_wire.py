@@ -15,6 +15,7 @@ from glimpse.engine.upstream.wire import (
     finish_reason,
     parse_chunk,
     resolve_model,
+    token_logprobs,
 )
 from glimpse.errors import (
     InvalidRequest,
@@ -284,3 +285,41 @@ def test_retry_after_from_an_upstream_is_clamped(value, expected):
     )
     assert isinstance(error, RateLimited)
     assert error.retry_after == expected
+
+
+def test_chat_body_passes_logprobs_and_logit_bias_on_when_asked():
+    body = chat_body(make_request(logprobs=3, logit_bias=((7, -100.0), (12, 2.5))), "m", [])
+    assert (body["logprobs"], body["top_logprobs"]) == (True, 3)
+    assert body["logit_bias"] == {"7": -100.0, "12": 2.5}
+    plain = chat_body(make_request(), "m", [])
+    assert not {"logprobs", "top_logprobs", "logit_bias"} & set(plain)
+
+
+def test_a_chunks_logprobs_are_read_as_sent():
+    entry = {
+        "token": "é",
+        "logprob": -0.25,
+        "bytes": [195, 169],
+        "top_logprobs": [
+            {"token": "é", "logprob": -0.25, "bytes": [195, 169]},
+            {"token": "e", "logprob": -2.0},
+        ],
+    }
+    data = json.dumps(
+        {"choices": [{"index": 0, "delta": {"content": "é"}, "logprobs": {"content": [entry]}}]}
+    )
+    (found,) = token_logprobs(parse_chunk(data).logprobs)
+    assert (found.token, found.logprob, found.utf8) == ("é", -0.25, "é".encode())
+    assert [(t.token, t.logprob, t.utf8, t.top) for t in found.top] == [
+        ("é", -0.25, "é".encode(), ()),
+        ("e", -2.0, b"e", ()),
+    ]
+    assert parse_chunk(chunk("x").decode()[6:]).logprobs == ()
+
+
+@pytest.mark.parametrize(
+    "content", [[{"logprob": -1.0}], [{"token": 3, "logprob": -1.0}], [{"token": "a", "logprob": "low"}]]
+)
+def test_malformed_logprobs_are_an_upstream_error(content):
+    with pytest.raises(UpstreamError):
+        token_logprobs(content)
