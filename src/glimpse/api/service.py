@@ -33,6 +33,7 @@ from glimpse.api.streams import DisconnectWatcher, StreamTail, TokenStream, repl
 from glimpse.cache import CachedResult, ResultCache, cache_key, is_cacheable
 from glimpse.config import AnswerDefaults, CacheSettings
 from glimpse.engine.protocol import (
+    AdapterServing,
     Engine,
     FinishReason,
     GenerationRequest,
@@ -193,6 +194,8 @@ class GenerationService:
         the tokens; a stream's tokens are charged when its final event passes.
         """
         gen = self.resolve_sampling(gen)
+        if gen.adapter is not None:
+            self.metrics.lora_requests.labels(adapter=gen.adapter).inc()
         await self._screen(gen, context)
         partition = self._partition(context)
         if not stream:
@@ -234,6 +237,7 @@ class GenerationService:
             image_sha256=tuple(image.sha256 for image in gen.images),
             image_dims=tuple(image.image.size for image in gen.images),
             guard=verdict,
+            adapter=gen.adapter,
         )
         if self.guard_mode != "off":
             self.metrics.observe_guard("flagged" if verdict.flagged else "clean")
@@ -292,9 +296,18 @@ class GenerationService:
                 else dataclasses.asdict(s.response_format),
                 "template": dict(gen.template_kwargs),
                 "server": self.answer_settings.model_dump(mode="json"),
+                "adapter": self._adapter_identity(gen.adapter),
             },
             partition,
         )
+
+    def _adapter_identity(self, name: str | None) -> str | None:
+        """An adapter as the cache key holds it: its name and its weights' digest, so an adapter loaded
+        again under the same name with other weights never gets the old one's answers."""
+        if name is None:
+            return None
+        info = self.engine.adapter(name) if isinstance(self.engine, AdapterServing) else None
+        return f"{name}@{info.digest}" if info is not None else name
 
     def _cacheable(self, gen: GenerationRequest, no_cache: bool) -> bool:
         return not no_cache and is_cacheable(

@@ -62,6 +62,7 @@ async def to_generation_request(
     intake: ImageIntake,
     settings: EngineSettings,
     size_check: SizeCheck | None = None,
+    adapter: str | None = None,
 ) -> tuple[GenerationRequest, DecodedBatch]:
     """The engine request and its decoded images, whose budget the caller must free or release.
 
@@ -95,7 +96,7 @@ async def to_generation_request(
     except BaseException:
         images.release()
         raise
-    gen = GenerationRequest(request_id, tuple(messages), sampling, deadline, template_kwargs)
+    gen = GenerationRequest(request_id, tuple(messages), sampling, deadline, template_kwargs, adapter)
     return gen, images
 
 

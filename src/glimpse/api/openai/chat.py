@@ -28,7 +28,7 @@ async def prepare_chat(
     body: ChatCompletionRequest, state: AppState, context: RequestContext
 ) -> tuple[GenerationRequest, DecodedBatch]:
     """The engine request and its decoded images (the caller frees or releases them)."""
-    state.check_model(body.model)
+    adapter = state.check_model(body.model)
     return await to_generation_request(
         body,
         context.engine_request_id(),
@@ -36,6 +36,7 @@ async def prepare_chat(
         state.intake,
         state.settings.engine,
         image_size_check(state.engine),
+        adapter,
     )
 
 
@@ -49,4 +50,4 @@ async def complete_chat(
         result = await state.service.handle(gen, context, watcher, stream=False, on_first_event=images.free)
     finally:
         images.release()
-    return completion_body(completion_id, state.engine.model_name, result), result.cache
+    return completion_body(completion_id, state.answered_by(gen.adapter), result), result.cache
