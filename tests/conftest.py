@@ -16,3 +16,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
     for item in gpu_items:
         item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def colour_codes_adapter(tmp_path_factory: pytest.TempPathFactory):
+    """(adapter folder, report) of the tiny model fine-tuned to answer colours as product codes."""
+    from tests.lora_data import train_colour_codes
+
+    return train_colour_codes(tmp_path_factory.mktemp("colour-codes"))
+
+
+@pytest.fixture(scope="session")
+def random_tiny_adapter(tmp_path_factory: pytest.TempPathFactory):
+    """A random-weight LoRA adapter of the shipped tiny model."""
+    from tests.lora_data import random_adapter
+
+    return random_adapter(tmp_path_factory.mktemp("random-adapter") / "adapter")

@@ -1,4 +1,4 @@
-"""The ``glimpse`` command: serve, ask, make-tiny-model, train-tiny, settings (and bench / batch).
+"""The ``glimpse`` command: serve, ask, make-tiny-model, train-tiny, finetune, settings (and bench / batch).
 
 This is the only place that turns command-line flags into a ``Settings``; flags
 override ``GLIMPSE_*`` environment variables, which override the defaults.
@@ -54,6 +54,19 @@ def _add_serve(sub: Any) -> None:
     p.add_argument("--served-model-name", help="Model name shown by /v1/models and accepted in requests.")
     p.add_argument("--max-batch-size", type=int, help="Most sequences decoded together.")
     p.add_argument("--max-queue", type=int, help="Most requests waiting; beyond it 503 + Retry-After.")
+    p.add_argument(
+        "--lora",
+        action="append",
+        metavar="NAME=PATH",
+        help="Serve the LoRA adapter in folder PATH as model NAME (repeatable).",
+    )
+    p.add_argument(
+        "--enable-lora",
+        action="store_true",
+        help="Serve LoRA adapters, even with none given (run-time loading).",
+    )
+    p.add_argument("--max-loras", type=int, help="LoRA adapters held in the model at once (default 4).")
+    p.add_argument("--max-lora-rank", type=int, help="Highest LoRA rank accepted (default 64).")
     p.add_argument("--no-warmup", action="store_true", help="Skip the warm-up generation at start-up.")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="Log level.")
     p.set_defaults(func=_serve)
@@ -140,6 +153,12 @@ def _add_audit(sub: Any) -> None:
     register_audit(sub, Settings)
 
 
+def _add_finetune(sub: Any) -> None:
+    from glimpse.finetune.command import register_finetune
+
+    register_finetune(sub)
+
+
 def _add_client_commands(sub: Any) -> None:
     try:
         from glimpse.client import register_batch, register_bench
@@ -155,7 +174,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"glimpse {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    adders = (_add_serve, _add_quantize, _add_ask, _add_make_tiny, _add_train_tiny, _add_settings, _add_audit)
+    adders = (
+        _add_serve,
+        _add_quantize,
+        _add_ask,
+        _add_make_tiny,
+        _add_train_tiny,
+        _add_finetune,
+        _add_settings,
+        _add_audit,
+    )
     for add in (*adders, _add_client_commands):
         add(sub)
     return parser
@@ -176,6 +204,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         (engine, "served_model_name", "served_model_name"),
         (engine, "max_batch_size", "max_batch_size"),
         (engine, "max_queue", "max_queue"),
+        (engine, "max_loras", "max_loras"),
+        (engine, "max_lora_rank", "max_lora_rank"),
         (server, "host", "host"),
         (server, "port", "port"),
         (obs, "log_level", "log_level"),
@@ -189,6 +219,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         engine.setdefault("kind", "upstream")
     if getattr(args, "no_warmup", False):
         engine["warmup"] = False
+    if getattr(args, "lora", None):
+        engine["lora_modules"] = tuple(args.lora)
+    if getattr(args, "enable_lora", False):
+        engine["enable_lora"] = True
     return Settings(engine=engine, upstream=upstream, server=server, obs=obs)
 
 

@@ -227,6 +227,52 @@ class EngineSettings(BaseModel):
         "HTTP event loop so refusals stay fast and admitted requests keep moving under overload).",
     )
 
+    lora_modules: tuple[str, ...] = Field(
+        (),
+        description="LoRA adapters to serve, each 'NAME=PATH' (a PEFT adapter folder, e.g. written by "
+        "glimpse finetune); a request names one as its model. An adapter that cannot be served stops "
+        "start-up.",
+    )
+    enable_lora: bool = Field(
+        False,
+        description="Serve LoRA adapters even with none configured, so /v1/load_lora_adapter can add them at "
+        "run time (on whenever lora_modules is set).",
+    )
+    max_loras: int = Field(
+        4,
+        ge=1,
+        description="LoRA adapters held in the model at once; when another is needed, the least recently "
+        "used one no running request uses is unloaded (and read again from its folder when next asked for).",
+    )
+    max_lora_rank: int = Field(
+        64, ge=1, description="Highest LoRA rank accepted; adapters of a higher rank are refused at load."
+    )
+
+    @property
+    def lora_enabled(self) -> bool:
+        return self.enable_lora or bool(self.lora_modules)
+
+    @property
+    def lora_paths(self) -> dict[str, Path]:
+        """``lora_modules`` as ``name -> folder`` (checked by the validator)."""
+        return {name: Path(path) for name, _, path in (entry.partition("=") for entry in self.lora_modules)}
+
+    @field_validator("lora_modules")
+    @classmethod
+    def _name_equals_path(cls, entries: tuple[str, ...]) -> tuple[str, ...]:
+        seen: set[str] = set()
+        for entry in entries:
+            name, sep, path = entry.partition("=")
+            name, path = name.strip(), path.strip()
+            if not sep or not name or not path:
+                raise ValueError(f"{entry!r} is not NAME=PATH")
+            if any(c.isspace() for c in name):
+                raise ValueError(f"adapter name {name!r} has spaces")
+            if name in seen:
+                raise ValueError(f"adapter name {name!r} is given twice")
+            seen.add(name)
+        return tuple("=".join(part.strip() for part in entry.partition("=")[::2]) for entry in entries)
+
     @property
     def answer_defaults(self) -> AnswerDefaults:
         """The settings here that change what a request's answer is (part of every cache key)."""

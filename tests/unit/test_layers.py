@@ -18,6 +18,7 @@ FORBIDDEN = {
     "engine": {"api", "client", "cli", "guard", "cache"},
     "client": {"api", "engine", "media", "guard", "cache", "cli"},
     "batches": {"api", "engine", "media", "guard", "cache", "client", "web", "cli"},
+    "finetune": {"api", "guard", "cache", "client", "web", "cli", "batches"},
 }
 WEB_FRAMEWORKS = {"fastapi", "starlette", "uvicorn"}
 

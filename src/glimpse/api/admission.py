@@ -26,6 +26,7 @@ from glimpse.api.context import RequestContext, request_context
 from glimpse.config import Settings
 from glimpse.errors import Forbidden, InvalidRequest, NotReady, Overloaded
 from glimpse.guard import Principal, is_loopback
+from glimpse.guard.scopes import ADMIN_SCOPE
 
 if TYPE_CHECKING:
     from glimpse.api.state import AppState
@@ -69,6 +70,8 @@ def route_policies(settings: Settings) -> dict[tuple[str, str], RoutePolicy]:
         ("POST", "/infer"): RoutePolicy("infer", limit(image_json), generates=True),
         ("POST", "/v1/analyze"): RoutePolicy("analyze", limit(media.max_image_bytes), generates=True),
         ("GET", "/v1/models"): RoutePolicy(None, limit(0), generates=False),
+        ("POST", "/v1/load_lora_adapter"): RoutePolicy(ADMIN_SCOPE, limit(0), generates=False),
+        ("POST", "/v1/unload_lora_adapter"): RoutePolicy(ADMIN_SCOPE, limit(0), generates=False),
         ("POST", "/v1/files"): RoutePolicy(
             "batch", settings.batch.max_file_bytes + TEXT_ALLOWANCE_BYTES, generates=False
         ),

@@ -23,6 +23,7 @@ from glimpse.api.batch.router import router as batch_router
 from glimpse.api.batch.runner import BatchRunner
 from glimpse.api.errors import install_error_handlers
 from glimpse.api.infer.router import router as infer_router
+from glimpse.api.lora.router import router as lora_router
 from glimpse.api.middleware import (
     AdmissionMiddleware,
     BodyLimitMiddleware,
@@ -298,6 +299,7 @@ def create_app(
     app.include_router(health.router)
     app.include_router(openai_router)
     app.include_router(infer_router)
+    app.include_router(lora_router)
     if settings.batch.enabled:
         app.include_router(batch_router)
     if settings.obs.metrics_enabled:

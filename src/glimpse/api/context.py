@@ -37,6 +37,8 @@ class AuditDetails:
     image_sha256: tuple[str, ...]
     image_dims: tuple[tuple[int, int], ...]
     guard: GuardVerdict
+    #: The LoRA adapter asked for (``None``: the base model).
+    adapter: str | None = None
 
 
 @dataclass(slots=True)

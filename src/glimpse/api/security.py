@@ -55,6 +55,7 @@ def record_audit(
             "image_sha256": details.image_sha256,
             "image_dims": details.image_dims,
             "guard": details.guard,
+            "model": details.adapter,
         }
     )
     audit.record(

@@ -39,6 +39,7 @@ from glimpse.api.streams import DisconnectWatcher, StreamTail, TokenStream, repl
 from glimpse.cache import CachedResult, ResultCache, cache_key, is_cacheable
 from glimpse.config import AnswerDefaults, CacheSettings
 from glimpse.engine.protocol import (
+    AdapterServing,
     Engine,
     FinishReason,
     GenerationRequest,
@@ -255,6 +256,8 @@ class GenerationService:
         tokens of every choice, when the last one ends.
         """
         gens = [self.resolve_sampling(gen) for gen in gens]
+        if gens[0].adapter is not None:
+            self.metrics.lora_requests.labels(adapter=gens[0].adapter).inc()
         await self._screen(gens[0], context)
         partition = self._partition(context)
         # Unseeded sampled choices share one key: each must draw its own answer, not the cached one.
@@ -305,6 +308,7 @@ class GenerationService:
             image_sha256=tuple(image.sha256 for image in gen.images),
             image_dims=tuple(image.image.size for image in gen.images),
             guard=verdict,
+            adapter=gen.adapter,
         )
         if self.guard_mode != "off":
             self.metrics.observe_guard("flagged" if verdict.flagged else "clean")
@@ -364,9 +368,18 @@ class GenerationService:
                 else dataclasses.asdict(s.response_format),
                 "template": dict(gen.template_kwargs),
                 "server": self.answer_settings.model_dump(mode="json"),
+                "adapter": self._adapter_identity(gen.adapter),
             },
             partition,
         )
+
+    def _adapter_identity(self, name: str | None) -> str | None:
+        """An adapter as the cache key holds it: its name and its weights' digest, so an adapter loaded
+        again under the same name with other weights never gets the old one's answers."""
+        if name is None:
+            return None
+        info = self.engine.adapter(name) if isinstance(self.engine, AdapterServing) else None
+        return f"{name}@{info.digest}" if info is not None else name
 
     def _cacheable(self, gen: GenerationRequest, no_cache: bool) -> bool:
         return (

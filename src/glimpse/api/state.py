@@ -13,7 +13,7 @@ from glimpse.api.admission import Admission
 from glimpse.api.service import GenerationService
 from glimpse.batches import BatchStore
 from glimpse.config import Settings
-from glimpse.engine.protocol import Engine
+from glimpse.engine.protocol import AdapterServing, Engine
 from glimpse.errors import ModelNotFound, NotReady
 from glimpse.guard import Authenticator, PromptGuard, QuotaTracker, RateLimiter
 from glimpse.media import ImageIntake
@@ -63,14 +63,27 @@ class AppState:
         if arrived_at is None or arrived_at >= self.draining_since:
             raise NotReady("The server is shutting down; retry on another replica.", retry_after=1)
 
-    def check_model(self, requested: str | None) -> None:
-        """Accept no model, the served name, or the model argument it was started with."""
+    def check_model(self, requested: str | None) -> str | None:
+        """The LoRA adapter a request's ``model`` names; ``None`` for the base model (no model, the served
+        name, or the model argument it was started with). Anything else: 404."""
         if requested is None or requested in self.model_aliases:
-            return
+            return None
+        engine = self.engine
+        if isinstance(engine, AdapterServing) and engine.adapter(requested) is not None:
+            return requested
+        served = [self.engine.model_name]
+        if isinstance(engine, AdapterServing):
+            served += [adapter.name for adapter in engine.adapters()]
         raise ModelNotFound(
-            f"The model '{requested}' is not served here; this server serves '{self.engine.model_name}'.",
+            f"The model '{requested}' is not served here; this server serves "
+            + ", ".join(f"'{name}'" for name in served)
+            + ".",
             param="model",
         )
+
+    def answered_by(self, adapter: str | None) -> str:
+        """The ``model`` an answer names: the adapter's name, else the served model's."""
+        return adapter or self.engine.model_name
 
 
 def get_state(request: Request) -> AppState:

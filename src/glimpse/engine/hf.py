@@ -29,6 +29,7 @@ from glimpse.engine.grammar import Grammars, TokenConstraint
 from glimpse.engine.grammar_pool import GrammarPool
 from glimpse.engine.job import Job, JobSink
 from glimpse.engine.loader import LoadedModel, resolve_device, resolve_model_path
+from glimpse.engine.lora.catalog import AdapterCatalog
 from glimpse.engine.max_tokens import resolve_max_tokens
 from glimpse.engine.preprocess import (
     Preprocessor,
@@ -39,6 +40,7 @@ from glimpse.engine.preprocess import (
     resolve_preprocess_workers,
 )
 from glimpse.engine.protocol import (
+    AdapterInfo,
     ChatMessage,
     EngineHealth,
     GenerationRequest,
@@ -51,7 +53,15 @@ from glimpse.engine.protocol import (
 from glimpse.engine.sampling_config import check_sampling, check_vocabulary
 from glimpse.engine.token_text import TokenTexts
 from glimpse.engine.worker import EngineWorker
-from glimpse.errors import DeadlineExceeded, EngineDead, GlimpseError, InvalidRequest, NotReady, Overloaded
+from glimpse.errors import (
+    DeadlineExceeded,
+    EngineDead,
+    GlimpseError,
+    InvalidRequest,
+    ModelNotFound,
+    NotReady,
+    Overloaded,
+)
 from glimpse.media.threads import run_in_executor
 
 __all__ = ["HFEngine"]
@@ -95,10 +105,25 @@ class HFEngine:
         self._token_texts: TokenTexts | None = None
         self._sampling_defaults = SamplingDefaults()
         self._grammars = GrammarPool(self._build_grammars)
+        self._adapters = AdapterCatalog(
+            settings, self._name, lambda: self._worker.lora if self._worker is not None else None
+        )
 
     @property
     def model_name(self) -> str:
         return self._name
+
+    def adapters(self) -> list[AdapterInfo]:
+        return self._adapters.list()
+
+    def adapter(self, name: str) -> AdapterInfo | None:
+        return self._adapters.get(name)
+
+    async def load_adapter(self, name: str, path: str) -> AdapterInfo:
+        return await self._adapters.load(name, path)
+
+    async def unload_adapter(self, name: str) -> None:
+        await self._adapters.unload(name)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -289,6 +314,8 @@ class HFEngine:
             self._admit()
         if request.request_id in self._jobs:
             raise InvalidRequest(f"Request id {request.request_id!r} is already running.")
+        if request.adapter is not None and self._adapters.get(request.adapter) is None:
+            raise ModelNotFound(f"The model '{request.adapter}' is not served here.", param="model")
         sampling = self.resolve_sampling(request.sampling)
         check_sampling(sampling)
         if sampling.logit_bias and self.loaded is not None:
@@ -318,7 +345,7 @@ class HFEngine:
                 # A prompt that opened a thought: the grammar starts after the thought closes.
                 after = think[1] if think is not None and thinking else None
                 constraint = self._grammars.constraint(grammar, after=after)
-            job = Job(request.request_id, inputs, sampling, sink, prompt_tokens, constraint)
+            job = Job(request.request_id, inputs, sampling, sink, prompt_tokens, constraint, request.adapter)
             self._jobs[request.request_id] = job
             self._worker.enqueue(job)
             async for event in self._drain(job, request.deadline):

@@ -167,6 +167,8 @@ class Job:
     prompt_tokens: int
     #: Structured output: the grammar the answer follows (``sampling.response_format``, compiled).
     constraint: TokenConstraint | None = None
+    #: The LoRA adapter the answer comes from (``None``: the base model).
+    adapter: str | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
     enqueued_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None

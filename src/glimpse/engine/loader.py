@@ -133,18 +133,22 @@ def check_runtime_installed() -> None:
 
 def check_model_available(settings: EngineSettings) -> None:
     """Fail fast (before the server starts) when the runtime or the model cannot be found at all,
-    or when the quantization asked for cannot run here.
+    when the quantization asked for cannot run here, or when a configured LoRA adapter cannot be served.
     """
     check_runtime_installed()
     from transformers import AutoConfig
 
     source, _ = resolve_model_path(settings)
     try:
-        AutoConfig.from_pretrained(source, trust_remote_code=settings.trust_remote_code)
+        config = AutoConfig.from_pretrained(source, trust_remote_code=settings.trust_remote_code)
     except Exception as exc:  # noqa: BLE001 - any failure here means "cannot load"; explained to the user
         raise _explain(settings.model, exc) from exc
     device = resolve_device(settings.device)
     _quantization_plan(settings, source, device, _resolve_dtype(settings.dtype, device), build=False)
+    if settings.lora_modules:
+        from glimpse.engine.lora.preflight import check_adapters
+
+        check_adapters(settings, config, source)
 
 
 def _quantization_plan(

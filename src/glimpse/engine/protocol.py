@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "GREEDY_BELOW_TEMPERATURE",
+    "AdapterInfo",
+    "AdapterServing",
     "ChatMessage",
     "Engine",
     "EngineHealth",
@@ -167,6 +169,8 @@ class GenerationRequest:
     deadline: float | None = None
     #: Extra variables for the model's chat template (e.g. GLM-4.6V's ``enable_thinking``).
     template_kwargs: tuple[tuple[str, TemplateValue], ...] = ()
+    #: The LoRA adapter the answer comes from (its served name); ``None``: the base model.
+    adapter: str | None = None
 
     @property
     def images(self) -> tuple[ImagePart, ...]:
@@ -278,3 +282,34 @@ class ImageSizeCheck(Protocol):
     def check_image_sizes(self, sizes: Sequence[tuple[int, int]], max_new_tokens: int) -> None:
         """Raise ``RequestTooLarge`` if images of these ``(width, height)`` plus ``max_new_tokens``
         cannot fit whatever the text is; return otherwise (also when the engine cannot tell)."""
+
+
+@dataclass(slots=True, frozen=True)
+class AdapterInfo:
+    """A LoRA adapter an engine serves under ``name`` (requests name it as their ``model``)."""
+
+    name: str
+    #: Where it was read from (a folder on the engine's machine; an upstream's own record).
+    path: str
+    #: The model it adapts (the engine's ``model_name``).
+    parent: str
+    rank: int = 0
+    #: Identifies the weights (SHA-256 of the file), so caches never mix two adapters of one name.
+    digest: str = ""
+
+
+@runtime_checkable
+class AdapterServing(Protocol):
+    """An engine that serves LoRA adapters beside its base model (optional, like ``SamplingResolver``)."""
+
+    def adapters(self) -> Sequence[AdapterInfo]:
+        """Every adapter a request may name now."""
+
+    def adapter(self, name: str) -> AdapterInfo | None:
+        """The adapter called ``name``, or ``None``."""
+
+    async def load_adapter(self, name: str, path: str) -> AdapterInfo:
+        """Read, check and add an adapter (``AdapterError`` if unusable, ``InvalidRequest`` if refused)."""
+
+    async def unload_adapter(self, name: str) -> None:
+        """Stop serving ``name`` (``ModelNotFound`` if unknown); running requests finish with it."""

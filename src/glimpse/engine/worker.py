@@ -27,6 +27,8 @@ from glimpse.engine.batching import (
 )
 from glimpse.engine.job import Job
 from glimpse.engine.loader import LoadedModel, load_model
+from glimpse.engine.lora.adapter import AdapterError
+from glimpse.engine.lora.bank import LoraBank
 from glimpse.engine.protocol import FinishReason
 from glimpse.errors import EngineDead, EngineRequestError, GlimpseError, ModelLoadError, NotReady
 
@@ -74,6 +76,8 @@ class EngineWorker(threading.Thread):
         self._on_loaded = on_loaded
         self._observer = observer
         self.loaded: LoadedModel | None = None
+        #: The LoRA adapters served (set once the model is loaded; ``None``: LoRA is off).
+        self.lora: LoraBank | None = None
         self.dead: BaseException | None = None
         self._scheduler: Scheduler | None = None
         self._sinks = _BatchSinks()
@@ -113,7 +117,9 @@ class EngineWorker(threading.Thread):
         self._sinks.jobs[job.request_id] = job
         try:
             scheduler.submit(
-                SequenceRequest(job.request_id, job.inputs, self._sinks, job.sampling, job.constraint)
+                SequenceRequest(
+                    job.request_id, job.inputs, self._sinks, job.sampling, job.constraint, job.adapter
+                )
             )
         except BaseException:
             self._sinks.jobs.pop(job.request_id, None)
@@ -135,18 +141,42 @@ class EngineWorker(threading.Thread):
                 self._settings, max_seq_len=min(self._settings.max_seq_len, context)
             )
             try:
-                mixed = MixedSteps(loaded.model, config, observer=self._observer)
+                mixed = MixedSteps(loaded.model, config, observer=self._observer, lora=self.lora)
                 return mixed, mixed.config
             except ModelLoadError as exc:
                 logger.info("continuous batching unavailable, serving one request at a time: %s", exc.message)
         # One slot: a sequence may use the model's whole context (there is no shared cache to size).
         config = BatcherConfig.from_settings(self._settings, max_seq_len=context)
-        steps = GenerateSteps(loaded.model, device=loaded.device, dtype=loaded.dtype, slot_tokens=context)
+        steps = GenerateSteps(
+            loaded.model, device=loaded.device, dtype=loaded.dtype, slot_tokens=context, lora=self.lora
+        )
         return steps, config
+
+    def _load_adapters(self, loaded: LoadedModel) -> LoraBank | None:
+        """The LoRA layers and the configured adapters; an adapter that cannot be served stops start-up."""
+        settings = self._settings
+        if not settings.lora_enabled:
+            return None
+        name = settings.served_model_name or settings.model
+        bank = LoraBank(
+            loaded.model,
+            max_resident=settings.max_loras,
+            max_rank=settings.max_lora_rank,
+            parent=name,
+            served_names=(settings.model, name, loaded.source),
+        )
+        for adapter, path in settings.lora_paths.items():
+            try:
+                bank.add(bank.read(adapter, path.expanduser()))
+            except AdapterError as exc:
+                raise ModelLoadError(exc.message) from exc
+        logger.info("LoRA adapters: %s", ", ".join(settings.lora_paths) or "none yet")
+        return bank
 
     def run(self) -> None:
         try:
             self.loaded = load_model(self._settings)
+            self.lora = self._load_adapters(self.loaded)
             steps, config = self._make_steps(self.loaded)
             scheduler = Scheduler(steps, config, observer=self._observer)
         except BaseException as exc:  # noqa: BLE001 - reported to the event loop, which decides

@@ -102,6 +102,8 @@ class AuditRecord:
     guard: GuardVerdict | None = None
     tokens_in: int | None = None
     tokens_out: int | None = None
+    #: The LoRA adapter that answered (``None``: the base model, or no generation).
+    model: str | None = None
     ts: float = field(default_factory=time.time)
     # The prompt text, held only until the record is rendered under the configured
     # question mode; kept out of repr so a stray log of the record cannot leak it.
@@ -134,6 +136,7 @@ class AuditRecord:
             "question": _question(self.question, question, truncate_chars),
             "guard_flagged": bool(self.guard and self.guard.flagged),
             "guard_rules": list(self.guard.rule_ids) if self.guard else [],
+            "model": self.model,
         }
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from glimpse.errors import InvalidRequest
-from glimpse.guard.audit_store import AUDIT_COLUMNS, JSON_COLUMNS
+from glimpse.guard.audit_store import ADDED_COLUMNS, AUDIT_COLUMNS, JSON_COLUMNS
 
 __all__ = ["AuditFilter", "AuditReader", "parse_time"]
 
@@ -97,6 +97,15 @@ class AuditReader:
         self.path = path
         self._conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
         self._conn.row_factory = sqlite3.Row
+        self._select = _SELECT
+        try:  # a store no newer server has opened yet lacks the added columns: read them as NULL
+            present = {row[1] for row in self._conn.execute("PRAGMA table_info(audit)")}
+        except sqlite3.Error:
+            present = set(AUDIT_COLUMNS)
+        missing = [column for column in ADDED_COLUMNS if column not in present]
+        if missing:
+            columns = [f"NULL AS {c}" if c in missing else c for c in AUDIT_COLUMNS]
+            self._select = f"SELECT id, ts, {', '.join(columns)} FROM audit"  # noqa: S608 (fixed names)
 
     def _rows(self, sql: str, params: list[Any]) -> list[dict[str, Any]]:
         try:
@@ -107,7 +116,7 @@ class AuditReader:
     def query(self, flt: AuditFilter) -> list[dict[str, Any]]:
         """The newest ``flt.limit`` matching records, oldest first."""
         where, params = flt.where()
-        rows = self._rows(f"{_SELECT}{where} ORDER BY id DESC LIMIT ?", [*params, flt.limit])
+        rows = self._rows(f"{self._select}{where} ORDER BY id DESC LIMIT ?", [*params, flt.limit])
         rows.reverse()
         return rows
 
@@ -116,7 +125,7 @@ class AuditReader:
 
     def after(self, last_id: int, limit: int = 1000) -> list[dict[str, Any]]:
         """Records written after ``last_id``, oldest first (for ``--follow``)."""
-        return self._rows(f"{_SELECT} WHERE id > ? ORDER BY id LIMIT ?", [last_id, limit])
+        return self._rows(f"{self._select} WHERE id > ? ORDER BY id LIMIT ?", [last_id, limit])
 
     def close(self) -> None:
         self._conn.close()

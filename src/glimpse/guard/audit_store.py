@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol, cast
 
 __all__ = [
+    "ADDED_COLUMNS",
     "AUDIT_COLUMNS",
     "AuditStore",
     "AuditWriter",
@@ -56,7 +57,10 @@ AUDIT_COLUMNS = (
     "question",
     "guard_flagged",
     "guard_rules",
+    "model",
 )
+#: Columns added after the first release: added to an existing table when it is opened.
+ADDED_COLUMNS = {"model": "TEXT"}
 JSON_COLUMNS = frozenset({"image_sha256", "image_bytes", "image_dims", "guard_rules"})
 
 _SCHEMA = """
@@ -79,7 +83,8 @@ CREATE TABLE IF NOT EXISTS audit (
     prompt_sha256 TEXT,
     question TEXT,
     guard_flagged INTEGER NOT NULL,
-    guard_rules TEXT NOT NULL
+    guard_rules TEXT NOT NULL,
+    model TEXT
 );
 CREATE INDEX IF NOT EXISTS audit_ts ON audit (ts);
 CREATE INDEX IF NOT EXISTS audit_client_ts ON audit (client_id, ts);
@@ -138,6 +143,10 @@ class SqliteAuditStore:
             conn.execute("PRAGMA journal_mode=WAL").fetchall()
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(_SCHEMA)
+            present = {row[1] for row in conn.execute("PRAGMA table_info(audit)")}
+            for column, kind in ADDED_COLUMNS.items():
+                if column not in present:  # a store written by an older version
+                    conn.execute(f"ALTER TABLE audit ADD COLUMN {column} {kind}")
         except sqlite3.Error:
             conn.close()
             raise

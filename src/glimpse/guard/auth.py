@@ -17,7 +17,7 @@ from typing import Literal
 from glimpse.config import GuardSettings
 from glimpse.errors import Forbidden, Unauthorized
 from glimpse.guard.keystore import KeyStore
-from glimpse.guard.scopes import SCOPES
+from glimpse.guard.scopes import EXPLICIT_SCOPES, SCOPES
 from glimpse.guard.tokens import JwtVerifier, looks_like_jwt
 
 __all__ = ["AuthMethod", "Authenticator", "Principal", "bearer_credential", "is_loopback"]
@@ -45,6 +45,11 @@ class Principal:
         ``jwt_audience``. Unknown scope names in the keys file are refused when it is loaded.
         """
         granted = sorted(s for s in self.scopes if s in SCOPES)
+        if scope in EXPLICIT_SCOPES and scope not in granted:
+            raise Forbidden(
+                f"This route needs a credential that names the '{scope}' scope (an API key or token with "
+                f"scopes including '{scope}'; with authentication off, nobody may use it)."
+            )
         if granted and scope not in granted:
             raise Forbidden(
                 f"This credential may not use this route: it needs the '{scope}' scope "

@@ -127,6 +127,13 @@ class Metrics:
             ["stage"],
             registry=r,
         )
+        self.lora_requests = Counter(
+            "glimpse_lora_requests_total",
+            "Generation requests that named a LoRA adapter as their model, by adapter (names are the "
+            "operator's: configured or loaded with an admin key).",
+            ["adapter"],
+            registry=r,
+        )
 
         # Generation
         self.time_to_first_token = Histogram(

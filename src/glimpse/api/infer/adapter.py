@@ -16,7 +16,8 @@ def to_generation_request(
     sampling: SamplingParams,
     request_id: str,
     deadline: float,
+    adapter: str | None = None,
 ) -> GenerationRequest:
     # Invisible smuggling characters are removed here, so the guard screens what the model reads.
     message = ChatMessage("user", (image_part(image), TextPart(sanitize_model_text(question))))
-    return GenerationRequest(request_id, (message,), sampling, deadline)
+    return GenerationRequest(request_id, (message,), sampling, deadline, adapter=adapter)

@@ -32,8 +32,10 @@ async def _answer(
     question: str,
     max_new_tokens: int | None,
     fields: SamplingFields | None = None,
+    model: str | None = None,
 ) -> InferResponse:
     """Decode (under the pixel budget), screen and answer; the image is freed once the engine has it."""
+    adapter = state.check_model(model)
     deadline = with_deadline(state.settings.server)
     sampling = sampling_params(state.settings.engine, max_tokens=max_new_tokens, fields=fields)
     size_check = image_size_check(state.engine)
@@ -48,6 +50,7 @@ async def _answer(
             sampling,
             context.engine_request_id(),
             deadline,
+            adapter,
         )
         watcher = ReceiveWatcher(request.receive)
         result = await state.service.handle(gen, context, watcher, stream=False, on_first_event=images.free)
@@ -62,7 +65,9 @@ async def infer(
     body: InferRequest, request: Request, response: Response, state: StateDep, context: ContextDep
 ) -> InferResponse:
     image = await state.intake.load_base64(body.image)
-    return await _answer(state, context, request, response, image, body.text, body.max_new_tokens, body)
+    return await _answer(
+        state, context, request, response, image, body.text, body.max_new_tokens, body, body.model
+    )
 
 
 @router.post("/v1/analyze", responses=error_responses(400, 401, 408, 413, 415, 422, 429, 503, 504))
@@ -74,9 +79,12 @@ async def analyze(
     image: Annotated[UploadFile, File(description="The image file (JPEG, PNG or WebP).")],
     question: Annotated[str, Form(min_length=1, description="The question about the image.")],
     max_new_tokens: Annotated[int | None, Form(ge=1)] = None,
+    model: Annotated[
+        str | None, Form(description="A LoRA adapter served here; default: the base model.")
+    ] = None,
 ) -> InferResponse:
     limit = state.settings.media.max_image_bytes
     data = await image.read(limit + 1)
     if len(data) > limit:  # only limit + 1 bytes were read: say "larger than", not a wrong size
         raise ImageTooLarge(f"The uploaded image is larger than {limit} bytes; the limit is {limit} bytes.")
-    return await _answer(state, context, request, response, data, question, max_new_tokens)
+    return await _answer(state, context, request, response, data, question, max_new_tokens, model=model)

@@ -15,6 +15,10 @@ class InferRequest(SamplingFields):
     image: str = Field(min_length=1, description="The image, base64-encoded (a data URL is accepted too).")
     text: str = Field(min_length=1, description="The question about the image.")
     max_new_tokens: int | None = Field(None, ge=1, description="Most tokens in the answer.")
+    model: str | None = Field(
+        None,
+        description="A LoRA adapter served here (see /v1/models) to answer with; default: the base model.",
+    )
 
 
 class InferResponse(BaseModel):

@@ -71,6 +71,7 @@ async def to_generation_request(
     intake: ImageIntake,
     settings: EngineSettings,
     size_check: SizeCheck | None = None,
+    adapter: str | None = None,
 ) -> tuple[list[GenerationRequest], DecodedBatch]:
     """The engine requests, one per choice (``n``), and their decoded images, whose budget the
     caller must free or release.
@@ -109,7 +110,7 @@ async def to_generation_request(
     except BaseException:
         images.release()
         raise
-    gen = GenerationRequest(request_id, tuple(messages), sampling, deadline, template_kwargs)
+    gen = GenerationRequest(request_id, tuple(messages), sampling, deadline, template_kwargs, adapter)
     return choice_requests(gen, n), images
 
 

@@ -28,7 +28,7 @@ async def prepare_chat(
     body: ChatCompletionRequest, state: AppState, context: RequestContext
 ) -> tuple[list[GenerationRequest], DecodedBatch]:
     """The engine requests, one per choice, and their decoded images (the caller frees or releases them)."""
-    state.check_model(body.model)
+    adapter = state.check_model(body.model)
     return await to_generation_request(
         body,
         context.engine_request_id(),
@@ -36,6 +36,7 @@ async def prepare_chat(
         state.intake,
         state.settings.engine,
         image_size_check(state.engine),
+        adapter,
     )
 
 
@@ -51,5 +52,7 @@ async def complete_chat(
         )
     finally:
         images.release()
-    answer = completion_body(completion_id, state.engine.model_name, results, bool(body.logprobs))
+    answer = completion_body(
+        completion_id, state.answered_by(choices[0].adapter), results, bool(body.logprobs)
+    )
     return answer, context.cache or results[0].cache

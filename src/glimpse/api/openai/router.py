@@ -15,6 +15,7 @@ from glimpse.api.security import authorize
 from glimpse.api.service import CACHE_HEADER
 from glimpse.api.state import StateDep
 from glimpse.api.streams import ReceiveWatcher
+from glimpse.engine.protocol import AdapterServing
 from glimpse.errors import EndpointNotFound
 
 from .adapter import sse_stream
@@ -51,7 +52,7 @@ async def chat_completions(
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     events = sse_stream(
         completion_id,
-        state.engine.model_name,
+        state.answered_by(choices[0].adapter),
         [(stream.first, stream.rest) for stream in streams],
         include_usage,
         bool(body.logprobs),
@@ -78,14 +79,31 @@ async def not_served(request: Request) -> None:
 
 @router.get("/models", responses=error_responses(401, 429))
 async def list_models(state: StateDep) -> dict[str, Any]:
-    return {
-        "object": "list",
-        "data": [
+    """The served model, then each LoRA adapter with the model it adapts as its ``parent`` (as vLLM lists
+    them; an adapter's ``root`` is where it was read from)."""
+    created = int(time.time())
+    base = state.engine.model_name
+    data: list[dict[str, Any]] = [
+        {
+            "id": base,
+            "object": "model",
+            "created": created,
+            "owned_by": "glimpse",
+            "root": base,
+            "parent": None,
+        }
+    ]
+    engine = state.engine
+    if isinstance(engine, AdapterServing):
+        data += [
             {
-                "id": state.engine.model_name,
+                "id": adapter.name,
                 "object": "model",
-                "created": int(time.time()),
+                "created": created,
                 "owned_by": "glimpse",
+                "root": adapter.path,
+                "parent": adapter.parent,
             }
-        ],
-    }
+            for adapter in engine.adapters()
+        ]
+    return {"object": "list", "data": data}

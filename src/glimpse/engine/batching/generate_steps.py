@@ -18,6 +18,7 @@ definition (``logprobs``).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 from typing import Any
@@ -31,7 +32,9 @@ from glimpse.engine.batching.penalties import OpenAIPenalties
 from glimpse.engine.batching.runner import generation_eos_ids
 from glimpse.engine.batching.sequence import SequenceState
 from glimpse.engine.grammar import GrammarLogitsProcessor
+from glimpse.engine.lora.bank import LoraBank
 from glimpse.engine.protocol import FinishReason, SamplingDefaults, SamplingParams
+from glimpse.errors import ModelNotFound
 
 __all__ = ["GenerateSteps", "generation_config_for"]
 
@@ -125,8 +128,12 @@ class _StopWhenEnded:
 class GenerateSteps:
     """A one-slot ``StepRunner`` over ``model.generate()``."""
 
-    def __init__(self, model: Any, *, device: Any, dtype: Any, slot_tokens: int) -> None:
+    def __init__(
+        self, model: Any, *, device: Any, dtype: Any, slot_tokens: int, lora: LoraBank | None = None
+    ) -> None:
         self._model = model
+        #: The LoRA adapters a sequence may run with (the whole ``generate()`` call uses its one).
+        self.lora = lora
         self._device = device
         self._dtype = dtype
         self._slot_tokens = slot_tokens
@@ -149,8 +156,17 @@ class GenerateSteps:
     def slot_tokens(self) -> int:
         return self._slot_tokens
 
+    def can_admit(self, seq: SequenceState) -> bool:
+        adapter = seq.request.adapter
+        return adapter is None or self.lora is None or self.lora.can_acquire(adapter)
+
     def admit(self, seq: SequenceState) -> None:
         assert self._seq is None, "one sequence at a time"
+        name = seq.request.adapter
+        if name is not None:
+            if self.lora is None:
+                raise ModelNotFound(f"The LoRA adapter '{name}' is not served here.", param="model")
+            seq.adapter_slot, _info = self.lora.acquire(name)
         seq.slot = 0
         self._seq = seq
 
@@ -162,6 +178,9 @@ class GenerateSteps:
         if self._seq is seq:
             self._seq = None
         seq.slot = -1
+        if seq.adapter_slot and self.lora is not None and seq.request.adapter is not None:
+            self.lora.release(seq.request.adapter)
+            seq.adapter_slot = 0
 
     def step(self, host: StepHost) -> int:
         seq = self._seq
@@ -190,7 +209,9 @@ class GenerateSteps:
             recorder = _LogitsRecorder(temperature, sampling.logprobs)
         streamer = _Streamer(seq, host, recorder)
         processors = self._penalties(seq) + ([recorder] if recorder is not None else [])
-        with torch.inference_mode():
+        routes = [(seq.adapter_slot, None)] if seq.adapter_slot else []
+        routed = self.lora.routed(routes, routes) if self.lora is not None else contextlib.nullcontext()
+        with torch.inference_mode(), routed:
             self._model.generate(
                 **inputs,
                 generation_config=generation_config_for(self._model.generation_config, sampling),

@@ -66,6 +66,8 @@ class SequenceRequest:
     sampling: SamplingParams
     #: Structured output: the grammar the answer follows; it ends the sequence once complete.
     constraint: TokenConstraint | None = None
+    #: The LoRA adapter this sequence runs with (``None``: the base model).
+    adapter: str | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -178,6 +180,10 @@ class StepRunner(Protocol):
     @property
     def slot_tokens(self) -> int:
         """Most prompt + answer tokens one sequence may hold."""
+        ...
+
+    def can_admit(self, seq: SequenceState) -> bool:
+        """Whether ``seq`` may take a free slot now (its LoRA adapter can be made resident)."""
         ...
 
     def admit(self, seq: SequenceState) -> None:

@@ -19,6 +19,7 @@ may replay a CUDA graph of the padded decode step instead (``cuda_graphs``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections import deque
 from typing import Any
@@ -31,11 +32,14 @@ from glimpse.engine.batching.interface import BatcherConfig, StepHost
 from glimpse.engine.batching.kv_cache import SlotKVCache
 from glimpse.engine.batching.prefix_cache import BLOCK_TOKENS, PrefixCache, block_keys
 from glimpse.engine.batching.prompt import plan_chunk
-from glimpse.engine.batching.runner import Glm4vRunner
-from glimpse.engine.batching.sampling import SamplerState, sample_step
+from glimpse.engine.batching.runner import Chunk, Glm4vRunner
+from glimpse.engine.batching.sampling import Sampled, SamplerState, sample_step
 from glimpse.engine.batching.sequence import SequenceState
 from glimpse.engine.batching.sizing import size_batch
+from glimpse.engine.lora.bank import LoraBank
+from glimpse.engine.lora.layer import Route
 from glimpse.engine.sampling_config import check_vocabulary
+from glimpse.errors import ModelNotFound
 
 __all__ = ["MixedSteps"]
 
@@ -55,7 +59,10 @@ class MixedSteps:
         *,
         eos_token_ids: frozenset[int] | None = None,
         observer: EmbeddingCacheObserver | None = None,
+        lora: LoraBank | None = None,
     ) -> None:
+        #: The LoRA adapters sequences may run with, each row its own (``None``: base model only).
+        self.lora = lora
         self.runner = Glm4vRunner(model, embedding_cache_for(config, observer))
         geometry = self.runner.geometry()
         free_bytes = torch.cuda.mem_get_info(geometry.device)[0] if geometry.device.type == "cuda" else None
@@ -113,17 +120,23 @@ class MixedSteps:
     def caches_prefixes(self) -> bool:
         return self.prefix is not None
 
+    def can_admit(self, seq: SequenceState) -> bool:
+        adapter = seq.request.adapter
+        return adapter is None or self.lora is None or self.lora.can_acquire(adapter)
+
     def admit(self, seq: SequenceState) -> None:
         request = seq.request
         # The engine refuses these first; an id beyond the logits here would fail the whole step.
         check_vocabulary(request.sampling, self.runner.vocab_size)
         seq.sampler = SamplerState.create(request.sampling, request.inputs["input_ids"], request.constraint)
         seq.prompt = prompt = self.runner.prepare(seq.request.inputs)
+        self._acquire_adapter(seq)
         if self.prefix is None:
             seq.slot = self.cache.allocate()
         else:
             seq.image_keys = [image.key for image in prompt.images]
-            seq.prompt_keys = block_keys(prompt, seq.image_keys, prompt.token_ids.tolist())
+            ids = prompt.token_ids.tolist()
+            seq.prompt_keys = block_keys(prompt, seq.image_keys, ids, salt=seq.cache_salt)
             seq.slot, seq.prefilled = self.prefix.admit(seq.prompt_keys, seq.prompt_len)
         self._by_slot.append(seq)
         self._prefilling.append(seq)
@@ -138,7 +151,7 @@ class MixedSteps:
             held = (seq.prompt.token_ids.tolist() + seq.generated_ids)[:length]
             kept_at = seq.slot if moved_from is None else moved_from
             known = seq.prompt_keys[: length // BLOCK_TOKENS]  # the prompt's blocks: hashed at admission
-            self.prefix.keep(kept_at, block_keys(seq.prompt, seq.image_keys, held, known))
+            self.prefix.keep(kept_at, block_keys(seq.prompt, seq.image_keys, held, known, seq.cache_salt))
         last = self._by_slot.pop()
         if moved_from is not None:
             last.slot = seq.slot
@@ -147,6 +160,52 @@ class MixedSteps:
         if not seq.decoding:
             self._prefilling.remove(seq)
         seq.features.clear()
+        if seq.adapter_slot and self.lora is not None and seq.request.adapter is not None:
+            self.lora.release(seq.request.adapter)
+            seq.adapter_slot = 0
+
+    def _acquire_adapter(self, seq: SequenceState) -> None:
+        """Hold the sequence's adapter in the LoRA layers until ``release``; refused if none is served."""
+        name = seq.request.adapter
+        if name is None:
+            return
+        if self.lora is None:
+            raise ModelNotFound(f"The LoRA adapter '{name}' is not served here.", param="model")
+        seq.adapter_slot, info = self.lora.acquire(name)
+        seq.cache_salt = info.digest.encode()
+
+    def _routes(
+        self, decoding: list[SequenceState], chunks: list[tuple[SequenceState, Chunk]]
+    ) -> tuple[list[Route], list[Route]]:
+        """Which rows of this step use which adapter, as the forward packs them: the tokens (decode
+        rows first, then each chunk's), and the LM head's rows (decode rows, then each chunk that
+        ends its prompt). Empty when no row has an adapter."""
+        if self.lora is None or not any(s.adapter_slot for s in [*decoding, *(s for s, _ in chunks)]):
+            return [], []
+        rows: dict[int, list[int]] = {}
+        head: dict[int, list[int]] = {}
+        for index, seq in enumerate(decoding):
+            if seq.adapter_slot:
+                rows.setdefault(seq.adapter_slot, []).append(index)
+                head.setdefault(seq.adapter_slot, []).append(index)
+        offset, logit_row = len(decoding), len(decoding)
+        for seq, chunk in chunks:
+            count = int(chunk.token_ids.shape[0])
+            if seq.adapter_slot:
+                rows.setdefault(seq.adapter_slot, []).extend(range(offset, offset + count))
+                if chunk.logits:
+                    head.setdefault(seq.adapter_slot, []).append(logit_row)
+            offset += count
+            logit_row += int(chunk.logits)
+        if len(rows) == 1 and len(next(iter(rows.values()))) == offset:  # one adapter for every row
+            slot = next(iter(rows))
+            return [(slot, None)], [(slot, None)]
+        device = self.runner.device
+
+        def tensors(by_slot: dict[int, list[int]]) -> list[Route]:
+            return [(slot, torch.tensor(at, dtype=torch.long, device=device)) for slot, at in by_slot.items()]
+
+        return tensors(rows), tensors(head)
 
     def _plan_prefill(self) -> list[_Planned]:
         """Each prefilling prompt's chunk in this step, oldest first, within the token budget."""
@@ -189,8 +248,9 @@ class MixedSteps:
         if not decoding and not chunks:
             return 0  # this step only encoded images
         try:
-            if self.graphs is not None and not self._prefilling:
-                # Decode only, every slot decoding (slots 0 .. n-1 in order): the graph path.
+            routes, head_routes = self._routes(decoding, chunks)
+            if self.graphs is not None and not self._prefilling and not routes:
+                # Decode only, every slot decoding (slots 0 .. n-1 in order), no adapter: the graph path.
                 logits = self.runner.decode(
                     self.cache,
                     [seq.last_token for seq in decoding],
@@ -199,13 +259,7 @@ class MixedSteps:
                     graphs=self.graphs,
                 )
             else:
-                logits = self.runner.forward(
-                    self.cache,
-                    [seq.slot for seq in decoding],
-                    [seq.last_token for seq in decoding],
-                    [seq.positions for seq in decoding],
-                    [chunk for _, chunk in chunks],
-                )
+                logits = self._forward(decoding, chunks, routes, head_routes)
             sampled = decoding + [seq for seq, chunk in chunks if chunk.logits]
             result = sample_step(logits, [seq.sampler for seq in sampled])
         except Exception as exc:
@@ -214,6 +268,39 @@ class MixedSteps:
             for seq in stepped:
                 host.fail(seq, exc)
             return 0
+        self._advance(decoding, chunks, sampled, result, host)
+        return len(decoding)
+
+    def _forward(
+        self,
+        decoding: list[SequenceState],
+        chunks: list[tuple[SequenceState, Chunk]],
+        routes: list[Route],
+        head_routes: list[Route],
+    ) -> torch.Tensor:
+        """The packed forward, with each row's adapter when any row has one."""
+        forward = functools.partial(
+            self.runner.forward,
+            self.cache,
+            [seq.slot for seq in decoding],
+            [seq.last_token for seq in decoding],
+            [seq.positions for seq in decoding],
+            [chunk for _, chunk in chunks],
+        )
+        if not routes or self.lora is None:
+            return forward()
+        with self.lora.routed(routes, head_routes):
+            return forward()
+
+    def _advance(
+        self,
+        decoding: list[SequenceState],
+        chunks: list[tuple[SequenceState, Chunk]],
+        sampled: list[SequenceState],
+        result: Sampled,
+        host: StepHost,
+    ) -> None:
+        """Move every stepped sequence on by what the step did, and hand out the sampled tokens."""
         for seq in decoding:
             seq.positions = (seq.positions[0] + 1, seq.positions[1] + 1, seq.positions[2] + 1)
         for seq, chunk in chunks:
@@ -225,4 +312,3 @@ class MixedSteps:
             if self.prefix is not None:
                 seq.generated_ids.append(token)
             host.accept(seq, token, logprobs)
-        return len(decoding)

@@ -44,14 +44,16 @@ def block_keys(
     image_keys: Sequence[bytes],
     token_ids: Sequence[int],
     known: Sequence[bytes] = (),
+    salt: bytes = b"",
 ) -> list[bytes]:
     """The key of every whole block of ``token_ids`` (the prompt's own, then any generated ones).
 
     ``known`` are the keys of its first blocks, already computed (the prompt's, at admission):
-    the chain goes on from the last of them instead of hashing those blocks again.
+    the chain goes on from the last of them instead of hashing those blocks again. ``salt``
+    starts the chain: what else decides the keys and values (a LoRA adapter's digest).
     """
     keys = list(known)
-    previous = keys[-1] if keys else b""
+    previous = keys[-1] if keys else salt
     for start in range(len(keys) * BLOCK_TOKENS, len(token_ids) - BLOCK_TOKENS + 1, BLOCK_TOKENS):
         end = start + BLOCK_TOKENS
         digest = hashlib.blake2b(previous, digest_size=16)

@@ -42,6 +42,7 @@ from glimpse.engine.batching.interface import (
 from glimpse.engine.batching.logprobs import SampledLogprobs
 from glimpse.engine.batching.mixed_steps import MixedSteps
 from glimpse.engine.batching.sequence import SequenceState
+from glimpse.engine.lora.bank import LoraBank
 from glimpse.engine.max_tokens import resolve_max_tokens
 from glimpse.engine.protocol import FinishReason
 from glimpse.engine.sampling_config import check_sampling
@@ -205,7 +206,7 @@ class Scheduler:
             self._fail(seq, Overloaded(f"waited more than {timeout:g}s for capacity", retry_after=1))
 
     def _fits_now(self, seq: SequenceState) -> bool:
-        if self.steps.free_slots == 0:
+        if self.steps.free_slots == 0 or not self.steps.can_admit(seq):
             return False
         budget = self.config.max_tokens_in_flight
         return budget is None or sum(s.reserve for s in self._running) + seq.reserve <= budget
@@ -310,8 +311,9 @@ class ContinuousBatcher(Scheduler):
         eos_token_ids: frozenset[int] | None = None,
         clock: Callable[[], float] = time.monotonic,
         observer: BatchObserver | None = None,
+        lora: LoraBank | None = None,
     ) -> None:
-        self.mixed = MixedSteps(model, config, eos_token_ids=eos_token_ids, observer=observer)
+        self.mixed = MixedSteps(model, config, eos_token_ids=eos_token_ids, observer=observer, lora=lora)
         super().__init__(self.mixed, self.mixed.config, clock=clock, observer=observer)
         self.runner = self.mixed.runner
         self.cache = self.mixed.cache

@@ -13,7 +13,7 @@ round-robin instead of all going to the first one.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
 from glimpse.engine.upstream.breaker import BreakerState, CircuitBreaker
@@ -66,6 +66,10 @@ class Upstream:
     in_flight: int = 0
     #: The upstream's name for our model, learnt from its ``/v1/models``.
     model: str | None = None
+    #: LoRA adapters it serves (``/v1/models`` entries with a ``parent``): name -> where it was read from.
+    adapters: dict[str, str] = field(default_factory=dict)
+    #: Health checks since its model list was last read (it is read again every few).
+    checks_since_models: int = 0
     #: Health paths still worth trying (``/health`` is dropped when it answers 404).
     health_paths: tuple[str, ...] = ("/health", "/v1/models")
     last_error: str = ""

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 
 from glimpse.config import EngineSettings, UpstreamSettings
-from glimpse.engine.protocol import EngineHealth, FinishReason, GenerationRequest, TokenEvent
+from glimpse.engine.protocol import AdapterInfo, EngineHealth, FinishReason, GenerationRequest, TokenEvent
 from glimpse.engine.upstream._checks import check_request
 from glimpse.engine.upstream._failures import BadStatus, Progress, Reported, Retry, Verdict, classify
 from glimpse.engine.upstream._reader import IDENTITY, check_identity, read_capped
@@ -40,6 +40,7 @@ from glimpse.errors import (
     DeadlineExceeded,
     EngineRequestError,
     GlimpseError,
+    InvalidRequest,
     NotReady,
     Overloaded,
     UpstreamError,
@@ -111,6 +112,35 @@ class UpstreamEngine:
     @property
     def model_name(self) -> str:
         return self._model_name
+
+    def adapters(self) -> list[AdapterInfo]:
+        """The LoRA adapters the upstreams list (each name once; healthy upstreams' first)."""
+        seen: dict[str, AdapterInfo] = {}
+        for upstream in sorted(self.upstreams, key=lambda u: not u.healthy):
+            for name, root in upstream.adapters.items():
+                seen.setdefault(name, AdapterInfo(name, root, self._model_name))
+        return list(seen.values())
+
+    def adapter(self, name: str) -> AdapterInfo | None:
+        return next((info for info in self.adapters() if info.name == name), None)
+
+    async def load_adapter(self, name: str, path: str) -> AdapterInfo:
+        raise InvalidRequest(
+            "This server proxies upstream servers: load LoRA adapters on them (vLLM: POST "
+            "/v1/load_lora_adapter there); they are listed here once their /v1/models lists them.",
+            param="lora_name",
+        )
+
+    async def unload_adapter(self, name: str) -> None:
+        await self.load_adapter(name, "")
+
+    def _without_adapter(self, name: str | None) -> set[str]:
+        """Upstreams a request for adapter ``name`` must not go to: those that do not list it (none, when
+        no upstream lists it: the first one asked answers 404)."""
+        if name is None:
+            return set()
+        serving = {u.name for u in self.upstreams if name in u.adapters}
+        return {u.name for u in self.upstreams if u.name not in serving} if serving else set()
 
     def _record_route(self, outcome: RouteOutcome) -> None:
         self._metrics.on_route(outcome)
@@ -226,7 +256,7 @@ class UpstreamEngine:
         messages: list[dict[str, Any]],
         queue: asyncio.Queue[TokenEvent | None],
     ) -> None:
-        tried: set[str] = set()
+        tried = self._without_adapter(request.adapter)
         failures: list[GlimpseError] = []
         suspects = Suspects(self._judge)
         key = affinity_key(request) if self._balancer.cache_aware else None
@@ -338,7 +368,8 @@ class UpstreamEngine:
         queue: asyncio.Queue[TokenEvent | None],
         progress: Progress,
     ) -> None:
-        body = chat_body(request, upstream.model or self._model_name, messages)
+        # An adapter goes by its own name: vLLM and SGLang serve LoRA adapters as models of their own.
+        body = chat_body(request, request.adapter or upstream.model or self._model_name, messages)
         headers = {**self._headers, "X-Request-ID": request.request_id, "Accept-Encoding": IDENTITY}
         url = upstream.url + "/v1/chat/completions"
         opts = self._options

@@ -3,8 +3,10 @@
 Every few seconds each upstream is asked ``GET /health`` (vLLM, SGLang), falling
 back to ``GET /v1/models`` for servers without it. While an upstream's name for
 our model is unknown, ``/v1/models`` is asked instead, which is a health check
-too. Results feed the same circuit breakers as live traffic, so an idle upstream
-that dies is taken out, and one that comes back is put back after its cool-down.
+too; it is also asked every ``MODELS_EVERY`` checks, for the LoRA adapters the
+upstream serves (loaded and unloaded there at run time). Results feed the same
+circuit breakers as live traffic, so an idle upstream that dies is taken out, and
+one that comes back is put back after its cool-down.
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ from glimpse.engine.upstream.balancer import Upstream
 from glimpse.engine.upstream.hooks import UpstreamMetrics
 from glimpse.engine.upstream.wire import resolve_model
 
-__all__ = ["HealthChecker"]
+__all__ = ["MODELS_EVERY", "HealthChecker"]
+
+#: Health checks between two reads of an upstream's model list (its LoRA adapters).
+MODELS_EVERY = 10
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +110,8 @@ class HealthChecker:
     async def _probe(self, upstream: Upstream) -> str | None:
         """``None`` when the upstream looks able to serve, else why not."""
         try:
-            if upstream.model is None:
+            upstream.checks_since_models += 1
+            if upstream.model is None or upstream.checks_since_models >= MODELS_EVERY:
                 return await self._discover(upstream)
             for path in upstream.health_paths:
                 status, _ = await self._get(upstream, path)
@@ -135,7 +141,12 @@ class HealthChecker:
         data = payload.get("data") if isinstance(payload, dict) else None
         if not isinstance(data, list):
             return "GET /v1/models answered without a model list"
-        ids = [str(item["id"]) for item in data if isinstance(item, dict) and "id" in item]
+        upstream.checks_since_models = 0
+        entries = [item for item in data if isinstance(item, dict) and "id" in item]
+        upstream.adapters = {str(i["id"]): str(i.get("root") or i["id"]) for i in entries if i.get("parent")}
+        ids = [str(item["id"]) for item in entries if not item.get("parent")]
+        if upstream.model is not None:
+            return None
         model = resolve_model(self._model_name, ids)
         if model is None and upstream.name not in self._warned:
             self._warned.add(upstream.name)

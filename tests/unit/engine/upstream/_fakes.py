@@ -103,6 +103,8 @@ class FakeUpstream:
         self.chat: ChatHandler = self.default_chat
         #: When set, ``/v1/models`` answers 200 with this body instead of the model list.
         self.models_stream: httpx.AsyncByteStream | None = None
+        #: LoRA adapters listed by ``/v1/models`` as vLLM lists them (name -> root; parent: the first model).
+        self.adapters: dict[str, str] = {}
 
     async def default_chat(self, request: httpx.Request, body: dict[str, Any]) -> httpx.Response:
         return self.stream(answer("Hello", " from ", self.host, usage=(11, 3)))
@@ -128,9 +130,12 @@ class FakeUpstream:
         if request.url.path == "/v1/models" and self.models_stream is not None:
             return httpx.Response(200, stream=self.models_stream)
         if request.url.path == "/v1/models":
-            return httpx.Response(
-                200, json={"object": "list", "data": [{"id": m, "object": "model"} for m in self.models]}
-            )
+            data = [{"id": m, "object": "model", "parent": None} for m in self.models]
+            data += [
+                {"id": n, "object": "model", "root": r, "parent": self.models[0]}
+                for n, r in self.adapters.items()
+            ]
+            return httpx.Response(200, json={"object": "list", "data": data})
         if request.url.path == "/v1/chat/completions":
             body = json.loads(request.content)
             self.chat_bodies.append(body)
