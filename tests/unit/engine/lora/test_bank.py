@@ -47,7 +47,7 @@ class _Sink:
         self.tokens: dict[str, list[int]] = {}
         self.ended: dict[str, object] = {}
 
-    def on_token(self, seq_id: str, token_id: int) -> bool:
+    def on_token(self, seq_id: str, token_id: int, logprobs: object = None) -> bool:
         self.tokens.setdefault(seq_id, []).append(token_id)
         return False
 
