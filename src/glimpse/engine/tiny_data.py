@@ -152,11 +152,10 @@ def encoded_pool(processor: Any, count: int, seed: int, workers: int, *, chunk: 
     jobs = [
         (seed * 1_000_003 + i, min(chunk, count - i * chunk)) for i in range((count + chunk - 1) // chunk)
     ]
+    _WORKER_PROCESSOR = processor
     if workers <= 1:
-        _WORKER_PROCESSOR = processor
         parts = [_encode_chunk(job) for job in jobs]
     else:
-        _WORKER_PROCESSOR = processor
         with multiprocessing.get_context("fork").Pool(workers) as pool:
             parts = pool.map(_encode_chunk, jobs)
     _WORKER_PROCESSOR = None

@@ -403,8 +403,9 @@ def _fit(model: Any, plan: list[list[Any]], config: TrainConfig, pad_id: int, pr
     model.train()
     losses: list[float] = []
     for step, chunk in enumerate(plan):
-        for p in tower:
-            p.requires_grad_(step >= frozen_until)
+        if step in (0, frozen_until):  # frozen from the start, thawed once
+            for p in tower:
+                p.requires_grad_(step >= frozen_until)
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, total, config) * group["scale"]
         loss = model(**collate(chunk, pad_id)).loss
