@@ -39,7 +39,9 @@ from glimpse.engine.protocol import (
     ImagePart,
     SamplingResolver,
     TokenEvent,
+    ToolCall,
 )
+from glimpse.engine.tool_calls import collect_tool_calls
 from glimpse.errors import ClientDisconnected, EngineRequestError
 from glimpse.guard import PromptGuard, QuotaTracker
 from glimpse.obs import Metrics
@@ -76,6 +78,7 @@ class Completion:
     completion_tokens: int
     cache: CacheStatus
     reasoning: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 @dataclass(slots=True)
@@ -91,8 +94,9 @@ class OpenStream:
 
 
 def _message_shape(gen: GenerationRequest) -> list[dict[str, object]]:
-    return [
-        {
+    shape: list[dict[str, object]] = []
+    for m in gen.messages:
+        message: dict[str, object] = {
             "role": m.role,
             "content": [
                 {"type": "image", "sha256": p.sha256}
@@ -101,8 +105,12 @@ def _message_shape(gen: GenerationRequest) -> list[dict[str, object]]:
                 for p in m.content
             ],
         }
-        for m in gen.messages
-    ]
+        if m.tool_calls:
+            message["tool_calls"] = [dataclasses.asdict(call) for call in m.tool_calls]
+        if m.tool_call_id is not None:
+            message["tool_call_id"] = m.tool_call_id
+        shape.append(message)
+    return shape
 
 
 def _number(value: float | None) -> float | None:
@@ -116,6 +124,7 @@ def _to_result(events: Sequence[TokenEvent]) -> CachedResult | None:
     last = events[-1]
     chunks = tuple(e.text for e in events if e.text)
     reasoning = "".join(e.reasoning for e in events)
+    calls = collect_tool_calls(delta for e in events for delta in e.tool_calls)
     return CachedResult(
         "".join(chunks),
         chunks,
@@ -123,6 +132,7 @@ def _to_result(events: Sequence[TokenEvent]) -> CachedResult | None:
         last.prompt_tokens,
         last.completion_tokens,
         reasoning,
+        tuple((c.id, c.name, c.arguments) for c in calls),
     )
 
 
@@ -291,6 +301,7 @@ class GenerationService:
                 if s.response_format is None
                 else dataclasses.asdict(s.response_format),
                 "template": dict(gen.template_kwargs),
+                "tools": None if gen.tools is None else dataclasses.asdict(gen.tools),
                 "server": self.answer_settings.model_dump(mode="json"),
             },
             partition,
@@ -373,12 +384,14 @@ class GenerationService:
         if on_first_event is not None:
             on_first_event()
         parts, thoughts = [stream.first.text], [stream.first.reasoning]
+        calls = list(stream.first.tool_calls)
         last = stream.first
         try:
             while last.finish_reason is None:
                 last = await stream.rest.__anext__()
                 parts.append(last.text)
                 thoughts.append(last.reasoning)
+                calls.extend(last.tool_calls)
         finally:
             await stream.close()
         reason = last.finish_reason
@@ -389,6 +402,7 @@ class GenerationService:
             last.completion_tokens,
             stream.cache,
             "".join(thoughts),
+            collect_tool_calls(calls),
         )
 
     async def _unless_disconnected(self, work: Coroutine[Any, Any, _T], watcher: DisconnectWatcher) -> _T:

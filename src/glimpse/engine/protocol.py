@@ -35,9 +35,12 @@ __all__ = [
     "SamplingResolver",
     "TextPart",
     "TokenEvent",
+    "ToolCall",
+    "ToolCallDelta",
+    "Tools",
 ]
 
-Role = Literal["system", "user", "assistant"]
+Role = Literal["system", "user", "assistant", "tool"]
 TemplateValue = str | int | float | bool
 
 
@@ -58,9 +61,22 @@ ContentPart = TextPart | ImagePart
 
 
 @dataclass(slots=True, frozen=True)
+class ToolCall:
+    """A function call the model made (OpenAI's ``tool_calls`` item); ``arguments``: a JSON object's text."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(slots=True, frozen=True)
 class ChatMessage:
     role: Role
     content: tuple[ContentPart, ...]
+    #: An assistant turn's calls, sent back in the history.
+    tool_calls: tuple[ToolCall, ...] = ()
+    #: A ``tool`` turn: which call this is the result of.
+    tool_call_id: str | None = None
 
     @property
     def text(self) -> str:
@@ -88,6 +104,34 @@ class ResponseFormat:
     name: str | None = None
     description: str | None = None
     strict: bool | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class Tools:
+    """The functions a request offers the model (OpenAI's ``tools``) and whether it must call one.
+
+    ``definitions`` is the ``tools`` list as JSON text, as the client sent it (key order kept,
+    so a schema's properties keep their order, and the value stays hashable for the result
+    cache and grammar caching). ``choice``: ``auto`` (the model decides), ``none`` (no call;
+    the in-process engine then neither shows the tools nor parses calls), ``required`` (at
+    least one call), ``function`` (a call of ``function``). ``parallel`` is
+    ``parallel_tool_calls`` (``None``: not sent, OpenAI's default of allowing several).
+    """
+
+    definitions: str
+    choice: Literal["auto", "none", "required", "function"] = "auto"
+    function: str | None = None
+    parallel: bool | None = None
+
+    @property
+    def active(self) -> bool:
+        """Whether the model is shown the tools and its calls are parsed."""
+        return self.choice != "none"
+
+    @property
+    def forced(self) -> bool:
+        """Whether the answer must be tool calls (``required`` or a named function)."""
+        return self.choice in ("required", "function")
 
 
 #: Temperatures below this decode greedily (as vLLM does): dividing logits by a smaller
@@ -161,6 +205,8 @@ class GenerationRequest:
     deadline: float | None = None
     #: Extra variables for the model's chat template (e.g. GLM-4.6V's ``enable_thinking``).
     template_kwargs: tuple[tuple[str, TemplateValue], ...] = ()
+    #: Functions the model may call (OpenAI's ``tools`` and ``tool_choice``).
+    tools: Tools | None = None
 
     @property
     def images(self) -> tuple[ImagePart, ...]:
@@ -168,6 +214,20 @@ class GenerationRequest:
 
     def seconds_left(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.monotonic()
+
+
+@dataclass(slots=True, frozen=True)
+class ToolCallDelta:
+    """A piece of a tool call as it streams (OpenAI's ``delta.tool_calls`` item).
+
+    ``index`` says which call of the answer; the first piece of a call carries its ``id``
+    and ``name``, later ones more of its ``arguments`` (JSON text, in order).
+    """
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
 
 
 class FinishReason(StrEnum):
@@ -183,7 +243,9 @@ class TokenEvent:
     ``text`` is the new answer text since the previous event (may be empty, e.g. while
     a multi-byte character is incomplete or a possible stop string is held back).
     ``reasoning`` is new thinking text, for models that think before answering
-    (GLM-4.6V's ``<think>…</think>``) when the engine separates it.
+    (GLM-4.6V's ``<think>…</think>``) when the engine separates it. ``tool_calls`` are
+    pieces of the function calls the answer makes (a request with ``tools``); their
+    markup is not in ``text``.
     """
 
     text: str
@@ -192,6 +254,7 @@ class TokenEvent:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     reasoning: str = ""
+    tool_calls: tuple[ToolCallDelta, ...] = ()
 
 
 @dataclass(slots=True, frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import time
@@ -21,6 +22,8 @@ from glimpse.engine.protocol import (
     ResponseFormat,
     TextPart,
     TokenEvent,
+    ToolCall,
+    ToolCallDelta,
 )
 from glimpse.errors import GlimpseError, InvalidRequest
 from glimpse.guard.normalize import sanitize_model_text
@@ -28,6 +31,7 @@ from glimpse.media import DecodedBatch, DecodedImage, ImageHeader, ImageIntake
 
 from .params import check_parameters
 from .schemas import ChatCompletionRequest, ChatMessageIn, ImageURLPart, JSONSchemaFormat, ResponseFormatIn
+from .tools import engine_tool_calls, engine_tools
 
 __all__ = ["completion_body", "error_event", "sse_stream", "to_generation_request"]
 
@@ -72,6 +76,8 @@ async def to_generation_request(
     """
     check_parameters(body.model_extra or {})
     response_format = _response_format(body.response_format)
+    tools = engine_tools(body.tools, body.tool_choice, body.parallel_tool_calls)
+    calls = [engine_tool_calls(message, index) for index, message in enumerate(body.messages)]
     refs = _image_refs(body.messages)
     intake.check_count(len(refs))
     if not any(m.role == "user" and m.content for m in body.messages):
@@ -95,7 +101,11 @@ async def to_generation_request(
     except BaseException:
         images.release()
         raise
-    gen = GenerationRequest(request_id, tuple(messages), sampling, deadline, template_kwargs)
+    messages = [
+        dataclasses.replace(message, tool_calls=tool_calls, tool_call_id=call_id)
+        for message, (tool_calls, call_id) in zip(messages, calls, strict=True)
+    ]
+    gen = GenerationRequest(request_id, tuple(messages), sampling, deadline, template_kwargs, tools)
     return gen, images
 
 
@@ -138,10 +148,28 @@ def _engine_messages(wire: list[ChatMessageIn], decoded: Iterator[DecodedImage])
     return messages
 
 
-def _finish(reason: FinishReason | None) -> str | None:
+def _finish(reason: FinishReason | None, called: bool = False) -> str | None:
+    """OpenAI's finish reason; an answer that ended after calling functions says ``tool_calls``."""
     if reason is None:
         return None
-    return "length" if reason is FinishReason.LENGTH else "stop"
+    if reason is FinishReason.LENGTH:
+        return "length"
+    return "tool_calls" if called else "stop"
+
+
+def _tool_call(call: ToolCall) -> dict[str, Any]:
+    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+
+
+def _tool_call_delta(delta: ToolCallDelta) -> dict[str, Any]:
+    function: dict[str, Any] = {"arguments": delta.arguments}
+    if delta.name is not None:
+        function = {"name": delta.name, **function}
+    out: dict[str, Any] = {"index": delta.index}
+    if delta.id is not None:
+        out.update(id=delta.id, type="function")
+    out["function"] = function
+    return out
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -153,9 +181,13 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
 
 
 def _message(result: Completion) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": result.text}
+    # With calls and no text, content is null (OpenAI's and vLLM's shape).
+    content = result.text if result.text or not result.tool_calls else None
+    message: dict[str, Any] = {"role": "assistant", "content": content}
     if result.reasoning:
         message["reasoning_content"] = result.reasoning  # as vLLM and DeepSeek send it
+    if result.tool_calls:
+        message["tool_calls"] = [_tool_call(call) for call in result.tool_calls]
     return message
 
 
@@ -169,7 +201,7 @@ def completion_body(completion_id: str, model: str, result: Completion) -> dict[
             {
                 "index": 0,
                 "message": _message(result),
-                "finish_reason": _finish(result.finish_reason),
+                "finish_reason": _finish(result.finish_reason, bool(result.tool_calls)),
                 "logprobs": None,
             }
         ],
@@ -209,6 +241,7 @@ async def sse_stream(
         return _sse(body)
 
     event = first
+    called = False
     try:  # from the first chunk on: a client gone at any yield still closes ``rest``
         yield chunk({"role": "assistant", "content": ""}, None)
         while True:
@@ -216,8 +249,11 @@ async def sse_stream(
                 yield chunk({"reasoning_content": event.reasoning}, None)
             if event.text:
                 yield chunk({"content": event.text}, None)
+            if event.tool_calls:
+                called = True
+                yield chunk({"tool_calls": [_tool_call_delta(d) for d in event.tool_calls]}, None)
             if event.finish_reason is not None:
-                yield chunk({}, _finish(event.finish_reason))
+                yield chunk({}, _finish(event.finish_reason, called))
                 if include_usage:
                     final = {
                         "id": completion_id,

@@ -14,10 +14,6 @@ from glimpse.errors import UnsupportedParameter
 @pytest.mark.parametrize(
     ("name", "value"),
     [
-        ("tools", [{"type": "function", "function": {"name": "f"}}]),
-        ("tool_choice", "required"),
-        ("tool_choice", {"type": "function", "function": {"name": "f"}}),
-        ("parallel_tool_calls", False),
         ("functions", [{"name": "f"}]),
         ("function_call", "auto"),
         ("logprobs", True),
@@ -48,9 +44,8 @@ def test_what_glimpse_does_not_do_is_refused_by_name(name, value):
 @pytest.mark.parametrize(
     ("name", "value"),
     [
-        ("tools", []),
-        ("tools", None),
-        ("tool_choice", "none"),
+        ("functions", []),
+        ("function_call", "none"),
         ("logprobs", False),
         ("top_logprobs", 0),
         ("logit_bias", {}),

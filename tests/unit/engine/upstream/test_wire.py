@@ -1,4 +1,5 @@
 import base64
+import dataclasses
 import io
 import json
 
@@ -6,7 +7,15 @@ import httpx
 import pytest
 from PIL import Image
 
-from glimpse.engine.protocol import ChatMessage, FinishReason, ImagePart, ResponseFormat, TextPart
+from glimpse.engine.protocol import (
+    ChatMessage,
+    FinishReason,
+    ImagePart,
+    ResponseFormat,
+    TextPart,
+    ToolCall,
+    Tools,
+)
 from glimpse.engine.upstream.wire import (
     ImageEncoder,
     chat_body,
@@ -236,8 +245,6 @@ def test_resolve_model():
 
 
 def test_chat_body_passes_chat_template_kwargs_on():
-    import dataclasses
-
     request = dataclasses.replace(make_request(), template_kwargs=(("enable_thinking", False),))
     assert chat_body(request, "m", [])["chat_template_kwargs"] == {"enable_thinking": False}
     assert "chat_template_kwargs" not in chat_body(make_request(), "m", [])
@@ -284,3 +291,37 @@ def test_retry_after_from_an_upstream_is_clamped(value, expected):
     )
     assert isinstance(error, RateLimited)
     assert error.retry_after == expected
+
+
+def test_tools_and_a_history_of_calls_go_upstream_as_the_client_sent_them():
+    tools = [
+        {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
+    ]
+    named = Tools(json.dumps(tools), "function", "f", False)
+    body = chat_body(dataclasses.replace(make_request(), tools=named), "m", [])
+    assert body["tools"] == tools
+    assert body["tool_choice"] == {"type": "function", "function": {"name": "f"}}
+    assert body["parallel_tool_calls"] is False
+    auto = chat_body(dataclasses.replace(make_request(), tools=Tools(json.dumps(tools))), "m", [])
+    assert (auto["tool_choice"], "parallel_tool_calls" in auto) == ("auto", False)
+    assert "tools" not in chat_body(make_request(), "m", [])
+
+
+async def test_a_history_of_calls_and_results_goes_upstream_in_openai_shape():
+    encoder = ImageEncoder(png_max_pixels=10, runner=BlockingRunner(1))
+    wire = await encoder.messages(
+        [
+            ChatMessage("assistant", (), tool_calls=(ToolCall("call_1", "f", '{"a": 1}'),)),
+            ChatMessage("tool", (TextPart("done"),), tool_call_id="call_1"),
+        ]
+    )
+    assert wire == [
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}
+            ],
+        },
+        {"role": "tool", "content": "done", "tool_call_id": "call_1"},
+    ]
