@@ -46,6 +46,8 @@ class StreamChunk:
     error: str | None = None
     #: ``logprobs.content`` as sent (one JSON object per token), for the reader to interpret.
     logprobs: tuple[Any, ...] = ()
+    #: Pieces of function calls (``delta.tool_calls``): ``(index, id, name, arguments)`` each.
+    tool_calls: tuple[tuple[int, str | None, str | None, str], ...] = ()
 
 
 def error_text(payload: Any) -> str:
@@ -63,6 +65,28 @@ def error_text(payload: Any) -> str:
     return ""
 
 
+def _tool_calls(items: Any) -> tuple[tuple[int, str | None, str | None, str], ...]:
+    """``delta.tool_calls`` as neutral tuples; items of another shape are skipped."""
+    calls = []
+    for position, item in enumerate(items if isinstance(items, list) else ()):
+        if not isinstance(item, dict):
+            continue
+        index = item.get("index", position)
+        function = item.get("function")
+        if not isinstance(function, dict):
+            function = {}
+        call_id, name, arguments = item.get("id"), function.get("name"), function.get("arguments")
+        calls.append(
+            (
+                index if isinstance(index, int) and not isinstance(index, bool) else position,
+                call_id if isinstance(call_id, str) else None,
+                name if isinstance(name, str) else None,
+                arguments if isinstance(arguments, str) else "",
+            )
+        )
+    return tuple(calls)
+
+
 def parse_chunk(data: str) -> StreamChunk:
     """One event's data (``[DONE]`` is the caller's); ``MalformedChunk`` if it is not a chunk."""
     try:
@@ -74,6 +98,7 @@ def parse_chunk(data: str) -> StreamChunk:
     if "error" in payload or payload.get("object") == "error":
         return StreamChunk(error=error_text(payload) or "unknown error")
     text = reasoning = ""
+    calls: tuple[tuple[int, str | None, str | None, str], ...] = ()
     finish: str | None = None
     logprobs: tuple[Any, ...] = ()
     choices = payload.get("choices")
@@ -85,6 +110,7 @@ def parse_chunk(data: str) -> StreamChunk:
             # Servers name it either way, and some send both with one of them null.
             thought = delta.get("reasoning_content") or delta.get("reasoning")
             reasoning = thought if isinstance(thought, str) else ""
+            calls = _tool_calls(delta.get("tool_calls"))
         reason = choice.get("finish_reason")
         finish = reason if isinstance(reason, str) else None
         found = choice.get("logprobs")
@@ -98,7 +124,13 @@ def parse_chunk(data: str) -> StreamChunk:
         except (TypeError, ValueError) as exc:
             raise MalformedChunk("usage is not numbers") from exc
     return StreamChunk(
-        text=text, reasoning=reasoning, finish_reason=finish, usage=counts, error=None, logprobs=logprobs
+        text=text,
+        reasoning=reasoning,
+        finish_reason=finish,
+        usage=counts,
+        error=None,
+        logprobs=logprobs,
+        tool_calls=calls,
     )
 
 

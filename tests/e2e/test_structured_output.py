@@ -129,10 +129,7 @@ def test_an_unusable_schema_is_a_400_naming_response_format(tiny_server, stream)
 @pytest.mark.parametrize(
     ("extra", "param"),
     [
-        (
-            {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]},
-            "tools",
-        ),
+        ({"functions": [{"name": "f", "parameters": {"type": "object"}}]}, "functions"),
         ({"ignore_eos": True, "response_format": {"type": "json_object"}}, "ignore_eos"),
     ],
 )

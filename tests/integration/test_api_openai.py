@@ -341,7 +341,7 @@ async def test_malformed_response_format_is_refused_before_the_engine(
 @pytest.mark.parametrize(
     ("extra", "param"),
     [
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"functions": [{"name": "f"}]}, "functions"),
         ({"guided_json": {"type": "object"}}, "guided_json"),
         ({"max_tokns": 5}, "max_tokns"),
     ],

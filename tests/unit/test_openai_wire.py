@@ -81,3 +81,16 @@ def test_retry_after_an_http_date_counts_from_now_and_a_past_one_is_zero():
     header = format_datetime(when, usegmt=True)
     assert parse_retry_after(header, now=when.timestamp() - 10) == pytest.approx(10)
     assert parse_retry_after(header, now=when.timestamp() + 10) == 0.0
+
+
+def test_tool_call_deltas_are_read_and_odd_items_skipped():
+    delta = {
+        "tool_calls": [
+            {"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": ""}},
+            {"index": 0, "function": {"arguments": '{"a": 1}'}},
+            "junk",
+            {"function": "junk"},
+        ]
+    }
+    chunk = parse_chunk(json.dumps({"choices": [{"delta": delta}]}))
+    assert chunk.tool_calls == ((0, "call_1", "f", ""), (0, None, None, '{"a": 1}'), (3, None, None, ""))

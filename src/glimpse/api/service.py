@@ -47,7 +47,9 @@ from glimpse.engine.protocol import (
     SamplingResolver,
     TokenEvent,
     TokenLogprob,
+    ToolCall,
 )
+from glimpse.engine.tool_calls import collect_tool_calls
 from glimpse.errors import ClientDisconnected, EngineRequestError
 from glimpse.guard import PromptGuard, QuotaTracker
 from glimpse.obs import Metrics
@@ -86,6 +88,7 @@ class Completion:
     reasoning: str = ""
     #: The answer tokens' log-probabilities, when the request asked for them.
     logprobs: tuple[TokenLogprob, ...] = ()
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 @dataclass(slots=True)
@@ -101,8 +104,9 @@ class OpenStream:
 
 
 def _message_shape(gen: GenerationRequest) -> list[dict[str, object]]:
-    return [
-        {
+    shape: list[dict[str, object]] = []
+    for m in gen.messages:
+        message: dict[str, object] = {
             "role": m.role,
             "content": [
                 {"type": "image", "sha256": p.sha256}
@@ -111,8 +115,12 @@ def _message_shape(gen: GenerationRequest) -> list[dict[str, object]]:
                 for p in m.content
             ],
         }
-        for m in gen.messages
-    ]
+        if m.tool_calls:
+            message["tool_calls"] = [dataclasses.asdict(call) for call in m.tool_calls]
+        if m.tool_call_id is not None:
+            message["tool_call_id"] = m.tool_call_id
+        shape.append(message)
+    return shape
 
 
 def _number(value: float | None) -> float | None:
@@ -126,6 +134,7 @@ def _to_result(events: Sequence[TokenEvent]) -> CachedResult | None:
     last = events[-1]
     chunks = tuple(e.text for e in events if e.text)
     reasoning = "".join(e.reasoning for e in events)
+    calls = collect_tool_calls(delta for e in events for delta in e.tool_calls)
     return CachedResult(
         "".join(chunks),
         chunks,
@@ -133,6 +142,7 @@ def _to_result(events: Sequence[TokenEvent]) -> CachedResult | None:
         last.prompt_tokens,
         last.completion_tokens,
         reasoning,
+        tuple((c.id, c.name, c.arguments) for c in calls),
     )
 
 
@@ -367,6 +377,7 @@ class GenerationService:
                 if s.response_format is None
                 else dataclasses.asdict(s.response_format),
                 "template": dict(gen.template_kwargs),
+                "tools": None if gen.tools is None else dataclasses.asdict(gen.tools),
                 "server": self.answer_settings.model_dump(mode="json"),
                 "adapter": self._adapter_identity(gen.adapter),
             },
@@ -487,6 +498,7 @@ class GenerationService:
             stream.cache,
             "".join(e.reasoning for e in events),
             tuple(entry for e in events for entry in e.logprobs),
+            collect_tool_calls([call for e in events for call in e.tool_calls]),
         )
 
     async def _unless_disconnected(self, work: Coroutine[Any, Any, _T], watcher: DisconnectWatcher) -> _T:

@@ -17,7 +17,7 @@ from typing import Protocol
 from starlette.types import Receive
 
 from glimpse.cache import CachedResult
-from glimpse.engine.protocol import FinishReason, TokenEvent
+from glimpse.engine.protocol import FinishReason, TokenEvent, ToolCallDelta
 from glimpse.errors import DeadlineExceeded
 from glimpse.obs import Metrics
 
@@ -57,6 +57,9 @@ async def replay(cached: CachedResult) -> AsyncGenerator[TokenEvent, None]:
         yield TokenEvent("", (), None, cached.prompt_tokens, 0, cached.reasoning)
     for index, chunk in enumerate(cached.chunks, start=1):
         yield TokenEvent(chunk, (), None, cached.prompt_tokens, index)
+    if cached.tool_calls:
+        calls = tuple(ToolCallDelta(i, *call) for i, call in enumerate(cached.tool_calls))
+        yield TokenEvent("", (), None, cached.prompt_tokens, len(cached.chunks), tool_calls=calls)
     reason = FinishReason(cached.finish_reason)
     yield TokenEvent("", (), reason, cached.prompt_tokens, cached.completion_tokens)
 

@@ -27,21 +27,22 @@ class CachedResult:
     completion_tokens: int
     #: The model's thinking, when the engine separated it from the answer.
     reasoning: str = ""
+    #: The function calls the answer made: ``(id, name, arguments)`` each.
+    tool_calls: tuple[tuple[str, str, str], ...] = ()
 
     def to_bytes(self) -> bytes:
-        return json.dumps(
-            {
-                "f": _FORMAT,
-                "text": self.text,
-                "chunks": list(self.chunks),
-                "finish_reason": self.finish_reason,
-                "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens,
-                "reasoning": self.reasoning,
-            },
-            separators=(",", ":"),
-            ensure_ascii=False,
-        ).encode("utf-8")
+        fields: dict[str, object] = {
+            "f": _FORMAT,
+            "text": self.text,
+            "chunks": list(self.chunks),
+            "finish_reason": self.finish_reason,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "reasoning": self.reasoning,
+        }
+        if self.tool_calls:  # absent otherwise: entries without calls read as before
+            fields["tool_calls"] = [list(call) for call in self.tool_calls]
+        return json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
     @classmethod
     def from_bytes(cls, data: bytes) -> CachedResult:
@@ -59,6 +60,15 @@ class CachedResult:
         text, chunks, finish = raw.get("text"), raw.get("chunks"), raw.get("finish_reason")
         prompt, completion = raw.get("prompt_tokens"), raw.get("completion_tokens")
         reasoning = raw.get("reasoning", "")
+        calls = raw.get("tool_calls", [])
+        if not (
+            isinstance(calls, list)
+            and all(
+                isinstance(call, list) and len(call) == 3 and all(isinstance(v, str) for v in call)
+                for call in calls
+            )
+        ):
+            raise ValueError("cached value has malformed tool calls")
         if not (
             isinstance(reasoning, str)
             and isinstance(text, str)
@@ -76,6 +86,7 @@ class CachedResult:
             prompt_tokens=prompt,
             completion_tokens=completion,
             reasoning=reasoning,
+            tool_calls=tuple((call[0], call[1], call[2]) for call in calls),
         )
 
 

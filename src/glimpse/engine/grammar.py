@@ -82,6 +82,17 @@ class Grammars:
                 param="response_format",
             ) from exc
 
+    def compile_structural_tag(self, tag: dict[str, Any]) -> Any:
+        """A tool-call grammar (``tool_grammar.structural_tag``), compiled (blocking); ``InvalidRequest``
+        naming ``tools`` for a schema xgrammar cannot use there."""
+        try:
+            return self._compiler.compile_structural_tag(tag)
+        except (RuntimeError, ValueError) as exc:
+            reason = _LOCATION.sub("", str(exc).strip())[:_MAX_REASON]
+            raise InvalidRequest(
+                f"tools: the functions' schemas cannot be used for tool calls: {reason}", param="tools"
+            ) from exc
+
     def constraint(self, compiled: Any, *, after: int | None = None) -> TokenConstraint:
         """A fresh matcher of ``compiled`` for one request (see ``TokenConstraint`` for ``after``)."""
         import xgrammar

@@ -11,16 +11,19 @@ Client text is tokenized as plain text (``PromptEncoder``); preprocessing fails
 only with ``GlimpseError``s and within the request's deadline, so no await here
 can hang. A ``response_format`` is compiled to a grammar (``engine.grammar``) in a
 thread of its own before preprocessing, so an unusable schema is refused first and
-the engine thread only applies grammars, never compiles them.
+the engine thread only applies grammars, never compiles them. A request with
+``tools`` has them rendered by the model's chat template, and its answer's call
+markup read into ``tool_calls`` (``engine.tool_calls``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any
 
 from glimpse.config import EngineSettings
@@ -52,6 +55,7 @@ from glimpse.engine.protocol import (
 )
 from glimpse.engine.sampling_config import check_sampling, check_vocabulary
 from glimpse.engine.token_text import TokenTexts
+from glimpse.engine.tool_calls import TOOL_MARKUP, ToolCallParser, string_parameters
 from glimpse.engine.worker import EngineWorker
 from glimpse.errors import (
     DeadlineExceeded,
@@ -108,6 +112,8 @@ class HFEngine:
         self._adapters = AdapterCatalog(
             settings, self._name, lambda: self._worker.lora if self._worker is not None else None
         )
+        #: Special token ids a request with tools does not see (``_find_markup_hidden``).
+        self._markup_hidden: frozenset[int] | None = None
 
     @property
     def model_name(self) -> str:
@@ -152,6 +158,7 @@ class HFEngine:
         self._preprocessor = await processes or ThreadPreprocessor(result.processor, preprocess_threads())
         self._think_ids = self._find_think_ids()
         self._token_texts = TokenTexts(getattr(result.processor, "tokenizer", result.processor))
+        self._markup_hidden = self._find_markup_hidden()
         if self._settings.warmup:
             self._detail = "warming up"
             await self._warm_up()
@@ -324,16 +331,17 @@ class HFEngine:
         job: Job | None = None
         try:
             loop = asyncio.get_running_loop()
-            grammar = await self._grammars.compile(sampling, request.deadline)
+            grammar = await self._grammars.compile(sampling, request.deadline, request.tools)
             inputs, prompt_tokens = await self._prepared(request)
             assert self.loaded is not None
             assert self._worker is not None
             tokenizer = getattr(self.loaded.processor, "tokenizer", self.loaded.processor)
             think = self._think_ids
             thinking = think is not None and int(inputs["input_ids"][0, -1]) == think[0]
+            tools = request.tools if request.tools is not None and request.tools.active else None
             sink = JobSink(
                 loop,
-                lambda ids: str(tokenizer.decode(ids, skip_special_tokens=True)),
+                self._text_of(tokenizer, keep_tool_markup=tools is not None),
                 request.sampling.stop,
                 prompt_tokens,
                 think_ids=think,
@@ -348,14 +356,41 @@ class HFEngine:
             job = Job(request.request_id, inputs, sampling, sink, prompt_tokens, constraint, request.adapter)
             self._jobs[request.request_id] = job
             self._worker.enqueue(job)
+            calls = None
+            if tools is not None:  # the answer's GLM call markup becomes tool_calls
+                trim = tools.forced or sampling.response_format is not None  # under a grammar
+                calls = ToolCallParser(string_parameters(tools.definitions), trim_strings=trim)
             async for event in self._drain(job, request.deadline):
-                yield event
+                yield event if calls is None else calls.event(event)
         finally:
             self._admitted -= 1
             if job is not None:
                 if not job.sink.finished and self._worker is not None:
                     self._worker.cancel(job)
                 self._jobs.pop(request.request_id, None)
+
+    def _text_of(self, tokenizer: Any, *, keep_tool_markup: bool) -> Callable[[Sequence[int]], str]:
+        """How a request's tokens become text: special tokens left out, except, for a request with
+        tools, the call markup where the tokenizer has it as special tokens (GLM-4.6V's ``<tool_call>``,
+        ``<arg_key>``...), which the calls are read from (vLLM's GLM parser keeps all of them)."""
+        hidden = self._markup_hidden if keep_tool_markup else None
+        if hidden is None:
+            return lambda ids: str(tokenizer.decode(ids, skip_special_tokens=True))
+        return lambda ids: str(
+            tokenizer.decode([i for i in ids if i not in hidden], skip_special_tokens=False)
+        )
+
+    def _find_markup_hidden(self) -> frozenset[int] | None:
+        """The special token ids but the tool-call markup's; ``None`` when no markup token is special."""
+        if self.loaded is None:
+            return None
+        tokenizer = getattr(self.loaded.processor, "tokenizer", self.loaded.processor)
+        special = {int(i) for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if t.special}
+        special |= {int(i) for i in getattr(tokenizer, "all_special_ids", ())}
+        unknown = getattr(tokenizer, "unk_token_id", None)
+        markup = {tokenizer.convert_tokens_to_ids(token) for token in TOOL_MARKUP} - {unknown}
+        kept = special & {i for i in markup if isinstance(i, int)}
+        return frozenset(special - kept) if kept else None
 
     def _build_grammars(self) -> Grammars:
         """The grammars' vocabulary is the logits' width (GLM's head is wider than its tokenizer), their
@@ -386,7 +421,12 @@ class HFEngine:
         if preprocessor is None or loaded is None:
             raise NotReady("The model is still loading; try again shortly.", retry_after=_RETRY_AFTER_S)
         messages, images = chat_messages(request)
-        template_kwargs = {**self._settings.chat_template_kwargs, **dict(request.template_kwargs)}
+        template_kwargs: dict[str, Any] = {
+            **self._settings.chat_template_kwargs,
+            **dict(request.template_kwargs),
+        }
+        if request.tools is not None and request.tools.active:  # rendered by the model's own template
+            template_kwargs["tools"] = json.loads(request.tools.definitions)
         work = preprocessor.encode(messages, images, template_kwargs)
         if request.deadline is None:
             inputs = await work

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import multiprocessing
 import os
@@ -70,10 +71,18 @@ _ARRAY_MODES = frozenset({"RGB", "RGBA", "L"})
 
 
 def chat_messages(request: GenerationRequest) -> tuple[list[TemplateMessage], list[Any]]:
-    """Messages in the processor's chat-template shape, and the images in order."""
+    """Messages in the processor's chat-template shape, and the images in order.
+
+    A ``tool`` message's content is a string, which every GLM template renders as the
+    tool's output; an assistant's calls carry their arguments as a mapping, which
+    templates iterate (vLLM hands them over the same way).
+    """
     messages: list[TemplateMessage] = []
     images: list[Any] = []
     for message in request.messages:
+        if message.role == "tool":
+            messages.append({"role": "tool", "content": message.text, "tool_call_id": message.tool_call_id})
+            continue
         content: list[dict[str, Any]] = []
         for part in message.content:
             if isinstance(part, ImagePart):
@@ -81,7 +90,17 @@ def chat_messages(request: GenerationRequest) -> tuple[list[TemplateMessage], li
                 images.append(part.image)
             else:
                 content.append({"type": "text", "text": part.text})
-        messages.append({"role": message.role, "content": content})
+        rendered: TemplateMessage = {"role": message.role, "content": content}
+        if message.tool_calls:
+            rendered["tool_calls"] = [
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": json.loads(c.arguments)},
+                }
+                for c in message.tool_calls
+            ]
+        messages.append(rendered)
     return messages, images
 
 

@@ -23,11 +23,14 @@ The split tokenization uses a private copy of the fast tokenizer's backend with
 state, and flipping it per call would race the other preprocessing threads.
 Where the approach cannot apply (no fast tokenizer, no free marker, a template
 that drops or repeats text), text that would produce control tokens is refused
-with ``InvalidRequest`` rather than served with them.
+with ``InvalidRequest`` rather than served with them. So is such text in tool
+definitions and in the tool calls of a history, which the template renders from
+data rather than from a message's content.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,7 +42,8 @@ __all__ = ["PromptEncoder", "TemplateMessage"]
 
 logger = logging.getLogger(__name__)
 
-#: Chat-template messages: ``{"role": ..., "content": [{"type": "text", "text": ...} | {"type": "image"}]}``.
+#: Chat-template messages: ``{"role": ..., "content": [{"type": "text", "text": ...} | {"type": "image"}]}``
+#: (a ``tool`` message's content is a string), with ``tool_calls`` / ``tool_call_id`` where they have them.
 TemplateMessage = dict[str, Any]
 
 _PLACEHOLDER_ATTRS = ("image_token", "video_token", "audio_token")
@@ -52,10 +56,13 @@ class _Rendered:
 
 
 def _with_texts(messages: Sequence[TemplateMessage], texts: Iterable[str]) -> list[TemplateMessage]:
-    """``messages`` with their text parts, in order, replaced by ``texts``."""
+    """``messages`` with their text parts (or string content), in order, replaced by ``texts``."""
     supply = iter(texts)
     out: list[TemplateMessage] = []
     for message in messages:
+        if isinstance(message["content"], str):
+            out.append({**message, "content": next(supply)})
+            continue
         content = [
             {**part, "text": next(supply)} if part.get("type") == "text" else part
             for part in message["content"]
@@ -65,9 +72,24 @@ def _with_texts(messages: Sequence[TemplateMessage], texts: Iterable[str]) -> li
 
 
 def _texts(messages: Sequence[TemplateMessage]) -> tuple[str, ...]:
-    return tuple(
-        str(part["text"]) for message in messages for part in message["content"] if part.get("type") == "text"
-    )
+    texts: list[str] = []
+    for message in messages:
+        if isinstance(message["content"], str):
+            texts.append(message["content"])
+        else:
+            texts.extend(str(part["text"]) for part in message["content"] if part.get("type") == "text")
+    return tuple(texts)
+
+
+def _structured_texts(messages: Sequence[TemplateMessage], template_kwargs: Mapping[str, Any]) -> list[str]:
+    """Client text the template renders from data, not from content: tools, calls, call ids."""
+    found = [json.dumps(template_kwargs["tools"], ensure_ascii=False)] if template_kwargs.get("tools") else []
+    for message in messages:
+        if message.get("tool_calls"):
+            found.append(json.dumps(message["tool_calls"], ensure_ascii=False))
+        if message.get("tool_call_id"):
+            found.append(str(message["tool_call_id"]))
+    return found
 
 
 class PromptEncoder:
@@ -148,6 +170,7 @@ class PromptEncoder:
     ) -> dict[str, Any]:
         """The processor's output for this conversation, with client text as plain text."""
         texts = _texts(messages)
+        self._refuse_structured(_structured_texts(messages, template_kwargs))
         prompt = self._render(messages, template_kwargs)
         marked = self._marked(messages, template_kwargs, len(texts))
         if marked is None:
@@ -207,6 +230,17 @@ class PromptEncoder:
             raise InvalidRequest(
                 f"The text contains this model's control tokens ({shown}), which this model cannot "
                 "take as plain text. Remove them from the messages."
+            )
+
+    def _refuse_structured(self, texts: Sequence[str]) -> None:
+        """Tool definitions and calls are rendered from data, so their text cannot be spliced in as
+        plain text: refuse any that holds a control token (each on its own: the template keeps them apart)."""
+        tokens = (*self._special, *self._placeholders)
+        typed = sorted({t for t in tokens for text in texts if t in text})
+        if typed:
+            raise InvalidRequest(
+                f"The tools or tool calls contain this model's control tokens ({', '.join(typed)}), "
+                "which this model cannot take as plain text there. Remove them."
             )
 
     def _plain_ids(self, text: str) -> list[int]:

@@ -38,9 +38,12 @@ __all__ = [
     "TextPart",
     "TokenEvent",
     "TokenLogprob",
+    "ToolCall",
+    "ToolCallDelta",
+    "Tools",
 ]
 
-Role = Literal["system", "user", "assistant"]
+Role = Literal["system", "user", "assistant", "tool"]
 TemplateValue = str | int | float | bool
 
 
@@ -61,9 +64,22 @@ ContentPart = TextPart | ImagePart
 
 
 @dataclass(slots=True, frozen=True)
+class ToolCall:
+    """A function call the model made (OpenAI's ``tool_calls`` item); ``arguments``: a JSON object's text."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(slots=True, frozen=True)
 class ChatMessage:
     role: Role
     content: tuple[ContentPart, ...]
+    #: An assistant turn's calls, sent back in the history.
+    tool_calls: tuple[ToolCall, ...] = ()
+    #: A ``tool`` turn: which call this is the result of.
+    tool_call_id: str | None = None
 
     @property
     def text(self) -> str:
@@ -91,6 +107,34 @@ class ResponseFormat:
     name: str | None = None
     description: str | None = None
     strict: bool | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class Tools:
+    """The functions a request offers the model (OpenAI's ``tools``) and whether it must call one.
+
+    ``definitions`` is the ``tools`` list as JSON text, as the client sent it (key order kept,
+    so a schema's properties keep their order, and the value stays hashable for the result
+    cache and grammar caching). ``choice``: ``auto`` (the model decides), ``none`` (no call;
+    the in-process engine then neither shows the tools nor parses calls), ``required`` (at
+    least one call), ``function`` (a call of ``function``). ``parallel`` is
+    ``parallel_tool_calls`` (``None``: not sent, OpenAI's default of allowing several).
+    """
+
+    definitions: str
+    choice: Literal["auto", "none", "required", "function"] = "auto"
+    function: str | None = None
+    parallel: bool | None = None
+
+    @property
+    def active(self) -> bool:
+        """Whether the model is shown the tools and its calls are parsed."""
+        return self.choice != "none"
+
+    @property
+    def forced(self) -> bool:
+        """Whether the answer must be tool calls (``required`` or a named function)."""
+        return self.choice in ("required", "function")
 
 
 #: Temperatures below this decode greedily (as vLLM does): dividing logits by a smaller
@@ -171,6 +215,8 @@ class GenerationRequest:
     template_kwargs: tuple[tuple[str, TemplateValue], ...] = ()
     #: The LoRA adapter the answer comes from (its served name); ``None``: the base model.
     adapter: str | None = None
+    #: Functions the model may call (OpenAI's ``tools`` and ``tool_choice``).
+    tools: Tools | None = None
 
     @property
     def images(self) -> tuple[ImagePart, ...]:
@@ -178,6 +224,20 @@ class GenerationRequest:
 
     def seconds_left(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.monotonic()
+
+
+@dataclass(slots=True, frozen=True)
+class ToolCallDelta:
+    """A piece of a tool call as it streams (OpenAI's ``delta.tool_calls`` item).
+
+    ``index`` says which call of the answer; the first piece of a call carries its ``id``
+    and ``name``, later ones more of its ``arguments`` (JSON text, in order).
+    """
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
 
 
 class FinishReason(StrEnum):
@@ -210,7 +270,8 @@ class TokenEvent:
     ``reasoning`` is new thinking text, for models that think before answering
     (GLM-4.6V's ``<think>…</think>``) when the engine separates it. An event may carry
     ``logprobs`` with no ``text`` (text held back) or text with none (thinking tokens
-    and end-of-sequence tokens have none).
+    and end-of-sequence tokens have none). ``tool_calls`` are pieces of the function
+    calls the answer makes (a request with ``tools``); their markup is not in ``text``.
     """
 
     text: str
@@ -221,6 +282,7 @@ class TokenEvent:
     reasoning: str = ""
     #: One entry per answer token this event reports, when the request asked for log-probabilities.
     logprobs: tuple[TokenLogprob, ...] = ()
+    tool_calls: tuple[ToolCallDelta, ...] = ()
 
 
 @dataclass(slots=True, frozen=True)

@@ -65,8 +65,21 @@ SPECIAL_TOKENS: tuple[str, ...] = (
 
 #: GLM-4.6V's chat format: ``[gMASK]<sop>`` then role tokens, images as
 #: ``<|begin_of_image|><|image|><|end_of_image|>`` (the processor expands ``<|image|>``).
+#: Tools, an assistant's calls and ``tool`` results render as in GLM-4.5/4.6/4.6V's own
+#: templates (the same text: the ``# Tools`` system turn, ``<tool_call>name`` with
+#: ``<arg_key>``/``<arg_value>`` lines, ``<|observation|>`` and ``<tool_response>``).
 CHAT_TEMPLATE = (
     "[gMASK]<sop>"
+    "{%- if tools -%}<|system|>{{ '\\n' }}# Tools{{ '\\n\\n' }}"
+    "You may call one or more functions to assist with the user query.{{ '\\n\\n' }}"
+    "You are provided with function signatures within <tools></tools> XML tags:{{ '\\n' }}<tools>{{ '\\n' }}"
+    "{%- for tool in tools %}{{ tool | tojson(ensure_ascii=False) }}{{ '\\n' }}{%- endfor %}"
+    "</tools>{{ '\\n\\n' }}"
+    "For each function call, output the function name and arguments within the following XML format:"
+    "{{ '\\n' }}<tool_call>{function-name}{{ '\\n' }}<arg_key>{arg-key-1}</arg_key>{{ '\\n' }}"
+    "<arg_value>{arg-value-1}</arg_value>{{ '\\n' }}<arg_key>{arg-key-2}</arg_key>{{ '\\n' }}"
+    "<arg_value>{arg-value-2}</arg_value>{{ '\\n' }}...{{ '\\n' }}</tool_call>"
+    "{%- endif %}"
     "{%- for msg in messages %}"
     "{%- if msg.role == 'system' %}<|system|>{{ '\\n' }}"
     "{%- if msg.content is string %}{{ msg.content }}{%- else %}"
@@ -84,6 +97,19 @@ CHAT_TEMPLATE = (
     "{%- if msg.content is string %}{{ msg.content }}{%- else %}"
     "{%- for item in msg.content %}{%- if item.type == 'text' %}{{ item.text }}{%- endif %}{%- endfor %}"
     "{%- endif %}"
+    "{%- for call in msg.tool_calls or [] %}{%- set fn = call.function or call %}"
+    "{{ '\\n<tool_call>' + fn.name + '\\n' }}"
+    "{%- for key, value in (fn.arguments or {}).items() %}<arg_key>{{ key }}</arg_key>{{ '\\n' }}"
+    "<arg_value>{{ value if value is string else value | tojson(ensure_ascii=False) }}</arg_value>{{ '\\n' }}"
+    "{%- endfor %}</tool_call>"
+    "{%- endfor %}"
+    "{%- elif msg.role == 'tool' %}"
+    "{%- if loop.first or messages[loop.index0 - 1].role != 'tool' %}<|observation|>{%- endif %}"
+    "{{ '\\n<tool_response>\\n' }}"
+    "{%- if msg.content is string %}{{ msg.content }}{%- else %}"
+    "{%- for item in msg.content %}{%- if item.type == 'text' %}{{ item.text }}{%- endif %}{%- endfor %}"
+    "{%- endif %}"
+    "{{ '\\n</tool_response>' }}"
     "{%- endif %}"
     "{%- endfor %}"
     "{%- if add_generation_prompt %}<|assistant|>{{ '\\n' }}"
@@ -352,9 +378,16 @@ def staged_directory(directory: Path) -> Iterator[Path]:
 
 
 def ensure_random_tiny_model(directory: Path | None = None) -> Path:
-    """Return the tiny random-weight model's directory, building it first if it is missing."""
+    """Return the tiny random-weight model's directory, building it first if it is missing or was
+    built with another chat template (one written before the template learned tools)."""
     target = Path(directory) if directory is not None else default_random_tiny_model_dir()
-    if (target / _MARKER).is_file() and (target / "config.json").is_file():
+    template = target / "chat_template.jinja"
+    if (
+        (target / _MARKER).is_file()
+        and (target / "config.json").is_file()
+        and template.is_file()
+        and template.read_text(encoding="utf-8") == CHAT_TEMPLATE
+    ):
         return target
     logger.info("building the tiny random-weight GLM-4.6V model in %s", target)
     return build_random_tiny_model(target)

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -15,6 +16,16 @@ RESULT = CachedResult(
 
 def test_round_trip():
     assert CachedResult.from_bytes(RESULT.to_bytes()) == RESULT
+
+
+def test_tool_calls_round_trip_and_entries_without_them_read_as_before():
+    called = dataclasses.replace(RESULT, tool_calls=(("call_1", "f", '{"a": 1}'), ("call_2", "g", "{}")))
+    assert CachedResult.from_bytes(called.to_bytes()) == called
+    assert "tool_calls" not in json.loads(RESULT.to_bytes())
+    for bad in (["x"], [["a", "b"]], [["a", "b", 3]], "abc"):
+        data = json.dumps({**json.loads(called.to_bytes()), "tool_calls": bad}).encode()
+        with pytest.raises(ValueError, match="tool calls"):
+            CachedResult.from_bytes(data)
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import time
@@ -23,6 +24,8 @@ from glimpse.engine.protocol import (
     TextPart,
     TokenEvent,
     TokenLogprob,
+    ToolCall,
+    ToolCallDelta,
 )
 from glimpse.engine.sampling_config import check_sampling
 from glimpse.errors import GlimpseError, InvalidRequest
@@ -31,6 +34,7 @@ from glimpse.media import DecodedBatch, DecodedImage, ImageHeader, ImageIntake
 
 from .params import check_parameters
 from .schemas import ChatCompletionRequest, ChatMessageIn, ImageURLPart, JSONSchemaFormat, ResponseFormatIn
+from .tools import engine_tool_calls, engine_tools
 
 __all__ = ["completion_body", "error_event", "sse_stream", "to_generation_request"]
 
@@ -84,6 +88,8 @@ async def to_generation_request(
     check_parameters(body.model_extra or {})
     n = _choice_count(body.n, settings)
     response_format = _response_format(body.response_format)
+    tools = engine_tools(body.tools, body.tool_choice, body.parallel_tool_calls)
+    calls = [engine_tool_calls(message, index) for index, message in enumerate(body.messages)]
     refs = _image_refs(body.messages)
     intake.check_count(len(refs))
     if not any(m.role == "user" and m.content for m in body.messages):
@@ -110,7 +116,13 @@ async def to_generation_request(
     except BaseException:
         images.release()
         raise
-    gen = GenerationRequest(request_id, tuple(messages), sampling, deadline, template_kwargs, adapter)
+    messages = [
+        dataclasses.replace(message, tool_calls=tool_calls, tool_call_id=call_id)
+        for message, (tool_calls, call_id) in zip(messages, calls, strict=True)
+    ]
+    gen = GenerationRequest(
+        request_id, tuple(messages), sampling, deadline, template_kwargs, adapter=adapter, tools=tools
+    )
     return choice_requests(gen, n), images
 
 
@@ -191,10 +203,28 @@ def _engine_messages(wire: list[ChatMessageIn], decoded: Iterator[DecodedImage])
     return messages
 
 
-def _finish(reason: FinishReason | None) -> str | None:
+def _finish(reason: FinishReason | None, called: bool = False) -> str | None:
+    """OpenAI's finish reason; an answer that ended after calling functions says ``tool_calls``."""
     if reason is None:
         return None
-    return "length" if reason is FinishReason.LENGTH else "stop"
+    if reason is FinishReason.LENGTH:
+        return "length"
+    return "tool_calls" if called else "stop"
+
+
+def _tool_call(call: ToolCall) -> dict[str, Any]:
+    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+
+
+def _tool_call_delta(delta: ToolCallDelta) -> dict[str, Any]:
+    function: dict[str, Any] = {"arguments": delta.arguments}
+    if delta.name is not None:
+        function = {"name": delta.name, **function}
+    out: dict[str, Any] = {"index": delta.index}
+    if delta.id is not None:
+        out.update(id=delta.id, type="function")
+    out["function"] = function
+    return out
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -206,9 +236,13 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
 
 
 def _message(result: Completion) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": result.text}
+    # With calls and no text, content is null (OpenAI's and vLLM's shape).
+    content = result.text if result.text or not result.tool_calls else None
+    message: dict[str, Any] = {"role": "assistant", "content": content}
     if result.reasoning:
         message["reasoning_content"] = result.reasoning  # as vLLM and DeepSeek send it
+    if result.tool_calls:
+        message["tool_calls"] = [_tool_call(call) for call in result.tool_calls]
     return message
 
 
@@ -235,7 +269,7 @@ def completion_body(
             {
                 "index": index,
                 "message": _message(result),
-                "finish_reason": _finish(result.finish_reason),
+                "finish_reason": _finish(result.finish_reason, bool(result.tool_calls)),
                 "logprobs": _logprobs_body(result.logprobs) if logprobs else None,
             }
             for index, result in enumerate(results)
@@ -263,6 +297,18 @@ async def _one(first: TokenEvent, rest: TokenStream) -> AsyncGenerator[tuple[int
             yield 0, event
     finally:
         await rest.aclose()
+
+
+def _deltas(event: TokenEvent) -> list[tuple[dict[str, Any], Sequence[TokenLogprob]]]:
+    """One event's chunk deltas, in order: thinking, answer text (with its log-probabilities), calls."""
+    deltas: list[tuple[dict[str, Any], Sequence[TokenLogprob]]] = []
+    if event.reasoning:
+        deltas.append(({"reasoning_content": event.reasoning}, ()))
+    if event.text or event.logprobs:
+        deltas.append(({"content": event.text}, event.logprobs))
+    if event.tool_calls:
+        deltas.append(({"tool_calls": [_tool_call_delta(d) for d in event.tool_calls]}, ()))
+    return deltas
 
 
 async def sse_stream(
@@ -305,17 +351,18 @@ async def sse_stream(
 
     events = _one(*choices[0]) if len(choices) == 1 else merged(choices)
     finals: dict[int, TokenEvent] = {}
+    called: set[int] = set()  # choices that made a tool call: they finish with "tool_calls"
     try:  # from the first chunk on: a client gone at any yield still closes every choice's stream
         for index in range(len(choices)):
             yield chunk(index, {"role": "assistant", "content": ""}, None)
         async for index, event in events:
-            if event.reasoning:
-                yield chunk(index, {"reasoning_content": event.reasoning}, None)
-            if event.text or event.logprobs:
-                yield chunk(index, {"content": event.text}, None, event.logprobs)
+            for delta, entries in _deltas(event):
+                yield chunk(index, delta, None, entries)
+            if event.tool_calls:
+                called.add(index)
             if event.finish_reason is not None:
                 finals[index] = event
-                yield chunk(index, {}, _finish(event.finish_reason))
+                yield chunk(index, {}, _finish(event.finish_reason, index in called))
         if include_usage:
             prompt = max((final.prompt_tokens for final in finals.values()), default=0)
             final = {

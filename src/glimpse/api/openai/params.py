@@ -7,7 +7,7 @@ does not implement is refused with a 400 naming it (``param``), before any work,
 as OpenAI refuses what a model does not support (code ``unsupported_parameter``).
 Two exceptions:
 
-- a value that asks for nothing (``null``, ``tools: []``, ``logprobs: false``,
+- a value that asks for nothing (``null``, ``functions: []``, ``logprobs: false``,
   ``n: 1``, ...) is accepted as if absent: clients send such defaults;
 - ``IGNORED`` parameters are accepted and dropped: they label or route the request
   for OpenAI's own bookkeeping and change nothing in the answer.
@@ -31,9 +31,6 @@ __all__ = ["IGNORED", "REFUSED", "check_parameters"]
 
 #: OpenAI parameters Glimpse does not implement, each with the values that ask for nothing.
 REFUSED: Mapping[str, tuple[Any, ...]] = {
-    "tools": ([],),
-    "tool_choice": ("none",),
-    "parallel_tool_calls": (),
     "functions": ([],),
     "function_call": ("none",),
     "audio": (),
@@ -61,11 +58,8 @@ IGNORED = frozenset(
 
 #: Why a refused parameter is refused, where a hint helps the client.
 _HINTS = {
-    "tools": "tool calls are not implemented yet",
-    "tool_choice": "tool calls are not implemented yet",
-    "parallel_tool_calls": "tool calls are not implemented yet",
-    "functions": "function calls are not implemented yet",
-    "function_call": "function calls are not implemented yet",
+    "functions": "deprecated by OpenAI; use tools",
+    "function_call": "deprecated by OpenAI; use tool_choice",
 }
 
 #: Other servers' structured-output extensions: ``response_format`` is Glimpse's way.

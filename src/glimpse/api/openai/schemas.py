@@ -12,6 +12,7 @@ from glimpse.api.generation import SamplingFields
 __all__ = [
     "ChatCompletionRequest",
     "ChatMessageIn",
+    "FunctionCallIn",
     "ImageURL",
     "ImageURLPart",
     "JSONObjectFormat",
@@ -21,6 +22,7 @@ __all__ = [
     "StreamOptions",
     "TextContentPart",
     "TextFormat",
+    "ToolCallIn",
 ]
 
 
@@ -94,9 +96,22 @@ class ImageURLPart(_Lenient):
 ContentPartIn = Annotated[TextContentPart | ImageURLPart, Field(discriminator="type")]
 
 
+class FunctionCallIn(_Lenient):
+    name: str
+    arguments: str = Field(description="The call's arguments: a JSON object, as text.")
+
+
+class ToolCallIn(_Lenient):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
 class ChatMessageIn(_Lenient):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPartIn] | None = None
+    tool_calls: list[ToolCallIn] | None = Field(None, description="An assistant turn's function calls.")
+    tool_call_id: str | None = Field(None, description="A tool turn: the call it answers.")
 
 
 class StreamOptions(_Lenient):
@@ -149,6 +164,14 @@ class ChatCompletionRequest(SamplingFields, _Lenient):
     response_format: ResponseFormatIn | None = Field(
         None, description="Structured output: json_object, or json_schema enforced while decoding."
     )
+    # Checked by ``tools.engine_tools``, which names what is wrong in a 400 (as OpenAI does).
+    tools: list[Any] | None = Field(
+        None, description='Functions the model may call: [{"type": "function", "function": {...}}].'
+    )
+    tool_choice: Any = Field(
+        None, description='"auto", "none", "required" or {"type": "function", "function": {"name": ...}}.'
+    )
+    parallel_tool_calls: bool | None = Field(None, description="Whether several calls may come at once.")
     ignore_eos: bool = Field(False, description="vLLM extension: generate exactly max_tokens tokens.")
     # Checked by the adapter, which refuses a bad value with a 400 naming the parameter, as OpenAI does.
     logprobs: bool | None = Field(

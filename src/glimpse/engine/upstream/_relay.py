@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 import httpx
 
 from glimpse.config import UpstreamSettings
-from glimpse.engine.protocol import FinishReason, GenerationRequest, TokenEvent
+from glimpse.engine.protocol import FinishReason, GenerationRequest, TokenEvent, ToolCallDelta
 from glimpse.engine.upstream._failures import Progress, Reported
 from glimpse.engine.upstream._reader import bounded_lines
 from glimpse.engine.upstream.wire import finish_reason, parse_chunk, token_logprobs
@@ -69,7 +69,7 @@ async def relay(
             chunk = parse_chunk(data)
             if chunk.error is not None:
                 raise Reported(UpstreamError("the upstream failed during the answer"), chunk.error)
-            if chunk.text or chunk.reasoning or chunk.logprobs:
+            if chunk.text or chunk.reasoning or chunk.logprobs or chunk.tool_calls:
                 if progress.tokens >= limit:
                     logger.warning(
                         "request %s: the upstream sent more than max_tokens=%d tokens; answer cut",
@@ -80,7 +80,10 @@ async def relay(
                     break
                 progress.tokens += 1
                 logprobs = token_logprobs(chunk.logprobs)
-                queue.put_nowait(TokenEvent(chunk.text, reasoning=chunk.reasoning, logprobs=logprobs))
+                calls = tuple(ToolCallDelta(*call) for call in chunk.tool_calls)
+                queue.put_nowait(
+                    TokenEvent(chunk.text, reasoning=chunk.reasoning, logprobs=logprobs, tool_calls=calls)
+                )
                 progress.output()
             finish = finish_reason(chunk.finish_reason) or finish
             usage = chunk.usage or usage

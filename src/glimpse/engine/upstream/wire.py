@@ -26,6 +26,7 @@ from glimpse.engine.protocol import (
     ResponseFormat,
     TextPart,
     TokenLogprob,
+    Tools,
 )
 from glimpse.errors import (
     EngineRequestError,
@@ -56,6 +57,7 @@ __all__ = [
     "resolve_model",
     "response_format_body",
     "token_logprobs",
+    "tools_body",
 ]
 
 logger = logging.getLogger(__name__)
@@ -107,7 +109,7 @@ class ImageEncoder:
         for message in messages:
             if not message.images:
                 # Plain strings are what every server accepts, system messages included.
-                wire.append({"role": message.role, "content": message.text})
+                wire.append(_with_calls({"role": message.role, "content": message.text}, message))
                 continue
             parts: list[dict[str, Any]] = []
             for part in message.content:
@@ -115,8 +117,22 @@ class ImageEncoder:
                     parts.append({"type": "text", "text": part.text})
                 else:
                     parts.append({"type": "image_url", "image_url": {"url": await self.data_url(part)}})
-            wire.append({"role": message.role, "content": parts})
+            wire.append(_with_calls({"role": message.role, "content": parts}, message))
         return wire
+
+
+def _with_calls(wire: dict[str, Any], message: ChatMessage) -> dict[str, Any]:
+    """An assistant's calls and a tool result's call id, in OpenAI's shape (calls alone: null content)."""
+    if message.tool_calls:
+        wire["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in message.tool_calls
+        ]
+        if not wire["content"]:
+            wire["content"] = None
+    if message.tool_call_id is not None:
+        wire["tool_call_id"] = message.tool_call_id
+    return wire
 
 
 _PASSED_WHEN_SET = ("top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty")
@@ -149,6 +165,14 @@ def chat_body(request: GenerationRequest, model: str, messages: list[dict[str, A
         body["ignore_eos"] = True
     if request.template_kwargs:
         body["chat_template_kwargs"] = dict(request.template_kwargs)  # vLLM/SGLang extension too
+    body.update(_output_controls(request))
+    return body
+
+
+def _output_controls(request: GenerationRequest) -> dict[str, Any]:
+    """What shapes or reports on the answer, as the client sent it: the upstream enforces it."""
+    sampling = request.sampling
+    body: dict[str, Any] = {}
     if sampling.response_format is not None:
         body["response_format"] = response_format_body(sampling.response_format)
     if sampling.logprobs is not None:
@@ -156,6 +180,19 @@ def chat_body(request: GenerationRequest, model: str, messages: list[dict[str, A
         body["top_logprobs"] = sampling.logprobs
     if sampling.logit_bias:
         body["logit_bias"] = {str(token): bias for token, bias in sampling.logit_bias}
+    if request.tools is not None:  # the upstream renders the tools and parses the calls
+        body.update(tools_body(request.tools))
+    return body
+
+
+def tools_body(tools: Tools) -> dict[str, Any]:
+    """``tools``, ``tool_choice`` and ``parallel_tool_calls`` as the client sent them."""
+    choice: Any = tools.choice
+    if tools.choice == "function":
+        choice = {"type": "function", "function": {"name": tools.function}}
+    body: dict[str, Any] = {"tools": json.loads(tools.definitions), "tool_choice": choice}
+    if tools.parallel is not None:
+        body["parallel_tool_calls"] = tools.parallel
     return body
 
 

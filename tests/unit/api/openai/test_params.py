@@ -14,10 +14,6 @@ from glimpse.errors import UnsupportedParameter
 @pytest.mark.parametrize(
     ("name", "value"),
     [
-        ("tools", [{"type": "function", "function": {"name": "f"}}]),
-        ("tool_choice", "required"),
-        ("tool_choice", {"type": "function", "function": {"name": "f"}}),
-        ("parallel_tool_calls", False),
         ("functions", [{"name": "f"}]),
         ("function_call", "auto"),
         ("audio", {"voice": "alloy", "format": "mp3"}),
@@ -43,9 +39,8 @@ def test_what_glimpse_does_not_do_is_refused_by_name(name, value):
 @pytest.mark.parametrize(
     ("name", "value"),
     [
-        ("tools", []),
-        ("tools", None),
-        ("tool_choice", "none"),
+        ("functions", []),
+        ("function_call", "none"),
         ("modalities", ["text"]),
         ("service_tier", "auto"),
         ("metadata", {"job": "1"}),

@@ -1,4 +1,5 @@
 import base64
+import dataclasses
 import io
 import json
 
@@ -6,7 +7,15 @@ import httpx
 import pytest
 from PIL import Image
 
-from glimpse.engine.protocol import ChatMessage, FinishReason, ImagePart, ResponseFormat, TextPart
+from glimpse.engine.protocol import (
+    ChatMessage,
+    FinishReason,
+    ImagePart,
+    ResponseFormat,
+    TextPart,
+    ToolCall,
+    Tools,
+)
 from glimpse.engine.upstream.wire import (
     ImageEncoder,
     chat_body,
@@ -237,8 +246,6 @@ def test_resolve_model():
 
 
 def test_chat_body_passes_chat_template_kwargs_on():
-    import dataclasses
-
     request = dataclasses.replace(make_request(), template_kwargs=(("enable_thinking", False),))
     assert chat_body(request, "m", [])["chat_template_kwargs"] == {"enable_thinking": False}
     assert "chat_template_kwargs" not in chat_body(make_request(), "m", [])
@@ -323,3 +330,37 @@ def test_a_chunks_logprobs_are_read_as_sent():
 def test_malformed_logprobs_are_an_upstream_error(content):
     with pytest.raises(UpstreamError):
         token_logprobs(content)
+
+
+def test_tools_and_a_history_of_calls_go_upstream_as_the_client_sent_them():
+    tools = [
+        {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
+    ]
+    named = Tools(json.dumps(tools), "function", "f", False)
+    body = chat_body(dataclasses.replace(make_request(), tools=named), "m", [])
+    assert body["tools"] == tools
+    assert body["tool_choice"] == {"type": "function", "function": {"name": "f"}}
+    assert body["parallel_tool_calls"] is False
+    auto = chat_body(dataclasses.replace(make_request(), tools=Tools(json.dumps(tools))), "m", [])
+    assert (auto["tool_choice"], "parallel_tool_calls" in auto) == ("auto", False)
+    assert "tools" not in chat_body(make_request(), "m", [])
+
+
+async def test_a_history_of_calls_and_results_goes_upstream_in_openai_shape():
+    encoder = ImageEncoder(png_max_pixels=10, runner=BlockingRunner(1))
+    wire = await encoder.messages(
+        [
+            ChatMessage("assistant", (), tool_calls=(ToolCall("call_1", "f", '{"a": 1}'),)),
+            ChatMessage("tool", (TextPart("done"),), tool_call_id="call_1"),
+        ]
+    )
+    assert wire == [
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}
+            ],
+        },
+        {"role": "tool", "content": "done", "tool_call_id": "call_1"},
+    ]
