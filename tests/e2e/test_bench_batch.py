@@ -79,7 +79,7 @@ def test_bench_cache_hits_match_the_server_metrics(tiny_server, tmp_path):
     out = tmp_path / "cached.json"
     cmd = [
         *GLIMPSE, "bench", "--url", base, "--concurrency", "1,4", "--num-requests", "8", "--max-tokens", "8",
-        "--image-size", "72", "--warmup", "0", "--allow-cache", "--json", str(out),
+        "--image-size", "72", "--warmup", "0", "--allow-cache", "--same-image", "--json", str(out),
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)  # noqa: S603
     assert proc.returncode == 0, proc.stdout + proc.stderr

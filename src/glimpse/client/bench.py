@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import logging
 import random
 import sys
@@ -25,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from glimpse.client._args import csv_floats, csv_ints, output_path, positive_float, positive_int
 from glimpse.client._http import build_client, error_message
 from glimpse.client.bench_compare import render_compare
-from glimpse.client.bench_inputs import BenchInput, RequestOptions, directory_inputs, synthetic_inputs
+from glimpse.client.bench_inputs import BodySource, RequestOptions, directory_inputs, synthetic_inputs
 from glimpse.client.bench_report import BenchReport, load_report, render_report, save_report, write_plot
 from glimpse.client.bench_runner import (
     OnResult,
@@ -63,7 +64,18 @@ def register_bench(subparsers: Any) -> None:
     data = p.add_argument_group("inputs")
     data.add_argument("--image-size", type=csv_ints, default=[448], help="synthetic square images, px")
     data.add_argument("--image-format", choices=("jpeg", "png"), default="jpeg")
-    data.add_argument("--images", type=Path, help="folder of real images instead of synthetic ones")
+    data.add_argument(
+        "--same-image",
+        action="store_true",
+        help="send one identical synthetic image per size, to measure a prefix or image cache; by default "
+        "each request's image gets its own bottom stripe of noise (from --seed and the request's number), "
+        "since vLLM and SGLang cache images whatever Cache-Control says",
+    )
+    data.add_argument(
+        "--images",
+        type=Path,
+        help="folder of real images instead of synthetic ones, sent unchanged (cycled, so they repeat)",
+    )
     data.add_argument("--questions", type=Path, help="text file, one question per line")
     data.add_argument("--max-tokens", type=positive_int, default=128)
     data.add_argument("--ignore-eos", action="store_true", help="generate exactly --max-tokens tokens")
@@ -142,11 +154,13 @@ async def _discover_model(client: httpx.AsyncClient) -> str:
     return str(models[0]["id"])
 
 
-def _inputs(args: argparse.Namespace, model: str) -> list[BenchInput]:
+def _inputs(args: argparse.Namespace, model: str) -> list[BodySource]:
     options = RequestOptions(model, args.max_tokens, args.ignore_eos, args.temperature)
     if args.images is not None:
-        return directory_inputs(args.images, options, questions_file=args.questions)
-    return synthetic_inputs(args.image_size, options, fmt=args.image_format, seed=args.seed)
+        return list(directory_inputs(args.images, options, questions_file=args.questions))
+    return synthetic_inputs(
+        args.image_size, options, fmt=args.image_format, seed=args.seed, same_image=args.same_image
+    )
 
 
 @dataclass(slots=True, frozen=True)
@@ -204,10 +218,13 @@ async def bench(
     async with client:
         model = args.model or await _discover_model(client)
         inputs = await asyncio.to_thread(_inputs, args, model)
+        sent = itertools.count()  # across warm-up and levels, so no two requests of the run share an image
 
         async def send(index: int) -> RequestResult:
-            return await send_chat_request(client, inputs[index % len(inputs)].body)
+            body = inputs[index % len(inputs)].body_for(next(sent))
+            return await send_chat_request(client, body)
 
+        report = BenchReport(url=str(client.base_url), model=model, levels=[], config=_config(args))
         if args.warmup > 0:
             err.print(f"warming up with {args.warmup} request(s)")
             width = min(args.warmup, plan.levels[0].concurrency or 1)
@@ -216,11 +233,12 @@ async def bench(
             )
             if not any(r.ok for r in warm):
                 raise ValueError(f"every warm-up request failed, first: {warm[0].error}")
-        report = BenchReport(url=str(client.base_url), model=model, levels=[], config=_config(args))
+            _warn_if_no_usage(report, sum(1 for r in warm if r.ok and r.tokens_from_chunks))
         rng = random.Random(plan.seed)  # noqa: S311 -- reproducible arrivals, not a secret
         for level in plan.levels:
             summary = await _run_level(send, level, plan, rng, err)
             report.levels.append(summary)
+            _warn_if_no_usage(report, summary.tokens_from_chunks)
             if summary.client_cpu > CPU_WARN_FRACTION:
                 message = (
                     f"{summary.label}: the client used {summary.client_cpu:.0%} of a CPU core; "
@@ -229,6 +247,19 @@ async def bench(
                 logger.warning("%s", message)
                 report.warnings.append(message)
     return report
+
+
+NO_USAGE_WARNING = (
+    "the server sent no usage in its streams, so output tokens were counted as content chunks: "
+    "throughput and TPOT are off wherever a chunk holds more or less than one token"
+)
+
+
+def _warn_if_no_usage(report: BenchReport, requests_without_usage: int) -> None:
+    """Once per run, not per request: a server either sends usage or it does not."""
+    if requests_without_usage and NO_USAGE_WARNING not in report.warnings:
+        logger.warning("%s", NO_USAGE_WARNING)
+        report.warnings.append(NO_USAGE_WARNING)
 
 
 async def _drive(
@@ -282,7 +313,7 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
     keys = (
         *("concurrency", "rate", "max_concurrency", "num_requests", "duration", "warmup", "image_size"),
         *("image_format", "max_tokens", "ignore_eos", "temperature", "slo_ttft", "slo_e2e", "seed"),
-        "allow_cache",
+        *("same_image", "allow_cache"),
     )
     config: dict[str, Any] = {key: getattr(args, key) for key in keys}
     config["images"] = str(args.images) if args.images else None

@@ -2,7 +2,10 @@
 
 Bodies are serialised once, up front: base64-encoding a 1024 px image per request
 would cost the client more CPU than many servers spend per token, and a busy
-client inflates every latency it measures.
+client inflates every latency it measures. Synthetic images that vary per request
+(the default) keep that property: the JSON and base64 of everything above the
+image's bottom stripe are built once, and each request adds only its stripe (see
+:mod:`glimpse.client.bench_images`).
 """
 
 from __future__ import annotations
@@ -14,13 +17,18 @@ import mimetypes
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from PIL import Image
+
+from glimpse.client.bench_images import striped_image
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "BenchInput",
+    "BodySource",
     "RequestOptions",
+    "VaryingInput",
     "directory_inputs",
     "synthetic_image",
     "synthetic_inputs",
@@ -45,14 +53,64 @@ class BenchInput:
     label: str
     body: bytes
 
+    def body_for(self, index: int) -> bytes:
+        return self.body
 
-def synthetic_image(size: int, *, seed: int = 0, fmt: str = "jpeg") -> bytes:
+
+class BodySource(Protocol):
+    """Where a request's body comes from: ``index`` numbers the requests of the whole run."""
+
+    @property
+    def label(self) -> str: ...
+
+    def body_for(self, index: int) -> bytes: ...
+
+
+def _noise(size: int, seed: int) -> Image.Image:
     """Uniform noise, square ``size`` px: incompressible, so every pixel reaches the encoder."""
     rng = random.Random(f"{seed}:{size}")  # noqa: S311 -- reproducible noise, not a secret
-    image = Image.frombytes("RGB", (size, size), rng.randbytes(size * size * 3))
+    return Image.frombytes("RGB", (size, size), rng.randbytes(size * size * 3))
+
+
+def synthetic_image(size: int, *, seed: int = 0, fmt: str = "jpeg") -> bytes:
+    """The noise of ``seed`` as one plain file: what every request sends with ``same_image``."""
     buf = io.BytesIO()
-    image.save(buf, format="JPEG" if fmt == "jpeg" else "PNG", quality=90)
+    _noise(size, seed).save(buf, format="JPEG" if fmt == "jpeg" else "PNG", quality=90)
     return buf.getvalue()
+
+
+class VaryingInput:
+    """The noise image of ``seed`` with a bottom stripe of fresh noise per request index.
+
+    The stripe is drawn from ``(seed, size, index)``, so a run is reproducible and
+    no two requests of it carry the same pixels.
+    """
+
+    __slots__ = ("_head", "_image", "_rest", "_seed", "_size", "_suffix", "label")
+
+    def __init__(self, size: int, options: RequestOptions, *, question: str, fmt: str, seed: int) -> None:
+        self.label = f"noise-{size}px"
+        self._seed, self._size = seed, size
+        self._image = striped_image(_noise(size, seed), fmt)
+        marker = "@@glimpse-bench-image@@"
+        before, after = _body(f"data:{_mime(fmt)};base64,{marker}", question, options).split(marker.encode())
+        fixed = self._image.fixed
+        cut = len(fixed) - len(fixed) % 3  # base64 of a multiple of 3 bytes joins without padding
+        self._head = before + base64.b64encode(fixed[:cut])
+        self._rest = fixed[cut:]
+        self._suffix = after
+
+    def body_for(self, index: int) -> bytes:
+        image_end = base64.b64encode(self._rest + self._image.tail(self._stripe(index)))
+        return b"".join((self._head, image_end, self._suffix))
+
+    def _stripe(self, index: int) -> bytes:
+        rng = random.Random(f"{self._seed}:{self._size}:{index}")  # noqa: S311 -- not a secret
+        return rng.randbytes(self._image.stripe_bytes)
+
+
+def _mime(fmt: str) -> str:
+    return "image/jpeg" if fmt == "jpeg" else "image/png"
 
 
 def _data_url(data: bytes, mime: str) -> str:
@@ -89,11 +147,14 @@ def synthetic_inputs(
     question: str = DEFAULT_QUESTION,
     fmt: str = "jpeg",
     seed: int = 0,
-) -> list[BenchInput]:
-    mime = "image/jpeg" if fmt == "jpeg" else "image/png"
-    inputs = []
+    same_image: bool = False,
+) -> list[BodySource]:
+    """One source per size; with ``same_image`` every request of a size sends one identical image."""
+    if not same_image:
+        return [VaryingInput(size, options, question=question, fmt=fmt, seed=seed) for size in sizes]
+    inputs: list[BodySource] = []
     for size in sizes:
-        url = _data_url(synthetic_image(size, seed=seed, fmt=fmt), mime)
+        url = _data_url(synthetic_image(size, seed=seed, fmt=fmt), _mime(fmt))
         inputs.append(BenchInput(f"noise-{size}px", _body(url, question, options)))
     return inputs
 

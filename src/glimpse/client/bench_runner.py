@@ -93,6 +93,7 @@ async def _consume(response: httpx.Response, start: float, clock: Clock) -> Requ
         itls=tuple(itls),
         output_tokens=usage_tokens if usage_tokens is not None else chunks,
         cache_hit=response.headers.get("x-glimpse-cache", "").lower() == "hit",
+        tokens_from_chunks=usage_tokens is None,
     )
 
 

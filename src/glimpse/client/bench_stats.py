@@ -38,6 +38,8 @@ class RequestResult:
     itls: tuple[float, ...] = ()
     output_tokens: int = 0
     cache_hit: bool = False
+    #: The stream carried no ``usage``, so ``output_tokens`` counts content chunks.
+    tokens_from_chunks: bool = False
 
     @property
     def tpot(self) -> float | None:
@@ -125,6 +127,8 @@ class LevelSummary:
     cache_hits: int = 0
     client_cpu: float = 0.0
     errors: dict[str, int] = field(default_factory=dict)
+    #: Completed requests whose streams had no ``usage``: their tokens are content chunks.
+    tokens_from_chunks: int = 0
 
 
 def summarize_level(
@@ -161,4 +165,5 @@ def summarize_level(
         cache_hits=sum(1 for r in ok if r.cache_hit),
         client_cpu=client_cpu,
         errors=dict(sorted(Counter(r.error_key for r in results if not r.ok).items())),
+        tokens_from_chunks=sum(1 for r in ok if r.tokens_from_chunks),
     )

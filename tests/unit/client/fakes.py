@@ -48,6 +48,7 @@ class FakeChat:
     role_delay: float = 1.0
     step: float = 0.5
     cache_header: bool = False
+    send_usage: bool = True  # vLLM and SGLang send it only when asked; some servers never do
     fail_with: list[int] = field(default_factory=list)  # statuses for the first requests
     bodies: list[dict] = field(default_factory=list)
     cache_control: list[str | None] = field(default_factory=list)
@@ -63,7 +64,8 @@ class FakeChat:
             await asyncio.sleep(0)  # let other requests interleave, as a real server would
             self._tick(self.step)
             yield sse(chunk(f"t{i} "))
-        yield sse(usage(self.tokens))
+        if self.send_usage:
+            yield sse(usage(self.tokens))
         self.in_flight -= 1  # before [DONE]: the client stops reading there
         yield sse("[DONE]")
 

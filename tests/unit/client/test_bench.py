@@ -2,13 +2,15 @@ import argparse
 import base64
 import io
 import json
+import logging
 
 import httpx
 import pytest
+from PIL import Image
 from rich.console import Console
 
 from glimpse.client.bench import Plan, bench, register_bench, run_bench, run_compare
-from glimpse.client.bench_report import BenchReport, save_report
+from glimpse.client.bench_report import BenchReport, render_report, save_report
 from glimpse.client.bench_stats import RequestResult, summarize_level
 
 from .fakes import FakeChat
@@ -63,9 +65,52 @@ async def test_bench_sends_the_configured_requests_and_counts_them():
     assert body["stream"] is True
     assert body["stream_options"] == {"include_usage": True}
     assert (body["model"], body["max_tokens"], body["ignore_eos"]) == ("tiny-glm", 3, True)
-    urls = {b["messages"][0]["content"][0]["image_url"]["url"][:23] for b in server.bodies}
-    assert urls == {"data:image/jpeg;base64,"}
-    assert len({b["messages"][0]["content"][0]["image_url"]["url"] for b in server.bodies}) == 2  # two sizes
+    assert {url[:23] for url in image_urls(server)} == {"data:image/jpeg;base64,"}
+    sizes = [Image.open(io.BytesIO(image(body))).size[0] for body in server.bodies]
+    assert sizes[2:] == [32, 48] * 6  # each level cycles the sizes from the first
+    assert report.levels[0].tokens_from_chunks == 0
+    assert not [w for w in report.warnings if "usage" in w]
+
+
+def image_urls(server):
+    return [b["messages"][0]["content"][0]["image_url"]["url"] for b in server.bodies]
+
+
+def image(body):
+    return base64.b64decode(body["messages"][0]["content"][0]["image_url"]["url"].split(",", 1)[1])
+
+
+async def test_no_two_requests_of_a_run_share_an_image_unless_asked():
+    argv = ["--url", "http://f", "--model", "m", "--concurrency", "1,2", "--num-requests", "4"]
+    server = FakeChat(tokens=1)
+    await bench(parse(*argv, "--warmup", "2", "--image-size", "32,48"), quiet(), transport=server.transport())
+    assert len(server.bodies) == 2 + 4 + 4
+    assert len(set(image_urls(server))) == 10  # warm-up and every level included
+    server = FakeChat(tokens=1)
+    args = parse(*argv, "--warmup", "2", "--image-size", "32,48", "--same-image")
+    await bench(args, quiet(), transport=server.transport())
+    assert len(set(image_urls(server))) == 2  # one per size, for cache tests
+    assert args.same_image is True
+
+
+async def test_a_server_without_usage_is_warned_about_once_and_recorded(caplog, tmp_path):
+    server = FakeChat(tokens=3, send_usage=False)
+    args = parse("--url", "http://f", "--model", "m", "--concurrency", "1,2", "--num-requests", "3")
+    with caplog.at_level(logging.WARNING, logger="glimpse.client.bench"):
+        report = await bench(args, quiet(), transport=server.transport())
+    assert [lv.tokens_from_chunks for lv in report.levels] == [3, 3]
+    assert all(lv.total_output_tokens == 3 * 3 for lv in report.levels)  # three one-token chunks each
+    (warning,) = (w for w in report.warnings if "usage" in w)  # a busy test box may add a CPU warning
+    assert "counted as content chunks" in warning
+    assert [r.getMessage() for r in caplog.records].count(warning) == 1
+    out = tmp_path / "r.json"
+    save_report(report, out)
+    saved = json.loads(out.read_text())
+    assert saved["warnings"].count(warning) == 1
+    assert [lv["tokens_from_chunks"] for lv in saved["levels"]] == [3, 3]
+    console = Console(file=io.StringIO(), width=200)
+    render_report(report, console)
+    assert console.file.getvalue().count("counted as content chunks") == 1
 
 
 async def test_bench_reports_errors_by_status():
@@ -171,19 +216,19 @@ def test_a_failed_final_write_is_a_clean_error_after_the_tables(tmp_path, fake_s
     assert "error:" in captured.err
 
 
-async def test_seed_changes_the_synthetic_images():
-    def image_urls(server):
-        return {b["messages"][0]["content"][0]["image_url"]["url"] for b in server.bodies}
-
+@pytest.mark.parametrize("same_image", [[], ["--same-image"]])
+async def test_seed_changes_the_synthetic_images(same_image):
     seen = []
     for seed in ("1", "1", "2"):
         server = FakeChat(tokens=1)
         args = parse(
-            "--url", "http://f", "--model", "m", "--num-requests", "1", "--warmup", "0", "--seed", seed
-        )
+            "--url", "http://f", "--model", "m", "--num-requests", "3", "--warmup", "0", "--seed", seed,
+            *same_image,
+        )  # fmt: skip
         await bench(args, quiet(), transport=server.transport())
         seen.append(image_urls(server))
-    assert seen[0] == seen[1] != seen[2]
+    assert seen[0] == seen[1]
+    assert not set(seen[0]) & set(seen[2])
 
 
 def test_tables_are_not_cut_to_80_columns_when_piped(fake_server, capsys):

@@ -5,7 +5,15 @@ import json
 import pytest
 from PIL import Image
 
-from glimpse.client.bench_inputs import RequestOptions, directory_inputs, synthetic_image, synthetic_inputs
+from glimpse.client.bench_inputs import (
+    BenchInput,
+    RequestOptions,
+    directory_inputs,
+    synthetic_image,
+    synthetic_inputs,
+)
+from glimpse.config import MediaSettings
+from glimpse.media.decode import decode_image
 
 
 def decode(body: bytes):
@@ -26,21 +34,49 @@ def test_synthetic_images_are_seeded_and_sized(fmt):
     assert image.format == fmt.upper()
 
 
-def test_synthetic_bodies_follow_the_seed():
+def test_same_image_bodies_follow_the_seed_and_never_change():
     options = RequestOptions("m", 16)
-    one, same, other = (synthetic_inputs([32], options, seed=seed)[0].body for seed in (1, 1, 2))
-    assert one == same != other
+    one, same, other = (synthetic_inputs([32], options, seed=seed, same_image=True)[0] for seed in (1, 1, 2))
+    assert one.body_for(0) == one.body_for(7) == same.body_for(3) != other.body_for(0)
+    assert decode(one.body_for(5))[2] == synthetic_image(32, seed=1)
 
 
-def test_synthetic_bodies_follow_the_options():
+@pytest.mark.parametrize("fmt", ["jpeg", "png"])
+def test_every_request_gets_its_own_image_by_default(fmt):
+    options = RequestOptions("m", 16)
+    one, same, other = (synthetic_inputs([72], options, seed=seed, fmt=fmt)[0] for seed in (1, 1, 2))
+    images = [decode(one.body_for(i))[2] for i in range(6)]
+    assert len(set(images)) == 6
+    pixels = {decode_image(image, MediaSettings()).image.tobytes() for image in images}
+    assert len(pixels) == 6  # not just the bytes: a cache keyed by pixels misses too
+    assert [one.body_for(i) for i in (0, 5)] == [same.body_for(i) for i in (0, 5)]
+    assert all(one.body_for(i) != other.body_for(i) for i in (0, 5))
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "png"])
+def test_varying_images_share_the_noise_above_their_stripe(fmt):
+    (varying,) = synthetic_inputs([40], RequestOptions("m", 16), seed=3, fmt=fmt)
+    plain = Image.open(io.BytesIO(synthetic_image(40, seed=3, fmt=fmt))).convert("RGB")
+    image = Image.open(io.BytesIO(decode(varying.body_for(9))[2]))
+    assert (image.format, image.size) == (fmt.upper(), (40, 40))
+    if fmt == "png":  # lossless: the rows above the 8-row stripe are the plain image's, exactly
+        row = 40 * 3
+        assert image.tobytes()[: 32 * row] == plain.tobytes()[: 32 * row]
+        assert image.tobytes()[32 * row :] != plain.tobytes()[32 * row :]
+
+
+@pytest.mark.parametrize("same_image", [False, True])
+def test_synthetic_bodies_follow_the_options(same_image):
     options = RequestOptions("m", 16, ignore_eos=False, temperature=0.7)
-    (one,) = synthetic_inputs([32], options, fmt="png")
-    obj, header, data, text = decode(one.body)
+    (one,) = synthetic_inputs([32], options, fmt="png", question="What?", same_image=same_image)
+    obj, header, data, text = decode(one.body_for(1))
     assert one.label == "noise-32px"
+    assert isinstance(one, BenchInput) == same_image
     assert header == "data:image/png;base64"
     assert Image.open(io.BytesIO(data)).size == (32, 32)
     assert (obj["max_tokens"], obj["temperature"], "ignore_eos" in obj) == (16, 0.7, False)
-    assert text
+    assert obj["stream_options"] == {"include_usage": True}
+    assert text == "What?"
 
 
 def test_directory_inputs_pair_sorted_images_with_cycled_questions(tmp_path):

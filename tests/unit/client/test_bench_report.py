@@ -29,6 +29,14 @@ def test_json_round_trip_is_lossless(tmp_path):
     assert json.loads(path.read_text())["levels"][1]["errors"] == {"503": 2}
 
 
+def test_reports_from_before_the_chunk_count_field_still_load(tmp_path):
+    path = tmp_path / "old.json"
+    data = report(level("c=1", 0.5)).to_json()
+    del data["levels"][0]["tokens_from_chunks"]
+    path.write_text(json.dumps(data))
+    assert load_report(path).levels[0].tokens_from_chunks == 0
+
+
 def test_load_rejects_foreign_or_broken_files(tmp_path):
     path = tmp_path / "x.json"
     path.write_text(json.dumps({"format": "vllm"}))

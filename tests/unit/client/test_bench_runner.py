@@ -52,6 +52,7 @@ async def test_usage_wins_over_chunk_count_and_chunks_are_the_fallback():
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             result = await send_chat_request(client, b"{}")
         assert result.output_tokens == expected
+        assert result.tokens_from_chunks is not with_usage
 
 
 async def test_http_errors_stream_errors_and_connection_errors_are_failures():

@@ -3,7 +3,7 @@ import pytest
 from glimpse.client.bench_stats import Distribution, RequestResult, Slo, percentile, summarize_level
 
 
-def ok(ttft, e2e, tokens, itls=(), cache_hit=False):
+def ok(ttft, e2e, tokens, itls=(), cache_hit=False, tokens_from_chunks=False):
     return RequestResult(
         ok=True,
         start=0.0,
@@ -13,6 +13,7 @@ def ok(ttft, e2e, tokens, itls=(), cache_hit=False):
         itls=tuple(itls),
         output_tokens=tokens,
         cache_hit=cache_hit,
+        tokens_from_chunks=tokens_from_chunks,
     )
 
 
@@ -50,8 +51,10 @@ def test_tpot_excludes_the_first_token():
 
 
 def test_summary_throughput_counts_only_successes():
-    results = [ok(0.1, 1.0, 10), ok(0.2, 2.0, 20, cache_hit=True), failed(503, "503: busy"), failed()]
+    results = [ok(0.1, 1.0, 10), ok(0.2, 2.0, 20, cache_hit=True, tokens_from_chunks=True)]
+    results += [failed(503, "503: busy"), failed()]
     s = summarize_level(results, label="c=2", duration_s=4.0, concurrency=2)
+    assert s.tokens_from_chunks == 1
     assert (s.completed, s.failed, s.total_output_tokens) == (2, 2, 30)
     assert s.request_throughput == pytest.approx(0.5)
     assert s.output_throughput == pytest.approx(7.5)
