@@ -241,8 +241,14 @@ def _shm_free_bytes() -> int:
 
 
 class _Pixels:
-    """A decoded image on its way to a worker; it pickles as a uint8 tensor, so it crosses in shared
-    memory, and unpickles as the same image. Pickling runs in the pool's feeder thread, off the loop.
+    """A decoded image on its way to a worker; it pickles as its array of pixels and unpickles as
+    the same image. Pickling runs in the pool's feeder thread, off the loop.
+
+    A large image crosses as a uint8 tensor in shared memory; a small one (under
+    ``_INLINE_BYTES``) inline, in the pickle's bytes: sharing a tensor passes a file
+    descriptor through torch's resource-sharer thread (a connection accepted, the
+    descriptor sent, the connection closed, all holding this process's interpreter lock),
+    which for a 224x224 picture costs the server far more than copying its 150 kB.
     """
 
     __slots__ = ("image",)
@@ -252,15 +258,23 @@ class _Pixels:
 
     def __reduce__(self) -> tuple[Callable[[Any], Any], tuple[Any]]:
         import numpy as np
+
+        pixels = np.array(self.image)
+        if pixels.nbytes < _INLINE_BYTES:
+            return _image_from_array, (pixels,)
         import torch
 
-        return _image_from_pixels, (torch.from_numpy(np.array(self.image)),)
+        return _image_from_pixels, (torch.from_numpy(pixels),)
+
+
+def _image_from_array(pixels: Any) -> Any:
+    from PIL import Image
+
+    return Image.fromarray(pixels)
 
 
 def _image_from_pixels(pixels: Any) -> Any:
-    from PIL import Image
-
-    return Image.fromarray(pixels.numpy())
+    return _image_from_array(pixels.numpy())
 
 
 def _to_worker(image: Any) -> Any:

@@ -73,17 +73,34 @@ def test_large_tensors_cross_in_shared_memory_unless_it_is_short_and_small_ones_
     assert received["note"] == "x"
 
 
-def test_a_plain_image_crosses_as_a_shared_tensor_and_other_images_as_themselves():
+def test_a_large_plain_image_crosses_as_a_shared_tensor_and_other_images_as_themselves():
     from multiprocessing.reduction import ForkingPickler
 
-    image = _picture(64, 7)
+    image = _picture(1024, 7)  # 1024 x 1061 x 3 bytes: over the inline limit
     pickled = ForkingPickler.dumps(preprocess._to_worker(image))
-    assert len(pickled) < 64 * 101 * 3  # the pixels went to shared memory, not into the bytes
+    assert len(pickled) < 1024 * 1061 * 3 // 100  # the pixels went to shared memory, not into the bytes
     rebuilt = ForkingPickler.loads(pickled)
     assert rebuilt.mode == "RGB"
     assert np.array_equal(np.asarray(rebuilt), np.asarray(image))
     odd = stop_iteration_image()
     assert preprocess._to_worker(odd) is odd
+
+
+def test_a_small_plain_image_crosses_inline_without_a_shared_tensor(monkeypatch):
+    """Sharing a tensor passes a descriptor through torch's resource sharer: too dear for 63 kB."""
+    from multiprocessing import resource_sharer
+    from multiprocessing.reduction import ForkingPickler
+
+    def no_sharing(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a small image went through the resource sharer")
+
+    monkeypatch.setattr(resource_sharer.DupFd, "__init__", no_sharing)
+    image = _picture(128, 7)
+    pickled = ForkingPickler.dumps(preprocess._to_worker(image))
+    assert len(pickled) >= 128 * 165 * 3  # the pixels are in the bytes
+    rebuilt = ForkingPickler.loads(pickled)
+    assert rebuilt.mode == "RGB"
+    assert np.array_equal(np.asarray(rebuilt), np.asarray(image))
 
 
 # --- a real pool ----------------------------------------------------------------------------
