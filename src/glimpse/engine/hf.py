@@ -33,6 +33,7 @@ from glimpse.engine.grammar_pool import GrammarPool
 from glimpse.engine.job import Job, JobSink
 from glimpse.engine.loader import LoadedModel, resolve_device, resolve_model_path
 from glimpse.engine.lora.catalog import AdapterCatalog
+from glimpse.engine.mailbox import LoopMailbox
 from glimpse.engine.max_tokens import resolve_max_tokens
 from glimpse.engine.preprocess import (
     Preprocessor,
@@ -107,6 +108,7 @@ class HFEngine:
         self.loaded: LoadedModel | None = None
         self._think_ids: tuple[int, int] | None = None
         self._token_texts: TokenTexts | None = None
+        self._mailbox: LoopMailbox | None = None
         self._sampling_defaults = SamplingDefaults()
         self._grammars = GrammarPool(self._build_grammars)
         self._adapters = AdapterCatalog(
@@ -340,7 +342,7 @@ class HFEngine:
             thinking = think is not None and int(inputs["input_ids"][0, -1]) == think[0]
             tools = request.tools if request.tools is not None and request.tools.active else None
             sink = JobSink(
-                loop,
+                self._mailbox_for(loop),
                 self._text_of(tokenizer, keep_tool_markup=tools is not None),
                 request.sampling.stop,
                 prompt_tokens,
@@ -368,6 +370,12 @@ class HFEngine:
                 if not job.sink.finished and self._worker is not None:
                     self._worker.cancel(job)
                 self._jobs.pop(request.request_id, None)
+
+    def _mailbox_for(self, loop: asyncio.AbstractEventLoop) -> LoopMailbox:
+        """One mailbox per event loop, so a step's events for all its requests wake the loop once."""
+        if self._mailbox is None or self._mailbox.loop is not loop:
+            self._mailbox = LoopMailbox(loop)
+        return self._mailbox
 
     def _text_of(self, tokenizer: Any, *, keep_tool_markup: bool) -> Callable[[Sequence[int]], str]:
         """How a request's tokens become text: special tokens left out, except, for a request with

@@ -2,7 +2,7 @@
 
 The engine thread owns the model; the event loop owns the HTTP connection. A
 ``Job`` carries the prepared model inputs one way and a ``JobSink`` carries
-``TokenEvent``s back with ``loop.call_soon_threadsafe``, so neither side ever
+``TokenEvent``s back through the loop's ``LoopMailbox``, so neither side ever
 blocks the other. Detokenisation and stop strings are handled here, on the
 engine-thread side, so a stop string ends generation at once, and so are the
 answer tokens' log-probabilities (token ids to texts), one entry on the event of
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from glimpse.engine.grammar import TokenConstraint
+from glimpse.engine.mailbox import LoopMailbox
 from glimpse.engine.protocol import FinishReason, SamplingParams, TokenEvent, TokenLogprob
 from glimpse.engine.text import IncrementalDecoder, StopMatcher
 
@@ -51,7 +52,7 @@ class JobSink:
 
     def __init__(
         self,
-        loop: asyncio.AbstractEventLoop,
+        mailbox: LoopMailbox,
         decode: Callable[[Sequence[int]], str],
         stops: tuple[str, ...],
         prompt_tokens: int,
@@ -59,7 +60,7 @@ class JobSink:
         thinking: bool = False,
         token_text: TokenText | None = None,
     ) -> None:
-        self._loop = loop
+        self._mailbox = mailbox
         self._token_text = token_text or _no_text
         self.queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._decode = decode
@@ -73,9 +74,7 @@ class JobSink:
         self.first_token_at: float | None = None
 
     def _put(self, item: _Item) -> None:
-        try:
-            self._loop.call_soon_threadsafe(self.queue.put_nowait, item)
-        except RuntimeError:  # the loop is closed: nobody is listening any more
+        if not self._mailbox.post(self.queue, item):  # the loop is closed: nobody is listening any more
             self.finished = True
 
     def _event(

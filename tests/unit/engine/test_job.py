@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from glimpse.engine.job import JobSink
+from glimpse.engine.mailbox import LoopMailbox
 from glimpse.engine.protocol import FinishReason
 from glimpse.engine.tiny_model import _build_tokenizer
 
@@ -28,7 +29,7 @@ async def _run(tokenizer, tokens: list[int], *, stops=(), think=True, thinking=F
         else None
     )
     sink = JobSink(
-        loop,
+        LoopMailbox(loop),
         lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
         stops,
         prompt_tokens=5,
@@ -99,7 +100,7 @@ async def test_answer_tokens_carry_their_logprobs_as_text_and_bytes_thinking_non
     answer = _ids(tokenizer, "猫 ok. STOP here")
     tokens = [start, *_ids(tokenizer, "hmm"), end, *answer]
     sink = JobSink(
-        asyncio.get_running_loop(),
+        LoopMailbox(asyncio.get_running_loop()),
         lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
         ("STOP",),
         prompt_tokens=5,
