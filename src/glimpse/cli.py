@@ -226,13 +226,15 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings(engine=engine, upstream=upstream, server=server, obs=obs)
 
 
-def _configure_logging(settings: Settings) -> None:
+def _configure_logging(settings: Settings, *, background: bool = False) -> Callable[[], None]:
+    """Set up logging; returns what writes out the records still queued (call it at exit)."""
     try:
         from glimpse.obs import configure_logging
     except ImportError:
         logging.basicConfig(level=settings.obs.log_level)
-        return
-    configure_logging(settings.obs)
+        return lambda: None
+    listener = configure_logging(settings.obs, background=background)
+    return (lambda: None) if listener is None else listener.stop
 
 
 def _freeze_heap() -> None:
@@ -248,14 +250,21 @@ def _freeze_heap() -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    flush_logs = _configure_logging(settings, background=True)
+    try:
+        return _run_server(settings)
+    finally:
+        flush_logs()
+
+
+def _run_server(settings: Settings) -> int:
     import uvicorn
 
     from glimpse.api.app import create_app
     from glimpse.cpu_share import ThreadNicer
     from glimpse.engine.loader import check_model_available
 
-    settings = settings_from_args(args)
-    _configure_logging(settings)
     if settings.engine.kind == "hf":
         check_model_available(settings.engine)
         if settings.engine.model == TINY_MODEL:

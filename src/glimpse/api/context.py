@@ -10,7 +10,6 @@ the ASGI scope under one key, so every layer finds the same object through
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
 
@@ -18,7 +17,7 @@ from fastapi import Depends, Request
 from starlette.types import Scope
 
 from glimpse.guard import GuardVerdict, Principal
-from glimpse.obs import sanitize_request_id
+from glimpse.obs import new_request_id, sanitize_request_id
 
 if TYPE_CHECKING:
     from glimpse.api.service import CacheStatus
@@ -75,7 +74,7 @@ class RequestContext:
         Clients may reuse an X-Request-ID (retries, or one id for a whole conversation);
         two requests in flight at once must still be two engine requests.
         """
-        return f"{self.request_id}.{uuid.uuid4().hex[:8]}"
+        return f"{self.request_id}.{new_request_id()[:8]}"
 
     def attach(self, scope: Scope) -> None:
         scope[SCOPE_KEY] = self

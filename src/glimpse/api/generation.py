@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Sequence
 
 from pydantic import BaseModel, Field
@@ -12,6 +11,7 @@ from glimpse.config import EngineSettings, ServerSettings
 from glimpse.engine.max_tokens import resolve_max_tokens
 from glimpse.engine.protocol import Engine, ImagePart, ImageSizeCheck, ResponseFormat, SamplingParams
 from glimpse.media import DecodedImage, ImageHeader
+from glimpse.obs import new_request_id
 
 __all__ = [
     "SamplingFields",
@@ -25,7 +25,7 @@ __all__ = [
 
 
 def new_completion_id() -> str:
-    return f"chatcmpl-{uuid.uuid4().hex}"
+    return f"chatcmpl-{new_request_id()}"
 
 
 def image_part(decoded: DecodedImage) -> ImagePart:

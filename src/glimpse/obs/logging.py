@@ -12,9 +12,11 @@ import contextvars
 import datetime as dt
 import json
 import logging
+import logging.handlers
+import queue
+import random
 import re
 import sys
-import uuid
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -41,7 +43,14 @@ _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    """32 random hex digits, like ``uuid4().hex``, without the system call.
+
+    ``uuid4`` reads ``os.urandom``, which gives up the interpreter lock; on the event
+    loop, with the engine thread holding it, getting it back could take a switch interval
+    per id, several ids per request. Request ids need to be unique, not unpredictable;
+    ``random``'s generator is seeded from the system once and again in a forked child.
+    """
+    return f"{random.getrandbits(128):032x}"
 
 
 def sanitize_request_id(value: str | None) -> str:
@@ -198,6 +207,23 @@ class _GlimpseHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Marks the handler ``configure_logging`` installed, so calling it again replaces it."""
 
 
+class _GlimpseQueueHandler(logging.handlers.QueueHandler):
+    """The logging thread's side of background logging: it stamps the request id (a context
+    variable, readable only here) and hands the record over; redaction, JSON formatting and
+    the write happen in the listener's thread.
+
+    The server's event loop logs two lines per request (access, audit); formatting and
+    writing them there lengthened every callback that logged, and every refusal queued
+    behind one waited for it.
+    """
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        # The arguments merged now, as they are: the caller may change them after the call.
+        with contextlib.suppress(TypeError, ValueError):  # bad %-args: the listener's handler reports them
+            record.msg, record.args = record.getMessage(), None
+        return record
+
+
 def _is_terminal(stream: IO[str]) -> bool:
     try:
         return stream.isatty()
@@ -212,15 +238,27 @@ def wants_json(settings: ObsSettings, stream: IO[str]) -> bool:
     return not _is_terminal(stream)
 
 
-def configure_logging(settings: ObsSettings, stream: IO[str] | None = None) -> None:
-    """Route every logger (uvicorn's too, if run with ``log_config=None``) to one handler."""
+def configure_logging(
+    settings: ObsSettings, stream: IO[str] | None = None, *, background: bool = False
+) -> logging.handlers.QueueListener | None:
+    """Route every logger (uvicorn's too, if run with ``log_config=None``) to one handler.
+
+    ``background`` (the server): records are formatted and written by a listener thread;
+    the caller stops the returned listener at exit, which writes what is still queued.
+    """
     target = stream if stream is not None else sys.stderr
-    handler = _GlimpseHandler(target)
-    handler.setFormatter(JsonFormatter() if wants_json(settings, target) else _PlainFormatter())
+    writer = _GlimpseHandler(target)
+    writer.setFormatter(JsonFormatter() if wants_json(settings, target) else _PlainFormatter())
+    writer.addFilter(RedactingFilter())
+    listener: logging.handlers.QueueListener | None = None
+    handler: logging.Handler = writer
+    if background:
+        records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+        handler = _GlimpseQueueHandler(records)
+        listener = logging.handlers.QueueListener(records, writer, respect_handler_level=True)
     handler.addFilter(RequestIdFilter())
-    handler.addFilter(RedactingFilter())
     root = logging.getLogger()
-    for old in [h for h in root.handlers if isinstance(h, _GlimpseHandler)]:
+    for old in [h for h in root.handlers if isinstance(h, _GlimpseHandler | _GlimpseQueueHandler)]:
         root.removeHandler(old)
         old.close()
     root.addHandler(handler)
@@ -231,3 +269,6 @@ def configure_logging(settings: ObsSettings, stream: IO[str] | None = None) -> N
         uvicorn_logger.propagate = True
     # Per-request lines come from Glimpse's own middleware; uvicorn's access log would repeat them.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    if listener is not None:
+        listener.start()
+    return listener

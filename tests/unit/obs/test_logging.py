@@ -241,3 +241,46 @@ def test_bad_format_args_do_not_raise(json_log, capsys):
     record = logging.LogRecord("glimpse.test", logging.INFO, __file__, 1, "two %s %s", ("only-one",), None)
     handler.handle(record)
     assert "Logging error" in capsys.readouterr().err
+
+
+def test_background_logging_formats_and_writes_off_the_callers_thread(restore_logging, monkeypatch):
+    """The server's loop only queues a record; redaction, JSON and the write run in the listener."""
+    import threading
+
+    from glimpse.obs.logging import JsonFormatter
+
+    formatted_in: list[str] = []
+    real_format = JsonFormatter.format
+
+    def spy(self, record):
+        formatted_in.append(threading.current_thread().name)
+        return real_format(self, record)
+
+    monkeypatch.setattr(JsonFormatter, "format", spy)
+    stream = io.StringIO()
+    listener = configure_logging(ObsSettings(log_json=True), stream=stream, background=True)
+    assert listener is not None
+    try:
+        args = ["Bearer sk-secret-1"]
+        with request_id_context("req-bg"):
+            logging.getLogger("glimpse.test").info("auth %s", args, extra={"status": 200})
+        args[0] = "changed after the call"  # the line shows the arguments as they were
+    finally:
+        listener.stop()  # writes out what is queued
+    (line,) = [json.loads(text) for text in stream.getvalue().splitlines()]
+    assert line["request_id"] == "req-bg"  # stamped in the caller's context
+    assert line["status"] == 200
+    assert "sk-secret-1" not in line["message"] and "changed" not in line["message"]
+    assert formatted_in and threading.current_thread().name not in formatted_in
+
+
+def test_configuring_twice_in_the_background_keeps_one_handler(restore_logging):
+    before = len(logging.getLogger().handlers)
+    first = configure_logging(ObsSettings(), stream=io.StringIO(), background=True)
+    second = configure_logging(ObsSettings(), stream=io.StringIO(), background=True)
+    try:
+        assert len(logging.getLogger().handlers) == before + 1
+    finally:
+        for listener in (first, second):
+            assert listener is not None
+            listener.stop()
