@@ -23,7 +23,6 @@ import instructor
 import openai
 import pytest
 from agents import Agent, ModelSettings, OpenAIChatCompletionsModel, RunConfig, Runner, Tool, function_tool
-from instructor.core import InstructorRetryException
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, ConfigDict, Field
 from tests.e2e.harness import GlimpseServer
@@ -172,12 +171,6 @@ def test_instructor_extracts_a_model_from_an_image(tiny_server, mode):
     assert isinstance(sighting, Sighting)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=InstructorRetryException,
-    reason='xgrammar 0.2.9 lowers a maxLength string to [^"\\\\\\r\\n]{0,n}, which admits raw control '
-    "characters (mlc-ai/xgrammar#800): invalid JSON",
-)
 def test_a_length_bounded_string_stays_json_when_a_control_character_is_likely(tiny_server, tiny_model_dir):
     class Note(BaseModel):
         text: str = Field(max_length=8)

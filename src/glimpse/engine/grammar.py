@@ -23,6 +23,7 @@ is complete only they may follow, so the answer ends where the JSON does.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Iterable, Sequence
@@ -30,10 +31,11 @@ from typing import Any
 
 import torch
 
+from glimpse.engine.json_schema_strings import UnusableStringBounds, bounded_strings_as_patterns
 from glimpse.engine.protocol import ResponseFormat
 from glimpse.errors import InvalidRequest
 
-__all__ = ["GrammarLogitsProcessor", "Grammars", "TokenConstraint", "mask_logits"]
+__all__ = ["GrammarLogitsProcessor", "Grammars", "TokenConstraint", "json_schema_text", "mask_logits"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +48,17 @@ _ANY_OBJECT = '{"type": "object"}'
 #: xgrammar's messages start with a timestamp and a source location, and may carry a check's text.
 _LOCATION = re.compile(r"^\[[0-9:]+\] \S+:\d+: (?:Check failed: .*? is false: )?")
 _MAX_REASON = 300
+
+
+def json_schema_text(response_format: ResponseFormat) -> str:
+    """The schema as xgrammar gets it (``json_schema_strings``); ``InvalidRequest`` if unusable."""
+    assert response_format.schema is not None
+    try:
+        return json.dumps(bounded_strings_as_patterns(json.loads(response_format.schema)))
+    except UnusableStringBounds as exc:
+        raise InvalidRequest(
+            f"response_format: the JSON schema cannot be enforced: {exc}", param="response_format"
+        ) from exc
 
 
 class Grammars:
@@ -72,7 +85,7 @@ class Grammars:
                 return self._compiler.compile_json_schema(
                     _ANY_OBJECT, any_whitespace=False, strict_mode=False
                 )
-            return self._compiler.compile_json_schema(response_format.schema, any_whitespace=False)
+            return self._compiler.compile_json_schema(json_schema_text(response_format), any_whitespace=False)
         except (RuntimeError, ValueError) as exc:
             # xgrammar reports a schema it cannot turn into a grammar as a RuntimeError (its
             # InvalidJSONError is one), with the reason after a source location.

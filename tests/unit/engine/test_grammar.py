@@ -118,3 +118,36 @@ def test_generate_under_the_grammar_answers_valid_json(tiny, grammars, sampled):
     answer = out[0, prompt_len:].tolist()
     assert answer[-1] in generation_eos_ids(model.generation_config)  # ended by the grammar, not the budget
     Reading.model_validate_json(processor.tokenizer.decode(answer, skip_special_tokens=True))
+
+
+def test_a_length_bounded_string_never_holds_a_raw_control_character(grammars):
+    """xgrammar's own maxLength rule let U+0010 or a tab through raw: not JSON (xgrammar #800)."""
+    import xgrammar
+
+    schema = {
+        "type": "object",
+        "properties": {"text": {"type": "string", "maxLength": 8}},
+        "required": ["text"],
+    }
+    compiled = grammars.compile(ResponseFormat("json_schema", json.dumps(schema), name="note"))
+
+    def accepts(text: str) -> bool:
+        matcher = xgrammar.GrammarMatcher(compiled, terminate_without_stop_token=True)
+        return matcher.accept_string(text) and matcher.is_terminated()
+
+    assert accepts('{"text": "é猫 ok"}')
+    assert accepts('{"text": "' + "a" * 8 + '"}')
+    assert not accepts('{"text": "' + "a" * 9 + '"}')  # the bound holds
+    assert not accepts('{"text": "\x10"}')
+    assert not accepts('{"text": "a\tb"}')
+
+
+def test_a_pattern_with_a_length_bound_is_refused_as_unenforceable(grammars):
+    schema = {
+        "type": "object",
+        "properties": {"code": {"type": "string", "pattern": "^[A-Z]+$", "maxLength": 4}},
+    }
+    with pytest.raises(InvalidRequest) as err:
+        grammars.compile(ResponseFormat("json_schema", json.dumps(schema), name="bad"))
+    assert err.value.param == "response_format"
+    assert "#/properties/code" in err.value.message
