@@ -44,7 +44,7 @@ class _Sink:
         self.tokens = 0
         self.done: set[str] = set()
 
-    def on_token(self, seq_id: str, token_id: int) -> bool:
+    def on_token(self, seq_id: str, token_id: int, logprobs: object = None) -> bool:
         self.tokens += 1
         return False
 
@@ -74,7 +74,7 @@ def _adapters(root: Path, rank: int) -> list[Path]:
         peft_model = get_peft_model(model, config)
         peft_model.peft_config["default"].base_model_name_or_path = "tiny"
         path = root / f"adapter{seed}"
-        peft_model.save_pretrained(path, save_embedding_layers=False)
+        peft_model.save_pretrained(str(path), save_embedding_layers=False)
         paths.append(path)
     return paths
 

@@ -45,6 +45,7 @@ from glimpse.engine.preprocess import (
 )
 from glimpse.engine.protocol import (
     AdapterInfo,
+    AdapterPlacement,
     ChatMessage,
     EngineHealth,
     GenerationRequest,
@@ -130,8 +131,9 @@ class HFEngine:
     async def load_adapter(self, name: str, path: str) -> AdapterInfo:
         return await self._adapters.load(name, path)
 
-    async def unload_adapter(self, name: str) -> None:
+    async def unload_adapter(self, name: str) -> tuple[AdapterPlacement, ...]:
         await self._adapters.unload(name)
+        return ()
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 __all__ = [
     "GREEDY_BELOW_TEMPERATURE",
     "AdapterInfo",
+    "AdapterPlacement",
     "AdapterServing",
     "ChatMessage",
     "Engine",
@@ -347,6 +348,18 @@ class ImageSizeCheck(Protocol):
 
 
 @dataclass(slots=True, frozen=True)
+class AdapterPlacement:
+    """What one server behind a gateway answered when asked to load or unload an adapter."""
+
+    #: The upstream's name (its URL without credentials).
+    server: str
+    ok: bool
+    #: Its HTTP status; 0 when it gave no answer.
+    status: int
+    message: str = ""
+
+
+@dataclass(slots=True, frozen=True)
 class AdapterInfo:
     """A LoRA adapter an engine serves under ``name`` (requests name it as their ``model``)."""
 
@@ -358,6 +371,8 @@ class AdapterInfo:
     rank: int = 0
     #: Identifies the weights (SHA-256 of the file), so caches never mix two adapters of one name.
     digest: str = ""
+    #: A gateway's load: what each upstream answered (empty in-process).
+    placements: tuple[AdapterPlacement, ...] = ()
 
 
 @runtime_checkable
@@ -373,5 +388,6 @@ class AdapterServing(Protocol):
     async def load_adapter(self, name: str, path: str) -> AdapterInfo:
         """Read, check and add an adapter (``AdapterError`` if unusable, ``InvalidRequest`` if refused)."""
 
-    async def unload_adapter(self, name: str) -> None:
-        """Stop serving ``name`` (``ModelNotFound`` if unknown); running requests finish with it."""
+    async def unload_adapter(self, name: str) -> tuple[AdapterPlacement, ...]:
+        """Stop serving ``name`` (``ModelNotFound`` if unknown); running requests finish with it.
+        A gateway returns what each upstream answered (empty in-process)."""

@@ -40,7 +40,7 @@ def register_finetune(sub: Any) -> None:
         help="Comma-separated linear layer names to adapt (e.g. q_proj,v_proj,lm_head); default: every "
         "linear layer of the language model and the LM head.",
     )
-    p.add_argument("--vision", action="store_true", help="Also adapt the vision tower (not served yet).")
+    p.add_argument("--vision", action="store_true", help="Also adapt the vision tower.")
     p.add_argument("--lr", type=float, default=2e-4, help="Peak learning rate (default 2e-4).")
     p.add_argument("--epochs", type=int, default=3, help="Passes over the training set (default 3).")
     p.add_argument("--batch-size", type=int, default=8, help="Examples per forward pass (default 8).")

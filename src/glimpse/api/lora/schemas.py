@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["LoadLoraAdapterRequest", "LoraAdapterObject", "UnloadLoraAdapterRequest"]
+__all__ = ["LoadLoraAdapterRequest", "LoraAdapterObject", "UnloadLoraAdapterRequest", "UpstreamAnswer"]
 
 _NAME = r"^[^\s]+$"
 
@@ -26,6 +26,15 @@ class UnloadLoraAdapterRequest(BaseModel):
     lora_name: str = Field(min_length=1, max_length=200, description="The adapter to stop serving.")
 
 
+class UpstreamAnswer(BaseModel):
+    """What one upstream answered, behind a gateway (``--engine upstream``)."""
+
+    upstream: str = Field(description="The upstream's URL, without credentials.")
+    ok: bool
+    status: int = Field(description="Its HTTP status; 0 when it did not answer.")
+    message: str
+
+
 class LoraAdapterObject(BaseModel):
     object: str = "lora_adapter"
     id: str
@@ -33,3 +42,7 @@ class LoraAdapterObject(BaseModel):
     root: str
     rank: int
     status: str
+    upstreams: list[UpstreamAnswer] = Field(
+        default_factory=list,
+        description="Behind a gateway, each upstream's answer (the call succeeds when one of them did it).",
+    )

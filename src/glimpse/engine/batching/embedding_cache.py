@@ -89,14 +89,25 @@ class ImageEmbeddingCache:
         encoded once.
         """
         keys = [image.key for image in images]
+        return self.encode_keyed(keys, lambda missing: tower([images[i] for i in missing]), device)
+
+    def encode_keyed(
+        self,
+        keys: Sequence[bytes],
+        tower: Callable[[list[int]], list[torch.Tensor]],
+        device: torch.device,
+    ) -> list[torch.Tensor]:
+        """``encode`` for images known by their keys: ``tower`` gets the positions (in ``keys``) of
+        the images to compute. A key may carry more than the image's (a LoRA adapter that changes
+        the tower: its features are its own)."""
         found: dict[bytes, torch.Tensor] = {}
-        missing: dict[bytes, ImageSpan] = {}
-        for key, image in zip(keys, images, strict=True):
+        missing: dict[bytes, int] = {}
+        for index, key in enumerate(keys):
             if key in found or key in missing:
                 continue
             cached = self.get(key)
             if cached is None:
-                missing[key] = image
+                missing[key] = index
             else:
                 found[key] = cached.to(device)
         evicted = 0
@@ -106,7 +117,7 @@ class ImageEmbeddingCache:
                 found[key] = features
                 evicted += self.put(key, features)
         if self._observer is not None:
-            self._observer.on_image_embeddings(len(images) - len(missing), len(missing), evicted)
+            self._observer.on_image_embeddings(len(keys) - len(missing), len(missing), evicted)
         return [found[key] for key in keys]
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -33,6 +34,7 @@ from glimpse.engine.batching.runner import generation_eos_ids
 from glimpse.engine.batching.sequence import SequenceState
 from glimpse.engine.grammar import GrammarLogitsProcessor
 from glimpse.engine.lora.bank import LoraBank
+from glimpse.engine.lora.layer import VisionRoutes
 from glimpse.engine.protocol import FinishReason, SamplingDefaults, SamplingParams
 from glimpse.errors import ModelNotFound
 
@@ -156,9 +158,9 @@ class GenerateSteps:
     def slot_tokens(self) -> int:
         return self._slot_tokens
 
-    def can_admit(self, seq: SequenceState) -> bool:
+    def can_admit(self, seq: SequenceState, held_back: Sequence[str] = ()) -> bool:
         adapter = seq.request.adapter
-        return adapter is None or self.lora is None or self.lora.can_acquire(adapter)
+        return adapter is None or self.lora is None or self.lora.can_acquire(adapter, held_back)
 
     def admit(self, seq: SequenceState) -> None:
         assert self._seq is None, "one sequence at a time"
@@ -209,8 +211,10 @@ class GenerateSteps:
             recorder = _LogitsRecorder(temperature, sampling.logprobs)
         streamer = _Streamer(seq, host, recorder)
         processors = self._penalties(seq) + ([recorder] if recorder is not None else [])
-        routes = [(seq.adapter_slot, None)] if seq.adapter_slot else []
-        routed = self.lora.routed(routes, routes) if self.lora is not None else contextlib.nullcontext()
+        routed: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+        if self.lora is not None and seq.adapter_slot:
+            routes = [(seq.adapter_slot, None)]
+            routed = self.lora.routed(routes, routes, VisionRoutes.whole(seq.adapter_slot))
         with torch.inference_mode(), routed:
             self._model.generate(
                 **inputs,

@@ -6,7 +6,7 @@ without reading how sequences are scheduled.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -182,8 +182,10 @@ class StepRunner(Protocol):
         """Most prompt + answer tokens one sequence may hold."""
         ...
 
-    def can_admit(self, seq: SequenceState) -> bool:
-        """Whether ``seq`` may take a free slot now (its LoRA adapter can be made resident)."""
+    def can_admit(self, seq: SequenceState, held_back: Sequence[str] = ()) -> bool:
+        """Whether ``seq`` may take a free slot now: its LoRA adapter can be made resident, without
+        taking the slot promised to ``held_back``, the adapters of the sequences ahead of it that
+        could not be admitted (queue order)."""
         ...
 
     def admit(self, seq: SequenceState) -> None:

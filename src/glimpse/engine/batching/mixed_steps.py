@@ -22,6 +22,7 @@ import dataclasses
 import functools
 import logging
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -64,6 +65,8 @@ class MixedSteps:
         #: The LoRA adapters sequences may run with, each row its own (``None``: base model only).
         self.lora = lora
         self.runner = Glm4vRunner(model, embedding_cache_for(config, observer))
+        if lora is not None:
+            self.runner.vision_router = lora.vision_routed
         geometry = self.runner.geometry()
         free_bytes = torch.cuda.mem_get_info(geometry.device)[0] if geometry.device.type == "cuda" else None
         self.size = size_batch(
@@ -120,9 +123,9 @@ class MixedSteps:
     def caches_prefixes(self) -> bool:
         return self.prefix is not None
 
-    def can_admit(self, seq: SequenceState) -> bool:
+    def can_admit(self, seq: SequenceState, held_back: Sequence[str] = ()) -> bool:
         adapter = seq.request.adapter
-        return adapter is None or self.lora is None or self.lora.can_acquire(adapter)
+        return adapter is None or self.lora is None or self.lora.can_acquire(adapter, held_back)
 
     def admit(self, seq: SequenceState) -> None:
         request = seq.request
@@ -228,7 +231,8 @@ class MixedSteps:
             return planned
         try:
             features = self.runner.encode_images(
-                [seq.prompt.images[index] for seq, index in wanted if seq.prompt is not None]
+                [seq.prompt.images[index] for seq, index in wanted if seq.prompt is not None],
+                self._vision_adapters([seq for seq, _ in wanted]),
             )
         except Exception as exc:
             logger.exception("vision tower failed for %d images", len(wanted))
@@ -240,6 +244,17 @@ class MixedSteps:
         for (seq, index), rows in zip(wanted, features, strict=True):
             seq.features[index] = rows
         return planned
+
+    def _vision_adapters(self, seqs: list[SequenceState]) -> list[tuple[int, bytes]]:
+        """Each image's LoRA slot for the vision tower and the salt of its embedding-cache key (its
+        adapter's digest) when an adapter of these sequences changes the tower; else empty."""
+        lora = self.lora
+        if lora is None or not any(lora.changes_vision(seq.adapter_slot) for seq in seqs):
+            return []
+        return [
+            (seq.adapter_slot, seq.cache_salt) if lora.changes_vision(seq.adapter_slot) else (0, b"")
+            for seq in seqs
+        ]
 
     def step(self, host: StepHost) -> int:
         planned = self._encode_images(self._plan_prefill(), host)

@@ -29,6 +29,7 @@ architectures need their own runner and are refused at construction.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -59,6 +60,8 @@ _LAYER_PARTS = (
 RotaryFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 #: ``(attention module, layer index, normed hidden) -> attention output``
 AttendFn = Callable[[Any, int, torch.Tensor], torch.Tensor]
+#: ``(each image's LoRA slot, each image's patch count) -> context of the vision-tower call``
+VisionRouter = Callable[[Sequence[int], Sequence[int]], contextlib.AbstractContextManager[None]]
 
 
 def generation_eos_ids(generation_config: Any) -> frozenset[int]:
@@ -119,6 +122,9 @@ class Glm4vRunner:
         self.dtype: torch.dtype = first_param.dtype
         #: Calls of the vision tower so far (one per step that encodes images not in the cache).
         self.vision_calls = 0
+        #: Routes each image's patches to its LoRA slot around a vision-tower call (set by the
+        #: steps when adapters are served: ``LoraBank.vision_routed``).
+        self.vision_router: VisionRouter | None = None
 
     def geometry(self) -> CacheGeometry:
         return CacheGeometry(
@@ -142,15 +148,29 @@ class Glm4vRunner:
         return prepare_prompt(self._vlm, inputs, self._image_token_id, self._merge_size)
 
     @torch.inference_mode()
-    def encode_images(self, images: Sequence[ImageSpan]) -> list[torch.Tensor]:
+    def encode_images(
+        self, images: Sequence[ImageSpan], adapters: Sequence[tuple[int, bytes]] = ()
+    ) -> list[torch.Tensor]:
         """Image features ``[tokens, hidden]`` of each image: from the embedding cache, else from one
-        vision-tower call over all the others."""
-        if self.embedding_cache is None:
-            return self._vision_tower(images)
-        return self.embedding_cache.encode(images, self._vision_tower, self.device)
+        vision-tower call over all the others.
 
-    def _vision_tower(self, images: Sequence[ImageSpan]) -> list[torch.Tensor]:
-        """One vision-tower call over ``images``.
+        ``adapters``: each image's LoRA slot for the vision tower and what its cache key adds (the
+        adapter's digest), when an adapter that changes the tower is among them (``vision_router``
+        routes each image's patches to its slot); empty: the base tower for all.
+        """
+        slots = [slot for slot, _ in adapters] if adapters else [0] * len(images)
+
+        def tower(at: Sequence[int]) -> list[torch.Tensor]:
+            return self._vision_tower([images[i] for i in at], [slots[i] for i in at])
+
+        if self.embedding_cache is None:
+            return tower(range(len(images)))
+        salts = [salt for _, salt in adapters] if adapters else [b""] * len(images)
+        keys = [image.key + salt for image, salt in zip(images, salts, strict=True)]
+        return self.embedding_cache.encode_keyed(keys, tower, self.device)
+
+    def _vision_tower(self, images: Sequence[ImageSpan], slots: Sequence[int]) -> list[torch.Tensor]:
+        """One vision-tower call over ``images`` (with each one's LoRA slot).
 
         The patches are concatenated as the processor does for a batch of images; the
         tower attends within each image only (by its grid), so each image's features
@@ -159,7 +179,11 @@ class Glm4vRunner:
         pixel_values = torch.cat([image.pixel_values for image in images]).to(self.device)
         grid = torch.stack([image.grid for image in images]).to(self.device)
         self.vision_calls += 1
-        features = self._vlm.get_image_features(pixel_values, grid, return_dict=True).pooler_output
+        routed: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+        if self.vision_router is not None and any(slots):
+            routed = self.vision_router(slots, [int(image.grid.prod()) for image in images])
+        with routed:
+            features = self._vlm.get_image_features(pixel_values, grid, return_dict=True).pooler_output
         dtype = self._embed.weight.dtype
         return [f.to(dtype) for f in features]
 

@@ -6,7 +6,9 @@ any thread may call ``submit()`` and ``cancel()``. A step
 1. takes in new submissions and cancellations,
 2. fails waiting requests that outstayed ``queue_timeout_s``,
 3. admits waiting requests in FIFO order while the runner has a free slot and
-   the token budget allows (counted once, here: the request now holds a slot),
+   the token budget allows (counted once, here: the request now holds a slot);
+   one whose LoRA adapter must wait for a slot of its own is passed over, without
+   losing its turn for that slot (see ``_admit``),
 4. has the ``StepRunner`` advance its sequences one step, and
 5. decides, for each token it reports, whether the sequence ends (end of
    sequence, ``max_new_tokens``, a stop string from the sink), retiring it at
@@ -205,16 +207,24 @@ class Scheduler:
             seq = self._waiting.popleft()
             self._fail(seq, Overloaded(f"waited more than {timeout:g}s for capacity", retry_after=1))
 
-    def _fits_now(self, seq: SequenceState) -> bool:
-        if self.steps.free_slots == 0 or not self.steps.can_admit(seq):
-            return False
+    def _within_budget(self, seq: SequenceState) -> bool:
         budget = self.config.max_tokens_in_flight
         return budget is None or sum(s.reserve for s in self._running) + seq.reserve <= budget
 
     def _admit(self) -> bool:
+        """Admit waiting sequences in order while slots and the token budget allow. One whose LoRA
+        adapter has no slot yet (every slot held by running rows) is passed over, and those behind it
+        may go first; the runner keeps them from pinning the slot it was promised (``can_admit``)."""
         admitted = False
-        while self._waiting and self._fits_now(self._waiting[0]):
-            seq = self._waiting.popleft()
+        held_back: list[str] = []  # adapters of passed-over sequences, in queue order
+        for seq in list(self._waiting):
+            if self.steps.free_slots == 0 or not self._within_budget(seq):
+                break
+            if not self.steps.can_admit(seq, held_back):
+                if seq.request.adapter is not None:
+                    held_back.append(seq.request.adapter)
+                continue
+            self._waiting.remove(seq)
             admitted = True
             if self._observer is not None:
                 self._observer.on_admit(self._clock() - seq.enqueued_at)

@@ -2,10 +2,11 @@
 
 Only what the per-row serving path computes exactly as PEFT does is accepted:
 plain LoRA (``lora_B(lora_A(x)) * scaling``, rsLoRA's scaling included) on linear
-layers of the language model's decoder layers, weights in safetensors (a pickled
-``adapter_model.bin`` could run code when loaded). Everything else is refused
-with a message that names the adapter, what is wrong and what to do, because the
-reader is an operator at a terminal or a client of ``/v1/load_lora_adapter``.
+layers of the language model's decoder layers, its LM head and the vision tower,
+weights in safetensors (a pickled ``adapter_model.bin`` could run code when
+loaded). Everything else is refused with a message that names the adapter, what
+is wrong and what to do, because the reader is an operator at a terminal or a
+client of ``/v1/load_lora_adapter``.
 """
 
 from __future__ import annotations
@@ -185,8 +186,8 @@ def check_against(
         if module not in shapes:
             raise AdapterError(
                 f"LoRA adapter '{name}' changes {module}, which is not a linear layer of this model's "
-                "language model decoder (adapters of the vision tower, the embeddings or the LM head are "
-                "not served); it may be for another base model."
+                "language model decoder, LM head or vision tower (adapters of the embeddings or of "
+                "convolutions are not served); it may be for another base model."
             )
         features = shapes[module]
         if (int(a.shape[1]), int(b.shape[0])) != features:

@@ -8,6 +8,9 @@ the base model: no delta). When a new one is needed and every slot is taken, the
 least recently used adapter that no running sequence holds is unloaded; it is
 read from its folder again the next time a request names it. A removed adapter
 leaves the layers once its last running sequence ends.
+
+Adapters may change the language model's decoder layers, its LM head and the
+vision tower's linear layers; the tower's are routed by image (``vision_routed``).
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from glimpse.engine.lora.adapter import AdapterError, LoraAdapter, check_against, read_adapter
-from glimpse.engine.lora.layer import LoraLinear, Route, Routing, wrap_linears
-from glimpse.engine.lora.targets import head_name, language_model_prefix
+from glimpse.engine.lora.layer import LoraLinear, Route, Routing, VisionRoutes, wrap_linears
+from glimpse.engine.lora.targets import head_name, language_model_prefix, vision_prefix
 from glimpse.engine.protocol import AdapterInfo
 from glimpse.errors import ModelNotFound, Overloaded
 
@@ -31,14 +34,16 @@ __all__ = ["LoraBank", "servable_shapes"]
 
 def servable_shapes(model: Any) -> dict[str, tuple[int, int]]:
     """``name -> (in_features, out_features)`` of the linear layers adapters may change when served:
-    those of the language model's decoder layers and the LM head (works on a ``meta`` model too)."""
+    those of the language model's decoder layers, the LM head and the vision tower (works on a
+    ``meta`` model too)."""
     import torch
 
-    start = language_model_prefix(model) + ".layers."
+    tower = vision_prefix(model)
+    starts = tuple(prefix + "." for prefix in (language_model_prefix(model) + ".layers", tower) if prefix)
     head = head_name(model)
     shapes: dict[str, tuple[int, int]] = {}
     for name, module in model.named_modules():
-        if not (name.startswith(start) or name == head) or name.rpartition(".")[0] in shapes:
+        if not (name.startswith(starts) or name == head) or name.rpartition(".")[0] in shapes:
             continue  # outside the served part, or a wrapper's own base layer
         if isinstance(module, torch.nn.Linear | LoraLinear):
             shapes[str(name)] = (int(module.in_features), int(module.out_features))
@@ -75,8 +80,10 @@ class LoraBank:
         self.routing = Routing()
         self._shapes = servable_shapes(model)
         self._layers: dict[str, LoraLinear] = wrap_linears(
-            model, list(self._shapes), self.routing, head=head_name(model)
+            model, list(self._shapes), self.routing, head=head_name(model), vision=vision_prefix(model)
         )
+        #: Slots of resident adapters that change the vision tower.
+        self._vision_slots: set[int] = set()
         self.max_rank = max_rank
         self.max_resident = max_resident
         self._parent = parent
@@ -132,15 +139,34 @@ class LoraBank:
 
     # -- engine thread ----------------------------------------------------------------
 
-    def can_acquire(self, name: str) -> bool:
-        """Whether ``acquire(name)`` would find a slot now (an unknown name: it fails at once)."""
+    def can_acquire(self, name: str, held_back: Sequence[str] = ()) -> bool:
+        """Whether ``acquire(name)`` would find a slot now (an unknown name: it fails at once).
+
+        ``held_back``: the adapters of requests ahead of this one, in queue order, that could not
+        be admitted (every slot pinned). Each of them is promised the slot of a resident adapter
+        (``_promised``): a request for a promised adapter waits too, so no new row keeps that slot
+        pinned and the one ahead gets it when the rows holding it end, however many arrive meanwhile.
+        """
         with self._lock:
-            return (
-                name not in self._known
-                or name in self._resident
-                or bool(self._free)
-                or any(r.pins == 0 for r in self._resident.values())
-            )
+            if name not in self._known:
+                return True
+            if name in self._resident:
+                return name not in self._promised(held_back)
+            return bool(self._free) or any(r.pins == 0 for r in self._resident.values())
+
+    def _promised(self, held_back: Sequence[str]) -> set[str]:
+        """The resident adapters whose slots ``held_back`` wait for: the least recently used first, one
+        per waiting adapter (the lock is held). No new pins on them, so that order stays put."""
+        promised: set[str] = set()
+        candidates = iter(self._resident)
+        for waiting in dict.fromkeys(held_back):
+            if waiting in self._resident or waiting not in self._known:
+                continue  # waits for a promised slot itself, or fails at admission
+            victim = next((n for n in candidates if n not in promised), None)
+            if victim is None:
+                break
+            promised.add(victim)
+        return promised
 
     def acquire(self, name: str) -> tuple[int, AdapterInfo]:
         """Make ``name`` resident (unloading the least recently used free one if need be) and hold it;
@@ -177,15 +203,32 @@ class LoraBank:
             if resident.removed and resident.pins == 0:
                 self._unload(name)
 
+    def changes_vision(self, slot: int) -> bool:
+        """Whether the adapter in ``slot`` changes the vision tower (its image features are its own)."""
+        return slot in self._vision_slots
+
     @contextlib.contextmanager
-    def routed(self, routes: Sequence[Route], head_routes: Sequence[Route]) -> Iterator[None]:
-        """Rows of the forward inside use these adapters: packed token rows, then the LM head's rows
-        (engine thread)."""
-        self.routing.routes, self.routing.head_routes = routes, head_routes
+    def routed(
+        self, routes: Sequence[Route], head_routes: Sequence[Route], vision: VisionRoutes | None = None
+    ) -> Iterator[None]:
+        """Rows of the forward inside use these adapters: packed token rows, the LM head's rows, and
+        the images of vision-tower calls (engine thread)."""
+        self.routing.routes, self.routing.head_routes, self.routing.vision = routes, head_routes, vision
         try:
             yield
         finally:
             self.routing.routes = self.routing.head_routes = ()
+            self.routing.vision = None
+
+    @contextlib.contextmanager
+    def vision_routed(self, slots: Sequence[int], patches: Sequence[int]) -> Iterator[None]:
+        """The vision-tower call inside encodes images with these adapter slots and patch counts, in
+        the order it concatenates them (engine thread)."""
+        self.routing.vision = VisionRoutes(slots, patches, self._device)
+        try:
+            yield
+        finally:
+            self.routing.vision = None
 
     def _take_slot(self) -> int:
         if self._free:
@@ -200,6 +243,8 @@ class LoraBank:
     def _install(self, slot: int, adapter: LoraAdapter) -> None:
         for module, (a, b, scaling) in adapter.weights.items():
             layer = self._layers[module]
+            if layer.vision:
+                self._vision_slots.add(slot)
             a_dev = a.to(device=self._device, dtype=self._dtype)
             b_dev = b.to(device=self._device, dtype=self._dtype)
             layer.adapters[slot] = (a_dev, b_dev, scaling)
@@ -207,6 +252,7 @@ class LoraBank:
     def _clear(self, slot: int) -> None:
         for layer in self._layers.values():
             layer.adapters.pop(slot, None)
+        self._vision_slots.discard(slot)
         with self._lock:
             self._free.append(slot)
 
@@ -215,5 +261,6 @@ class LoraBank:
         slot = self._resident.pop(name).slot
         for layer in self._layers.values():
             layer.adapters.pop(slot, None)
+        self._vision_slots.discard(slot)
         if free:
             self._free.append(slot)

@@ -2,8 +2,8 @@
 
 Training (``glimpse finetune``) and serving agree on the answer: by default the
 linear layers of the language model's decoder layers (attention projections and
-MLP) and the LM head, optionally the vision tower's linear layers too (trained,
-not yet served). The head is in by default because an adapter that must say
+MLP) and the LM head, optionally the vision tower's linear layers too (served
+per image). The head is in by default because an adapter that must say
 something new (a product code, a field name) needs it: on the tiny model,
 adapters of the decoder layers alone could not learn to emit tokens the base
 model never emits (the loss stalled near uniform), with the head they did within

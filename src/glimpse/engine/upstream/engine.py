@@ -24,12 +24,20 @@ from typing import Any
 import httpx
 
 from glimpse.config import EngineSettings, UpstreamSettings
-from glimpse.engine.protocol import AdapterInfo, EngineHealth, FinishReason, GenerationRequest, TokenEvent
+from glimpse.engine.protocol import (
+    AdapterInfo,
+    AdapterPlacement,
+    EngineHealth,
+    FinishReason,
+    GenerationRequest,
+    TokenEvent,
+)
 from glimpse.engine.upstream._checks import check_request
 from glimpse.engine.upstream._failures import BadStatus, Progress, Reported, Retry, Verdict, classify
 from glimpse.engine.upstream._reader import IDENTITY, check_identity, read_capped
 from glimpse.engine.upstream._relay import relay
 from glimpse.engine.upstream._verdicts import Suspects, apply_verdict
+from glimpse.engine.upstream.adapters import AdapterForwarder
 from glimpse.engine.upstream.balancer import Balancer, Upstream
 from glimpse.engine.upstream.breaker import BreakerState, CircuitBreaker
 from glimpse.engine.upstream.health import HealthChecker
@@ -104,6 +112,13 @@ class UpstreamEngine:
             metrics=self._metrics,
             max_body_bytes=opts.max_event_bytes,
         )
+        self._forwarder = AdapterForwarder(
+            client=self._http,
+            upstreams=self._balancer.upstreams,
+            headers=self._headers,
+            timeout=self._timeout,
+            max_body_bytes=opts.max_event_bytes,
+        )
         self._checker_task: asyncio.Task[None] | None = None
         self._producers: dict[str, set[asyncio.Task[None]]] = {}
         self._started = False
@@ -125,14 +140,16 @@ class UpstreamEngine:
         return next((info for info in self.adapters() if info.name == name), None)
 
     async def load_adapter(self, name: str, path: str) -> AdapterInfo:
-        raise InvalidRequest(
-            "This server proxies upstream servers: load LoRA adapters on them (vLLM: POST "
-            "/v1/load_lora_adapter there); they are listed here once their /v1/models lists them.",
-            param="lora_name",
-        )
+        """Load it on every upstream (``adapters.AdapterForwarder``); ``path`` is on their machines."""
+        if name == self._model_name:
+            raise InvalidRequest(
+                f"'{name}' is the base model's name; give the adapter another.", param="lora_name"
+            )
+        placements = await self._forwarder.load(name, path)
+        return AdapterInfo(name, path, self._model_name, placements=placements)
 
-    async def unload_adapter(self, name: str) -> None:
-        await self.load_adapter(name, "")
+    async def unload_adapter(self, name: str) -> tuple[AdapterPlacement, ...]:
+        return await self._forwarder.unload(name)
 
     def _without_adapter(self, name: str | None) -> set[str]:
         """Upstreams a request for adapter ``name`` must not go to: those that do not list it (none, when

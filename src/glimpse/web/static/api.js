@@ -100,14 +100,19 @@ function headers(apiKey) {
   return h;
 }
 
-/** The first model id the server lists, or null when it will not say. */
-export async function fetchModelId(apiKey, signal) {
+/**
+ * The models the server lists, as [{id, parent}] (``parent``: the model a LoRA adapter
+ * adapts, null for a model of its own), or null when it will not say (no key yet, an error).
+ */
+export async function fetchModels(apiKey, signal) {
   try {
     const response = await fetch("/v1/models", { headers: headers(apiKey), signal });
     if (!response.ok) return null;
     const body = await response.json();
-    const first = Array.isArray(body?.data) ? body.data[0] : null;
-    return first && typeof first.id === "string" ? first.id : null;
+    const models = (Array.isArray(body?.data) ? body.data : [])
+      .filter((model) => model && typeof model.id === "string" && model.id)
+      .map((model) => ({ id: model.id, parent: typeof model.parent === "string" ? model.parent : null }));
+    return models.length ? models : null;
   } catch {
     return null;
   }

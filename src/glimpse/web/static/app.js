@@ -2,10 +2,11 @@
 // messages and the readiness banner together. Each concern lives in its own
 // module; this file only connects them to the page.
 
-import { checkReady, fetchModelId } from "./api.js";
+import { checkReady } from "./api.js";
 import { Conversation } from "./chat.js";
 import { applyTranslations, getLang, initialLang, setLang, t } from "./i18n.js";
 import { LIMITS, firstFile, formatBytes, inspectImage, typeName } from "./image.js";
+import { ModelPicker } from "./models.js";
 import { Notice } from "./notice.js";
 import { Settings } from "./settings.js";
 
@@ -21,6 +22,7 @@ const settings = new Settings({
   temperatureOutput: $("temperature-value"),
   apiKeyInput: $("api-key"),
 });
+const models = new ModelPicker({ picker: $("model-picker"), select: $("model-select"), name: $("model-name") });
 const imageNotice = new Notice($("image-error"));
 const chatNotice = new Notice($("chat-error"));
 
@@ -29,6 +31,7 @@ const conversation = new Conversation({
   emptyNote: $("chat-empty"),
   settings,
   getImage: () => state.image,
+  getModel: (signal) => models.resolve(settings.apiKey, signal),
   onBusy: (busy) => {
     $("send-btn").disabled = busy;
     $("stop-btn").hidden = !busy;
@@ -52,6 +55,7 @@ function renderLanguage() {
   renderPreviewMeta();
   renderHistory();
   conversation.relabel();
+  models.relabel();
   imageNotice.render();
   chatNotice.render();
   readiness.render();
@@ -254,7 +258,8 @@ const readiness = {
       });
     }
     this.timer = 0;
-    showModel();
+    // Name the served model, or offer its adapters, once the server can say (it may need the key).
+    models.resolve(settings.apiKey);
     if (this.key) {
       this.set("banner.ready");
       setTimeout(() => {
@@ -269,16 +274,6 @@ window.addEventListener("online", () => {
   readiness.set(null);
   readiness.watch();
 });
-
-/** Name the served model in the header once the server can say (it may need the key). */
-async function showModel() {
-  if (conversation.model) return;
-  const id = await fetchModelId(settings.apiKey);
-  if (!id) return;
-  conversation.model = id;
-  $("model-name").textContent = id;
-  $("model-name").hidden = false;
-}
 
 // ---- start ------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 // page, and one streaming answer at a time (with Stop). The image goes with
 // the first user message, so follow-up questions are about the same image.
 
-import { ChatError, fetchModelId, streamChat } from "./api.js";
+import { ChatError, streamChat } from "./api.js";
 import { t } from "./i18n.js";
 import { renderMarkdown } from "./markdown.js";
 
@@ -158,17 +158,17 @@ class Turn {
 }
 
 export class Conversation {
-  constructor({ transcript, emptyNote, settings, getImage, onBusy, onError }) {
+  constructor({ transcript, emptyNote, settings, getImage, getModel, onBusy, onError }) {
     this.transcript = transcript;
     this.emptyNote = emptyNote;
     this.settings = settings;
     this.getImage = getImage;
+    this.getModel = getModel;
     this.onBusy = onBusy;
     this.onError = onError;
     this.messages = [];
     this.turns = [];
     this.controller = null;
-    this.model = null;
   }
 
   get busy() {
@@ -223,12 +223,12 @@ export class Conversation {
     let ttft = null;
     let usage = null;
     try {
-      if (!this.model) this.model = (await fetchModelId(this.settings.apiKey, controller.signal)) || "";
+      const model = await this.getModel(controller.signal);
       await streamChat({
         messages: this.messages,
         maxTokens: this.settings.maxTokens,
         temperature: this.settings.temperature,
-        model: this.model,
+        model,
         apiKey: this.settings.apiKey,
         signal: controller.signal,
         onEvent: (event) => {

@@ -34,9 +34,9 @@ class StepLog:
             self.steps[-1].prefilled = [int(chunk.token_ids.shape[0]) for chunk in chunks]
             return real_forward(cache, slots, tokens, positions, chunks)
 
-        def encode(images):
+        def encode(images, adapters=()):
             self.steps[-1].vision_calls.append(len(images))
-            return real_encode(images)
+            return real_encode(images, adapters)
 
         def step():
             self.steps.append(_Step())

@@ -57,7 +57,7 @@ def make_adapter(
         for name, module in model.named_modules()
         if isinstance(module, torch.nn.Linear)
         and name.rsplit(".", 1)[-1] in leaves
-        and (name.startswith(LM) or name == "lm_head" or (vision and name.startswith("model.visual.blocks")))
+        and (name.startswith(LM) or name == "lm_head" or (vision and name.startswith("model.visual.")))
     ]
     torch.manual_seed(seed)
     config = LoraConfig(

@@ -85,10 +85,14 @@ def test_an_adapter_for_another_base_model(good, tmp_path, shapes):
         check_against(read_adapter("a", good, max_rank=64), narrower, ("tiny",))
 
 
-def test_vision_adapters_are_not_served_yet(tiny_dir, tmp_path, shapes):
-    path = make_adapter(tiny_dir, tmp_path / "v", seed=1, leaves=("qkv",), vision=True)
-    with pytest.raises(AdapterError, match="vision tower"):
-        check_against(read_adapter("v", path, max_rank=64), shapes, ("tiny",))
+def test_vision_tower_adapters_are_checked_like_the_others(tiny_dir, tmp_path, shapes):
+    path = make_adapter(tiny_dir, tmp_path / "v", seed=1, leaves=("qkv", "proj"), vision=True)
+    adapter = read_adapter("v", path, max_rank=64)
+    assert any(module.startswith("model.visual.merger.") for module in adapter.modules)
+    check_against(adapter, shapes, ("tiny",))
+    narrower = {name: (inputs + 1, outputs) for name, (inputs, outputs) in shapes.items()}
+    with pytest.raises(AdapterError, match=r"model\.visual\.\S+ takes"):
+        check_against(adapter, narrower, ("tiny",))
 
 
 def test_start_up_refuses_a_bad_adapter_before_loading_weights(tiny_dir, good, tmp_path):

@@ -105,6 +105,9 @@ class FakeUpstream:
         self.models_stream: httpx.AsyncByteStream | None = None
         #: LoRA adapters listed by ``/v1/models`` as vLLM lists them (name -> root; parent: the first model).
         self.adapters: dict[str, str] = {}
+        #: Adapter folders on this upstream's machine (``/v1/load_lora_adapter`` finds only these).
+        self.lora_folders: set[str] = set()
+        self.lora_bodies: list[dict[str, Any]] = []
 
     async def default_chat(self, request: httpx.Request, body: dict[str, Any]) -> httpx.Response:
         return self.stream(answer("Hello", " from ", self.host, usage=(11, 3)))
@@ -136,12 +139,35 @@ class FakeUpstream:
                 for n, r in self.adapters.items()
             ]
             return httpx.Response(200, json={"object": "list", "data": data})
+        if request.url.path in ("/v1/load_lora_adapter", "/v1/unload_lora_adapter"):
+            return self.lora(request.url.path, json.loads(request.content))
         if request.url.path == "/v1/chat/completions":
             body = json.loads(request.content)
             self.chat_bodies.append(body)
             self.chat_headers.append(request.headers)
             return await self.chat(request, body)
         return httpx.Response(404, json={"detail": "Not Found"})
+
+    def lora(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        """vLLM's runtime adapter endpoints: plain-text success, its error objects otherwise."""
+        self.lora_bodies.append(body)
+        name = body["lora_name"]
+
+        def error(status: int, message: str) -> httpx.Response:
+            return httpx.Response(
+                status, json={"error": {"message": message, "type": "Error", "code": status}}
+            )
+
+        if path == "/v1/unload_lora_adapter":
+            if self.adapters.pop(name, None) is None:
+                return error(404, f"The lora adapter '{name}' cannot be found.")
+            return httpx.Response(200, text=f"Success: LoRA adapter '{name}' removed successfully.")
+        if name in self.adapters:
+            return error(400, f"The lora adapter '{name}' has already been loaded.")
+        if body["lora_path"] not in self.lora_folders:
+            return error(400, f"No adapter found for {body['lora_path']}")
+        self.adapters[name] = body["lora_path"]
+        return httpx.Response(200, text=f"Success: LoRA adapter '{name}' added successfully.")
 
 
 class Cluster:
