@@ -23,7 +23,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 from glimpse.config import EngineSettings
@@ -57,7 +57,7 @@ from glimpse.engine.protocol import (
 )
 from glimpse.engine.sampling_config import check_sampling, check_vocabulary
 from glimpse.engine.token_text import TokenTexts
-from glimpse.engine.tool_calls import TOOL_MARKUP, ToolCallParser, string_parameters
+from glimpse.engine.tool_calls import ToolCallParser, answer_text, markup_hidden_ids, string_parameters
 from glimpse.engine.worker import EngineWorker
 from glimpse.errors import (
     DeadlineExceeded,
@@ -115,7 +115,7 @@ class HFEngine:
         self._adapters = AdapterCatalog(
             settings, self._name, lambda: self._worker.lora if self._worker is not None else None
         )
-        #: Special token ids a request with tools does not see (``_find_markup_hidden``).
+        #: Special token ids a request with tools does not see (``tool_calls.markup_hidden_ids``).
         self._markup_hidden: frozenset[int] | None = None
 
     @property
@@ -162,7 +162,7 @@ class HFEngine:
         self._preprocessor = await processes or ThreadPreprocessor(result.processor, preprocess_threads())
         self._think_ids = self._find_think_ids()
         self._token_texts = TokenTexts(getattr(result.processor, "tokenizer", result.processor))
-        self._markup_hidden = self._find_markup_hidden()
+        self._markup_hidden = markup_hidden_ids(getattr(result.processor, "tokenizer", result.processor))
         if self._settings.warmup:
             self._detail = "warming up"
             await self._warm_up()
@@ -345,7 +345,7 @@ class HFEngine:
             tools = request.tools if request.tools is not None and request.tools.active else None
             sink = JobSink(
                 self._mailbox_for(loop),
-                self._text_of(tokenizer, keep_tool_markup=tools is not None),
+                answer_text(tokenizer, self._markup_hidden if tools is not None else None),
                 request.sampling.stop,
                 prompt_tokens,
                 think_ids=think,
@@ -378,29 +378,6 @@ class HFEngine:
         if self._mailbox is None or self._mailbox.loop is not loop:
             self._mailbox = LoopMailbox(loop)
         return self._mailbox
-
-    def _text_of(self, tokenizer: Any, *, keep_tool_markup: bool) -> Callable[[Sequence[int]], str]:
-        """How a request's tokens become text: special tokens left out, except, for a request with
-        tools, the call markup where the tokenizer has it as special tokens (GLM-4.6V's ``<tool_call>``,
-        ``<arg_key>``...), which the calls are read from (vLLM's GLM parser keeps all of them)."""
-        hidden = self._markup_hidden if keep_tool_markup else None
-        if hidden is None:
-            return lambda ids: str(tokenizer.decode(ids, skip_special_tokens=True))
-        return lambda ids: str(
-            tokenizer.decode([i for i in ids if i not in hidden], skip_special_tokens=False)
-        )
-
-    def _find_markup_hidden(self) -> frozenset[int] | None:
-        """The special token ids but the tool-call markup's; ``None`` when no markup token is special."""
-        if self.loaded is None:
-            return None
-        tokenizer = getattr(self.loaded.processor, "tokenizer", self.loaded.processor)
-        special = {int(i) for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if t.special}
-        special |= {int(i) for i in getattr(tokenizer, "all_special_ids", ())}
-        unknown = getattr(tokenizer, "unk_token_id", None)
-        markup = {tokenizer.convert_tokens_to_ids(token) for token in TOOL_MARKUP} - {unknown}
-        kept = special & {i for i in markup if isinstance(i, int)}
-        return frozenset(special - kept) if kept else None
 
     def _build_grammars(self) -> Grammars:
         """The grammars' vocabulary is the logits' width (GLM's head is wider than its tokenizer), their

@@ -27,7 +27,7 @@ import dataclasses
 import json
 import re
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from glimpse.engine.protocol import TokenEvent, ToolCall, ToolCallDelta
@@ -37,7 +37,9 @@ __all__ = [
     "CALL_START",
     "TOOL_MARKUP",
     "ToolCallParser",
+    "answer_text",
     "collect_tool_calls",
+    "markup_hidden_ids",
     "new_call_id",
     "string_parameters",
 ]
@@ -54,6 +56,26 @@ _WHITESPACE = " \t\r\n"
 def new_call_id() -> str:
     """A fresh call id in OpenAI's shape (``call_`` and 24 hex digits)."""
     return f"call_{uuid.uuid4().hex[:24]}"
+
+
+def answer_text(tokenizer: Any, hidden: frozenset[int] | None) -> Callable[[Sequence[int]], str]:
+    """How a request's tokens become text: special tokens left out, except, for a request with
+    tools (``hidden`` from ``markup_hidden_ids``), the call markup where the tokenizer has it as
+    special tokens (GLM-4.6V's ``<tool_call>``, ``<arg_key>``...), which the calls are read from
+    (vLLM's GLM parser keeps all of them)."""
+    if hidden is None:
+        return lambda ids: str(tokenizer.decode(ids, skip_special_tokens=True))
+    return lambda ids: str(tokenizer.decode([i for i in ids if i not in hidden], skip_special_tokens=False))
+
+
+def markup_hidden_ids(tokenizer: Any) -> frozenset[int] | None:
+    """The special token ids but the tool-call markup's; ``None`` when no markup token is special."""
+    special = {int(i) for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if t.special}
+    special |= {int(i) for i in getattr(tokenizer, "all_special_ids", ())}
+    unknown = getattr(tokenizer, "unk_token_id", None)
+    markup = {tokenizer.convert_tokens_to_ids(token) for token in TOOL_MARKUP} - {unknown}
+    kept = special & {i for i in markup if isinstance(i, int)}
+    return frozenset(special - kept) if kept else None
 
 
 def string_parameters(definitions: str) -> dict[str, frozenset[str]]:

@@ -353,23 +353,18 @@ def test_health_reports_the_chosen_batch_and_the_kv_cache_it_holds(tiny_dir, bat
 def test_a_request_with_tools_sees_call_markup_that_its_tokenizer_calls_special(tiny_dir):
     """GLM-4.6V's tokenizer has ``<tool_call>`` & co. as special tokens; decoded as usual, the calls
     would vanish. Other special tokens stay hidden, and requests without tools see nothing new."""
-    from types import SimpleNamespace
-
     from transformers import AutoTokenizer
 
-    from glimpse.engine.tool_calls import TOOL_MARKUP
+    from glimpse.engine.tool_calls import TOOL_MARKUP, answer_text, markup_hidden_ids
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
     tokenizer.add_special_tokens({"additional_special_tokens": list(TOOL_MARKUP)})
-    engine = HFEngine(EngineSettings(model=str(tiny_dir)))
-    engine.loaded = SimpleNamespace(processor=SimpleNamespace(tokenizer=tokenizer))  # type: ignore[assignment]
-    engine._markup_hidden = engine._find_markup_hidden()
+    hidden = markup_hidden_ids(tokenizer)
     ids = tokenizer.encode(
         "<tool_call>f\n<arg_key>a</arg_key><arg_value>1</arg_value></tool_call><|endoftext|>"
     )
-    with_tools = engine._text_of(tokenizer, keep_tool_markup=True)
+    with_tools = answer_text(tokenizer, hidden)
     assert with_tools(ids) == "<tool_call>f\n<arg_key>a</arg_key><arg_value>1</arg_value></tool_call>"
-    assert engine._text_of(tokenizer, keep_tool_markup=False)(ids) == "f\na1"
+    assert answer_text(tokenizer, None)(ids) == "f\na1"
     plain = AutoTokenizer.from_pretrained(tiny_dir)  # the tiny models' markup is plain text
-    engine.loaded = SimpleNamespace(processor=SimpleNamespace(tokenizer=plain))  # type: ignore[assignment]
-    assert engine._find_markup_hidden() is None
+    assert markup_hidden_ids(plain) is None
