@@ -585,8 +585,8 @@ class BatchSettings(BaseModel):
         0.5,
         gt=0,
         le=1,
-        description="Share of the engine's capacity batch lines may hold; a line starts only while the "
-        "engine has a free place, so live requests are never queued behind batch work.",
+        description="Share of the engine's running batch (max_batch_size) batch lines may hold; a line "
+        "starts only while a place in it is free, so live requests are never queued behind batch work.",
     )
     visibility_timeout_s: float = Field(
         300.0,

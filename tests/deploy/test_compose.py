@@ -29,7 +29,14 @@ def _default_profile(services) -> set[str]:
 
 
 def test_services_and_profiles(services):
-    assert _default_profile(services) == {"glimpse-1", "glimpse-2", "redis", "nginx", "tls-init"}
+    assert _default_profile(services) == {
+        "glimpse-1",
+        "glimpse-2",
+        "redis",
+        "queue-redis",
+        "nginx",
+        "tls-init",
+    }
     assert services["vllm"]["profiles"] == ["vllm"]
     assert services["glimpse-vllm"]["profiles"] == ["vllm"]
     assert services["prometheus"]["profiles"] == services["grafana"]["profiles"] == ["monitoring"]
@@ -53,6 +60,50 @@ def test_replicas_share_redis_and_a_model_volume_and_drain_in_time(services, mon
             REPO / service["build"]["dockerfile"].replace("${GLIMPSE_DOCKERFILE:-Dockerfile}", "Dockerfile")
         ).is_file()
         assert (COMPOSE_DIR / service["build"]["context"]).resolve() == REPO
+
+
+def _redis_flags(command: list[str]) -> dict[str, str]:
+    """``--name value`` pairs of a redis-server command line."""
+    args = command[1:] if command[0] == "redis-server" else command
+    return {args[i].removeprefix("--"): args[i + 1] for i in range(0, len(args) - 1, 2)}
+
+
+def test_the_batch_queue_is_a_durable_redis_of_its_own(services, monkeypatch):
+    queue = services["queue-redis"]
+    flags = _redis_flags(queue["command"])
+    assert flags["appendonly"] == "yes"
+    assert flags["appendfsync"] == "everysec"
+    assert flags["maxmemory-policy"] == "noeviction"
+    (data,) = [v.split(":")[0] for v in queue["volumes"] if v.endswith(":/data")]  # the AOF's directory
+    (compose,) = load_yaml(COMPOSE)
+    assert data in compose["volumes"]  # a named volume: it outlives the container
+    assert "redis-cli" in queue["healthcheck"]["test"]
+    # The cache's Redis evicts and keeps nothing: the queue must never be that one.
+    assert _redis_flags(services["redis"]["command"])["maxmemory-policy"] != "noeviction"
+    for name in ("glimpse-1", "glimpse-2", "glimpse-vllm"):
+        settings = settings_from_env(monkeypatch, _env(services[name]))
+        assert settings.queue.redis_url is not None
+        assert settings.queue.redis_url.get_secret_value() == "redis://queue-redis:6379/0"
+        assert services[name]["depends_on"]["queue-redis"]["condition"] == "service_healthy"
+
+
+def test_the_replicas_share_one_batch_file_volume_the_image_lets_them_write(services, monkeypatch):
+    (compose,) = load_yaml(COMPOSE)
+    shared = set()
+    for name in ("glimpse-1", "glimpse-2", "glimpse-vllm"):
+        settings = settings_from_env(monkeypatch, _env(services[name]))
+        assert settings.batch.dir is not None
+        (volume,) = [
+            v.split(":")[0] for v in services[name]["volumes"] if v.endswith(f":{settings.batch.dir}")
+        ]
+        shared.add(volume)
+    (volume,) = shared  # one volume, the same for every replica
+    assert volume in compose["volumes"]
+    # Docker fills a new named volume from the image's directory, owner included.
+    for dockerfile in ("Dockerfile", "Dockerfile.cuda"):
+        run = " ".join((DEPLOY / "docker" / dockerfile).read_text().split())
+        assert re.search(rf"mkdir -p [^&]*{settings.batch.dir}\b", run), dockerfile
+        assert re.search(rf"chown glimpse:glimpse [^&]*{settings.batch.dir}\b", run), dockerfile
 
 
 def test_vllm_serves_glm46v_flash_on_a_gpu_and_glimpse_uses_it(services, monkeypatch):

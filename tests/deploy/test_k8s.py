@@ -42,6 +42,7 @@ def test_objects_have_the_expected_kinds(objects):
         "Secret",
         "PersistentVolumeClaim",
         "Deployment",
+        "StatefulSet",
         "Service",
         "PodDisruptionBudget",
         "HorizontalPodAutoscaler",
@@ -170,3 +171,40 @@ def test_configmap_and_secret_are_valid_glimpse_settings(objects, monkeypatch):
     assert settings.cache.redis_url is not None
     redis_url = settings.cache.redis_url.get_secret_value()
     assert redis_url.startswith(f"redis://{redis['metadata']['name']}:{redis['spec']['ports'][0]['port']}/")
+
+
+def test_the_batch_queue_is_a_durable_redis_of_its_own(objects, monkeypatch):
+    queue = objects[("StatefulSet", "glimpse-queue-redis")]
+    (redis,) = queue["spec"]["template"]["spec"]["containers"]
+    args = redis["args"]
+    flags = {args[i].removeprefix("--"): args[i + 1] for i in range(0, len(args) - 1, 2)}
+    assert flags["appendonly"] == "yes"
+    assert flags["appendfsync"] == "everysec"
+    assert flags["maxmemory-policy"] == "noeviction"
+    # The AOF's directory (/data) is a persistent volume claimed per pod, not an emptyDir.
+    (claim,) = queue["spec"]["volumeClaimTemplates"]
+    (data,) = [m for m in redis["volumeMounts"] if m["mountPath"] == "/data"]
+    assert data["name"] == claim["metadata"]["name"]
+    pod_labels = queue["spec"]["template"]["metadata"]["labels"]
+    service = objects[("Service", "glimpse-queue-redis")]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert queue["spec"]["serviceName"] == service["metadata"]["name"]
+    env = {
+        **objects[("ConfigMap", "glimpse-config")]["data"],
+        **objects[("Secret", "glimpse-secrets")]["stringData"],
+    }
+    settings = settings_from_env(monkeypatch, env)
+    assert settings.queue.redis_url is not None
+    url = settings.queue.redis_url.get_secret_value()
+    assert url.startswith(f"redis://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}/")
+    assert settings.cache.redis_url is not None
+    assert url != settings.cache.redis_url.get_secret_value()  # the cache's Redis evicts
+
+
+def test_the_pods_share_one_batch_file_volume(objects, pod, container, monkeypatch):
+    settings = settings_from_env(monkeypatch, objects[("ConfigMap", "glimpse-config")]["data"])
+    assert settings.batch.dir is not None
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == str(settings.batch.dir)]
+    (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == mount["name"]]
+    claim = objects[("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]  # every replica mounts it

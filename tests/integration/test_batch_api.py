@@ -201,9 +201,17 @@ class BoundedEngine(FakeEngine):
     capacity: int = 4
     #: Live requests the engine is running besides the batch lines (steered by the test).
     live: int = 0
+    #: Its running batch, when it reports one; the rest of ``capacity`` is its queue.
+    slots: int | None = None
 
     def health(self) -> EngineHealth:
-        return EngineHealth(self.ready, "ready", running=self.in_flight + self.live, capacity=self.capacity)
+        busy = self.in_flight + self.live
+        if self.slots is None:
+            return EngineHealth(self.ready, "ready", running=busy, capacity=self.capacity)
+        running = min(busy, self.slots)
+        return EngineHealth(
+            self.ready, "ready", busy - running, running, capacity=self.capacity, slots=self.slots
+        )
 
 
 async def test_batch_lines_take_only_their_share_of_the_engine(make_client):
@@ -220,6 +228,41 @@ async def test_batch_lines_take_only_their_share_of_the_engine(make_client):
             assert time.monotonic() < deadline
             await asyncio.sleep(0.005)
     assert 1 <= runner_peak <= 2
+
+
+async def _peak_lines(client, engine: BoundedEngine, lines: int) -> int:
+    """Runs a batch of ``lines`` to the end; the most of its lines the engine held at once."""
+    peak = 0
+    batch = await submit(client, jsonl(*(request_line(f"r{i}", f"q{i}") for i in range(lines))))
+    deadline = time.monotonic() + 10
+    while (await client.get(f"/v1/batches/{batch['id']}")).json()["status"] != "completed":
+        peak = max(peak, engine.in_flight)
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.005)
+    return peak
+
+
+async def test_the_share_is_of_the_running_batch_not_of_the_engine_queue_too(make_client):
+    # 4 slots and 4 queue places: half of the 8 places would be every slot, and a live request
+    # arriving then would wait in the queue for a batch line to end.
+    engine = BoundedEngine(delay_s=0.02, capacity=8, slots=4)
+    settings = batch_settings(max_in_flight=10, capacity_share=0.5).model_copy(
+        update={"engine": EngineSettings(warmup=False)}
+    )
+    async with make_client(engine, settings) as client:
+        peak = await _peak_lines(client, engine, 8)
+    assert 1 <= peak <= 2
+
+
+async def test_batch_lines_take_only_free_slots_never_a_place_in_the_engine_queue(make_client):
+    engine = BoundedEngine(delay_s=0.02, capacity=8, slots=4, live=3)
+    settings = batch_settings(max_in_flight=10, capacity_share=1.0).model_copy(
+        update={"engine": EngineSettings(warmup=False)}
+    )
+    async with make_client(engine, settings) as client:
+        peak = await _peak_lines(client, engine, 4)
+        engine.live = 0  # the live requests end (the watchdog checks the engine is idle)
+    assert peak == 1  # the one slot the live requests leave: none queued behind a batch line
 
 
 async def test_batch_lines_wait_while_live_requests_fill_the_engine(make_client):

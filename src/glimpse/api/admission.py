@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from glimpse.api.state import AppState
     from glimpse.engine.protocol import EngineHealth
 
-__all__ = ["Admission", "RequestHead", "RoutePolicy", "route_policies"]
+__all__ = ["Admission", "EngineLoad", "RequestHead", "RoutePolicy", "route_policies"]
 
 #: Headroom for the text of a request (questions, history, JSON or multipart framing) on top of its images.
 TEXT_ALLOWANCE_BYTES = 1024 * 1024
@@ -40,6 +40,18 @@ TEXT_ALLOWANCE_BYTES = 1024 * 1024
 OVERLOADED_RETRY_AFTER_S = 1
 #: What a loopback-bound server answers to by default (any port).
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+@dataclass(slots=True, frozen=True)
+class EngineLoad:
+    """What the batch worker needs to fill only the places live requests leave free."""
+
+    #: Generations the engine runs together; beyond them, admitted ones wait in its queue.
+    slots: int
+    #: Generations admitted and not finished (live and batch), counted here or by the engine.
+    busy: int
+    #: Live generations admitted here and not finished (batch lines are not admitted here).
+    live: int
 
 
 @dataclass(slots=True, frozen=True)
@@ -232,13 +244,16 @@ class Admission:
                 retry_after=OVERLOADED_RETRY_AFTER_S,
             )
 
-    def load(self, state: AppState) -> tuple[int, int] | None:
-        """(generations admitted and not finished, the engine's capacity); None if nothing bounds it."""
+    def load(self, state: AppState) -> EngineLoad | None:
+        """How full the engine's running batch is; None if nothing bounds it."""
         if not self._bounded:
             return None
         health = state.engine.health()
         capacity = self._capacity(health)
-        return None if capacity is None else (self._busy(health), capacity)
+        if capacity is None:
+            return None
+        slots = health.slots if health.slots is not None else capacity
+        return EngineLoad(slots=slots, busy=self._busy(health), live=self.in_flight)
 
     def _capacity(self, health: EngineHealth) -> int | None:
         return health.capacity if health.capacity is not None else self._configured

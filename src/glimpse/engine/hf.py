@@ -262,6 +262,7 @@ class HFEngine:
             queue_depth=max(0, self._admitted - (worker.running if worker else 0)),
             running=worker.running if worker else 0,
             capacity=self._capacity(),
+            slots=worker.slots if worker else None,
             weight_bytes=self.loaded.weight_bytes if self.loaded is not None else None,
             kv_cache_bytes=worker.kv_cache_bytes if worker else None,
         )

@@ -294,6 +294,9 @@ class EngineHealth:
     running: int = 0
     #: Most generations the engine admits at once (waiting + running); None: no bound of its own.
     capacity: int | None = None
+    #: Generations run together (the running batch); admitted ones beyond it wait in the engine's
+    #: queue. None: not known (not loaded, or no bound of its own).
+    slots: int | None = None
     #: Bytes the model's weights hold in memory (quantized ones at their real size); None: not known.
     weight_bytes: int | None = None
     #: Bytes of the preallocated KV cache; None: no fixed cache (not loaded, or one request at a time).

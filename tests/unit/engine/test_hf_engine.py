@@ -343,10 +343,12 @@ def test_health_reports_the_chosen_batch_and_the_kv_cache_it_holds(tiny_dir, bat
     health = asyncio.run(run())
     if batching:
         assert health.capacity == 3 + 16
+        assert health.slots == 16  # the running batch, apart from the queue
         assert health.kv_cache_bytes is not None
         assert health.kv_cache_bytes > 0
     else:
         assert health.capacity == 3 + 1  # one at a time through generate()
+        assert health.slots == 1
         assert health.kv_cache_bytes is None
 
 

@@ -1,10 +1,10 @@
 """The batch worker: takes queued lines and answers each through the live chat pipeline.
 
 It runs in the server, started and stopped with the app's lifespan, and fills only the
-engine capacity live requests leave free: a line starts only while the engine has a
-free place, and batch lines never hold more than ``capacity_share`` of the engine's
-places nor more than ``max_in_flight`` at once. Live requests are admitted as before;
-they are never queued behind batch work.
+engine capacity live requests leave free: a line starts only while the engine's running
+batch has a free place (never into its queue), and batch lines never hold more than
+``capacity_share`` of those places nor more than ``max_in_flight`` at once. Live requests
+are admitted as before; they are never queued behind batch work.
 
 Each line is a non-streamed chat completion run by ``api.openai.chat.complete_chat``,
 as the line's submitter (quota, audit record, cache partition): the same validation,
@@ -111,14 +111,18 @@ class BatchRunner:
         health = state.engine.health()
         if not health.ready:
             return 0
-        room = self.settings.max_in_flight - len(self._running)
+        held = len(self._running)
+        room = self.settings.max_in_flight - held
         load = state.admission.load(state)
         if load is not None:
-            busy, capacity = load
-            share = max(1, int(capacity * self.settings.capacity_share))
-            # The engine's free places now; lines claimed but not yet in the engine count in
-            # ``_running`` only, so both bounds together never over-fill it.
-            room = min(room, share - len(self._running), capacity - busy)
+            # Shares and free places are of the running batch, not of the engine's queue too: a
+            # line admitted beyond the free slots would sit in the queue ahead of the live
+            # requests that come next, and a share of slots + queue could take every slot.
+            share = max(1, int(load.slots * self.settings.capacity_share))
+            # Lines claimed but not yet in the engine are counted by ``held`` only, the ones in it
+            # by the engine too: the larger of the two counts bounds what is taken now.
+            taken = max(load.busy, load.live + held)
+            room = min(room, share - held, load.slots - taken)
         return max(0, room)
 
     async def _purge(self) -> None:
