@@ -56,6 +56,7 @@ class Result:
     status: int  # 0: no response (connection error or client timeout)
     latency_s: float
     retry_after: bool
+    new_connection: bool = False  # opened for this request (its time includes the connect)
 
 
 @dataclass(slots=True)
@@ -113,8 +114,8 @@ async def _exchange(
     return status, "retry-after" in headers, headers.get("connection", "").lower() != "close"
 
 
-async def _send(pool: Pool) -> tuple[int, bool]:
-    """(status, has Retry-After) of one request.
+async def _send(pool: Pool) -> tuple[int, bool, bool]:
+    """(status, has Retry-After, sent on a new connection) of one request.
 
     A kept-alive connection that the server closed while it sat idle fails before a
     byte of the response arrives; as HTTP clients do, the request is then sent once
@@ -131,10 +132,10 @@ async def _send(pool: Pool) -> tuple[int, bool]:
             )
             if attempt or not reused or not unanswered:
                 raise
-            conn = await pool.open()
+            conn, reused = await pool.open(), False
             continue
         pool.give_back(conn, reusable)
-        return status, retry_after
+        return status, retry_after, not reused
     raise AssertionError("unreachable")
 
 
@@ -142,10 +143,10 @@ async def _one(pool: Pool, timeout_s: float, started: float) -> Result:
     t0 = time.perf_counter()
     try:
         async with asyncio.timeout(timeout_s):
-            status, retry_after = await _send(pool)
+            status, retry_after, new = await _send(pool)
     except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError):
         return Result(t0 - started, 0, time.perf_counter() - t0, False)
-    return Result(t0 - started, status, time.perf_counter() - t0, retry_after)
+    return Result(t0 - started, status, time.perf_counter() - t0, retry_after, new)
 
 
 async def closed_loop(target: Target, concurrency: int, seconds: float, timeout_s: float) -> list[Result]:
@@ -315,6 +316,10 @@ def summarize(
         "refusal_p50_ms": round(percentile(refusal_ms, 50), 2),
         "refusal_p99_ms": round(percentile(refusal_ms, 99), 2),
         "refusal_max_ms": round(max(refusal_ms), 2) if refusal_ms else None,
+        "refusals_on_new_connections": sum(r.new_connection for r in refused),
+        "refusal_p99_ms_kept_alive": round(
+            percentile([r.latency_s * 1000 for r in refused if not r.new_connection], 99), 2
+        ),
         "statuses": statuses,
         "goals": goals,
         "passed": all(goals.values()),
