@@ -29,23 +29,21 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import io
 import json
-import os
 import re
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from overload import tiny_server  # noqa: E402 -- the benchmark's own server launcher
 
 RATIO_GOAL = 1.5
 PROMPT = "What colour is the shape?"
@@ -261,54 +259,6 @@ def render(summary: dict[str, Any]) -> str:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def tiny_server(extra_env: dict[str, str]) -> Iterator[str]:
-    """``glimpse serve --model tiny`` on a free port with its own batch directory, until the block ends."""
-    port = _free_port()
-    work = Path(tempfile.mkdtemp(prefix="glimpse-batch-latency-"))
-    env = {
-        **os.environ,
-        "GLIMPSE_GUARD__AUDIT_LOG_PATH": str(work / "audit.sqlite3"),
-        "GLIMPSE_BATCH__DIR": str(work / "batches"),
-        **extra_env,
-    }
-    with (work / "server.log").open("wb") as log:
-        proc = subprocess.Popen(  # noqa: S603 -- our own CLI
-            [sys.executable, "-m", "glimpse", "serve", "--model", "tiny", "--port", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 300
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"glimpse serve exited; see {log.name}")
-                with contextlib.suppress(httpx.TransportError):
-                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                        break
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"glimpse serve not ready; see {log.name}")
-                time.sleep(0.5)
-            yield url
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(60)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(10)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -334,7 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.url:
         summary = run(args.url, args)
     else:
-        with tiny_server(dict(item.split("=", 1) for item in args.server_env)) as url:
+        batches = tempfile.mkdtemp(prefix="glimpse-batch-latency-")
+        env = {"GLIMPSE_BATCH__DIR": batches, **dict(item.split("=", 1) for item in args.server_env)}
+        with tiny_server(env) as url:
             summary = run(url, args)
     sys.stdout.write(render(summary) + "\n")
     if args.json:
