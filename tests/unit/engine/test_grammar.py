@@ -9,9 +9,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from glimpse.engine.batching import generation_eos_ids
-from glimpse.engine.grammar import GrammarLogitsProcessor, Grammars, mask_logits
+from glimpse.engine.grammar import GrammarLogitsProcessor, mask_logits
 from glimpse.engine.protocol import ResponseFormat
-from glimpse.engine.tiny_model import ensure_random_tiny_model
 from glimpse.errors import InvalidRequest
 
 
@@ -20,23 +19,6 @@ class Reading(BaseModel):
     unit: str = Field(max_length=8)  # bounded: the random model closes no free string
     values: list[int] = Field(max_length=3)
     ok: bool
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    directory = ensure_random_tiny_model(tmp_path_factory.mktemp("tiny") / "glm46v")
-    processor = AutoProcessor.from_pretrained(directory)
-    model = AutoModelForImageTextToText.from_pretrained(directory, dtype=torch.float32).eval()
-    return model, processor
-
-
-@pytest.fixture(scope="module")
-def grammars(tiny) -> Grammars:
-    model, processor = tiny
-    vocab = model.get_output_embeddings().weight.shape[0]
-    return Grammars(processor.tokenizer, vocab, generation_eos_ids(model.generation_config))
 
 
 @pytest.mark.parametrize(

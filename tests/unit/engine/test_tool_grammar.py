@@ -10,9 +10,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from glimpse.engine.batching import generation_eos_ids
-from glimpse.engine.grammar import GrammarLogitsProcessor, Grammars
+from glimpse.engine.grammar import GrammarLogitsProcessor
 from glimpse.engine.protocol import ResponseFormat, Tools
-from glimpse.engine.tiny_model import ensure_random_tiny_model
 from glimpse.engine.tool_calls import ToolCallParser, collect_tool_calls, string_parameters
 from glimpse.engine.tool_grammar import check_parameters, structural_tag
 from glimpse.errors import InvalidRequest
@@ -47,23 +46,6 @@ ARGS = {"get_weather": WeatherArgs, "ping": Empty}
 
 def _tools(choice="required", function=None, parallel=None):
     return Tools(DEFINITIONS, choice, function, parallel)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    directory = ensure_random_tiny_model(tmp_path_factory.mktemp("tiny") / "glm46v")
-    processor = AutoProcessor.from_pretrained(directory)
-    model = AutoModelForImageTextToText.from_pretrained(directory, dtype=torch.float32).eval()
-    return model, processor
-
-
-@pytest.fixture(scope="module")
-def grammars(tiny) -> Grammars:
-    model, processor = tiny
-    vocab = model.get_output_embeddings().weight.shape[0]
-    return Grammars(processor.tokenizer, vocab, generation_eos_ids(model.generation_config))
 
 
 def _accepts(grammars, tiny, tools, text):
