@@ -133,6 +133,24 @@ def test_labels_and_references_match(objects, pod, container):
     assert backend["port"]["name"] in {p["name"] for p in service["spec"]["ports"]}
 
 
+def test_the_ingress_lets_batch_uploads_through_at_glimpses_own_limit(objects):
+    """ingress-nginx sets the body size per Ingress: /v1/files has its own, the batch file limit."""
+    from glimpse.api.admission import TEXT_ALLOWANCE_BYTES
+    from glimpse.config import BatchSettings, ServerSettings
+
+    def body_mib(name: str) -> int:
+        size = objects[("Ingress", name)]["metadata"]["annotations"][
+            "nginx.ingress.kubernetes.io/proxy-body-size"
+        ]
+        assert size.endswith("m")
+        return int(size[:-1]) * 1024 * 1024
+
+    assert body_mib("glimpse") == ServerSettings().max_body_bytes
+    assert body_mib("glimpse-files") == BatchSettings().max_file_bytes + TEXT_ALLOWANCE_BYTES
+    (path,) = objects[("Ingress", "glimpse-files")]["spec"]["rules"][0]["http"]["paths"]
+    assert (path["path"], path["pathType"]) == ("/v1/files", "Exact")
+
+
 def test_scrape_annotations_point_at_the_metrics_port(pod, container):
     annotations = pod["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"

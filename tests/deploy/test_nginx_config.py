@@ -8,7 +8,8 @@ import pytest
 from tests.deploy.deploy_files import DEPLOY
 from tests.deploy.nginx_harness import CONF, NGINX, check, render
 
-from glimpse.config import ServerSettings
+from glimpse.api.admission import TEXT_ALLOWANCE_BYTES
+from glimpse.config import BatchSettings, ServerSettings
 
 needs_nginx = pytest.mark.skipif(NGINX is None, reason="nginx is not installed (apt-get install nginx)")
 
@@ -36,9 +37,13 @@ def test_nginx_rejects_a_broken_config(tmp_path):
     assert "no_such_directive" in result.stderr
 
 
-def test_body_limit_matches_glimpse_default():
-    (size,) = re.findall(r"client_max_body_size (\d+)m;", CONF.read_text())
-    assert int(size) * 1024 * 1024 == ServerSettings().max_body_bytes
+def test_body_limits_match_glimpse_defaults():
+    """The server-wide limit is Glimpse's body limit; Batch API uploads get the batch file limit."""
+    text = CONF.read_text()
+    (server_wide,) = re.findall(r"^    client_max_body_size (\d+)m;", text, re.MULTILINE)
+    assert int(server_wide) * 1024 * 1024 == ServerSettings().max_body_bytes
+    (files,) = re.findall(r"location = /v1/files \{[^}]*client_max_body_size (\d+)m;", text)
+    assert int(files) * 1024 * 1024 == BatchSettings().max_file_bytes + TEXT_ALLOWANCE_BYTES
 
 
 def test_read_timeout_outlasts_glimpse_request_timeout():
