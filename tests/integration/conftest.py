@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -42,11 +43,16 @@ async def assert_engine_idle(engine: object, deadline_s: float = WATCHDOG_DEADLI
 def make_client(tmp_path) -> ClientFactory:
     """An in-process app over ASGITransport, with the given engine and settings.
 
-    The audit and batch stores go to the test's temporary directory unless the settings name one.
+    The audit and batch stores go to the test's temporary directory unless the settings name one:
+    one batch directory for every app of the test (replicas share it, as they share a volume), an
+    audit database of its own per app (two audit writers on one SQLite file wait up to SQLite's
+    5 s busy timeout for each other, which once made a two-replica test's shutdown time out).
     Every test runs under the watchdog: leaving the client's block (normally) waits
     for the engine to be idle, with the app still running, or fails — so no test,
     hostile or not, can leave a request hanging or a queue slot taken.
     """
+
+    apps = itertools.count()
 
     @asynccontextmanager
     async def factory(
@@ -54,7 +60,8 @@ def make_client(tmp_path) -> ClientFactory:
     ) -> AsyncIterator[httpx.AsyncClient]:
         settings = settings or Settings()
         if settings.guard.audit_log_path is None:
-            guard = settings.guard.model_copy(update={"audit_log_path": tmp_path / "audit.sqlite3"})
+            audit = tmp_path / f"audit-{next(apps)}.sqlite3"
+            guard = settings.guard.model_copy(update={"audit_log_path": audit})
             settings = settings.model_copy(update={"guard": guard})
         if settings.batch.dir is None:
             batch = settings.batch.model_copy(update={"dir": tmp_path / "batches"})
