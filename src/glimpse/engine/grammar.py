@@ -35,7 +35,7 @@ from glimpse.engine.json_schema_strings import UnusableStringBounds, bounded_str
 from glimpse.engine.protocol import ResponseFormat
 from glimpse.errors import InvalidRequest
 
-__all__ = ["GrammarLogitsProcessor", "Grammars", "TokenConstraint", "json_schema_text", "mask_logits"]
+__all__ = ["GrammarLogitsProcessor", "Grammars", "TokenConstraint", "enforceable_schema", "mask_logits"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,11 +50,11 @@ _LOCATION = re.compile(r"^\[[0-9:]+\] \S+:\d+: (?:Check failed: .*? is false: )?
 _MAX_REASON = 300
 
 
-def json_schema_text(response_format: ResponseFormat) -> str:
+def enforceable_schema(response_format: ResponseFormat) -> Any:
     """The schema as xgrammar gets it (``json_schema_strings``); ``InvalidRequest`` if unusable."""
     assert response_format.schema is not None
     try:
-        return json.dumps(bounded_strings_as_patterns(json.loads(response_format.schema)))
+        return bounded_strings_as_patterns(json.loads(response_format.schema))
     except UnusableStringBounds as exc:
         raise InvalidRequest(
             f"response_format: the JSON schema cannot be enforced: {exc}", param="response_format"
@@ -85,7 +85,9 @@ class Grammars:
                 return self._compiler.compile_json_schema(
                     _ANY_OBJECT, any_whitespace=False, strict_mode=False
                 )
-            return self._compiler.compile_json_schema(json_schema_text(response_format), any_whitespace=False)
+            return self._compiler.compile_json_schema(
+                json.dumps(enforceable_schema(response_format)), any_whitespace=False
+            )
         except (RuntimeError, ValueError) as exc:
             # xgrammar reports a schema it cannot turn into a grammar as a RuntimeError (its
             # InvalidJSONError is one), with the reason after a source location.

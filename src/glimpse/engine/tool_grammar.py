@@ -27,7 +27,7 @@ import json
 import re
 from typing import Any
 
-from glimpse.engine.grammar import json_schema_text
+from glimpse.engine.grammar import enforceable_schema
 from glimpse.engine.protocol import ResponseFormat, Tools
 from glimpse.engine.tool_calls import CALL_END, CALL_START
 from glimpse.errors import InvalidRequest
@@ -107,6 +107,6 @@ def structural_tag(tools: Tools, response_format: ResponseFormat | None) -> dict
         return {"type": "structural_tag", "format": calls}
     schema: Any = {"type": "object"}
     if response_format.type == "json_schema" and response_format.schema is not None:
-        schema = json.loads(json_schema_text(response_format))
+        schema = enforceable_schema(response_format)
     answer = {"type": "json_schema", "json_schema": schema, "style": "json", "max_whitespace_cnt": 1}
     return {"type": "structural_tag", "format": {"type": "or", "elements": [calls, answer]}}
