@@ -34,6 +34,7 @@ import random
 import resource
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -50,13 +51,21 @@ REFUSAL_MS_GOAL = 5.0
 REFUSAL_STATUSES = (429, 503)
 
 
+#: ``SO_TIMESTAMPNS`` (Linux; Python's ``socket`` module does not name it): each read of a socket
+#: carries the time the kernel received its data, as ``SCM_TIMESTAMPNS`` ancillary data.
+SO_TIMESTAMPNS = 35
+
+
 @dataclass(slots=True)
 class Result:
     sent_at: float
     status: int  # 0: no response (connection error or client timeout)
-    latency_s: float
+    latency_s: float  # as this client's event loop saw it
     retry_after: bool
     new_connection: bool = False  # opened for this request (its time includes the connect)
+    #: Send to the response's arrival in this client's socket, by the kernel's receive stamp:
+    #: the server's latency without the time this client's own loop took to get to it.
+    socket_latency_s: float | None = None
 
 
 @dataclass(slots=True)
@@ -66,56 +75,122 @@ class Target:
     request: bytes  # the whole request, sent as is on every try
 
 
+class Closed(ConnectionError):
+    """The server closed the connection; ``partial``: whether any of a response had arrived."""
+
+    def __init__(self, partial: bool) -> None:
+        super().__init__("connection closed by the server")
+        self.partial = partial
+
+
+def _wake(readable: asyncio.Future[None]) -> None:
+    if not readable.done():
+        readable.set_result(None)
+
+
+class Connection:
+    """A keep-alive HTTP/1.1 connection whose reads carry the kernel's receive time stamp.
+
+    Raw non-blocking socket reads (``recvmsg``), not asyncio streams, because only they hand
+    over the stamp: on a 2-core machine the client's loop shares the CPU with the server,
+    and the stamp separates the server's time from the client's own wait to be scheduled.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = bytearray()
+        self.closed = False
+
+    @classmethod
+    async def open(cls, target: Target) -> Connection:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with contextlib.suppress(OSError):  # not Linux: no stamps, the loop's times only
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        try:
+            await asyncio.get_running_loop().sock_connect(sock, (target.host, target.port))
+        except BaseException:
+            sock.close()
+            raise
+        return cls(sock)
+
+    def close(self) -> None:
+        self.closed = True
+        self.sock.close()
+
+    async def _read(self) -> int | None:
+        """Append what has arrived to the buffer; the kernel's stamp of it (ns), if given."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                data, ancillary, _, _ = self.sock.recvmsg(1 << 16, 64)
+            except BlockingIOError:
+                readable: asyncio.Future[None] = loop.create_future()
+                fd = self.sock.fileno()
+                loop.add_reader(fd, _wake, readable)
+                try:
+                    await readable
+                finally:
+                    loop.remove_reader(fd)
+                continue
+            if not data:
+                raise Closed(partial=bool(self.buffer))
+            self.buffer += data
+            for level, kind, value in ancillary:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= 16:
+                    seconds, nanoseconds = struct.unpack("qq", value[:16])
+                    return int(seconds) * 1_000_000_000 + int(nanoseconds)
+            return None
+
+    async def exchange(self, request: bytes) -> tuple[int, bool, bool, int | None]:
+        """(status, has Retry-After, reusable, kernel stamp of the response's last bytes in ns)."""
+        await asyncio.get_running_loop().sock_sendall(self.sock, request)
+        stamp = None
+        while (end := self.buffer.find(b"\r\n\r\n")) < 0:
+            stamp = await self._read()
+        lines = bytes(self.buffer[:end]).decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        total = end + 4 + int(headers.get("content-length", "0"))
+        while len(self.buffer) < total:
+            stamp = await self._read()
+        del self.buffer[:total]
+        return status, "retry-after" in headers, headers.get("connection", "").lower() != "close", stamp
+
+
 @dataclass(slots=True)
 class Pool:
     """Idle keep-alive connections; a request takes one or opens a new one."""
 
     target: Target
-    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = field(default_factory=list)
+    idle: list[Connection] = field(default_factory=list)
 
-    async def take(self) -> tuple[tuple[asyncio.StreamReader, asyncio.StreamWriter], bool]:
+    async def take(self) -> tuple[Connection, bool]:
         """A connection, and whether it is a kept-alive one (which the server may have closed)."""
         while self.idle:
-            reader, writer = self.idle.pop()
-            if not writer.is_closing() and not reader.at_eof():
-                return (reader, writer), True
-        return await self.open(), False
+            conn = self.idle.pop()
+            if not conn.closed:
+                return conn, True
+        return await Connection.open(self.target), False
 
-    async def open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        return await asyncio.open_connection(self.target.host, self.target.port, limit=1 << 20)
-
-    def give_back(self, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], reusable: bool) -> None:
+    def give_back(self, conn: Connection, reusable: bool) -> None:
         if reusable:
             self.idle.append(conn)
         else:
-            conn[1].close()
+            conn.close()
 
     def close(self) -> None:
-        for _, writer in self.idle:
-            writer.close()
+        for conn in self.idle:
+            conn.close()
         self.idle.clear()
 
 
-async def _exchange(
-    conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], request: bytes
-) -> tuple[int, bool, bool]:
-    """(status, has Retry-After, connection reusable) of one request/response."""
-    reader, writer = conn
-    writer.write(request)
-    await writer.drain()
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ", 2)[1])
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    await reader.readexactly(int(headers.get("content-length", "0")))
-    return status, "retry-after" in headers, headers.get("connection", "").lower() != "close"
-
-
-async def _send(pool: Pool) -> tuple[int, bool, bool]:
-    """(status, has Retry-After, sent on a new connection) of one request.
+async def _send(pool: Pool) -> tuple[int, bool, bool, int | None]:
+    """(status, has Retry-After, sent on a new connection, kernel stamp of the response) of one request.
 
     A kept-alive connection that the server closed while it sat idle fails before a
     byte of the response arrives; as HTTP clients do, the request is then sent once
@@ -124,29 +199,31 @@ async def _send(pool: Pool) -> tuple[int, bool, bool]:
     conn, reused = await pool.take()
     for attempt in range(2):
         try:
-            status, retry_after, reusable = await _exchange(conn, pool.target.request)
+            status, retry_after, reusable, stamp = await conn.exchange(pool.target.request)
         except BaseException as exc:
-            conn[1].close()
-            unanswered = isinstance(exc, ConnectionError) or (
-                isinstance(exc, asyncio.IncompleteReadError) and not exc.partial
+            conn.close()
+            unanswered = (isinstance(exc, Closed) and not exc.partial) or (
+                isinstance(exc, ConnectionError) and not isinstance(exc, Closed)
             )
             if attempt or not reused or not unanswered:
                 raise
-            conn, reused = await pool.open(), False
+            conn, reused = await Connection.open(pool.target), False
             continue
         pool.give_back(conn, reusable)
-        return status, retry_after, not reused
+        return status, retry_after, not reused, stamp
     raise AssertionError("unreachable")
 
 
 async def _one(pool: Pool, timeout_s: float, started: float) -> Result:
     t0 = time.perf_counter()
+    t0_ns = time.time_ns()  # the kernel's stamps are in this (real-time) clock
     try:
         async with asyncio.timeout(timeout_s):
-            status, retry_after, new = await _send(pool)
-    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError):
+            status, retry_after, new, stamp = await _send(pool)
+    except (OSError, TimeoutError, ValueError):
         return Result(t0 - started, 0, time.perf_counter() - t0, False)
-    return Result(t0 - started, status, time.perf_counter() - t0, retry_after, new)
+    at_socket = None if stamp is None else (stamp - t0_ns) / 1e9
+    return Result(t0 - started, status, time.perf_counter() - t0, retry_after, new, at_socket)
 
 
 async def closed_loop(target: Target, concurrency: int, seconds: float, timeout_s: float) -> list[Result]:
@@ -289,9 +366,8 @@ def summarize(
     answered = [r for r in overload_run if r.status == 200]
     refused = [r for r in overload_run if r.status not in (200,)]
     refusal_ms = [r.latency_s * 1000 for r in refused]
-    statuses: dict[str, int] = {}
-    for r in overload_run:
-        statuses[str(r.status)] = statuses.get(str(r.status), 0) + 1
+    stamped = [r.socket_latency_s * 1000 for r in refused if r.socket_latency_s is not None]
+    statuses = _count_statuses(overload_run)
     goodput = len(answered) / args.overload_seconds
     p99 = percentile([r.latency_s for r in answered], 99)
     well_formed = all(r.status in REFUSAL_STATUSES and r.retry_after for r in refused)
@@ -306,6 +382,7 @@ def summarize(
         "capacity_p50_s": round(percentile([r.latency_s for r in ok], 50), 4),
         "capacity_p99_s": round(capacity_p99, 4),
         "capacity_errors": sum(r.status != 200 for r in capacity_run),
+        "capacity_statuses": _count_statuses(capacity_run),  # 0: no response (timeout, connection)
         "offered_rps": round(len(overload_run) / args.overload_seconds, 2),
         "goodput_rps": round(goodput, 2),
         "goodput_share": round(goodput / capacity, 3) if capacity else None,
@@ -316,6 +393,10 @@ def summarize(
         "refusal_p50_ms": round(percentile(refusal_ms, 50), 2),
         "refusal_p99_ms": round(percentile(refusal_ms, 99), 2),
         "refusal_max_ms": round(max(refusal_ms), 2) if refusal_ms else None,
+        "refusal_socket_p50_ms": round(percentile(stamped, 50), 2),
+        "refusal_socket_p99_ms": round(percentile(stamped, 99), 2),
+        "refusal_socket_max_ms": round(max(stamped), 2) if stamped else None,
+        "refusals_stamped": len(stamped),
         "refusals_on_new_connections": sum(r.new_connection for r in refused),
         "refusal_p99_ms_kept_alive": round(
             percentile([r.latency_s * 1000 for r in refused if not r.new_connection], 99), 2
@@ -324,6 +405,13 @@ def summarize(
         "goals": goals,
         "passed": all(goals.values()),
     }
+
+
+def _count_statuses(results: list[Result]) -> dict[str, int]:
+    statuses: dict[str, int] = {}
+    for r in results:
+        statuses[str(r.status)] = statuses.get(str(r.status), 0) + 1
+    return statuses
 
 
 @contextlib.contextmanager

@@ -39,7 +39,7 @@ def test_short_overload_run_reports_every_figure(tiny_env, tmp_path):
     summary = json.loads(out.read_text())
     assert ("PASSED" if summary["passed"] else "FAILED") in done.stdout
     assert summary["capacity_rps"] > 0
-    assert summary["capacity_errors"] == 0
+    assert summary["capacity_errors"] == 0, summary["capacity_statuses"]
     assert summary["goodput_rps"] > 0
     assert summary["offered_rps"] > 2 * summary["capacity_rps"]
     assert summary["refused"] > 0

@@ -14,6 +14,8 @@ from tests.images import data_url, png_b64, png_bytes
 
 from glimpse.api.admission import Admission
 from glimpse.api.app import create_app
+from glimpse.api.context import RequestContext
+from glimpse.api.middleware import AdmissionMiddleware
 from glimpse.api.security import authorize
 from glimpse.api.shedding import SMALL_BODY_BYTES
 from glimpse.config import EngineSettings, GuardSettings, MediaSettings, Settings
@@ -212,3 +214,44 @@ async def test_the_server_process_is_told_when_the_engine_is_ready():
             while not calls:  # noqa: ASYNC110 - the engine starts in a background task
                 await asyncio.sleep(0.01)
     assert calls == ["ready"]
+
+
+@pytest.mark.parametrize("trailing_awaits", [0, 3])
+async def test_capacity_is_given_back_before_the_last_byte_is_sent(make_client, trailing_awaits):
+    """A client that sends its next request as soon as it has an answer must find the place free.
+
+    The capacity used to go back when the app returned. Anything the app awaits after its last
+    send (Starlette's streaming response waits for its disconnect listener to end) let a fast
+    client's next request in first, and it was refused by a server with nothing to do.
+    """
+    async with make_client(FakeEngine()) as client:
+        state = client.app.state.glimpse
+        admission = state.admission
+
+        async def app(scope, receive, send):  # answers, then lingers as Starlette may
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"{}", "more_body": False})
+            for _ in range(trailing_awaits):
+                await asyncio.sleep(0)
+
+        held_at_last_byte: list[int] = []
+
+        async def send(message):
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                held_at_last_byte.append(admission.in_flight)
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        middleware = AdmissionMiddleware(app, admission, lambda: state)
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/v1/chat/completions",
+            "headers": [(b"host", b"127.0.0.1")],
+            "client": ("127.0.0.1", 1),
+        }
+        RequestContext.from_scope(scope).attach(scope)
+        await middleware(scope, receive, send)
+        assert held_at_last_byte == [0]
+        assert admission.in_flight == 0  # and given back once only

@@ -198,7 +198,8 @@ class AdmissionMiddleware:
 
     Sits inside ``RequestObserverMiddleware`` (which stamps the arrival time and records
     every refusal) and outside the body limit, so a refused body is never read. An
-    admitted generation counts against engine capacity until its response has been sent.
+    admitted generation counts against engine capacity until the last byte of its response
+    is handed to the server.
     """
 
     def __init__(self, app: ASGIApp, admission: Admission, app_state: Callable[[], AppState | None]) -> None:
@@ -230,10 +231,36 @@ class AdmissionMiddleware:
         if policy is None or not policy.generates:
             await self.app(scope, receive, send)
             return
+        releasing = _ReleaseOnLastByte(send, self.admission)
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, releasing.send)
         finally:
-            self.admission.release()  # the capacity admit() took
+            releasing.release()
+
+
+class _ReleaseOnLastByte:
+    """Gives an admitted generation's capacity back as its response's last byte is handed over.
+
+    Not when the app returns: a client that sends its next request the moment it has the
+    answer (a closed loop at exactly the capacity) must find the place already free, and an
+    app may still await after its last send (Starlette's streaming response waits for its
+    disconnect listener to end).
+    """
+
+    def __init__(self, send: Send, admission: Admission) -> None:
+        self._send = send
+        self._admission = admission
+        self._held = True
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            self.release()
+        await self._send(message)
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._admission.release()
 
 
 #: The web page loads only its own files; images are previewed from data: and blob: URLs.
