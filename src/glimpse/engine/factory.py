@@ -50,6 +50,9 @@ class PrometheusBatchObserver:
         self._metrics.prefix_queried_tokens.inc(prompt_tokens)
         self._metrics.prefix_hit_tokens.inc(reused_tokens)
 
+    def on_prefix_evictions(self, count: int) -> None:
+        self._metrics.prefix_evictions.inc(count)
+
     def on_image_embeddings(self, hits: int, misses: int, evictions: int) -> None:
         m = self._metrics
         if hits:

@@ -182,6 +182,12 @@ class Metrics:
             "Prompt tokens found in the prefix cache (their keys and values copied, not computed).",
             registry=r,
         )
+        self.prefix_evictions = Counter(
+            "glimpse_prefix_cache_evictions_total",
+            "Prefix-cache entries overwritten by a new sequence (the least recently used, when no free "
+            "slot was empty).",
+            registry=r,
+        )
         self.image_embedding_lookups = Counter(
             "glimpse_engine_image_embedding_cache_lookups_total",
             "Images whose features were found in the embedding cache (hit) or computed by the vision "

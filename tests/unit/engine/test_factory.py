@@ -27,3 +27,13 @@ def test_image_embedding_lookups_and_evictions_are_counted():
     assert sample(metrics, lookups, result="hit") == 2
     assert sample(metrics, lookups, result="miss") == 4
     assert sample(metrics, "glimpse_engine_image_embedding_cache_evictions_total") == 2
+
+
+def test_prefix_cache_evictions_are_counted():
+    metrics = Metrics()
+    observer = PrometheusBatchObserver(metrics)
+    name = "glimpse_prefix_cache_evictions_total"
+    assert sample(metrics, name) == 0
+    observer.on_prefix_evictions(1)
+    observer.on_prefix_evictions(2)
+    assert sample(metrics, name) == 3

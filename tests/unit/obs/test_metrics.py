@@ -30,6 +30,7 @@ REQUIRED = {
     "glimpse_upstream_routing_decisions": "counter",
     "glimpse_engine_image_embedding_cache_lookups": "counter",
     "glimpse_engine_image_embedding_cache_evictions": "counter",
+    "glimpse_prefix_cache_evictions": "counter",
 }
 
 

@@ -13,10 +13,14 @@ Shapes must repeat for that, so the batch is padded up to a bucket (1, 2, 4, 8,
 then steps of 8) and the attended length is rounded up to a length bucket
 (``kv_bucket``, then doubling up to ``max_seq_len``: a step reads at most twice the
 longest sequence's keys, and there are few lengths to capture). Padding rows use
-free cache slots (running sequences are compacted into slots ``0 .. n-1``) at
-position 0, so their writes land where nothing is read and their mask is never
-empty. Inputs live in fixed buffers that the graph reads; each step copies the
-real values in, replays, and copies the logits out.
+free cache slots (running sequences are compacted into slots ``0 .. n-1``), and
+free slots hold the prefix cache's entries, so a padding row writes at the slot's
+last row (``SlotKVCache.scratch_position``), which no entry holds; not at position 0,
+the first token of whatever prefix the slot keeps. Its mask is then all of
+``kv_len``: it reads the slot's keys, never empty, and its output is dropped. Rows
+never mix (attention, norms and projections are per row), so what a padding row
+reads changes no real row. Inputs live in fixed buffers that the graph reads; each
+step copies the real values in, replays, and copies the logits out.
 
 Every (batch bucket, length bucket) is captured at start-up (``capture_all``),
 before any request, so no request pays for a capture and the graphs' memory is
@@ -152,7 +156,7 @@ class DecodeGraphs:
         pad = buffers.ids.shape[0] - len(token_ids)
         ids = torch.tensor([*token_ids, *([0] * pad)], dtype=torch.long)
         mrope = torch.tensor([*positions, *([(0, 0, 0)] * pad)], dtype=torch.long).T
-        write_at = torch.tensor([*lengths, *([0] * pad)], dtype=torch.long)
+        write_at = torch.tensor([*lengths, *([self._cache.scratch_position] * pad)], dtype=torch.long)
         buffers.ids.copy_(ids[:, None], non_blocking=True)
         buffers.mrope.copy_(mrope[:, :, None], non_blocking=True)
         buffers.write_at.copy_(write_at, non_blocking=True)

@@ -131,6 +131,9 @@ class BatchObserver(Protocol):
     def on_prefix_reuse(self, prompt_tokens: int, reused_tokens: int) -> None:
         """An admitted prompt of ``prompt_tokens`` found ``reused_tokens`` of them in the prefix cache."""
 
+    def on_prefix_evictions(self, count: int) -> None:
+        """``count`` prefix-cache entries were overwritten by new sequences (no free slot was empty)."""
+
     def on_image_embeddings(self, hits: int, misses: int, evictions: int) -> None:
         """A step's images: found in the embedding cache, run through the vision tower, entries dropped."""
 

@@ -77,6 +77,18 @@ class SlotKVCache:
         return self.max_slots - len(self._lengths)
 
     @property
+    def scratch_position(self) -> int:
+        """The last row of every slot, where the padded decode path's padding rows write (``cuda_graphs``).
+
+        Padding rows are free slots, and free slots hold the prefix cache's entries: this row
+        is in none of them, since a finished sequence's keys stop before it (its last token
+        is sampled, never written: at most ``max_seq_len - 1``) and ``PrefixCache.keep``
+        indexes no block that reaches it. A sequence that takes the slot writes each row
+        before it reads it, so what a padding row left here is never read either.
+        """
+        return self.max_seq_len - 1
+
+    @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
 

@@ -28,8 +28,8 @@ from typing import Any
 import torch
 
 from glimpse.engine.batching.cuda_graphs import DecodeGraphs
-from glimpse.engine.batching.embedding_cache import EmbeddingCacheObserver, embedding_cache_for
-from glimpse.engine.batching.interface import BatcherConfig, StepHost
+from glimpse.engine.batching.embedding_cache import embedding_cache_for
+from glimpse.engine.batching.interface import BatcherConfig, BatchObserver, StepHost
 from glimpse.engine.batching.kv_cache import SlotKVCache
 from glimpse.engine.batching.prefix_cache import BLOCK_TOKENS, PrefixCache, block_keys
 from glimpse.engine.batching.prompt import plan_chunk
@@ -59,7 +59,7 @@ class MixedSteps:
         config: BatcherConfig,
         *,
         eos_token_ids: frozenset[int] | None = None,
-        observer: EmbeddingCacheObserver | None = None,
+        observer: BatchObserver | None = None,
         lora: LoraBank | None = None,
     ) -> None:
         #: The LoRA adapters sequences may run with, each row its own (``None``: base model only).
@@ -88,7 +88,7 @@ class MixedSteps:
             self.graphs.capture_all()
         self.eos_token_ids = self.runner.eos_token_ids() if eos_token_ids is None else eos_token_ids
         #: Finished sequences' rows kept in free slots (``prefix_cache``); ``None`` when off.
-        self.prefix: PrefixCache | None = PrefixCache(self.cache) if config.prefix_cache else None
+        self.prefix: PrefixCache | None = PrefixCache(self.cache, observer) if config.prefix_cache else None
         self._by_slot: list[SequenceState] = []  # index == cache slot; prefilling ones included
         self._prefilling: deque[SequenceState] = deque()  # admitted, prompt not all in the cache; FIFO
         logger.info(

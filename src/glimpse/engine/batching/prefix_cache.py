@@ -21,6 +21,8 @@ rest.
   Running sequences do not share rows (the cache has slots, not pages): two
   requests with the same prefix each hold their own copy.
 - At least one prompt token is always prefilled, for the logits of the first answer token.
+- The last row of a slot (``SlotKVCache.scratch_position``) is never part of an entry: the
+  padding rows of the padded decode step (``cuda_graphs``) write there, in free slots.
 """
 
 from __future__ import annotations
@@ -29,11 +31,12 @@ import hashlib
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from glimpse.engine.batching.kv_cache import SlotKVCache
 from glimpse.engine.batching.prompt import PreparedPrompt
 
-__all__ = ["BLOCK_TOKENS", "PrefixCache", "block_keys"]
+__all__ = ["BLOCK_TOKENS", "PrefixCache", "PrefixCacheObserver", "block_keys"]
 
 #: Tokens per hashed block: the granularity of a hit (vLLM's default block size).
 BLOCK_TOKENS = 16
@@ -67,6 +70,13 @@ def block_keys(
     return keys
 
 
+class PrefixCacheObserver(Protocol):
+    """Where the cache reports what the metrics need (called on the engine thread)."""
+
+    def on_prefix_evictions(self, count: int) -> None:
+        """``count`` entries were overwritten by new sequences (no free slot was empty)."""
+
+
 @dataclass(slots=True)
 class _Entry:
     keys: list[bytes]
@@ -78,6 +88,7 @@ class PrefixCache:
     """Which free slots of ``cache`` hold which prefixes (engine thread only)."""
 
     cache: SlotKVCache
+    observer: PrefixCacheObserver | None = None
     _entries: dict[int, _Entry] = field(default_factory=dict)  # free slot -> what it holds
     _index: dict[bytes, set[int]] = field(default_factory=dict)  # block key -> free slots holding it
     _clock: int = 0
@@ -122,8 +133,12 @@ class PrefixCache:
         return slot, reused
 
     def keep(self, slot: int, keys: Sequence[bytes]) -> None:
-        """``slot`` was just freed with these whole blocks in it: index them."""
+        """``slot`` was just freed with these whole blocks in it: index them.
+
+        Not a block that reaches the slot's scratch row: padded decode steps write there.
+        """
         self._detach(slot)
+        keys = keys[: self.cache.scratch_position // BLOCK_TOKENS]
         if not keys:
             return
         self._entries[slot] = _Entry(list(keys), self._tick())
@@ -138,6 +153,8 @@ class PrefixCache:
         if empty is not None:
             return empty
         self.evictions += 1
+        if self.observer is not None:
+            self.observer.on_prefix_evictions(1)
         return min(free, key=lambda s: self._entries[s].last_used)
 
     def _exchange(self, a: int, b: int) -> None:

@@ -38,6 +38,7 @@ def _inputs(processor, image: Image.Image, turns: list[tuple[str, str | None]]):
 class _Reuse:
     def __init__(self) -> None:
         self.reused: list[int] = []
+        self.evictions = 0
 
     def on_admit(self, queue_wait_s: float) -> None:
         pass
@@ -47,6 +48,9 @@ class _Reuse:
 
     def on_prefix_reuse(self, prompt_tokens: int, reused_tokens: int) -> None:
         self.reused.append(reused_tokens)
+
+    def on_prefix_evictions(self, count: int) -> None:
+        self.evictions += count
 
 
 def _run(batcher, sink, requests, max_steps=400):
@@ -141,7 +145,70 @@ def test_answers_stay_right_through_evictions_and_shared_prefixes(model, process
         assert sink.tokens[seq_id] == reference(model, inputs, 7), seq_id
     assert batcher.mixed.prefix is not None
     assert batcher.mixed.prefix.evictions > 0
+    assert observer.evictions == batcher.mixed.prefix.evictions  # what the metric counts
     assert any(observer.reused)
+
+
+def test_padded_decode_rows_leave_a_kept_prefix_intact(model, processor):
+    """The padded decode path (CUDA graphs' shapes, run eagerly here) pads three running sequences
+    to four rows; the fourth row is the first free slot, where the sequence that just finished
+    keeps its prefix. A follow-up that reuses it must read exactly what was kept."""
+    import torch
+
+    from glimpse.engine.batching.cuda_graphs import DecodeGraphs
+
+    batcher, observer = _batcher(model, slots=4, kv_bucket=32)
+    graphs = DecodeGraphs(batcher.runner, batcher.cache, kv_bucket=32, capture=False)
+    batcher.mixed.graphs = graphs
+    prefix, cache = batcher.mixed.prefix, batcher.cache
+    assert prefix is not None
+    sink = RecordingSink()
+    image = _image((140, 112), 8)
+    first = _inputs(processor, image, [("What is in this picture?", None)])
+    requests = [SequenceRequest("first", first, sink, SamplingParams(max_new_tokens=4))]
+    for i in range(3):  # still decoding, three of them, when the first finishes
+        inputs = _inputs(processor, _image((112, 84), 20 + i), [(f"Question {i}?", None)])
+        requests.append(SequenceRequest(f"other{i}", inputs, sink, SamplingParams(max_new_tokens=24)))
+    for request in requests:
+        batcher.submit(request)
+    kept: tuple[int, list[torch.Tensor]] | None = None
+    for _ in range(200):
+        batcher.step()
+        if kept is None and sink.done("first"):
+            assert prefix.entries == 1
+            slot, entry = next(iter(prefix._entries.items()))
+            length = len(entry.keys) * BLOCK_TOKENS
+            kept = slot, [t[slot, :, :length].clone() for t in (*cache.keys, *cache.values)]
+            assert cache.used == 3
+            assert slot == 3  # the first free slot: the padding row of a batch of three
+        if all(sink.done(r.seq_id) for r in requests):
+            break
+    assert not sink.errors
+    assert kept is not None
+    assert 4 in graphs._buffers  # three rows really were padded to four
+    slot, rows = kept
+    assert slot in prefix._entries  # nothing was admitted since: the entry did not move
+    for tensor, held in zip((*cache.keys, *cache.values), rows, strict=True):
+        assert torch.equal(tensor[slot, :, : held.shape[1]], held)
+
+    answer = processor.tokenizer.decode(sink.tokens["first"], skip_special_tokens=True)
+    second = _inputs(processor, image, [("What is in this picture?", answer), ("And the colour?", None)])
+    _run(batcher, sink, [SequenceRequest("second", second, sink, SamplingParams(max_new_tokens=10))])
+    assert observer.reused[-1] >= BLOCK_TOKENS  # the kept prefix, position 0 on
+    assert sink.tokens["second"] == reference(model, second, 10)
+
+
+def test_no_entry_reaches_the_scratch_row_that_padding_rows_write():
+    import torch
+
+    from glimpse.engine.batching.kv_cache import CacheGeometry, SlotKVCache
+    from glimpse.engine.batching.prefix_cache import PrefixCache
+
+    geometry = CacheGeometry(1, 1, 4, torch.float32, torch.device("cpu"))
+    cache = SlotKVCache(geometry, max_slots=2, max_seq_len=2 * BLOCK_TOKENS)
+    prefix = PrefixCache(cache)
+    prefix.keep(1, [b"first", b"second"])  # the second block ends on the slot's last row
+    assert prefix.match([b"first", b"second"]) == (1, 1)
 
 
 def test_a_failed_sequence_leaves_nothing_to_reuse(model, processor, monkeypatch):
