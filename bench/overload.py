@@ -15,6 +15,13 @@ Goals (issue 12): goodput >= 90 % of capacity; p99 latency of answered requests 
 capacity p99; every refusal a 503 or 429 with Retry-After, answered in under 5 ms (p99; the
 maximum is printed too). Prints the figures and PASS/FAIL per goal; exits 1 if a goal failed.
 
+A refusal's latency is the server's: from the moment this client starts the request (before
+it takes a connection and sends) to the response's arrival in the client's socket, as the
+kernel stamps it (``SO_TIMESTAMPNS``). On this 2-core machine the client shares the cores with
+the server, and what its own event loop then takes to get to an arrived response is not the
+server's time; that figure (as the loop saw it) is printed beside it. Without stamps (not
+Linux) the goal is judged on the loop's figure.
+
 The client is raw asyncio HTTP/1.1 over keep-alive connections, so that on a small machine
 the load generator takes as little as possible of the CPU the server needs (httpx costs
 several times more per request). Its own CPU use is printed: the client shares the machine.
@@ -367,6 +374,9 @@ def summarize(
     refused = [r for r in overload_run if r.status not in (200,)]
     refusal_ms = [r.latency_s * 1000 for r in refused]
     stamped = [r.socket_latency_s * 1000 for r in refused if r.socket_latency_s is not None]
+    # The server's latency: to the response's arrival in this client's socket, by the kernel's
+    # stamp, when every refusal has one (Linux); else as this client's loop saw it.
+    judged = stamped if len(stamped) == len(refused) else refusal_ms
     statuses = _count_statuses(overload_run)
     goodput = len(answered) / args.overload_seconds
     p99 = percentile([r.latency_s for r in answered], 99)
@@ -375,7 +385,7 @@ def summarize(
         "goodput": goodput >= GOODPUT_GOAL * capacity,
         "admitted_p99": p99 <= LATENCY_GOAL * capacity_p99,
         "refusals_503_429_with_retry_after": well_formed,
-        "refusal_p99_under_5ms": percentile(refusal_ms, 99) < REFUSAL_MS_GOAL if refused else True,
+        "refusal_p99_under_5ms": percentile(judged, 99) < REFUSAL_MS_GOAL if refused else True,
     }
     return {
         "capacity_rps": round(capacity, 2),
@@ -397,6 +407,7 @@ def summarize(
         "refusal_socket_p99_ms": round(percentile(stamped, 99), 2),
         "refusal_socket_max_ms": round(max(stamped), 2) if stamped else None,
         "refusals_stamped": len(stamped),
+        "refusal_goal_judged_on": "socket" if judged is stamped else "client loop",
         "refusals_on_new_connections": sum(r.new_connection for r in refused),
         "refusal_p99_ms_kept_alive": round(
             percentile([r.latency_s * 1000 for r in refused if not r.new_connection], 99), 2
@@ -476,9 +487,12 @@ def render(summary: dict[str, Any]) -> str:
             f"(goal <= {LATENCY_GOAL})",
             f"  [{mark[goals['refusals_503_429_with_retry_after']]}] every refusal 503/429 with "
             f"Retry-After ({summary['refused']} refused)",
-            f"  [{mark[goals['refusal_p99_under_5ms']]}] refusal latency p50 {summary['refusal_p50_ms']} ms, "
-            f"p99 {summary['refusal_p99_ms']} ms, max {summary['refusal_max_ms']} ms "
-            f"(goal: p99 < {REFUSAL_MS_GOAL} ms)",
+            f"  [{mark[goals['refusal_p99_under_5ms']]}] refusal latency at the socket p50 "
+            f"{summary['refusal_socket_p50_ms']} ms, p99 {summary['refusal_socket_p99_ms']} ms, max "
+            f"{summary['refusal_socket_max_ms']} ms (goal: p99 < {REFUSAL_MS_GOAL} ms, judged on the "
+            f"{summary['refusal_goal_judged_on']})",
+            f"      as this client's loop saw it: p50 {summary['refusal_p50_ms']} ms, "
+            f"p99 {summary['refusal_p99_ms']} ms, max {summary['refusal_max_ms']} ms",
             f"client CPU (share of one core): {summary['client_cpu_share_of_one_core']}",
             "PASSED" if summary["passed"] else "FAILED",
         ]

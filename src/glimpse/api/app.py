@@ -204,6 +204,7 @@ def _open_state(
             metrics,
             worker_nice=settings.server.worker_nice,
             malloc_mmap_threshold_bytes=settings.media.malloc_mmap_threshold_bytes,
+            obs=settings.obs,
         )
     )
     resources.push_async_callback(used_engine.stop)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from glimpse.config import EngineSettings, UpstreamSettings
+from glimpse.config import EngineSettings, ObsSettings, UpstreamSettings
 from glimpse.engine.protocol import Engine
 from glimpse.errors import ModelLoadError
 from glimpse.obs import Metrics
@@ -70,6 +70,7 @@ def build_engine(
     *,
     worker_nice: int = 0,
     malloc_mmap_threshold_bytes: int = 2**20,
+    obs: ObsSettings | None = None,
 ) -> Engine:
     if settings.kind == "upstream":
         from glimpse.engine.upstream import UpstreamEngine
@@ -82,9 +83,19 @@ def build_engine(
                 f"The upstream engine cannot start: {exc}. Pass one or more --upstream URLs of "
                 "OpenAI-compatible servers, e.g. --upstream http://10.0.0.5:8000."
             ) from exc
+    observer = PrometheusBatchObserver(metrics) if metrics is not None else None
+    if settings.process:
+        from glimpse.engine.process import EngineProcess
+
+        return EngineProcess(
+            settings,
+            observer,
+            obs=obs,
+            worker_nice=worker_nice,
+            malloc_mmap_threshold_bytes=malloc_mmap_threshold_bytes,
+        )
     from glimpse.engine.hf import HFEngine
 
-    observer = PrometheusBatchObserver(metrics) if metrics is not None else None
     return HFEngine(
         settings, observer, worker_nice=worker_nice, malloc_mmap_threshold_bytes=malloc_mmap_threshold_bytes
     )

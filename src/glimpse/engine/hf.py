@@ -34,7 +34,7 @@ from glimpse.engine.job import Job, JobSink
 from glimpse.engine.loader import LoadedModel, resolve_device, resolve_model_path
 from glimpse.engine.lora.catalog import AdapterCatalog
 from glimpse.engine.mailbox import LoopMailbox
-from glimpse.engine.max_tokens import resolve_max_tokens
+from glimpse.engine.max_tokens import check_image_budget, resolve_max_tokens
 from glimpse.engine.preprocess import (
     Preprocessor,
     ProcessPreprocessor,
@@ -121,6 +121,11 @@ class HFEngine:
     @property
     def model_name(self) -> str:
         return self._name
+
+    @property
+    def sampling_defaults(self) -> SamplingDefaults:
+        """The checkpoint's recommended settings for fields a request leaves unset."""
+        return self._sampling_defaults
 
     def adapters(self) -> list[AdapterInfo]:
         return self._adapters.list()
@@ -273,24 +278,14 @@ class HFEngine:
         return None if slots is None else self._settings.max_queue + slots
 
     def check_image_sizes(self, sizes: Sequence[tuple[int, int]], max_new_tokens: int) -> None:
-        """Refuse from the images' declared sizes what ``_prepare`` would refuse after decoding them.
-
-        The processor counts each image's tokens from its size alone
-        (``_get_num_multimodal_tokens``, as vLLM uses it); the text only adds tokens,
-        so a request refused here could never have fitted.
-        """
+        """Refuse from the images' declared sizes what ``_prepare`` would refuse after decoding them."""
         loaded = self.loaded
-        count = getattr(loaded.processor, "_get_num_multimodal_tokens", None) if loaded else None
-        if loaded is None or count is None or not sizes:
-            return
-        try:
-            tokens = sum(int(n) for n in count(image_sizes=[(h, w) for w, h in sizes]).num_image_tokens)
-        except (AttributeError, TypeError, ValueError) as exc:  # a processor without the helper's data
-            logger.debug("cannot count image tokens from sizes: %r", exc)
-            return
-        resolve_max_tokens(
-            max_new_tokens, prompt_tokens=tokens, room=self._room(loaded), counted="the images alone take"
-        )
+        if loaded is not None:
+            check_image_budget(loaded.processor, sizes, max_new_tokens, self._room(loaded))
+
+    def room(self) -> int | None:
+        """Most prompt + answer tokens one request may hold (``None`` until the model is loaded)."""
+        return self._room(self.loaded) if self.loaded is not None else None
 
     def _room(self, loaded: LoadedModel) -> int:
         """Most prompt + answer tokens one request may hold: the model's context, the in-flight

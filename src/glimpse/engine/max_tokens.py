@@ -9,9 +9,15 @@ Each stage calls this one function, so every refusal has one shape, names
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
+from typing import Any
+
 from glimpse.errors import InvalidRequest, RequestTooLarge
 
-__all__ = ["resolve_max_tokens"]
+__all__ = ["check_image_budget", "resolve_max_tokens"]
+
+logger = logging.getLogger(__name__)
 
 
 def resolve_max_tokens(
@@ -49,3 +55,24 @@ def resolve_max_tokens(
             param="max_tokens",
         )
     return value
+
+
+def check_image_budget(
+    processor: Any, sizes: Sequence[tuple[int, int]], max_new_tokens: int, room: int
+) -> None:
+    """Refuse from the images' declared sizes (width, height) what would be refused after decoding.
+
+    The processor counts each image's tokens from its size alone
+    (``_get_num_multimodal_tokens``, as vLLM uses it); the text only adds tokens, so a
+    request refused here could never have fitted. A processor without that helper
+    checks nothing here (the engine still refuses after preprocessing).
+    """
+    count = getattr(processor, "_get_num_multimodal_tokens", None)
+    if count is None or not sizes:
+        return
+    try:
+        tokens = sum(int(n) for n in count(image_sizes=[(h, w) for w, h in sizes]).num_image_tokens)
+    except (AttributeError, TypeError, ValueError) as exc:  # a processor without the helper's data
+        logger.debug("cannot count image tokens from sizes: %r", exc)
+        return
+    resolve_max_tokens(max_new_tokens, prompt_tokens=tokens, room=room, counted="the images alone take")
