@@ -46,6 +46,11 @@ def _add_serve(sub: Any) -> None:
     p.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"], help="Weight dtype.")
     _add_quantization_flag(p)
     p.add_argument(
+        "--kv-cache-dtype",
+        choices=["auto", "fp8"],
+        help="What the KV cache stores: the model's dtype (auto), or fp8 (GPUs of compute capability 8.9+).",
+    )
+    p.add_argument(
         "--engine", choices=["hf", "upstream"], help="In-process transformers, or upstream servers."
     )
     p.add_argument(
@@ -200,6 +205,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         (engine, "device", "device"),
         (engine, "dtype", "dtype"),
         (engine, "quantization", "quantization"),
+        (engine, "kv_cache_dtype", "kv_cache_dtype"),
         (engine, "engine", "kind"),
         (engine, "served_model_name", "served_model_name"),
         (engine, "max_batch_size", "max_batch_size"),

@@ -127,6 +127,13 @@ class EngineSettings(BaseModel):
     quantize_vision: bool = Field(
         False, description="With quantization, also quantize the vision tower's linear layers."
     )
+    kv_cache_dtype: Literal["auto", "fp8"] = Field(
+        "auto",
+        description="What the continuous-batching engine's KV cache stores: 'auto' is the model's dtype; "
+        "'fp8' (float8 e4m3, scale 1.0) takes half the bytes of bfloat16, so about twice the tokens fit the "
+        "same memory. fp8 needs a CUDA GPU of compute capability 8.9 or newer and a model the batching "
+        "engine runs (GLM-4.xV); elsewhere it is refused at start-up.",
+    )
     reasoning_parser: Literal["none", "think-tags"] = Field(
         "none",
         description="'think-tags': send a thinking model's <think>…</think> text as reasoning_content, "

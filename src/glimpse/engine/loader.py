@@ -17,6 +17,7 @@ from typing import Any
 
 from glimpse.config import TINY_MODEL, EngineSettings
 from glimpse.cpu_share import cpu_threads
+from glimpse.engine.kv_cache_dtype import check_kv_cache_dtype
 from glimpse.engine.protocol import SamplingDefaults
 from glimpse.engine.sampling_config import checkpoint_defaults
 from glimpse.errors import ModelLoadError, QuantizationUnsupported
@@ -133,7 +134,8 @@ def check_runtime_installed() -> None:
 
 def check_model_available(settings: EngineSettings) -> None:
     """Fail fast (before the server starts) when the runtime or the model cannot be found at all,
-    when the quantization asked for cannot run here, or when a configured LoRA adapter cannot be served.
+    when the quantization or KV-cache dtype asked for cannot run here, or when a configured LoRA
+    adapter cannot be served.
     """
     check_runtime_installed()
     from transformers import AutoConfig
@@ -145,6 +147,7 @@ def check_model_available(settings: EngineSettings) -> None:
         raise _explain(settings.model, exc) from exc
     device = resolve_device(settings.device)
     _quantization_plan(settings, source, device, _resolve_dtype(settings.dtype, device), build=False)
+    check_kv_cache_dtype(settings, device, config)
     if settings.lora_modules:
         from glimpse.engine.lora.preflight import check_adapters
 
@@ -202,6 +205,7 @@ def load_model(settings: EngineSettings) -> LoadedModel:
         threads = cpu_threads(settings.cpu_threads)
         torch.set_num_threads(threads)
     quantization, quantize_kwargs = _quantization_plan(settings, source, device, dtype)
+    check_kv_cache_dtype(settings, device)
     try:
         processor = AutoProcessor.from_pretrained(source, trust_remote_code=settings.trust_remote_code)
         model = AutoModelForImageTextToText.from_pretrained(

@@ -26,6 +26,7 @@ from glimpse.engine.batching import (
     StepRunner,
 )
 from glimpse.engine.job import Job
+from glimpse.engine.kv_cache_dtype import needs_batching
 from glimpse.engine.loader import LoadedModel, load_model
 from glimpse.engine.lora.adapter import AdapterError
 from glimpse.engine.lora.bank import LoraBank
@@ -136,6 +137,8 @@ class EngineWorker(threading.Thread):
     def _make_steps(self, loaded: LoadedModel) -> tuple[StepRunner, BatcherConfig]:
         """The batching runner where the model has one (and batching is on), else ``generate()``."""
         context = loaded.context_length or self._settings.max_seq_len
+        # An fp8 KV cache is the batching engine's (batching off was refused before loading).
+        fp8_cache = self._settings.kv_cache_dtype != "auto"
         if self._settings.batching:
             config = BatcherConfig.from_settings(
                 self._settings, max_seq_len=min(self._settings.max_seq_len, context)
@@ -144,6 +147,8 @@ class EngineWorker(threading.Thread):
                 mixed = MixedSteps(loaded.model, config, observer=self._observer, lora=self.lora)
                 return mixed, mixed.config
             except ModelLoadError as exc:
+                if fp8_cache:
+                    raise needs_batching(exc.message) from exc
                 logger.info("continuous batching unavailable, serving one request at a time: %s", exc.message)
         # One slot: a sequence may use the model's whole context (there is no shared cache to size).
         config = BatcherConfig.from_settings(self._settings, max_seq_len=context)

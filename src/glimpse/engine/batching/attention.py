@@ -14,6 +14,11 @@ query heads that share a key/value head become that head's rows
 (``[kv_heads, group, dim]``), for a chunk SDPA's ``enable_gqa``; each cached key
 and value is read in place.
 
+A cache stored narrower than the model (fp8) is read slice by slice: each
+sequence's keys and values up to its length are cast to the query's dtype just
+before its SDPA call (``.to`` returns the slice itself when the dtypes match), so
+the full-precision copy never outlives one call.
+
 ``padded_attention`` is the fixed-shape decode step that CUDA graphs replay: one
 call over slots ``0 .. n-1`` up to a common (bucketed) length with a mask that
 hides each row's tail. It reads up to the longest length for every row, which is
@@ -58,7 +63,8 @@ def ragged_attention(
     for span in spans:
         total = span.cached + span.count
         rows = query[:, span.offset : span.offset + span.count]
-        slot_keys, slot_values = keys[span.slot, :, :total], values[span.slot, :, :total]
+        slot_keys = keys[span.slot, :, :total].to(query.dtype)
+        slot_values = values[span.slot, :, :total].to(query.dtype)
         if span.count == 1:  # a decode token sees its whole slot: no mask
             out = F.scaled_dot_product_attention(
                 rows.reshape(num_kv_heads, group, dim), slot_keys, slot_values, scale=scaling
@@ -98,5 +104,6 @@ def padded_attention(
     kv_len = keys.shape[2]
     mask = torch.arange(kv_len, device=write_at.device)[None, :] <= write_at[:, None]
     rows = query.reshape(n, num_kv_heads, heads // num_kv_heads, dim)
+    keys, values = keys.to(query.dtype), values.to(query.dtype)  # an fp8 cache, read back
     out = F.scaled_dot_product_attention(rows, keys, values, attn_mask=mask[:, None, None, :], scale=scaling)
     return out.reshape(n, 1, heads * dim)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import torch
 
@@ -94,6 +94,11 @@ class BatcherConfig:
     prefix_cache: bool = True
     #: Host memory for the vision tower's output of images seen before (0: no cache).
     image_embedding_cache_bytes: int = 0
+    #: What the KV cache stores: "auto" (the model's dtype) or "fp8" (``kv_cache.FP8_KV_DTYPE``).
+    #: Taken on any device, the CPU included (tests run an fp8 cache there): whether this
+    #: machine should is decided from the settings before the model loads
+    #: (``engine.kv_cache_dtype.check_kv_cache_dtype``), not here.
+    kv_cache_dtype: Literal["auto", "fp8"] = "auto"
 
     @classmethod
     def from_settings(cls, settings: EngineSettings, max_seq_len: int) -> BatcherConfig:
@@ -108,6 +113,7 @@ class BatcherConfig:
             cuda_graphs=settings.cuda_graphs,
             prefix_cache=settings.prefix_cache,
             image_embedding_cache_bytes=settings.image_embedding_cache_mb * 2**20,
+            kv_cache_dtype=settings.kv_cache_dtype,
         )
 
 

@@ -16,16 +16,40 @@ to buckets).
 Layout per layer: ``[max_slots, num_kv_heads, max_seq_len, head_dim]``, the
 ``[batch, heads, length, dim]`` layout that ``scaled_dot_product_attention``
 takes without a transpose.
+
+Storage may be narrower than the model's dtype: ``float8_e4m3fn`` (``kv_cache_dtype
+fp8``) halves a bfloat16 cache, so twice the tokens fit. Every write casts to the
+storage dtype, saturating at ±448 as vLLM's fp8 cache does, with a per-tensor scale
+of 1.0 (vLLM's default when no calibrated scales come with the checkpoint); attention
+casts each slice it reads back to the query's dtype (``attention``), a no-op when
+storage is the model's dtype. Allocation, writes and row copies go through a ``uint8``
+view of the fp8 buffers, so they need only byte kernels (torch gained float8 kernels
+op by op, and ``torch>=2.4`` is allowed); only the casts touch float8. Views
+(``view``, ``slot_view``) return what is stored, fp8 included.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-__all__ = ["CacheGeometry", "SlotKVCache"]
+__all__ = ["FP8_KV_DTYPE", "CacheGeometry", "SlotKVCache", "kv_storage_dtype"]
+
+#: The storage of ``kv_cache_dtype fp8``: 4 exponent and 3 mantissa bits, finite values only.
+FP8_KV_DTYPE = torch.float8_e4m3fn
+_FP8_MAX = torch.finfo(FP8_KV_DTYPE).max
+
+
+def kv_storage_dtype(kv_cache_dtype: str) -> torch.dtype | None:
+    """The storage dtype a ``kv_cache_dtype`` setting names (``None``: the model's own dtype)."""
+    if kv_cache_dtype == "auto":
+        return None
+    if kv_cache_dtype == "fp8":
+        return FP8_KV_DTYPE
+    raise ValueError(f"unknown kv_cache_dtype {kv_cache_dtype!r}")
 
 
 @dataclass(slots=True, frozen=True)
@@ -35,12 +59,19 @@ class CacheGeometry:
     num_layers: int
     num_kv_heads: int
     head_dim: int
+    #: The model's compute dtype: what attention reads back.
     dtype: torch.dtype
     device: torch.device
+    #: What the cache stores, when narrower than ``dtype`` (``None``: ``dtype`` itself).
+    storage: torch.dtype | None = None
+
+    @property
+    def stored_dtype(self) -> torch.dtype:
+        return self.dtype if self.storage is None else self.storage
 
     @property
     def bytes_per_token(self) -> int:
-        element = torch.empty((), dtype=self.dtype).element_size()
+        element = torch.empty((), dtype=self.stored_dtype).element_size()
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * element
 
 
@@ -57,14 +88,17 @@ class SlotKVCache:
         self.max_slots = max_slots
         self.max_seq_len = max_seq_len
         shape = (max_slots, geometry.num_kv_heads, max_seq_len, geometry.head_dim)
+        stored = geometry.stored_dtype
+        # zero bytes are fp8 zeros too
         self.keys = [
-            torch.zeros(shape, dtype=geometry.dtype, device=geometry.device)
+            torch.zeros(shape, dtype=_bits_dtype(stored), device=geometry.device).view(stored)
             for _ in range(geometry.num_layers)
         ]
         self.values = [
-            torch.zeros(shape, dtype=geometry.dtype, device=geometry.device)
+            torch.zeros(shape, dtype=_bits_dtype(stored), device=geometry.device).view(stored)
             for _ in range(geometry.num_layers)
         ]
+        self._fp8 = stored == FP8_KV_DTYPE
         # Host-side copy of each slot's length, so scheduling never syncs with the device.
         self._lengths: list[int] = []
 
@@ -114,9 +148,10 @@ class SlotKVCache:
         if length > self.max_seq_len:
             raise ValueError(f"prompt of {length} tokens exceeds the slot length {self.max_seq_len}")
         slot = len(self._lengths)
+        rows = (slot, slice(None), slice(None, length))
         for layer, (keys, values) in enumerate(prompt_kv):
-            self.keys[layer][slot, :, :length].copy_(keys[0])
-            self.values[layer][slot, :, :length].copy_(values[0])
+            self._put(self.keys[layer], rows, keys[0])
+            self._put(self.values[layer], rows, values[0])
         self._lengths.append(length)
         return slot
 
@@ -155,14 +190,14 @@ class SlotKVCache:
         """Copy the first ``length`` keys and values of slot ``source`` into slot ``target``, every layer."""
         if length <= 0 or source == target:
             return
-        for tensor in (*self.keys, *self.values):
+        for tensor in self._buffers():
             tensor[target, :, :length].copy_(tensor[source, :, :length])
 
     def swap_rows(self, a: int, b: int, length_a: int, length_b: int) -> None:
         """Exchange the first ``length_a`` rows of slot ``a`` with the first ``length_b`` of slot ``b``."""
         if a == b or (length_a <= 0 and length_b <= 0):
             return
-        for tensor in (*self.keys, *self.values):
+        for tensor in self._buffers():
             held = tensor[a, :, :length_a].clone()
             tensor[a, :, :length_b].copy_(tensor[b, :, :length_b])
             tensor[b, :, :length_a].copy_(held)
@@ -176,8 +211,8 @@ class SlotKVCache:
         """
         rows = torch.arange(keys.shape[0], device=positions.device)
         # Advanced indices around a slice put the batch dimension first: [n, kv_heads, head_dim].
-        self.keys[layer][rows, :, positions] = keys[:, :, 0]
-        self.values[layer][rows, :, positions] = values[:, :, 0]
+        self._put(self.keys[layer], (rows, slice(None), positions), keys[:, :, 0])
+        self._put(self.values[layer], (rows, slice(None), positions), values[:, :, 0])
 
     def write(
         self,
@@ -188,8 +223,8 @@ class SlotKVCache:
         positions: torch.Tensor,
     ) -> None:
         """Write packed tokens: ``keys[i]`` (``[kv_heads, head_dim]``) at ``positions[i]`` of ``slots[i]``."""
-        self.keys[layer][slots, :, positions] = keys
-        self.values[layer][slots, :, positions] = values
+        self._put(self.keys[layer], (slots, slice(None), positions), keys)
+        self._put(self.values[layer], (slots, slice(None), positions), values)
 
     def slot_view(self, layer: int, slot: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The first ``length`` keys and values of one slot, ``[kv_heads, length, head_dim]``, not copied."""
@@ -211,3 +246,21 @@ class SlotKVCache:
             if self._lengths[slot] >= self.max_seq_len:
                 raise RuntimeError(f"slot {slot} is full")
             self._lengths[slot] += 1
+
+    def _put(self, buffer: torch.Tensor, index: tuple[Any, ...], new: torch.Tensor) -> None:
+        """``buffer[index] = new``, cast to the storage dtype (fp8: saturated, written as bytes)."""
+        if self._fp8:
+            stored = new.clamp(-_FP8_MAX, _FP8_MAX).to(FP8_KV_DTYPE)
+            buffer.view(torch.uint8)[index] = stored.view(torch.uint8)
+        else:
+            buffer[index] = new
+
+    def _buffers(self) -> list[torch.Tensor]:
+        """Every layer's keys and values, fp8 ones as their bytes (for row copies)."""
+        tensors = [*self.keys, *self.values]
+        return [t.view(torch.uint8) for t in tensors] if self._fp8 else tensors
+
+
+def _bits_dtype(stored: torch.dtype) -> torch.dtype:
+    """What a buffer of ``stored`` is allocated as: fp8 as ``uint8``, the same bytes."""
+    return torch.uint8 if stored == FP8_KV_DTYPE else stored

@@ -30,7 +30,7 @@ import torch
 from glimpse.engine.batching.cuda_graphs import DecodeGraphs
 from glimpse.engine.batching.embedding_cache import embedding_cache_for
 from glimpse.engine.batching.interface import BatcherConfig, BatchObserver, StepHost
-from glimpse.engine.batching.kv_cache import SlotKVCache
+from glimpse.engine.batching.kv_cache import SlotKVCache, kv_storage_dtype
 from glimpse.engine.batching.prefix_cache import BLOCK_TOKENS, PrefixCache, block_keys
 from glimpse.engine.batching.prompt import plan_chunk
 from glimpse.engine.batching.runner import Chunk, Glm4vRunner
@@ -67,7 +67,7 @@ class MixedSteps:
         self.runner = Glm4vRunner(model, embedding_cache_for(config, observer))
         if lora is not None:
             self.runner.vision_router = lora.vision_routed
-        geometry = self.runner.geometry()
+        geometry = self.runner.geometry(kv_storage_dtype(config.kv_cache_dtype))
         free_bytes = torch.cuda.mem_get_info(geometry.device)[0] if geometry.device.type == "cuda" else None
         self.size = size_batch(
             config.max_batch_size,
@@ -92,12 +92,13 @@ class MixedSteps:
         self._by_slot: list[SequenceState] = []  # index == cache slot; prefilling ones included
         self._prefilling: deque[SequenceState] = deque()  # admitted, prompt not all in the cache; FIFO
         logger.info(
-            "continuous batcher: %d slots (%s) of %d tokens, %.1f MiB of KV cache, %.1f MiB kept for "
-            "a step's activations; %s tokens in flight",
+            "continuous batcher: %d slots (%s) of %d tokens, %.1f MiB of KV cache (%s), %.1f MiB kept "
+            "for a step's activations; %s tokens in flight",
             self.size.slots,
             self.size.reason,
             config.max_seq_len,
             self.cache.nbytes / 2**20,
+            str(geometry.stored_dtype).removeprefix("torch."),
             self.size.reserve_bytes / 2**20,
             config.max_tokens_in_flight or "every slot's",
         )

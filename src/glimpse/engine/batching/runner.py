@@ -126,13 +126,15 @@ class Glm4vRunner:
         #: steps when adapters are served: ``LoraBank.vision_routed``).
         self.vision_router: VisionRouter | None = None
 
-    def geometry(self) -> CacheGeometry:
+    def geometry(self, storage: torch.dtype | None = None) -> CacheGeometry:
+        """The cache this model's layers need; ``storage``: keep keys/values narrower (fp8)."""
         return CacheGeometry(
             num_layers=len(self._layers),
             num_kv_heads=self._num_kv_heads,
             head_dim=self._head_dim,
             dtype=self.dtype,
             device=self.device,
+            storage=storage,
         )
 
     def eos_token_ids(self) -> frozenset[int]:

@@ -1,13 +1,15 @@
 """How many sequences the batch holds, sized from the machine unless the settings say.
 
 On a GPU the KV cache is the one thing that grows with the batch: every slot is
-``max_seq_len`` tokens allocated at start-up. So the batch is as many slots as
-fit the memory left after the weights (already loaded when this runs), one
-step's activations (the prefill budget through the text model and the vision
-tower, the sampled rows' logits) and, with CUDA graphs, their pool (one decode
-step's activations per captured batch size, shared). 10 % of the free memory is
-kept back for the allocator's fragmentation. An explicit ``max_batch_size``
-still wins, lowered (with a warning) only when it cannot fit.
+``max_seq_len`` tokens allocated at start-up, at the cache's storage size
+(``kv_cache_dtype fp8``: half a bfloat16 one, so up to twice the slots). So the
+batch is as many slots as fit the memory left after the weights (already loaded
+when this runs), one step's activations (the prefill budget through the text
+model and the vision tower, the sampled rows' logits, in the model's dtype) and,
+with CUDA graphs, their pool (one decode step's activations per captured batch
+size, shared). 10 % of the free memory is kept back for the allocator's
+fragmentation. An explicit ``max_batch_size`` still wins, lowered (with a
+warning) only when it cannot fit.
 
 On the CPU the batch stays small (``CPU_BATCH``): a step there costs about its
 batch size in time, so a bigger batch only lengthens every stream's steps.

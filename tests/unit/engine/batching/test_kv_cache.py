@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from glimpse.engine.batching import CacheGeometry, SlotKVCache
+from glimpse.engine.batching.kv_cache import FP8_KV_DTYPE, kv_storage_dtype
 
 GEOMETRY = CacheGeometry(
     num_layers=2, num_kv_heads=2, head_dim=4, dtype=torch.float32, device=torch.device("cpu")
@@ -95,3 +96,75 @@ def test_packed_writes_land_in_each_slot_at_its_own_positions():
     assert cache.slot_view(0, 0, 1)[0][0, 0, 0] == 4.0
     with pytest.raises(RuntimeError, match="full"):
         cache.grow(2, 6)
+
+
+FP8 = CacheGeometry(
+    num_layers=2,
+    num_kv_heads=2,
+    head_dim=4,
+    dtype=torch.bfloat16,
+    device=torch.device("cpu"),
+    storage=FP8_KV_DTYPE,
+)
+
+
+def _fp8(values: torch.Tensor) -> torch.Tensor:
+    """What an fp8 cache reads back for ``values``: e4m3 rounding, saturated at ±448."""
+    return values.clamp(-448, 448).to(FP8_KV_DTYPE).to(values.dtype)
+
+
+def test_an_fp8_cache_takes_half_the_bytes_of_bfloat16():
+    bf16 = CacheGeometry(num_layers=2, num_kv_heads=2, head_dim=4, dtype=torch.bfloat16, device=FP8.device)
+    assert FP8.bytes_per_token * 2 == bf16.bytes_per_token == 2 * 2 * 2 * 4 * 2
+    cache = SlotKVCache(FP8, max_slots=3, max_seq_len=8)
+    assert cache.keys[0].dtype == cache.values[1].dtype == FP8_KV_DTYPE
+    assert cache.nbytes == 3 * 8 * FP8.bytes_per_token
+    assert kv_storage_dtype("fp8") == FP8_KV_DTYPE
+    assert kv_storage_dtype("auto") is None
+
+
+def test_fp8_writes_read_back_within_fp8_precision():
+    torch.manual_seed(0)
+    cache = SlotKVCache(FP8, max_slots=2, max_seq_len=8)
+    prompt = [(torch.randn(1, 2, 3, 4) * 3, torch.randn(1, 2, 3, 4)) for _ in range(FP8.num_layers)]
+    assert cache.allocate(prompt) == 0
+    assert cache.allocate() == 1
+    step = torch.randn(2, 2, 1, 4, dtype=torch.bfloat16)
+    step[1, 0, 0, 0] = 1000.0  # beyond e4m3's range: saturates, never NaN
+    cache.write_step(1, step, -step, torch.tensor([3, 0]))
+    packed = torch.randn(2, 2, 4)
+    cache.write(0, packed, packed * 2, torch.tensor([1, 1]), torch.tensor([0, 1]))
+
+    keys, values = cache.slot_view(0, 0, 3)
+    assert torch.equal(keys.float(), _fp8(prompt[0][0][0]))
+    assert torch.equal(values.float(), _fp8(prompt[0][1][0]))
+    # e4m3 keeps 3 mantissa bits: a normal value is within 2^-4 of itself, a tiny one within 2^-10
+    torch.testing.assert_close(keys.float(), prompt[0][0][0], rtol=2**-4, atol=2**-10)
+    read = cache.keys[1][[0, 1], :, [3, 0]].float()
+    assert read[1, 0, 0] == 448.0
+    torch.testing.assert_close(read[0], step[0, :, 0].float(), rtol=2**-4, atol=2**-10)
+    assert torch.equal(cache.values[1][[0, 1], :, [3, 0]].float(), _fp8(-step[:, :, 0].float()))
+    assert torch.equal(cache.slot_view(0, 1, 2)[1].float(), _fp8(packed * 2).transpose(0, 1))
+
+
+def test_fp8_rows_move_and_swap_byte_for_byte():
+    torch.manual_seed(1)
+    cache = SlotKVCache(FP8, max_slots=3, max_seq_len=8)
+    prompts = [
+        [(torch.randn(1, 2, n, 4), torch.randn(1, 2, n, 4)) for _ in range(FP8.num_layers)] for n in (2, 5, 3)
+    ]
+    for prompt in prompts:
+        cache.allocate(prompt)
+    stored = [cache.slot_view(layer, 2, 3) for layer in range(FP8.num_layers)]
+    stored = [(k.clone(), v.clone()) for k, v in stored]
+    cache.copy_rows(2, 0, 3)
+    for layer, (keys, values) in enumerate(stored):
+        assert torch.equal(cache.slot_view(layer, 0, 3)[0].view(torch.uint8), keys.view(torch.uint8))
+        assert torch.equal(cache.slot_view(layer, 0, 3)[1].view(torch.uint8), values.view(torch.uint8))
+    # Slot 1 leaves keeping its rows: they swap into slot 2, slot 2's sequence moves into slot 1.
+    assert cache.release(1, keep=True) == 2
+    assert cache.lengths() == [2, 3]  # copy_rows moves rows only, not lengths
+    for layer in range(FP8.num_layers):
+        assert torch.equal(cache.slot_view(layer, 1, 3)[0].float(), _fp8(prompts[2][layer][0][0]))
+        assert torch.equal(cache.slot_view(layer, 2, 5)[0].float(), _fp8(prompts[1][layer][0][0]))
+        assert torch.equal(cache.slot_view(layer, 2, 5)[1].float(), _fp8(prompts[1][layer][1][0]))

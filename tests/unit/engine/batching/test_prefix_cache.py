@@ -266,3 +266,31 @@ def test_the_chain_goes_on_from_known_keys_as_if_hashed_from_the_start(processor
     assert block_keys(prompt, images, held, prompt_keys) == full
     assert block_keys(prompt, images, held, prompt_keys[:1]) == full
     assert full[: len(prompt_keys)] == prompt_keys
+
+
+def test_an_fp8_cache_moves_reused_rows_without_changing_an_answer(model, processor):
+    """The eviction workload above on an fp8 cache: kept rows swapped into free slots and copied
+    back on reuse are fp8 bytes, so answers equal those of the same fp8 cache without reuse."""
+
+    def answers(prefix_cache):
+        batcher, observer = _batcher(model, slots=2, kv_cache_dtype="fp8", prefix_cache=prefix_cache)
+        sink = RecordingSink()
+        images = [_image((168 + 28 * i, 140), 10 + i) for i in range(4)]
+        for round_ in range(2):
+            order = list(enumerate(images))
+            requests = [
+                SequenceRequest(
+                    f"r{round_}-{i}",
+                    _inputs(processor, image, [(("What is it?", "Describe the image.")[round_], None)]),
+                    sink,
+                    SamplingParams(max_new_tokens=7),
+                )
+                for i, image in (order if round_ == 0 else reversed(order))
+            ]
+            _run(batcher, sink, requests)
+        assert not sink.errors
+        return sink.tokens, observer.reused
+
+    reused_tokens, reused = answers(True)
+    assert any(reused)
+    assert reused_tokens == answers(False)[0]

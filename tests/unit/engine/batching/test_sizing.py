@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import pytest
 import torch
 from transformers import Glm46VConfig
 
-from glimpse.engine.batching.kv_cache import CacheGeometry
+from glimpse.engine.batching.kv_cache import FP8_KV_DTYPE, CacheGeometry
 from glimpse.engine.batching.sizing import CPU_BATCH, MAX_AUTO_BATCH, size_batch, step_activation_bytes
 from glimpse.errors import ModelLoadError
 
@@ -83,3 +84,16 @@ def test_activations_grow_with_the_tokens_of_a_step(flash):
     config, _ = flash
     small = step_activation_bytes(config, 256, 16, 2)
     assert step_activation_bytes(config, 8192, 16, 2) > 20 * small
+
+
+def test_an_fp8_cache_fits_twice_the_slots_in_the_same_memory(flash):
+    config, geometry = flash
+    fp8 = dataclasses.replace(geometry, storage=FP8_KV_DTYPE)
+    free = 40 * GiB  # few enough slots that twice as many stay under the cap of 256
+    bf16_size = _size(flash, None, free)
+    fp8_size = _size((config, fp8), None, free)
+    assert fp8.bytes_per_token * 2 == geometry.bytes_per_token
+    # The step's activations stay in the model's dtype: the same reserve, all the rest for slots.
+    assert fp8_size.reserve_bytes == bf16_size.reserve_bytes
+    assert fp8_size.slots in (2 * bf16_size.slots, 2 * bf16_size.slots + 1)
+    assert fp8_size.kv_bytes == fp8_size.slots * fp8.bytes_per_token * 8192
