@@ -7,6 +7,7 @@ The rehearsal (DRY_RUN=cpu) runs the same steps with the tiny model and the base
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +47,12 @@ def test_gpu_check_runs_every_step_on_the_cpu(tmp_path):
     assert "follow-up" in summary.split("== 5b.", 1)[1], summary  # the caches' step ran and printed
     for name in ("bench_1024.json", "bench_448.json", "follow_up.json"):
         assert (out / name).stat().st_size > 0
-    ratios = summary.split("== 6. ratios", 1)[1]
+    ratios = summary.split("== 6. ratios", 1)[1].split("== 7.", 1)[0]
     for expected in ("c=1", "c=4", "targets"):
         assert expected in ratios, ratios
+    # the quantization step: the tiny model served with int8 weights, its row measured
+    quantized = summary.split("== 7. quantized weights side by side: int8", 1)[1]
+    mib, number = r"[\d.,]+ MiB", r"[\d.]+"
+    row = rf"\| int8 \| {mib} \(server RSS\) \| {mib} \| {mib} \| {number} \| {number} s \| {number} s"
+    assert re.search(row, quantized), quantized
+    assert "quantization int8" in quantized  # the server's own start-up line

@@ -5,6 +5,11 @@ the checkpoint with ``from_pretrained`` (the shipped one by default), asks ``N``
 questions per task and language about pictures drawn with a seed training never
 used (new sizes, shapes, colours, formats), greedily, through the real processor
 and chat template, and prints the table of right answers.
+
+``--quantization none,int8,int4`` asks the same questions of each weight format in
+turn and ends with one comparison: weight bytes, right answers, and how many greedy
+answers are identical to the first format's (the figures the README's quality table
+and issue 19's goals are stated in).
 """
 
 from __future__ import annotations
@@ -93,14 +98,24 @@ def answers(model: Any, processor: Any, batch: list[Case], max_new_tokens: int =
 
 
 def evaluate(
-    model: Any, processor: Any, *, seed: int, per_cell: int, batch_size: int = 32
+    model: Any,
+    processor: Any,
+    *,
+    seed: int,
+    per_cell: int,
+    batch_size: int = 32,
+    said: list[str] | None = None,
 ) -> dict[str, dict[str, list[int]]]:
-    """``{row: {lang: [right, asked]}}`` on a fresh set drawn with ``seed``."""
+    """``{row: {lang: [right, asked]}}`` on a fresh set drawn with ``seed``; each answer is appended
+    to ``said`` when given (to compare two models answer by answer)."""
     table: dict[str, dict[str, list[int]]] = {}
     todo = cases(seed, per_cell)
     for start in range(0, len(todo), batch_size):
         batch = todo[start : start + batch_size]
-        for case, text in zip(batch, answers(model, processor, batch), strict=True):
+        texts = answers(model, processor, batch)
+        if said is not None:
+            said.extend(texts)
+        for case, text in zip(batch, texts, strict=True):
             cell = table.setdefault(case.row, {}).setdefault(case.lang, [0, 0])
             cell[0] += grade(case.picture, case.task, case.lang, text)  # type: ignore[arg-type]
             cell[1] += 1
@@ -126,6 +141,41 @@ def meets_targets(table: dict[str, dict[str, list[int]]]) -> bool:
     )
 
 
+@dataclass(slots=True)
+class _Run:
+    method: str
+    weight_bytes: int
+    table: dict[str, dict[str, list[int]]]
+    said: list[str]
+
+
+def _format_comparison(runs: Sequence[_Run]) -> str:
+    """A Markdown table of each format's weight bytes, right answers and answers identical to the first's."""
+    first = runs[0]
+    lines = [
+        f"| weights | weight bytes | right answers | greedy answers identical to {first.method} |",
+        "|---|---|---|---|",
+    ]
+    for run in runs:
+        right = sum(cell[0] for cells in run.table.values() for cell in cells.values())
+        asked = len(run.said)
+        same = sum(a == b for a, b in zip(first.said, run.said, strict=True))
+        identical = "-" if run is first else f"{same:,} / {asked:,} ({100 * same / max(1, asked):.1f} %)"
+        lines.append(
+            f"| {run.method} | {run.weight_bytes:,} | {right:,} / {asked:,} "
+            f"({100 * right / max(1, asked):.2f} %) | {identical} |"
+        )
+    return "\n".join(lines)
+
+
+def _methods(text: str) -> list[str]:
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in ("none", "int8", "int4")]
+    if not methods or unknown:
+        raise argparse.ArgumentTypeError(f"{text!r}: give none, int8 and/or int4, comma-separated")
+    return methods
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m glimpse.engine.tiny_eval", description=__doc__)
     parser.add_argument("--model", help="Checkpoint directory (default: the shipped tiny model).")
@@ -136,33 +186,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads.")
     parser.add_argument(
         "--quantization",
-        choices=["none", "int8", "int4"],
-        default="none",
-        help="Quantize the language model's weights as glimpse serve --quantization does (CPU).",
+        type=_methods,
+        default=["none"],
+        help="Quantize the language model's weights as glimpse serve --quantization does (CPU): none, "
+        "int8 or int4, or several comma-separated (none,int8,int4) to compare them on the same questions.",
     )
     args = parser.parse_args(argv)
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    from glimpse.engine.quantization import check_supported, loading_config, resident_weight_bytes
     from glimpse.engine.tiny_model import shipped_tiny_model_dir
 
     torch.set_num_threads(args.threads)
     source = args.model or str(shipped_tiny_model_dir())
     processor = AutoProcessor.from_pretrained(source)
-    extra: dict[str, Any] = {}
-    if args.quantization != "none":
-        from glimpse.engine.quantization import check_supported, loading_config
-
-        check_supported(args.quantization, "cpu", torch.float32)
-        extra["quantization_config"] = loading_config(source, args.quantization, "cpu")
-    model = AutoModelForImageTextToText.from_pretrained(source, dtype=torch.float32, **extra).eval()
-    table = evaluate(model, processor, seed=args.seed, per_cell=args.per_cell)
-    sys.stdout.write(
-        f"held-out set: seed {args.seed}, {args.per_cell} questions per cell, model {source}, "
-        f"quantization {args.quantization}\n"
-    )
-    sys.stdout.write(format_table(table) + "\n")
-    return 0 if meets_targets(table) else 1
+    runs: list[_Run] = []
+    for method in args.quantization:
+        extra: dict[str, Any] = {}
+        if method != "none":
+            check_supported(method, "cpu", torch.float32)
+            extra["quantization_config"] = loading_config(source, method, "cpu")
+        model = AutoModelForImageTextToText.from_pretrained(source, dtype=torch.float32, **extra).eval()
+        said: list[str] = []
+        table = evaluate(model, processor, seed=args.seed, per_cell=args.per_cell, said=said)
+        runs.append(_Run(method, resident_weight_bytes(model), table, said))
+        del model
+        sys.stdout.write(
+            f"held-out set: seed {args.seed}, {args.per_cell} questions per cell, model {source}, "
+            f"quantization {method}\n"
+        )
+        sys.stdout.write(format_table(table) + "\n")
+        sys.stdout.flush()
+    if len(runs) > 1:
+        sys.stdout.write("\n" + _format_comparison(runs) + "\n")
+    return 0 if all(meets_targets(run.table) for run in runs) else 1
 
 
 if __name__ == "__main__":
