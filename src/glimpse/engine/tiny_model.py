@@ -37,6 +37,7 @@ __all__ = [
     "ensure_random_tiny_model",
     "shipped_tiny_model_dir",
     "staged_directory",
+    "write_random_checkpoint",
 ]
 
 logger = logging.getLogger(__name__)
@@ -270,9 +271,11 @@ def build_random_tiny_model(directory: Path) -> Path:
 def build_full_size_model(directory: Path, device: str = "auto") -> Path:
     """Write a checkpoint of the real GLM-4.6V-Flash sizes (about 10 B parameters) with random weights.
 
-    For GPU benchmarks: weight values do not change speed, so this measures the cost
-    of serving the real model, through the same loading code. About 20 GB on disk
-    (bfloat16); built on the GPU when there is one.
+    For benchmarks: weight values do not change speed or memory, so this measures the
+    cost of serving the real model, through the same loading code. About 20 GB on disk
+    (bfloat16); built whole on the GPU when there is one, else written one module at a
+    time (``write_random_checkpoint``), so a CPU machine with less memory than the model
+    can write it.
     """
     return _build(Path(directory), full_size=True, device=device)
 
@@ -307,41 +310,12 @@ def _check_target(directory: Path) -> Path:
 
 def _build(directory: Path, *, full_size: bool, device: str = "cpu") -> Path:
     import torch
-    from transformers import (
-        GenerationConfig,
-        Glm46VForConditionalGeneration,
-        Glm46VImageProcessor,
-        Glm46VProcessor,
-        Glm46VVideoProcessor,
-    )
+    from transformers import GenerationConfig, Glm46VImageProcessor, Glm46VProcessor, Glm46VVideoProcessor
 
     directory = _check_target(Path(directory))
     tokenizer = _build_tokenizer(_FULL_VOCAB_SIZE if full_size else None)
     config = _model_config(tokenizer, full_size)
-    torch.manual_seed(_SEED)
-    if full_size:
-        target = (
-            "cuda"
-            if device == "auto" and torch.cuda.is_available()
-            else ("cpu" if device == "auto" else device)
-        )
-        previous = torch.get_default_dtype()
-        torch.set_default_dtype(torch.bfloat16)
-        try:
-            with torch.device(target):
-                model = Glm46VForConditionalGeneration(config).eval()
-        finally:
-            torch.set_default_dtype(previous)
-    else:
-        model = Glm46VForConditionalGeneration(config).eval()
-        # The default init leaves many weights near zero; wider weights make
-        # greedy answers vary with the image and the question, which tests rely on.
-        with torch.no_grad():
-            generator = torch.Generator().manual_seed(_SEED)
-            for param in model.parameters():
-                if param.dim() >= 2:
-                    param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
-    model.generation_config = GenerationConfig(
+    generation = GenerationConfig(
         eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id, do_sample=False
     )
     processor = Glm46VProcessor(
@@ -351,11 +325,121 @@ def _build(directory: Path, *, full_size: bool, device: str = "cpu") -> Path:
         chat_template=CHAT_TEMPLATE,
     )
     note = {"warning": "random weights: answers are meaningless", "seed": _SEED, "full_size": full_size}
+    target = "cuda" if device == "auto" and torch.cuda.is_available() else device.replace("auto", "cpu")
+    torch.manual_seed(_SEED)
     with staged_directory(directory) as staging:
-        model.save_pretrained(staging)
+        if full_size and target == "cpu":
+            write_random_checkpoint(config, generation, staging)
+        else:
+            model = _full_size_model(config, target) if full_size else _tiny_random_model(config)
+            model.generation_config = generation
+            model.save_pretrained(staging)
         processor.save_pretrained(staging)
         (staging / _MARKER).write_text(json.dumps(note) + "\n")
     return directory
+
+
+def _full_size_model(config: Any, device: str) -> Any:
+    """The whole full-size model in bfloat16 on ``device`` (a GPU: it has the room)."""
+    import torch
+    from transformers import Glm46VForConditionalGeneration
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device(device):
+            return Glm46VForConditionalGeneration(config).eval()
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _tiny_random_model(config: Any) -> Any:
+    import torch
+    from transformers import Glm46VForConditionalGeneration
+
+    model = Glm46VForConditionalGeneration(config).eval()
+    # The default init leaves many weights near zero; wider weights make
+    # greedy answers vary with the image and the question, which tests rely on.
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(_SEED)
+        for param in model.parameters():
+            if param.dim() >= 2:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
+    return model
+
+
+#: Bytes of tensors held before they are written out as one safetensors file.
+_SHARD_BYTES = 2 * 2**30
+
+
+def write_random_checkpoint(
+    config: Any, generation: Any, directory: Path, *, shard_bytes: int = _SHARD_BYTES
+) -> int:
+    """Write a bfloat16 ``Glm46VForConditionalGeneration`` checkpoint of random weights one module at a time.
+
+    The full-size model is 20.6 GB in bfloat16, more than a 24 GB CPU machine can hold
+    beside anything else, so it is never built whole: the model exists on the ``meta``
+    device (no memory), each module's weights are materialised, filled as transformers
+    initialises them (``initializer_range`` normal, norms one, biases zero) and queued,
+    and every ``shard_bytes`` the queue is written as one safetensors file and freed.
+    Peak memory: about one shard plus the largest tensor. Returns the bytes written.
+    """
+    import torch
+    from safetensors.torch import save_file
+    from transformers import Glm46VForConditionalGeneration
+
+    with torch.device("meta"):
+        model = Glm46VForConditionalGeneration(config).to(torch.bfloat16)
+    saved = set(model.state_dict())  # non-persistent buffers (rotary frequencies) are not written
+    std = float(getattr(config.get_text_config(), "initializer_range", None) or 0.02)
+    generator = torch.Generator().manual_seed(_SEED)
+    shards: list[tuple[Path, list[str]]] = []
+    pending: dict[str, Any] = {}
+    total = 0
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        own = [n for n, _ in (*module.named_parameters(recurse=False), *module.named_buffers(recurse=False))]
+        keys = {attr: prefix + attr for attr in own if prefix + attr in saved}
+        if not keys:
+            continue
+        module.to_empty(device="cpu", recurse=False)
+        for attr, key in keys.items():
+            pending[key] = _random_fill(getattr(module, attr).detach(), attr, module, std, generator)
+            total += pending[key].nbytes
+        module.to_empty(device="meta", recurse=False)  # ``pending`` holds the only reference
+        if sum(t.nbytes for t in pending.values()) >= shard_bytes:
+            shards.append(_write_shard(pending, directory / f".shard-{len(shards)}.safetensors", save_file))
+    if pending:
+        shards.append(_write_shard(pending, directory / f".shard-{len(shards)}.safetensors", save_file))
+    weight_map: dict[str, str] = {}
+    for number, (path, shard_keys) in enumerate(shards, start=1):
+        final = f"model-{number:05d}-of-{len(shards):05d}.safetensors"
+        path.rename(directory / final)
+        weight_map.update(dict.fromkeys(shard_keys, final))
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    config.architectures = [type(model).__name__]
+    config.dtype = torch.bfloat16  # what save_pretrained records, and what "auto" loads
+    config.save_pretrained(directory)
+    generation.save_pretrained(directory)
+    return total
+
+
+def _random_fill(tensor: Any, attr: str, module: Any, std: float, generator: Any) -> Any:
+    """Fill one weight as transformers' ``_init_weights`` would: biases 0, norms 1, the rest normal."""
+    if attr == "bias":
+        return tensor.zero_()
+    if "Norm" in type(module).__name__:
+        return tensor.fill_(1.0)
+    return tensor.normal_(0.0, std, generator=generator)
+
+
+def _write_shard(pending: dict[str, Any], path: Path, save_file: Any) -> tuple[Path, list[str]]:
+    """Write the queued tensors to ``path`` and empty the queue (their memory goes with it)."""
+    save_file(pending, path, metadata={"format": "pt"})
+    keys = list(pending)
+    pending.clear()
+    return path, keys
 
 
 @contextlib.contextmanager

@@ -34,3 +34,28 @@ def test_padding_leaves_the_encoding_of_text_alone(full_vocab_tokenizer):
     small = _build_tokenizer()
     text = "What is in this picture? 图片里有什么？"
     assert full_vocab_tokenizer(text).input_ids == small(text).input_ids
+
+
+def test_checkpoint_written_module_by_module_loads_like_one_saved_whole(tmp_path):
+    # The full-size model is written this way on a CPU; the tiny config checks the same code.
+    import torch
+    from transformers import AutoModelForImageTextToText, GenerationConfig
+
+    from glimpse.engine.tiny_model import write_random_checkpoint
+
+    config = _model_config(_build_tokenizer())
+    generation = GenerationConfig(eos_token_id=config.eos_token_id, do_sample=False)
+    written = write_random_checkpoint(config, generation, tmp_path, shard_bytes=200_000)
+
+    assert len(list(tmp_path.glob("model-*-of-*.safetensors"))) > 1
+    model, info = AutoModelForImageTextToText.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"]
+    assert not info["unexpected_keys"]
+    assert model.dtype == torch.bfloat16
+    assert written == sum(p.nbytes for p in model.state_dict().values())
+    language = model.model.language_model
+    assert torch.equal(language.norm.weight, torch.ones_like(language.norm.weight))
+    assert torch.equal(
+        model.model.visual.patch_embed.proj.bias, torch.zeros_like(model.model.visual.patch_embed.proj.bias)
+    )
+    assert 0.015 < float(model.lm_head.weight.detach().float().std()) < 0.025
