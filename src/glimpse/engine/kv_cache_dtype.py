@@ -18,6 +18,7 @@ import logging
 from typing import Any
 
 from glimpse.config import EngineSettings
+from glimpse.engine.quantization import require_fp8_hardware
 from glimpse.errors import ModelLoadError, QuantizationUnsupported
 
 __all__ = ["check_kv_cache_dtype", "needs_batching"]
@@ -39,22 +40,12 @@ def check_kv_cache_dtype(settings: EngineSettings, device: str, model_config: An
     ``model_config`` (the checkpoint's ``AutoConfig``): also check that the batching engine
     takes the model, on a ``meta``-device copy of it (no memory, no weights read).
     """
-    import torch
 
     if settings.kv_cache_dtype == "auto":
         return
-    if device != "cuda":
-        raise QuantizationUnsupported(
-            "--kv-cache-dtype fp8 needs a CUDA GPU with fp8 support (compute capability 8.9 or newer), "
-            "and the model runs on the CPU here; drop --kv-cache-dtype (the cache keeps the model's dtype)."
-        )
-    major, minor = torch.cuda.get_device_capability()
-    if (major, minor) < (8, 9):
-        raise QuantizationUnsupported(
-            f"--kv-cache-dtype fp8 needs a GPU of compute capability 8.9 or newer (Ada, Hopper); this "
-            f"{torch.cuda.get_device_name()} is {major}.{minor}: drop --kv-cache-dtype (the cache keeps the "
-            "model's dtype)."
-        )
+    require_fp8_hardware(
+        "--kv-cache-dtype fp8", device, "drop --kv-cache-dtype (the cache keeps the model's dtype)"
+    )
     if not settings.batching:
         raise needs_batching("batching is off: GLIMPSE_ENGINE__BATCHING=false")
     if model_config is not None:

@@ -29,6 +29,7 @@ __all__ = [
     "kept_modules",
     "check_supported",
     "loading_config",
+    "require_fp8_hardware",
     "resident_weight_bytes",
     "torchao_config",
 ]
@@ -54,6 +55,24 @@ def _require_torchao() -> None:
         ) from exc
 
 
+def require_fp8_hardware(option: str, device: str, instead: str) -> None:
+    """Refuse ``option`` in one line unless this is a CUDA GPU with fp8 hardware (compute capability
+    8.9 or newer: Ada, Hopper); ``instead`` says what to do."""
+    import torch
+
+    if device != "cuda":
+        raise QuantizationUnsupported(
+            f"{option} needs a CUDA GPU with fp8 support (compute capability 8.9 or newer), "
+            f"and the model runs on the CPU here; {instead}."
+        )
+    major, minor = torch.cuda.get_device_capability()
+    if (major, minor) < (8, 9):
+        raise QuantizationUnsupported(
+            f"{option} needs a GPU of compute capability 8.9 or newer (Ada, Hopper); this "
+            f"{torch.cuda.get_device_name()} is {major}.{minor}: {instead}."
+        )
+
+
 def check_supported(method: str, device: str, dtype: Any) -> None:
     """Refuse, in one line, a method this device, dtype or installation cannot run.
 
@@ -71,17 +90,7 @@ def check_supported(method: str, device: str, dtype: Any) -> None:
         return
     _require_torchao()
     if method == "fp8":
-        if device != "cuda":
-            raise QuantizationUnsupported(
-                "--quantization fp8 needs a CUDA GPU with fp8 support (compute capability 8.9 or newer), "
-                "and the model runs on the CPU here; use --quantization int8 (or int4)."
-            )
-        major, minor = torch.cuda.get_device_capability()
-        if (major, minor) < (8, 9):
-            raise QuantizationUnsupported(
-                f"--quantization fp8 needs a GPU of compute capability 8.9 or newer (Ada, Hopper); this "
-                f"{torch.cuda.get_device_name()} is {major}.{minor}: use --quantization int8 (or int4)."
-            )
+        require_fp8_hardware("--quantization fp8", device, "use --quantization int8 (or int4)")
     if method == "int4" and device == "cuda" and dtype != torch.bfloat16:
         raise QuantizationUnsupported(
             f"--quantization int4 on a GPU computes in bfloat16 only, and --dtype is {dtype}; "

@@ -103,7 +103,8 @@ def test_the_request_path_is_answered_from_pushed_state(tiny_dir):
         await engine.start()
         try:
             health = engine.health()
-            assert health.ready and health.capacity == 5 and health.slots == 2
+            assert health.ready
+            assert (health.capacity, health.slots) == (5, 2)
             with pytest.raises(RequestTooLarge):  # the image's tokens + a whole slot's answer cannot fit
                 engine.check_image_sizes([(1024, 768)], 8192)
             engine.check_image_sizes([(64, 48)], 16)
@@ -160,7 +161,8 @@ def test_errors_keep_their_class_and_status(tiny_dir):
             await engine.stop()
 
     refused, bad = asyncio.run(run())
-    assert isinstance(refused, Overloaded) and refused.retry_after is not None, refused
+    assert isinstance(refused, Overloaded), refused
+    assert refused.retry_after is not None
     assert isinstance(bad, InvalidRequest), bad
     assert unpack_error(pack_error(ValueError("boom"))).__class__ is EngineRequestError
 
