@@ -3,8 +3,9 @@
 Usage: python bench/rss_images.py [--rounds 6] [--concurrency 4] [--quick] [--tolerance 0.10]
 
 Starts ``glimpse serve --model tiny`` on a free loopback port, warms it up with
-ordinary image requests, reads its resident set size (RSS, /proc), then runs the
-hostile rounds: every round sends ``--concurrency`` requests at once, each a mix of
+ordinary image requests, reads its resident set size (RSS, /proc: the server's and that of
+every process it started), then runs the hostile rounds: every round sends
+``--concurrency`` requests at once, each a mix of
 
 * four 20-megapixel PNGs in ~100 KB (refused 413 from their headers),
 * four 12-megapixel PNGs (48 MP, under the per-request limit: decoded under the
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import io
 import os
 import signal
@@ -53,11 +55,31 @@ QUICK = (Shape("4x20MP", 5000, 4000, 4), Shape("4x12MP", 4000, 3000, 4), Shape("
 
 
 def rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+    """The RSS of the server and every process it started (its engine process, preprocessing
+    workers): the images cross from one to the next, and a leak in any of them counts."""
+    total = 0
+    for member in _tree(pid):
+        with contextlib.suppress(OSError), open(f"/proc/{member}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+                    break
+    if total == 0:
+        raise RuntimeError(f"no VmRSS for pid {pid}")
+    return total
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (Linux: ``/proc/PID/task/TID/children``)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as children:
+                    todo.extend(int(child) for child in children.read().split())
+    return found
 
 
 def free_port() -> int:
