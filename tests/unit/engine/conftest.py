@@ -1,6 +1,10 @@
-"""Fixtures shared by the engine's grammar tests: the random tiny model and its grammars."""
+"""Fixtures shared by the engine's tests: the random tiny model (files, loaded), its grammars, logging."""
 
 from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,11 +14,28 @@ from glimpse.engine.grammar import Grammars
 from glimpse.engine.tiny_model import ensure_random_tiny_model
 
 
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The random tiny model's files, built once; a test that changes them works on a copy."""
+    return ensure_random_tiny_model(tmp_path_factory.mktemp("tiny") / "glm46v")
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """For tests of ``main()``: it installs its log handler on stderr, which pytest closes after each test."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in [h for h in root.handlers if h not in handlers]:
+        root.removeHandler(handler)
+    root.setLevel(level)
+
+
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tiny_dir):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    directory = ensure_random_tiny_model(tmp_path_factory.mktemp("tiny") / "glm46v")
+    directory = tiny_dir
     processor = AutoProcessor.from_pretrained(directory)
     model = AutoModelForImageTextToText.from_pretrained(directory, dtype=torch.float32).eval()
     return model, processor

@@ -23,15 +23,9 @@ from glimpse.engine.protocol import (
     SamplingParams,
     TextPart,
 )
-from glimpse.engine.tiny_model import ensure_random_tiny_model
 from glimpse.errors import DeadlineExceeded, EngineDead, EngineRequestError, Overloaded, RequestTooLarge
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return ensure_random_tiny_model(tmp_path_factory.mktemp("tiny") / "glm46v")
 
 
 def _request(request_id: str, max_new_tokens: int, *, ignore_eos: bool = False) -> GenerationRequest:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from types import SimpleNamespace
 
 import pytest
@@ -17,18 +16,9 @@ from glimpse.engine.tiny_model import shipped_tiny_model_dir
 from glimpse.engine.worker import EngineWorker
 from glimpse.errors import QuantizationUnsupported
 
+pytestmark = pytest.mark.usefixtures("restore_logging")
+
 FP8 = EngineSettings(model="tiny", kv_cache_dtype="fp8")
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """``main()`` installs its log handler on stderr, which pytest closes after each test."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in [h for h in root.handlers if h not in handlers]:
-        root.removeHandler(handler)
-    root.setLevel(level)
 
 
 @pytest.fixture

@@ -33,7 +33,6 @@ from glimpse.engine.preprocess import (
     resolve_preprocess_workers,
 )
 from glimpse.engine.protocol import ChatMessage, GenerationRequest, ImagePart, SamplingParams, TextPart
-from glimpse.engine.tiny_model import ensure_random_tiny_model
 from glimpse.errors import EngineDead, EngineRequestError, InvalidRequest
 
 _WAIT_S = 120  # far above any step here: reaching it means something hung
@@ -104,11 +103,6 @@ def test_a_small_plain_image_crosses_inline_without_a_shared_tensor(monkeypatch)
 
 
 # --- a real pool ----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return ensure_random_tiny_model(tmp_path_factory.mktemp("tiny") / "glm46v")
 
 
 @pytest.fixture(scope="module")

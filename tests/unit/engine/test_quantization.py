@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import pytest
@@ -15,16 +14,7 @@ from glimpse.engine.quantization import check_supported, loading_config, residen
 from glimpse.engine.tiny_model import shipped_tiny_model_dir
 from glimpse.errors import ModelLoadError, QuantizationUnsupported
 
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """``main()`` installs its log handler on stderr, which pytest closes after each test."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in [h for h in root.handlers if h not in handlers]:
-        root.removeHandler(handler)
-    root.setLevel(level)
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 def test_fp8_on_the_cpu_is_refused_naming_the_option():

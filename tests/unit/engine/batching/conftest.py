@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,12 +10,6 @@ from PIL import Image
 
 from glimpse.engine.batching import SampledLogprobs
 from glimpse.engine.protocol import FinishReason
-from glimpse.engine.tiny_model import ensure_random_tiny_model
-
-
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return ensure_random_tiny_model(tmp_path_factory.mktemp("tiny") / "glm46v")
 
 
 @pytest.fixture(scope="session")
