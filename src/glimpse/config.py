@@ -204,8 +204,9 @@ class EngineSettings(BaseModel):
         True,
         description="Run the model in a process of its own, apart from the HTTP server, so the two do not "
         "share Python's interpreter lock: the server answers (and refuses) without waiting for the engine's "
-        "step loop (bench/overload.py on the 2-core CPU box: capacity 74 -> 87-91 req/s, refusal p99 5.2 -> 4.0-4.4 ms). The processor is loaded in both. "
-        "false: the engine thread in the server's process.",
+        "step loop (bench/overload.py on the 2-core CPU box: capacity 74 -> 87-91 req/s, refusal p99 "
+        "5.2 -> 4.0-4.4 ms). The processor is loaded in both. false: the engine thread in the server's "
+        "process.",
     )
     image_embedding_cache_mb: int = Field(
         256,
