@@ -16,7 +16,8 @@ Each step is a process of its own, run as an operator would, so each peak is tha
    the tensor types its safetensors support knows), so the server quantizes the bfloat16
    checkpoint as it loads (``glimpse serve --quantization int4``), which is how int4 runs on a CPU.
 3. ``glimpse serve`` on a free loopback port (CPU, bfloat16, one KV-cache slot of
-   ``--max-seq-len`` tokens, no warm-up), then one chat completion: a small PNG and a
+   ``--max-seq-len`` tokens, no warm-up, the engine in the server's process:
+   ``GLIMPSE_ENGINE__PROCESS=false``), then one chat completion: a small PNG and a
    question, ``--max-tokens`` greedy tokens.
 
 Printed per step: wall time and peak RSS (the kernel's high-water mark: ``wait4``'s
@@ -195,6 +196,9 @@ def serve_and_ask(
         "GLIMPSE_ENGINE__CPU_THREADS": str(args.threads),
         "GLIMPSE_SERVER__REQUEST_TIMEOUT_S": str(args.timeout),
         "GLIMPSE_GUARD__AUDIT_STORE": "off",
+        # The model in the server's own process, so its VmHWM and RSS split are the model's
+        # (by default the engine runs in a child process, which this does not measure apart).
+        "GLIMPSE_ENGINE__PROCESS": "false",
     }
     usage = Usage("serve + one request")
     started = time.monotonic()

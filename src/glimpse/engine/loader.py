@@ -190,6 +190,55 @@ def _quantization_plan(
     return settings.quantization, {"quantization_config": config, "device_map": device}
 
 
+def _mapped_checkpoint_files() -> dict[str, list[tuple[int, int]]]:
+    """Address ranges this process maps from ``*.safetensors`` files, by file (Linux; elsewhere none)."""
+    try:
+        lines = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return {}
+    mapped: dict[str, list[tuple[int, int]]] = {}
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5].endswith(".safetensors"):
+            start, end = (int(address, 16) for address in fields[0].split("-"))
+            mapped.setdefault(fields[5], []).append((start, end))
+    return mapped
+
+
+def _copy_out_of_checkpoint_files(model: Any) -> int:
+    """Copy the full-precision tensors that still point into memory-mapped checkpoint files; return the bytes.
+
+    transformers reads safetensors through ``mmap``, and a tensor kept at the file's dtype
+    (embeddings, vision tower, norms) stays a view of that mapping. Quantized while loading, the
+    quantized weights are fresh memory, but every shard still holds some kept tensor (each layer's
+    norms), so no mapping closes and the full-precision pages read to quantize stay in the
+    process's RSS: on the full-size GLM-4.6V-Flash, 12-14 GiB of bf16 pages beside ~5 GiB of model.
+    Copying the kept tensors (a few GiB at most: what was not quantized) lets each mapping close.
+    One file at a time, so at most one file's kept tensors exist twice. Only plain tensors whose
+    memory lies in such a mapping are copied: torchao's tensors were built in fresh memory, and
+    weights converted to another dtype while loading were copied already.
+    """
+    import torch
+
+    by_file = _mapped_checkpoint_files()
+    if not by_file:
+        return 0
+    tensors = [
+        t for t in (*model.parameters(), *model.buffers()) if type(t) in (torch.Tensor, torch.nn.Parameter)
+    ]
+    copied = 0
+    with torch.no_grad():
+        for ranges in by_file.values():
+            for tensor in tensors:
+                address = tensor.untyped_storage().data_ptr()
+                if any(start <= address < end for start, end in ranges):
+                    tensor.data = tensor.data.clone()  # the same Parameter: tied weights stay tied
+                    copied += tensor.nbytes
+    if copied:
+        logger.info("copied %.1f MiB of kept weights out of the checkpoint's mapped files", copied / 2**20)
+    return copied
+
+
 def load_model(settings: EngineSettings) -> LoadedModel:
     """Load processor and model onto the chosen device. Blocking: call from the engine thread."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -214,6 +263,8 @@ def load_model(settings: EngineSettings) -> LoadedModel:
     except Exception as exc:  # noqa: BLE001 - translated into one explained error at the boundary
         raise _explain(settings.model, exc) from exc
     model = model.to(device).eval()
+    if device == "cpu" and quantize_kwargs:
+        _copy_out_of_checkpoint_files(model)
     elapsed = time.monotonic() - started
     from glimpse.engine.quantization import resident_weight_bytes
 
