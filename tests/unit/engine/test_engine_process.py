@@ -184,3 +184,18 @@ def test_a_dead_engine_process_fails_open_requests_and_health(tiny_dir):
 async def _drain(stream: Any) -> None:
     async for _ in stream:
         pass
+
+
+def test_errors_defined_outside_the_error_module_cross_with_their_class_and_status():
+    from glimpse.engine.lora.adapter import AdapterError
+
+    crossed = unpack_error(pack_error(AdapterError("A LoRA adapter named 'x' is already loaded.")))
+    assert type(crossed) is AdapterError
+    assert crossed.status_code == 400
+    assert crossed.message == "A LoRA adapter named 'x' is already loaded."
+    assert crossed.retry_after is None
+    overloaded = unpack_error(pack_error(Overloaded("full", retry_after=3)))
+    assert (type(overloaded), overloaded.retry_after) == (Overloaded, 3)
+    other = unpack_error(pack_error(ValueError("boom")))
+    assert type(other) is EngineRequestError
+    assert other.retry_after is None

@@ -181,9 +181,7 @@ def run(
     # whole process group (Ctrl-C, a supervisor's SIGTERM) must not end the engine before that.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    listener = configure_logging(obs, background=True)
-    if listener is not None:
-        listener.start()
+    listener = configure_logging(obs, background=True)  # started; stopped below, which writes what is queued
     if nice > 0 and hasattr(os, "setpriority"):
         with contextlib.suppress(OSError):  # every thread of the engine, and its preprocessing processes
             os.setpriority(os.PRIO_PROCESS, 0, min(19, os.getpriority(os.PRIO_PROCESS, 0) + nice))

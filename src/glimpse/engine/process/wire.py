@@ -6,19 +6,21 @@ loop wakes once per engine step however many requests are running. Both ends are
 own code in one installation, started by us, so pickle is safe here: nothing else can
 write to the socket pair.
 
-Errors cross as (class, message, attributes) and are rebuilt without calling their
-``__init__`` (subclasses take different arguments); anything that is not a
+Errors cross as (module, class, message, attributes) and are rebuilt without calling
+their own ``__init__`` (subclasses take different arguments; the engine's own, such as
+LoRA's ``AdapterError``, live outside ``glimpse.errors``); anything that is not a
 ``GlimpseError`` arrives as ``EngineRequestError``, as it would from the engine itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib
 import pickle
 import struct
 from typing import Any
 
-from glimpse import errors
 from glimpse.errors import EngineRequestError, GlimpseError
 
 __all__ = ["FrameWriter", "pack_error", "read_frame", "unpack_error"]
@@ -69,19 +71,26 @@ class FrameWriter:
         self._writer.close()
 
 
-def pack_error(exc: BaseException) -> tuple[str, str, dict[str, Any]]:
-    if isinstance(exc, GlimpseError) and getattr(errors, type(exc).__name__, None) is type(exc):
-        return type(exc).__name__, exc.message, dict(vars(exc))
-    return "EngineRequestError", f"The engine failed on this request: {type(exc).__name__}: {exc}", {}
+def pack_error(exc: BaseException) -> tuple[str, str, str, dict[str, Any]]:
+    """(module, class, message, attributes): any ``GlimpseError``, wherever its class is defined."""
+    if isinstance(exc, GlimpseError):
+        cls = type(exc)
+        return cls.__module__, cls.__qualname__, exc.message, dict(vars(exc))
+    message = f"The engine failed on this request: {type(exc).__name__}: {exc}"
+    return EngineRequestError.__module__, EngineRequestError.__qualname__, message, {}
 
 
-def unpack_error(packed: tuple[str, str, dict[str, Any]]) -> GlimpseError:
-    name, message, attributes = packed
-    cls = getattr(errors, name, None)
+def unpack_error(packed: tuple[str, str, str, dict[str, Any]]) -> GlimpseError:
+    """The error ``pack_error`` described, as its own class (``EngineRequestError`` if unknown here)."""
+    module_name, qualname, message, attributes = packed
+    cls: Any = None
+    with contextlib.suppress(ImportError):
+        cls = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            cls = getattr(cls, part, None)
     if not (isinstance(cls, type) and issubclass(cls, GlimpseError)):
-        cls = EngineRequestError
+        return EngineRequestError(message)
     exc = cls.__new__(cls)
-    Exception.__init__(exc, message)
+    GlimpseError.__init__(exc, message)  # the base attributes, whatever the subclass's __init__ takes
     exc.__dict__.update(attributes)
-    exc.message = message
     return exc
