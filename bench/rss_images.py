@@ -9,7 +9,8 @@ every process it started), then runs the hostile rounds: every round sends
 
 * four 20-megapixel PNGs in ~100 KB (refused 413 from their headers),
 * four 12-megapixel PNGs (48 MP, under the per-request limit: decoded under the
-  pixel budget, then refused 413 by the engine's token budget after preprocessing),
+  pixel budget; then answered, or refused 413 by the engine's token budget when the
+  model's processor makes that many tokens of them: the shipped tiny model's does not),
 * four 1-megapixel PNGs (answered).
 
 It samples RSS during the run (peak) and reads it again once the server is idle.
