@@ -6,22 +6,32 @@ the loop waits for a core like any other thread, and a loop that waits makes eve
 refusal slow and every admitted request late, while its own work is small. So the
 engine gets every core but one by default, and every thread but the loop's runs a few
 steps nicer (see ``bench/overload.py`` and the README's overload section for figures).
+Processes that only work (the engine process, preprocessing workers) are niced whole
+(``nice_this_process``); the threads they start inherit it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import threading
 import time
 
-__all__ = ["ThreadNicer", "cpu_threads"]
+__all__ = ["ThreadNicer", "cpu_threads", "nice_this_process"]
 
 logger = logging.getLogger(__name__)
 
 #: Seconds between two sweeps for threads started since the last one.
 SWEEP_EVERY_S = 1.0
+
+
+def nice_this_process(nice: int) -> None:
+    """Add ``nice`` to this process's niceness (at most 19); nothing where it cannot be done."""
+    if nice > 0 and hasattr(os, "setpriority"):
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, 0, min(19, os.getpriority(os.PRIO_PROCESS, 0) + nice))
 
 
 def cpu_threads(setting: int | None, cores: int | None = None) -> int:

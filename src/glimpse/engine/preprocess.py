@@ -27,7 +27,6 @@ the next one; at close, work not yet started fails with ``EngineDead``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import json
 import logging
@@ -38,6 +37,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import BrokenExecutor, Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
+from glimpse.cpu_share import nice_this_process
 from glimpse.engine.prompt_tokens import PromptEncoder, TemplateMessage
 from glimpse.engine.protocol import GenerationRequest, ImagePart
 from glimpse.errors import EngineDead, EngineRequestError, GlimpseError, InvalidRequest
@@ -220,9 +220,7 @@ def _init_worker(source: str, trust_remote_code: bool, nice: int, mmap_threshold
 
     set_mmap_threshold(mmap_threshold_bytes)
     torch.set_num_threads(1)
-    if nice > 0 and hasattr(os, "setpriority"):
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, 0, min(19, os.getpriority(os.PRIO_PROCESS, 0) + nice))
+    nice_this_process(nice)
     global _worker_encoder
     processor = AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
     _worker_encoder = PromptEncoder(processor)

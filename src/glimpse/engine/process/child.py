@@ -26,6 +26,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from glimpse.config import EngineSettings, ObsSettings
+from glimpse.cpu_share import nice_this_process
 from glimpse.engine.process.wire import FrameWriter, pack_error, read_frame
 from glimpse.engine.protocol import GenerationRequest
 
@@ -182,9 +183,7 @@ def run(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     listener = configure_logging(obs, background=True)  # started; stopped below, which writes what is queued
-    if nice > 0 and hasattr(os, "setpriority"):
-        with contextlib.suppress(OSError):  # every thread of the engine, and its preprocessing processes
-            os.setpriority(os.PRIO_PROCESS, 0, min(19, os.getpriority(os.PRIO_PROCESS, 0) + nice))
+    nice_this_process(nice)  # every thread of the engine, and its preprocessing processes
     sock = socket.socket(fileno=os.dup(conn.fileno()))
     conn.close()
     try:
