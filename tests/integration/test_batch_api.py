@@ -265,6 +265,30 @@ async def test_batch_lines_take_only_free_slots_never_a_place_in_the_engine_queu
     assert peak == 1  # the one slot the live requests leave: none queued behind a batch line
 
 
+class LaggingEngine(BoundedEngine):
+    """Takes a request into its count only a while after ``submit``, as a pushed engine state lags."""
+
+    lag_s: float = 0.1
+
+    async def submit(self, request):
+        await asyncio.sleep(self.lag_s)
+        async for event in super().submit(request):
+            yield event
+
+
+async def test_a_line_not_yet_counted_by_the_engine_still_takes_its_slot(make_client):
+    # Three slots busy with work the admission never saw; the worker polls every 20 ms, five
+    # times while each line is on its way to the engine: the one free slot takes one line.
+    engine = LaggingEngine(delay_s=0.02, capacity=8, slots=4, live=3)
+    settings = batch_settings(max_in_flight=10, capacity_share=1.0).model_copy(
+        update={"engine": EngineSettings(warmup=False)}
+    )
+    async with make_client(engine, settings) as client:
+        peak = await _peak_lines(client, engine, 3)
+        engine.live = 0
+    assert peak == 1
+
+
 async def test_batch_lines_wait_while_live_requests_fill_the_engine(make_client):
     engine = BoundedEngine(capacity=4, live=4)
     settings = batch_settings().model_copy(update={"engine": EngineSettings(warmup=False)})

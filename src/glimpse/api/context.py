@@ -56,6 +56,9 @@ class RequestContext:
     cache: CacheStatus | None = None
     tokens_in: int | None = None
     tokens_out: int | None = None
+    #: ``time.monotonic()`` when the engine's first event for the request came in: the engine
+    #: holds the request from then on (the batch runner counts the lines not yet there).
+    first_event_at: float | None = None
 
     @classmethod
     def from_scope(cls, scope: Scope) -> RequestContext:

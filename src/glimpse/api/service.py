@@ -266,6 +266,12 @@ class GenerationService:
         tokens of every choice, when the last one ends.
         """
         gens = [self.resolve_sampling(gen) for gen in gens]
+
+        def first_event_in() -> None:
+            context.first_event_at = time.monotonic()
+            if on_first_event is not None:
+                on_first_event()
+
         if gens[0].adapter is not None:
             self.metrics.lora_requests.labels(adapter=gens[0].adapter).inc()
         await self._screen(gens[0], context)
@@ -275,7 +281,7 @@ class GenerationService:
         no_cache = context.no_cache or (len(gens) > 1 and not first.greedy and first.seed is None)
         if not stream:
             completions = await self._unless_disconnected(
-                self._answers(gens, no_cache, partition, on_first_event), watcher
+                self._answers(gens, no_cache, partition, first_event_in), watcher
             )
             context.cache = _overall(c.cache for c in completions)
             await self._charge(
@@ -283,8 +289,7 @@ class GenerationService:
             )
             return completions
         opened = await self._unless_disconnected(self._open_all(gens, no_cache, partition), watcher)
-        if on_first_event is not None:
-            on_first_event()
+        first_event_in()
         context.cache = _overall(o.cache for o in opened)
         finals: list[TokenEvent] = []
 

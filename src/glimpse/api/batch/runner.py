@@ -68,6 +68,8 @@ class BatchRunner:
         self.audit = audit
         self.worker_id = new_id("worker-")
         self._running: dict[asyncio.Task[None], ClaimedLine] = {}
+        #: Each running line's request: its ``first_event_at`` says whether the engine holds it yet.
+        self._contexts: dict[asyncio.Task[None], RequestContext] = {}
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._purged = self._renewed = time.monotonic() - _PURGE_EVERY_S
@@ -119,9 +121,12 @@ class BatchRunner:
             # line admitted beyond the free slots would sit in the queue ahead of the live
             # requests that come next, and a share of slots + queue could take every slot.
             share = max(1, int(load.slots * self.settings.capacity_share))
-            # Lines claimed but not yet in the engine are counted by ``held`` only, the ones in it
-            # by the engine too: the larger of the two counts bounds what is taken now.
-            taken = max(load.busy, load.live + held)
+            # Lines in the engine are counted by it and by ``held``; the ones claimed and not yet
+            # there (no first event) by ``held`` only, so the engine's count gets them added. The
+            # engine may run work the admission never saw (an upstream's other callers) and its
+            # count may lag (the engine process pushes it): the larger sum bounds what is taken.
+            pending = sum(1 for c in self._contexts.values() if c.first_event_at is None)
+            taken = max(load.busy + pending, load.live + held)
             room = min(room, share - held, load.slots - taken)
         return max(0, room)
 
@@ -173,9 +178,17 @@ class BatchRunner:
         metrics.batch_lines_in_flight.inc()
         started = time.perf_counter()
         wake = True
+        task: asyncio.Task[None] = asyncio.current_task()  # type: ignore[assignment]
+        context = RequestContext(
+            new_id("batch_req_"),
+            arrived_at=time.monotonic(),
+            route_path=AUDIT_ROUTE,
+            principal=principal_from_json(line.principal),
+        )
+        self._contexts[task] = context
         try:
             try:
-                outcome = await self._answer(line)
+                outcome = await self._answer(line, context)
             except _Requeue:
                 await self.store.release(self.worker_id, [line])
                 metrics.batch_lines.labels(result="requeued").inc()
@@ -190,20 +203,15 @@ class BatchRunner:
             logger.exception("batch line could not be stored")
         finally:
             metrics.batch_lines_in_flight.dec()
-            self._running.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
+            self._running.pop(task, None)
+            self._contexts.pop(task, None)
             if wake:
                 self._wake.set()
 
-    async def _answer(self, line: ClaimedLine) -> LineOutcome:
+    async def _answer(self, line: ClaimedLine, context: RequestContext) -> LineOutcome:
         """The line's output-file entry; ``_Requeue`` when it could not run for reasons of the server's."""
         state = self.state
-        request_id = new_id("batch_req_")
-        context = RequestContext(
-            request_id,
-            arrived_at=time.monotonic(),
-            route_path=AUDIT_ROUTE,
-            principal=principal_from_json(line.principal),
-        )
+        request_id = context.request_id
         status, started = 500, time.perf_counter()
         try:
             if context.principal is not None:
