@@ -50,7 +50,9 @@ def _settings(tmp_path, lora: tuple[str, ...] = (), guard: GuardSettings | None 
 @asynccontextmanager
 async def _client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(settings)
-    async with LifespanManager(app, startup_timeout=300) as manager:
+    # Shutdown stops the engine process (it joins it): more than asgi-lifespan's default 5 s
+    # on a loaded 2-core machine.
+    async with LifespanManager(app, startup_timeout=300, shutdown_timeout=120) as manager:
         state = app.state.glimpse
         while not state.engine.health().ready:
             assert state.load_error is None, state.load_error
