@@ -57,7 +57,10 @@ async def test_a_batch_past_its_window_expires_with_the_rest_in_the_error_file(m
     monkeypatch.setitem(adapter.COMPLETION_WINDOWS, "24h", 1)  # a one-second window
     engine = FakeEngine(delay_s=0.3)
     async with make_client(engine, batch_settings(max_in_flight=1, file_retention_s=3600)) as client:
-        uploaded = (await upload(client, jsonl(*(request_line(f"r{i}") for i in range(6))))).json()
+        # Six different questions: the same one would be answered from the result cache after the
+        # first (0.9 s), so all six could end before a window that closes up to 1 s after creation.
+        lines = (request_line(f"r{i}", f"q{i}") for i in range(6))
+        uploaded = (await upload(client, jsonl(*lines))).json()
         assert uploaded["expires_at"] == uploaded["created_at"] + 3600
         created = await client.post(
             "/v1/batches",
