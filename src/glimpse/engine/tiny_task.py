@@ -17,7 +17,7 @@ import math
 import random
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from PIL import Image, ImageDraw
 
@@ -27,6 +27,7 @@ __all__ = [
     "POSITIONS",
     "SHAPES",
     "TASKS",
+    "Layout",
     "Picture",
     "Question",
     "Turn",
@@ -36,9 +37,11 @@ __all__ = [
     "draw",
     "encode",
     "grade",
+    "layout",
     "make_sample",
     "make_study_sample",
     "random_picture",
+    "shape_mask",
 ]
 
 Lang = Literal["en", "zh"]
@@ -285,6 +288,14 @@ def _size(picture: Picture, rng: random.Random) -> float:
     return (rng.uniform(high, high * 1.5) if big else rng.uniform(0.125, high)) * short
 
 
+@dataclass(slots=True, frozen=True)
+class Layout:
+    """Where ``draw`` puts a picture's shapes, in the picture's pixels."""
+
+    size: float
+    centres: tuple[tuple[float, float], ...]
+
+
 def draw(picture: Picture) -> Image.Image:
     """Render ``picture`` (deterministic for its seed) as an RGB image."""
     rng = random.Random(picture.seed)
@@ -292,21 +303,44 @@ def draw(picture: Picture) -> Image.Image:
     rgb = tuple(max(0, min(255, c + rng.randint(-18, 18))) for c in base)
     background = _background(base, rng)
     image = Image.new("RGB", (picture.width, picture.height), background)
-    size = _size(picture, rng)
-    canvas = ImageDraw.Draw(image)
-    for x, y in _centres(picture, size, rng):
-        half = size / 2
-        box = (x - half, y - half, x + half, y + half)
-        fill = (rgb[0], rgb[1], rgb[2])
-        if picture.shape == "circle":
-            canvas.ellipse(box, fill=fill)
-        elif picture.shape == "square":
-            canvas.rectangle(box, fill=fill)
-        else:
-            canvas.polygon([(x, y - half), (x + half, y + half * 0.8), (x - half, y + half * 0.8)], fill=fill)
+    _paint(ImageDraw.Draw(image), picture.shape, _layout(picture, rng), (rgb[0], rgb[1], rgb[2]))
     if rng.random() < 0.5:
         image = _noisy(image, rng.uniform(3, 14), rng.getrandbits(32))
     return image
+
+
+def layout(picture: Picture) -> Layout:
+    """The size and centres ``draw`` gives the shapes (its random draws, replayed up to there)."""
+    rng = random.Random(picture.seed)
+    base = COLORS[picture.color][1]
+    for _ in base:
+        rng.randint(-18, 18)
+    _background(base, rng)
+    return _layout(picture, rng)
+
+
+def shape_mask(picture: Picture) -> Image.Image:
+    """The picture's shapes in white on black (mode ``L``), without noise."""
+    mask = Image.new("L", (picture.width, picture.height), 0)
+    _paint(ImageDraw.Draw(mask), picture.shape, layout(picture), 255)
+    return mask
+
+
+def _layout(picture: Picture, rng: random.Random) -> Layout:
+    size = _size(picture, rng)
+    return Layout(size, tuple(_centres(picture, size, rng)))
+
+
+def _paint(canvas: ImageDraw.ImageDraw, shape: str, where: Layout, fill: Any) -> None:
+    half = where.size / 2
+    for x, y in where.centres:
+        box = (x - half, y - half, x + half, y + half)
+        if shape == "circle":
+            canvas.ellipse(box, fill=fill)
+        elif shape == "square":
+            canvas.rectangle(box, fill=fill)
+        else:
+            canvas.polygon([(x, y - half), (x + half, y + half * 0.8), (x - half, y + half * 0.8)], fill=fill)
 
 
 def _noisy(image: Image.Image, sigma: float, seed: int) -> Image.Image:

@@ -13,6 +13,19 @@ So the tower (patch embedding, blocks, merger) first trains for a few hundred
 steps on the pictures' labels through small probe heads over the maximum and the
 mean of its output tokens. The heads are then thrown away; the whole model goes
 on with transformers' own language-model loss on the answers (``tiny_train``).
+
+A picture's labels say little about each token, and shape and count were still
+learnt slowly (held-out probe: shape 84 %, count 69 % after 1,200 steps; the
+trained model answered them as often). So each output token also gets targets of
+its own (``token_targets``), from where ``tiny_task.layout`` drew the shapes: what
+its cell shows (background or the shape) and whether a shape's centre is in it.
+Measured after 400 steps (same pool and seed): shape 72 -> 77 %, count 58 -> 62 %;
+after the full 1,200, shape 84 -> 95 %, count 69 -> 78 %. The whole model trained on
+that tower (``vision_dense_weight`` 1.0) answered count better (79/72 % from 67/59,
+English/Chinese) but shape no better (87/85 %, with the tower frozen throughout
+87/88 %: the language model, not the tower, now misses shapes), and Chinese colour
+questions fell below target (95 %, 94 %). So the per-token targets are off by default
+(weight 0), as the shipped model was trained.
 """
 
 from __future__ import annotations
@@ -21,9 +34,12 @@ import math
 import random
 from typing import Any
 
-from glimpse.engine.tiny_task import COLORS, POSITIONS, SHAPES
+import numpy as np
+from PIL import Image
 
-__all__ = ["warm_up_vision"]
+from glimpse.engine.tiny_task import COLORS, POSITIONS, SHAPES, Picture, layout, shape_mask
+
+__all__ = ["TargetCache", "token_targets", "warm_up_vision"]
 
 #: what the probe heads predict, and their classes
 LABELS: dict[str, tuple[Any, ...]] = {
@@ -38,7 +54,15 @@ WEIGHTS = {"color": 1.0, "shape": 3.0, "count": 2.0, "position": 1.0}
 
 
 def warm_up_vision(
-    model: Any, pool: list[Any], *, steps: int, batch_size: int, lr: float, seed: int, progress: Any
+    model: Any,
+    pool: list[Any],
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    progress: Any,
+    dense_weight: float = 0.0,
 ) -> tuple[list[float], dict[str, float]]:
     """Train ``model.model.visual`` on the pool's one-picture conversations.
 
@@ -59,6 +83,9 @@ def warm_up_vision(
     for layer in layers.values():
         torch.nn.init.normal_(layer.weight, 0.0, (2 * width) ** -0.5, generator=generator)
         torch.nn.init.zeros_(layer.bias)
+    if dense_weight:  # made only when used: they draw from torch's generator
+        layers["cell"] = torch.nn.Linear(width, 1 + len(SHAPES))
+        layers["centre"] = torch.nn.Linear(width, 1)
     heads = torch.nn.ModuleDict(layers)
     params = [*tower.parameters(), *heads.parameters()]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
@@ -67,13 +94,14 @@ def warm_up_vision(
     bar = progress.add_task("vision warm-up", total=steps)
     tower.train()
     losses: list[float] = []
+    targets: TargetCache = {}
     for step in range(steps):
         if len(order) < batch_size:
             order = rng.sample(range(len(labelled)), len(labelled))
         batch = [labelled[order.pop()] for _ in range(batch_size)]
         for group in optimizer.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / 50) * (0.55 + 0.45 * math.cos(math.pi * step / steps))
-        loss = _probe_loss(tower, heads, batch)
+        loss = _probe_loss(tower, heads, batch, dense_weight, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -86,36 +114,65 @@ def warm_up_vision(
 def _probe_accuracy(tower: Any, heads: Any, pictures: list[Any]) -> dict[str, float]:
     import torch
 
-    right: dict[str, int] = dict.fromkeys(LABELS, 0)
-    asked: dict[str, int] = dict.fromkeys(LABELS, 0)
+    right: dict[str, int] = {}
+    asked: dict[str, int] = {}
     tower.eval()
     with torch.inference_mode():
         for start in range(0, len(pictures), 64):
             batch = pictures[start : start + 64]
-            for name, (logits, targets) in _probe_logits(tower, heads, batch).items():
-                right[name] += int((logits.argmax(-1) == targets).sum())
-                asked[name] += len(targets)
+            tokens, sizes = _tower_tokens(tower, batch)
+            outcomes = {
+                name: (logits.argmax(-1) == targets).tolist()
+                for name, (logits, targets) in _pooled_logits(heads, tokens, sizes, batch).items()
+            }
+            if "centre" in heads:  # the count as the number of tokens the centre head marks
+                marked = (heads["centre"](tokens).squeeze(-1) > 0).split(sizes)
+                outcomes["count by centres"] = [
+                    int(m.sum()) == e.picture.count for m, e in zip(marked, batch, strict=True)
+                ]
+            for name, hits in outcomes.items():
+                right[name] = right.get(name, 0) + sum(hits)
+                asked[name] = asked.get(name, 0) + len(hits)
     tower.train()
-    return {name: round(right[name] / asked[name], 3) for name in LABELS if asked[name]}
+    return {name: round(right[name] / asked[name], 3) for name in right if asked[name]}
 
 
-def _probe_loss(tower: Any, heads: Any, batch: list[Any]) -> Any:
-    """The heads' summed cross-entropy."""
+def _probe_loss(tower: Any, heads: Any, batch: list[Any], dense_weight: float, cache: TargetCache) -> Any:
+    """The pooled heads' summed cross-entropy, plus ``dense_weight`` times the per-token heads'."""
     import torch
 
-    logits = _probe_logits(tower, heads, batch)
+    tokens, sizes = _tower_tokens(tower, batch)
+    logits = _pooled_logits(heads, tokens, sizes, batch)
     parts = [WEIGHTS[k] * torch.nn.functional.cross_entropy(x, y) for k, (x, y) in logits.items()]
+    if dense_weight:
+        cells, centres = zip(*(token_targets(e, cache) for e in batch), strict=True)
+        cell_target, centre_target = torch.cat(cells), torch.cat(centres)
+        parts.append(
+            dense_weight
+            * torch.nn.functional.cross_entropy(heads["cell"](tokens), cell_target, ignore_index=-100)
+        )
+        parts.append(
+            dense_weight
+            * torch.nn.functional.binary_cross_entropy_with_logits(
+                heads["centre"](tokens).squeeze(-1), centre_target, pos_weight=torch.tensor(4.0)
+            )
+        )
     return torch.stack(parts).sum()
 
 
-def _probe_logits(tower: Any, heads: Any, batch: list[Any]) -> dict[str, tuple[Any, Any]]:
-    """Each head's logits over the maximum and the mean of each picture's output tokens, with targets."""
+def _tower_tokens(tower: Any, batch: list[Any]) -> tuple[Any, list[int]]:
+    """The tower's output tokens for the batch's pictures, and how many each picture has."""
     import torch
 
     pixels = torch.cat([e.pixel_values for e in batch])
     grids = torch.cat([e.image_grid_thw for e in batch])
-    tokens = tower(pixels, grid_thw=grids).pooler_output
-    sizes = (grids.prod(-1) // 4).tolist()
+    return tower(pixels, grid_thw=grids).pooler_output, (grids.prod(-1) // 4).tolist()
+
+
+def _pooled_logits(heads: Any, tokens: Any, sizes: list[int], batch: list[Any]) -> dict[str, tuple[Any, Any]]:
+    """Each label head's logits over the maximum and the mean of each picture's tokens, with targets."""
+    import torch
+
     pooled = torch.stack([torch.cat([t.max(0).values, t.mean(0)]) for t in torch.split(tokens, sizes)])
     out = {}
     for name, classes in LABELS.items():
@@ -124,3 +181,33 @@ def _probe_logits(tower: Any, heads: Any, batch: list[Any]) -> dict[str, tuple[A
             targets = torch.tensor([classes.index(getattr(batch[row].picture, name)) for row in rows])
             out[name] = (heads[name](pooled[rows]), targets)
     return out
+
+
+#: each picture's per-token targets, made once per warm-up
+TargetCache = dict[tuple[Picture, int, int], tuple[Any, Any]]
+
+
+def token_targets(encoded: Any, cache: TargetCache) -> tuple[Any, Any]:
+    """Per output token (row-major over the merged grid): what it shows, and whether a centre is in it.
+
+    What it shows: 0 for background, 1 + the shape's index where the shapes cover
+    more than a third of its cell, -100 (not taught) in between.
+    """
+    import torch
+
+    _, rows, cols = (int(v) // 2 for v in encoded.image_grid_thw[0].tolist())
+    picture = encoded.picture
+    key = (picture, rows, cols)
+    if key not in cache:
+        small = shape_mask(picture).resize((cols, rows), Image.Resampling.BOX)
+        cover = torch.from_numpy(np.asarray(small, dtype=np.int16).reshape(-1))
+        cells = torch.full((rows * cols,), -100, dtype=torch.long)
+        cells[cover < 26] = 0
+        cells[cover > 85] = 1 + tuple(SHAPES).index(picture.shape)
+        centres = torch.zeros(rows * cols)
+        for x, y in layout(picture).centres:
+            row = min(rows - 1, int(y / picture.height * rows))
+            col = min(cols - 1, int(x / picture.width * cols))
+            centres[row * cols + col] = 1.0
+        cache[key] = (cells, centres)
+    return cache[key]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 
 from glimpse.engine.tiny_task import (
@@ -17,8 +18,10 @@ from glimpse.engine.tiny_task import (
     draw,
     encode,
     grade,
+    layout,
     make_sample,
     random_picture,
+    shape_mask,
 )
 
 
@@ -47,6 +50,22 @@ def test_the_shape_has_its_colour_and_stays_in_its_region():
     assert max(x for x, _ in red) < 400 / 2
     assert min(y for _, y in red) > 0
     assert max(y for _, y in red) < 200
+
+
+def test_the_layout_is_where_the_shapes_are_drawn():
+    rng = random.Random(11)
+    for _ in range(40):
+        pic = random_picture(rng, color="blue")
+        where, image, mask = layout(pic), draw(pic), shape_mask(pic)
+        assert len(where.centres) == pic.count
+        for x, y in where.centres:
+            assert mask.getpixel((int(x), int(y))) == 255
+            r, g, b = image.getpixel((int(x), int(y)))
+            assert b > 150, (pic, (r, g, b))
+            assert max(r, g) < 110, (pic, (r, g, b))
+        covered = float((np.asarray(mask) > 0).mean())
+        side = where.size / max(pic.width, pic.height)
+        assert covered >= pic.count * 0.35 * side * side  # a triangle covers 0.45 of its box
 
 
 @pytest.mark.parametrize("lang", ["en", "zh"])

@@ -12,6 +12,7 @@ from glimpse.config import EngineSettings
 from glimpse.engine.loader import resolve_model_path
 from glimpse.engine.tiny_eval import TARGETS
 from glimpse.engine.tiny_model import shipped_tiny_model_dir
+from glimpse.engine.tiny_task import SHAPES
 from glimpse.engine.tiny_train import MANIFEST, load_config, train
 
 SHIPPED = shipped_tiny_model_dir()
@@ -80,6 +81,25 @@ def test_the_warmed_up_tower_stays_frozen_for_its_share_of_the_steps(share, towe
     assert any(n.startswith("model.visual.") for n in moved) == tower_moves
 
 
+def test_the_per_token_targets_mark_each_shape_centre_and_the_cells_it_covers():
+    from glimpse.engine.tiny_data import encoded_pool
+    from glimpse.engine.tiny_train import tiny_processor
+    from glimpse.engine.tiny_warmup import token_targets
+
+    pool = encoded_pool(tiny_processor(load_config(None)), 40, seed=3, workers=1)
+    single = [e for e in pool if e.picture is not None]
+    assert single
+    for encoded in single:
+        cells, centres = token_targets(encoded, {})
+        _, rows, cols = encoded.image_grid_thw[0].tolist()
+        assert cells.shape == centres.shape == (rows * cols // 4,)
+        # two centres never share a cell: the shapes are 1.25 sizes apart, a cell is smaller
+        assert int(centres.sum()) == encoded.picture.count
+        shape = 1 + list(SHAPES).index(encoded.picture.shape)
+        assert set(cells.unique().tolist()) <= {-100, 0, shape}
+        assert (cells == 0).any()
+
+
 def test_the_vision_warm_up_reports_held_out_probe_accuracy():
     from rich.progress import Progress
 
@@ -91,9 +111,9 @@ def test_the_vision_warm_up_reports_held_out_probe_accuracy():
     pool = encoded_pool(processor, 30, seed=2, workers=1)
     with Progress(disable=True) as progress:
         losses, accuracy = warm_up_vision(
-            model, pool, steps=3, batch_size=4, lr=1e-3, seed=0, progress=progress
+            model, pool, steps=3, batch_size=4, lr=1e-3, seed=0, progress=progress, dense_weight=1.0
         )
     assert len(losses) == 3
-    assert set(accuracy) <= set(LABELS)
-    assert "color" in accuracy
+    assert set(accuracy) <= {*LABELS, "count by centres"}
+    assert {"color", "count by centres"} <= set(accuracy)
     assert all(0.0 <= value <= 1.0 for value in accuracy.values())
