@@ -49,8 +49,8 @@ from glimpse.engine.batching import (
     BatcherConfig,
     ContinuousBatcher,
     Glm4vRunner,
+    PagedKVCache,
     SequenceRequest,
-    SlotKVCache,
 )
 from glimpse.engine.protocol import FinishReason, SamplingParams
 from glimpse.engine.tiny_model import ensure_random_tiny_model
@@ -200,15 +200,15 @@ def _decode_steps(model: Any, long: int, short: int, repeats: int) -> dict[str, 
     generator = torch.Generator().manual_seed(0)
     result: dict[str, Any] = {"long_tokens": long, "short_tokens": short}
     for case in ("all_short", "one_long"):
-        cache = SlotKVCache(geometry, 16, long + 2 * repeats + 8)
+        cache = PagedKVCache(geometry, 16, long + 2 * repeats + 8)
         for slot in range(16):
             cache.allocate()
             length = long if case == "one_long" and slot == 0 else short
+            cache.ensure(slot, length)
+            blocks = torch.tensor(cache.block_table(slot))
             for layer in range(geometry.num_layers):
                 for tensor in (cache.keys[layer], cache.values[layer]):
-                    tensor[slot, :, :length] = torch.randn(
-                        tensor[slot, :, :length].shape, generator=generator
-                    )
+                    tensor[:, blocks] = torch.randn(tensor[:, blocks].shape, generator=generator)
             cache.grow(slot, length)
         for path in ("ragged", "padded"):
             times = []

@@ -194,8 +194,9 @@ class EngineSettings(BaseModel):
     )
     prefix_cache: bool = Field(
         True,
-        description="Keep finished requests' keys and values in free KV-cache slots, keyed by their "
-        "tokens and image contents, so a follow-up or a prompt that starts the same prefills only the rest.",
+        description="Index full KV-cache blocks by their tokens and image contents, so a follow-up or a "
+        "prompt that starts the same shares them (reference-counted, least recently used out) and "
+        "prefills only the rest.",
     )
     batching: bool = Field(
         True, description="Continuous batching where the model supports it (GLM-4.xV); else one at a time."

@@ -53,6 +53,10 @@ class PrometheusBatchObserver:
     def on_prefix_evictions(self, count: int) -> None:
         self._metrics.prefix_evictions.inc(count)
 
+    def on_prefix_blocks(self, shared: int, cached: int) -> None:
+        self._metrics.prefix_shared_blocks.set(shared)
+        self._metrics.prefix_cached_blocks.set(cached)
+
     def on_image_embeddings(self, hits: int, misses: int, evictions: int) -> None:
         m = self._metrics
         if hits:

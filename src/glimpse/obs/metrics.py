@@ -179,13 +179,23 @@ class Metrics:
         )
         self.prefix_hit_tokens = Counter(
             "glimpse_prefix_cache_hit_tokens_total",
-            "Prompt tokens found in the prefix cache (their keys and values copied, not computed).",
+            "Prompt tokens found in the prefix cache (their KV blocks shared, not computed).",
             registry=r,
         )
         self.prefix_evictions = Counter(
             "glimpse_prefix_cache_evictions_total",
-            "Prefix-cache entries overwritten by a new sequence (the least recently used, when no free "
-            "slot was empty).",
+            "Cached KV blocks taken back for new tokens (the least recently used, when no never-cached "
+            "block was free).",
+            registry=r,
+        )
+        self.prefix_shared_blocks = Gauge(
+            "glimpse_prefix_cache_shared_blocks",
+            "KV blocks held by more than one running request (a shared prefix, stored once).",
+            registry=r,
+        )
+        self.prefix_cached_blocks = Gauge(
+            "glimpse_prefix_cache_cached_blocks",
+            "KV blocks in the prefix cache's index, held by running requests or kept for later ones.",
             registry=r,
         )
         self.image_embedding_lookups = Counter(

@@ -37,3 +37,12 @@ def test_prefix_cache_evictions_are_counted():
     observer.on_prefix_evictions(1)
     observer.on_prefix_evictions(2)
     assert sample(metrics, name) == 3
+
+
+def test_shared_and_cached_prefix_blocks_are_gauges():
+    metrics = Metrics()
+    observer = PrometheusBatchObserver(metrics)
+    observer.on_prefix_blocks(shared=5, cached=40)
+    observer.on_prefix_blocks(shared=2, cached=41)
+    assert sample(metrics, "glimpse_prefix_cache_shared_blocks") == 2
+    assert sample(metrics, "glimpse_prefix_cache_cached_blocks") == 41

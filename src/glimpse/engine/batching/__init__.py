@@ -23,7 +23,7 @@ from glimpse.engine.batching.interface import (
     StepRunner,
     TokenSink,
 )
-from glimpse.engine.batching.kv_cache import CacheGeometry, SlotKVCache
+from glimpse.engine.batching.kv_cache import CacheGeometry, PagedKVCache
 from glimpse.engine.batching.logprobs import RowBias, SampledLogprobs, add_bias, token_logprobs
 from glimpse.engine.batching.mixed_steps import MixedSteps
 from glimpse.engine.batching.penalties import OpenAIPenalties, apply_penalties
@@ -55,7 +55,7 @@ __all__ = [
     "SamplerState",
     "Scheduler",
     "SequenceRequest",
-    "SlotKVCache",
+    "PagedKVCache",
     "StepHost",
     "StepRunner",
     "TokenSink",

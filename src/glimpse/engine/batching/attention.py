@@ -1,33 +1,34 @@
-"""Attention over the slot cache: each sequence by its own length, or the padded decode batch.
+"""Attention over the paged cache: each sequence by its own length, or the padded decode batch.
 
 ``ragged_attention`` is what every step runs: the step's tokens are packed (the
 decode token of each running sequence, then each prefill chunk), and each
-sequence's queries attend to its own slot up to its own length, so a step costs
+sequence's queries attend to its own keys up to its own length, so a step costs
 the sum of the sequences' lengths, not the batch size times the longest. It is
-one ``scaled_dot_product_attention`` call per sequence: plain, exact, and on any
-device. A decode token needs no mask; a chunk of several tokens is causal, with
+one ``scaled_dot_product_attention`` call per sequence, over that sequence's keys
+and values gathered from its blocks (``PagedKVCache.read``): plain, exact, and on
+any device. A decode token needs no mask; a chunk of several tokens is causal, with
 its mask offset by what is already cached (none when nothing is: the fused
 kernels' own causal path, about three times faster on the CPU than a mask).
 
 Grouped-query attention without repeating keys/values: for a decode token the
 query heads that share a key/value head become that head's rows
-(``[kv_heads, group, dim]``), for a chunk SDPA's ``enable_gqa``; each cached key
-and value is read in place.
+(``[kv_heads, group, dim]``), for a chunk SDPA's ``enable_gqa``; keys and values
+are never repeated per query head.
 
-A cache stored narrower than the model (fp8) is read slice by slice: each
-sequence's keys and values up to its length are cast to the query's dtype just
-before its SDPA call (``.to`` returns the slice itself when the dtypes match), so
-the full-precision copy never outlives one call.
+A cache stored narrower than the model (fp8) is read sequence by sequence: each
+sequence's keys and values are cast to the query's dtype just before its SDPA call
+(``.to`` returns the tensor itself when the dtypes match), so the full-precision
+copy never outlives one call.
 
 ``padded_attention`` is the fixed-shape decode step that CUDA graphs replay: one
-call over slots ``0 .. n-1`` up to a common (bucketed) length with a mask that
+call over sequences ``0 .. n-1`` up to a common (bucketed) length with a mask that
 hides each row's tail. It reads up to the longest length for every row, which is
 why only the graph path uses it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -40,7 +41,7 @@ __all__ = ["Span", "padded_attention", "ragged_attention"]
 class Span:
     """One sequence's tokens in a packed step."""
 
-    slot: int
+    slot: int  # its cache slot
     offset: int  # index of its first token in the packed step
     count: int  # its tokens in this step
     cached: int  # its tokens already in the cache before this step
@@ -48,26 +49,26 @@ class Span:
 
 def ragged_attention(
     query: torch.Tensor,
-    keys: torch.Tensor,
-    values: torch.Tensor,
     spans: Sequence[Span],
+    read: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
     num_kv_heads: int,
     scaling: float,
 ) -> torch.Tensor:
-    """``query`` ``[heads, tokens, dim]`` (rotated) against the slot cache ``keys``/``values``
-    (``[slots, kv_heads, max_len, dim]``, this step's keys already written); returns
+    """``query`` ``[heads, tokens, dim]`` (rotated) against each span's keys and values, ``read(i)``
+    for ``spans[i]`` (``[kv_heads, cached + count, dim]``, this step's keys included); returns
     ``[heads, tokens, dim]``."""
     heads, _, dim = query.shape
     group = heads // num_kv_heads
     outputs = []
-    for span in spans:
+    for index, span in enumerate(spans):
         total = span.cached + span.count
         rows = query[:, span.offset : span.offset + span.count]
-        slot_keys = keys[span.slot, :, :total].to(query.dtype)
-        slot_values = values[span.slot, :, :total].to(query.dtype)
-        if span.count == 1:  # a decode token sees its whole slot: no mask
+        held_keys, held_values = read(index)
+        seq_keys = held_keys[:, :total].to(query.dtype)
+        seq_values = held_values[:, :total].to(query.dtype)
+        if span.count == 1:  # a decode token sees all its keys: no mask
             out = F.scaled_dot_product_attention(
-                rows.reshape(num_kv_heads, group, dim), slot_keys, slot_values, scale=scaling
+                rows.reshape(num_kv_heads, group, dim), seq_keys, seq_values, scale=scaling
             )
         else:
             # A chunk: causal, offset by what is cached before it. From nothing cached that is
@@ -78,8 +79,8 @@ def ragged_attention(
                 mask = torch.arange(total, device=query.device)[None, :] <= seen[:, None]
             out = F.scaled_dot_product_attention(
                 rows[None],
-                slot_keys[None],
-                slot_values[None],
+                seq_keys[None],
+                seq_values[None],
                 attn_mask=mask,
                 is_causal=mask is None,
                 scale=scaling,
@@ -97,9 +98,9 @@ def padded_attention(
     num_kv_heads: int,
     scaling: float,
 ) -> torch.Tensor:
-    """One decode token per slot ``0 .. n-1``: ``query`` ``[n, heads, 1, dim]`` against ``keys``/``values``
-    ``[n, kv_heads, kv_len, dim]``; row ``i`` sees its first ``write_at[i] + 1`` keys. Returns
-    ``[n, 1, heads * dim]``. No host sync, so a CUDA graph can capture it."""
+    """One decode token per sequence ``0 .. n-1``: ``query`` ``[n, heads, 1, dim]`` against
+    ``keys``/``values`` ``[n, kv_heads, kv_len, dim]``; row ``i`` sees its first ``write_at[i] + 1``
+    keys. Returns ``[n, 1, heads * dim]``. No host sync, so a CUDA graph can capture it."""
     n, heads, _, dim = query.shape
     kv_len = keys.shape[2]
     mask = torch.arange(kv_len, device=write_at.device)[None, :] <= write_at[:, None]

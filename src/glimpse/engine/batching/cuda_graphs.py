@@ -12,15 +12,15 @@ kernels once per shape and replays them with one launch.
 Shapes must repeat for that, so the batch is padded up to a bucket (1, 2, 4, 8,
 then steps of 8) and the attended length is rounded up to a length bucket
 (``kv_bucket``, then doubling up to ``max_seq_len``: a step reads at most twice the
-longest sequence's keys, and there are few lengths to capture). Padding rows use
-free cache slots (running sequences are compacted into slots ``0 .. n-1``), and
-free slots hold the prefix cache's entries, so a padding row writes at the slot's
-last row (``SlotKVCache.scratch_position``), which no entry holds; not at position 0,
-the first token of whatever prefix the slot keeps. Its mask is then all of
-``kv_len``: it reads the slot's keys, never empty, and its output is dropped. Rows
-never mix (attention, norms and projections are per row), so what a padding row
-reads changes no real row. Inputs live in fixed buffers that the graph reads; each
-step copies the real values in, replays, and copies the logits out.
+longest sequence's keys, and there are few lengths to capture). Padding rows are
+free slots (running sequences are compacted into slots ``0 .. n-1``), whose block
+table rows all point at the scratch block (``block_pool.SCRATCH_BLOCK``): a padding
+row writes its key at position 0 there, where no sequence's keys are, and its mask
+lets it read that one key, so its (dropped) output is finite. Rows never mix
+(attention, norms and projections are per row), so what a padding row reads changes
+no real row. Inputs live in fixed buffers that the graph reads, the block tables
+included (``PagedKVCache.tables``, edited in place); each step copies the real values
+in, replays, and copies the logits out.
 
 Every (batch bucket, length bucket) is captured at start-up (``capture_all``),
 before any request, so no request pays for a capture and the graphs' memory is
@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from glimpse.engine.batching.kv_cache import SlotKVCache
+from glimpse.engine.batching.kv_cache import PagedKVCache
 
 if TYPE_CHECKING:
     from glimpse.engine.batching.runner import Glm4vRunner
@@ -89,7 +89,7 @@ class DecodeGraphs:
     """One captured decode step per (padded batch, attended length), replayed each step."""
 
     def __init__(
-        self, runner: Glm4vRunner, cache: SlotKVCache, *, kv_bucket: int = 256, capture: bool = True
+        self, runner: Glm4vRunner, cache: PagedKVCache, *, kv_bucket: int = 256, capture: bool = True
     ) -> None:
         self._runner = runner
         self._cache = cache
@@ -112,8 +112,8 @@ class DecodeGraphs:
     def capture_all(self) -> None:
         """Capture every (batch bucket, length bucket) now, before any sequence holds a slot.
 
-        The warm-up and captured steps write padding keys/values into free slots at
-        position 0, which is why this runs only while the cache is empty.
+        Every row of the warm-up and captured steps is a padding row, writing into the scratch
+        block only while no table lists another block: why this runs while the cache is empty.
         """
         if not self._capture_enabled or self.disabled is not None:
             return
@@ -156,7 +156,7 @@ class DecodeGraphs:
         pad = buffers.ids.shape[0] - len(token_ids)
         ids = torch.tensor([*token_ids, *([0] * pad)], dtype=torch.long)
         mrope = torch.tensor([*positions, *([(0, 0, 0)] * pad)], dtype=torch.long).T
-        write_at = torch.tensor([*lengths, *([self._cache.scratch_position] * pad)], dtype=torch.long)
+        write_at = torch.tensor([*lengths, *([0] * pad)], dtype=torch.long)  # padding: the scratch block
         buffers.ids.copy_(ids[:, None], non_blocking=True)
         buffers.mrope.copy_(mrope[:, :, None], non_blocking=True)
         buffers.write_at.copy_(write_at, non_blocking=True)

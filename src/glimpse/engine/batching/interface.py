@@ -90,7 +90,7 @@ class BatcherConfig:
     kv_bucket: int = 64
     #: Replay decode steps as CUDA graphs (on a CUDA device only).
     cuda_graphs: bool = False
-    #: Keep finished sequences' keys and values in free slots for prompts that start the same.
+    #: Index full KV blocks by their prefix, so prompts that start the same share them (``prefix_cache``).
     prefix_cache: bool = True
     #: Host memory for the vision tower's output of images seen before (0: no cache).
     image_embedding_cache_bytes: int = 0
@@ -138,7 +138,11 @@ class BatchObserver(Protocol):
         """An admitted prompt of ``prompt_tokens`` found ``reused_tokens`` of them in the prefix cache."""
 
     def on_prefix_evictions(self, count: int) -> None:
-        """``count`` prefix-cache entries were overwritten by new sequences (no free slot was empty)."""
+        """``count`` cached KV blocks were taken back for new tokens (no never-cached block was free)."""
+
+    def on_prefix_blocks(self, shared: int, cached: int) -> None:
+        """After an admission or a release: KV blocks held by several sequences, and blocks in the
+        prefix cache's index."""
 
     def on_image_embeddings(self, hits: int, misses: int, evictions: int) -> None:
         """A step's images: found in the embedding cache, run through the vision tower, entries dropped."""

@@ -1,7 +1,8 @@
 """GLM-4.xV's steps: every decoding sequence's next token and a budget of prompt chunks in one forward.
 
 The scheduler (``scheduler.Scheduler``) decides who runs; this runner holds the
-admitted sequences in KV-cache slots and, each step,
+admitted sequences in slots of the paged KV cache (``kv_cache``, with the prefix
+cache's shared blocks, ``prefix_cache``) and, each step,
 
 1. plans the prefill: up to ``prefill_tokens_per_step`` prompt tokens, taken in
    admission order, a long prompt split across steps (``prompt.plan_chunk``),
@@ -30,7 +31,7 @@ import torch
 from glimpse.engine.batching.cuda_graphs import DecodeGraphs
 from glimpse.engine.batching.embedding_cache import embedding_cache_for
 from glimpse.engine.batching.interface import BatcherConfig, BatchObserver, StepHost
-from glimpse.engine.batching.kv_cache import SlotKVCache, kv_storage_dtype
+from glimpse.engine.batching.kv_cache import PagedKVCache, kv_storage_dtype
 from glimpse.engine.batching.prefix_cache import BLOCK_TOKENS, PrefixCache, block_keys
 from glimpse.engine.batching.prompt import plan_chunk
 from glimpse.engine.batching.runner import Chunk, Glm4vRunner
@@ -51,7 +52,7 @@ _Planned = tuple[SequenceState, int, list[int]]
 
 
 class MixedSteps:
-    """A ``StepRunner`` for GLM-4.xV models: slots in one ``SlotKVCache``, mixed prefill + decode steps."""
+    """A ``StepRunner`` for GLM-4.xV models: slots in one ``PagedKVCache``, mixed prefill + decode steps."""
 
     def __init__(
         self,
@@ -64,6 +65,7 @@ class MixedSteps:
     ) -> None:
         #: The LoRA adapters sequences may run with, each row its own (``None``: base model only).
         self.lora = lora
+        self._observer = observer
         self.runner = Glm4vRunner(model, embedding_cache_for(config, observer))
         if lora is not None:
             self.runner.vision_router = lora.vision_routed
@@ -80,24 +82,26 @@ class MixedSteps:
         )
         config = dataclasses.replace(config, max_batch_size=self.size.slots)
         self.config = config
-        self.cache = SlotKVCache(geometry, self.size.slots, config.max_seq_len)
+        on_evict = observer.on_prefix_evictions if observer is not None and config.prefix_cache else None
+        self.cache = PagedKVCache(geometry, self.size.slots, config.max_seq_len, on_evict)
         #: Decode steps replayed as CUDA graphs (GPU only, when configured); ``None`` runs them eagerly.
         self.graphs: DecodeGraphs | None = None
         if config.cuda_graphs and self.runner.device.type == "cuda":
             self.graphs = DecodeGraphs(self.runner, self.cache, kv_bucket=config.kv_bucket)
             self.graphs.capture_all()
         self.eos_token_ids = self.runner.eos_token_ids() if eos_token_ids is None else eos_token_ids
-        #: Finished sequences' rows kept in free slots (``prefix_cache``); ``None`` when off.
-        self.prefix: PrefixCache | None = PrefixCache(self.cache, observer) if config.prefix_cache else None
+        #: The index of blocks by prefix (``prefix_cache``); ``None`` when off.
+        self.prefix: PrefixCache | None = PrefixCache(self.cache) if config.prefix_cache else None
         self._by_slot: list[SequenceState] = []  # index == cache slot; prefilling ones included
         self._prefilling: deque[SequenceState] = deque()  # admitted, prompt not all in the cache; FIFO
         logger.info(
-            "continuous batcher: %d slots (%s) of %d tokens, %.1f MiB of KV cache (%s), %.1f MiB kept "
-            "for a step's activations; %s tokens in flight",
+            "continuous batcher: %d slots (%s) of %d tokens, %.1f MiB of KV cache in %d blocks (%s), "
+            "%.1f MiB kept for a step's activations; %s tokens in flight",
             self.size.slots,
             self.size.reason,
             config.max_seq_len,
             self.cache.nbytes / 2**20,
+            self.cache.num_blocks,
             str(geometry.stored_dtype).removeprefix("torch."),
             self.size.reserve_bytes / 2**20,
             config.max_tokens_in_flight or "every slot's",
@@ -109,7 +113,7 @@ class MixedSteps:
 
     @property
     def kv_cache_bytes(self) -> int:
-        """Bytes of the preallocated KV cache (reported by the engine's health and ``/metrics``)."""
+        """Bytes of the preallocated KV blocks (reported by the engine's health and ``/metrics``)."""
         return self.cache.nbytes
 
     @property
@@ -142,20 +146,27 @@ class MixedSteps:
             ids = prompt.token_ids.tolist()
             seq.prompt_keys = block_keys(prompt, seq.image_keys, ids, salt=seq.cache_salt)
             seq.slot, seq.prefilled = self.prefix.admit(seq.prompt_keys, seq.prompt_len)
+            seq.hit_blocks = seq.hashed_blocks = seq.prefilled // BLOCK_TOKENS
+            self._report_blocks()
         self._by_slot.append(seq)
         self._prefilling.append(seq)
 
     def release(self, seq: SequenceState, reusable: bool) -> None:
-        """Free the slot, moving the last slot's sequence into it (slots stay ``0 .. n-1``);
-        with the prefix cache, the freed rows are kept in the first free slot and indexed."""
-        keep = self.prefix is not None and reusable and seq.prompt is not None
-        length = self.cache.length(seq.slot)
-        moved_from = self.cache.release(seq.slot, keep=keep)
-        if self.prefix is not None and keep and seq.prompt is not None:
-            held = (seq.prompt.token_ids.tolist() + seq.generated_ids)[:length]
-            kept_at = seq.slot if moved_from is None else moved_from
-            known = seq.prompt_keys[: length // BLOCK_TOKENS]  # the prompt's blocks: hashed at admission
-            self.prefix.keep(kept_at, block_keys(seq.prompt, seq.image_keys, held, known, seq.cache_salt))
+        """Free the slot and its hold on its blocks, moving the last slot's sequence into it (slots
+        stay ``0 .. n-1``). With the prefix cache, its full blocks are registered first (they stay
+        cached once nobody holds them), or, if it failed, those it registered are dropped."""
+        if self.prefix is not None and seq.prompt is not None:
+            if reusable:
+                length = self.cache.length(seq.slot)
+                held = (seq.prompt.token_ids.tolist() + seq.generated_ids)[:length]
+                known = seq.prompt_keys[: length // BLOCK_TOKENS]  # the prompt's blocks: hashed at admission
+                keys = block_keys(seq.prompt, seq.image_keys, held, known, seq.cache_salt)
+                self.prefix.register(seq.slot, keys, seq.hashed_blocks)
+            else:
+                self.prefix.forget(seq.slot, seq.hit_blocks)
+        moved_from = self.cache.release(seq.slot)
+        if self.prefix is not None:
+            self._report_blocks()
         last = self._by_slot.pop()
         if moved_from is not None:
             last.slot = seq.slot
@@ -167,6 +178,10 @@ class MixedSteps:
         if seq.adapter_slot and self.lora is not None and seq.request.adapter is not None:
             self.lora.release(seq.request.adapter)
             seq.adapter_slot = 0
+
+    def _report_blocks(self) -> None:
+        if self._observer is not None and self.prefix is not None:
+            self._observer.on_prefix_blocks(self.prefix.shared_blocks, self.prefix.entries)
 
     def _acquire_adapter(self, seq: SequenceState) -> None:
         """Hold the sequence's adapter in the LoRA layers until ``release``; refused if none is served."""
@@ -321,6 +336,10 @@ class MixedSteps:
             seq.positions = (seq.positions[0] + 1, seq.positions[1] + 1, seq.positions[2] + 1)
         for seq, chunk in chunks:
             seq.prefilled_chunk(int(chunk.token_ids.shape[0]))
+            if self.prefix is not None:  # its newly full prompt blocks: other prompts may share them now
+                full = seq.prefilled // BLOCK_TOKENS
+                self.prefix.register(seq.slot, seq.prompt_keys[:full], seq.hashed_blocks)
+                seq.hashed_blocks = max(seq.hashed_blocks, full)
             if seq.decoding:
                 self._prefilling.remove(seq)
         for seq, token, logprobs in zip(sampled, result.tokens, result.logprobs, strict=True):

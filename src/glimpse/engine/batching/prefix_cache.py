@@ -1,28 +1,28 @@
-"""Finished sequences' keys and values, kept in free cache slots for the next prompt that starts the same.
+"""Prompts that start like one seen before reuse its KV blocks instead of prefilling them again.
 
 A follow-up question about an image re-sends the whole conversation: the image,
 the first question, the answer, then the new question. Without this cache every
-turn re-runs the vision tower and re-prefills that history. Here a sequence that
-finishes leaves its keys and values where they are, in a slot that is now free,
-indexed by the hash chain of its 16-token blocks; a new prompt whose first
-blocks hash the same copies those rows into its own slot and prefills only the
-rest.
+turn re-runs the vision tower and re-prefills that history. Here every full block
+of a sequence's keys and values (``kv_cache.BLOCK_TOKENS`` tokens) is registered
+under the hash chain of its tokens (``block_keys``), the prompt's blocks as soon as
+they are prefilled and the answer's when the sequence finishes; a new prompt whose
+first blocks hash the same puts those very blocks in its block table and prefills
+only the rest.
 
 - **Keys.** Block ``i``'s key hashes block ``i - 1``'s key, its token ids and, for
   each image token in it, that image's content key (``image_keys``: a SHA-256 of
   its pixel rows as the processor produced them): two different images whose
   tokens share ids never share a key, and a key stands for the
   whole prefix up to the end of its block.
-- **Memory.** Entries live only in free slots. A new sequence takes an empty free
-  slot first, else the least recently used entry's, so the cache never refuses a
-  request or uses memory the batch would not have: it is the free slots' content.
-- **Sharing.** A hit copies the prefix rows into the new sequence's slot (a memory
-  copy, no model work) and the entry stays, for the next follow-up or user.
-  Running sequences do not share rows (the cache has slots, not pages): two
-  requests with the same prefix each hold their own copy.
-- At least one prompt token is always prefilled, for the logits of the first answer token.
-- The last row of a slot (``SlotKVCache.scratch_position``) is never part of an entry: the
-  padding rows of the padded decode step (``cuda_graphs``) write there, in free slots.
+- **Sharing.** A hit is no copy: the cached blocks are held by the new sequence as
+  well (reference counts, ``block_pool``), so two requests about one image running
+  at once hold its blocks once. Nobody writes into a shared block: cached blocks are
+  full, and a hit that ends inside one (at least one prompt token is always prefilled,
+  for the logits of the first answer token) gets a private copy of that block.
+- **Memory.** Cached blocks nobody holds are evicted least recently used first, and
+  only when no block was never cached: the cache is the memory running sequences do
+  not need, and never refuses a request or takes memory the batch would have had.
+- A sequence that fails leaves nothing: the blocks it registered are dropped from the index.
 """
 
 from __future__ import annotations
@@ -30,16 +30,12 @@ from __future__ import annotations
 import hashlib
 from array import array
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass
 
-from glimpse.engine.batching.kv_cache import SlotKVCache
+from glimpse.engine.batching.kv_cache import BLOCK_TOKENS, PagedKVCache
 from glimpse.engine.batching.prompt import PreparedPrompt
 
-__all__ = ["BLOCK_TOKENS", "PrefixCache", "PrefixCacheObserver", "block_keys"]
-
-#: Tokens per hashed block: the granularity of a hit (vLLM's default block size).
-BLOCK_TOKENS = 16
+__all__ = ["BLOCK_TOKENS", "PrefixCache", "block_keys"]
 
 
 def block_keys(
@@ -70,118 +66,59 @@ def block_keys(
     return keys
 
 
-class PrefixCacheObserver(Protocol):
-    """Where the cache reports what the metrics need (called on the engine thread)."""
-
-    def on_prefix_evictions(self, count: int) -> None:
-        """``count`` entries were overwritten by new sequences (no free slot was empty)."""
-
-
-@dataclass(slots=True)
-class _Entry:
-    keys: list[bytes]
-    last_used: int
-
-
 @dataclass(slots=True)
 class PrefixCache:
-    """Which free slots of ``cache`` hold which prefixes (engine thread only)."""
+    """The hash index over ``cache``'s blocks: lookups at admission, registration as blocks fill
+    (engine thread only)."""
 
-    cache: SlotKVCache
-    observer: PrefixCacheObserver | None = None
-    _entries: dict[int, _Entry] = field(default_factory=dict)  # free slot -> what it holds
-    _index: dict[bytes, set[int]] = field(default_factory=dict)  # block key -> free slots holding it
-    _clock: int = 0
-    #: Entries overwritten by a new sequence since start.
-    evictions: int = 0
+    cache: PagedKVCache
 
     @property
     def entries(self) -> int:
-        return len(self._entries)
+        """Blocks registered under a prefix key, held by running sequences or not."""
+        return self.cache.pool.cached
 
-    def match(self, keys: Sequence[bytes]) -> tuple[int | None, int]:
-        """The free slot holding the longest prefix of ``keys``, and how many blocks it holds."""
-        best: tuple[int | None, int] = (None, 0)
-        for count, key in enumerate(keys, start=1):
-            slots = self._index.get(key)
-            if not slots:
+    @property
+    def evictions(self) -> int:
+        """Cached blocks taken back for new tokens since start."""
+        return self.cache.pool.evictions
+
+    @property
+    def shared_blocks(self) -> int:
+        """Blocks held by more than one running sequence now."""
+        return self.cache.pool.shared
+
+    def match(self, keys: Sequence[bytes]) -> list[int]:
+        """The cached blocks holding the longest prefix of ``keys``, in order."""
+        blocks = []
+        for key in keys:
+            block = self.cache.pool.lookup(key)
+            if block is None:
                 break
-            best = (max(slots, key=lambda s: self._entries[s].last_used), count)
-        return best
+            blocks.append(block)
+        return blocks
 
     def admit(self, keys: Sequence[bytes], prompt_len: int) -> tuple[int, int]:
         """Take a slot for a new sequence whose prompt has block ``keys``; returns (slot, tokens reused).
 
-        The slot is ``cache.used`` (running slots stay ``0 .. n-1``), filled with the reused
-        prefix's keys and values; the cache records that many tokens in it.
+        The slot's table starts with the cached blocks of the longest matching prefix, all but the
+        prompt's last token.
         """
-        source, blocks = self.match(keys)
-        reused = min(blocks * BLOCK_TOKENS, prompt_len - 1) if source is not None else 0
-        target = self.cache.used
-        if source == target:  # the entry is in the very slot the sequence takes: used in place
-            self._detach(target)
-        else:
-            victim = self._victim(avoid=source)
-            if victim != target:
-                self._exchange(victim, target)  # what ``target`` held moves to ``victim``
-            self._detach(target)
-            if source is not None and reused > 0:
-                self._entries[source].last_used = self._tick()
-                self.cache.copy_rows(source, target, reused)
-        slot = self.cache.allocate_with(reused)
-        assert slot == target
+        blocks = self.match(keys)
+        reused = min(len(blocks) * BLOCK_TOKENS, prompt_len - 1)
+        slot = self.cache.allocate(blocks[: -(-reused // BLOCK_TOKENS)], reused)
         return slot, reused
 
-    def keep(self, slot: int, keys: Sequence[bytes]) -> None:
-        """``slot`` was just freed with these whole blocks in it: index them.
+    def register(self, slot: int, keys: Sequence[bytes], start: int = 0) -> None:
+        """Index ``slot``'s blocks ``start .. len(keys) - 1`` (full, written) under ``keys``.
 
-        Not a block that reaches the slot's scratch row: padded decode steps write there.
+        A key another block already has keeps that block: this one stays private.
         """
-        self._detach(slot)
-        keys = keys[: self.cache.scratch_position // BLOCK_TOKENS]
-        if not keys:
-            return
-        self._entries[slot] = _Entry(list(keys), self._tick())
-        for key in keys:
-            self._index.setdefault(key, set()).add(slot)
+        table = self.cache.block_table(slot)
+        for index in range(start, len(keys)):
+            self.cache.pool.register(table[index], keys[index])
 
-    def _victim(self, avoid: int | None) -> int:
-        """The free slot a new sequence overwrites (not ``avoid``): an empty one, else the least
-        recently used entry's."""
-        free = [s for s in range(self.cache.used, self.cache.max_slots) if s != avoid]
-        empty = next((s for s in free if s not in self._entries), None)
-        if empty is not None:
-            return empty
-        self.evictions += 1
-        if self.observer is not None:
-            self.observer.on_prefix_evictions(1)
-        return min(free, key=lambda s: self._entries[s].last_used)
-
-    def _exchange(self, a: int, b: int) -> None:
-        """Swap what free slots ``a`` and ``b`` hold (rows and entries)."""
-        entry_a, entry_b = self._entries.get(a), self._entries.get(b)
-        length_a = len(entry_a.keys) * BLOCK_TOKENS if entry_a else 0
-        length_b = len(entry_b.keys) * BLOCK_TOKENS if entry_b else 0
-        self.cache.swap_rows(a, b, length_a, length_b)
-        self._detach(a)
-        self._detach(b)
-        for slot, entry in ((b, entry_a), (a, entry_b)):
-            if entry is not None:
-                self._entries[slot] = entry
-                for key in entry.keys:
-                    self._index.setdefault(key, set()).add(slot)
-
-    def _detach(self, slot: int) -> None:
-        entry = self._entries.pop(slot, None)
-        if entry is None:
-            return
-        for key in entry.keys:
-            slots = self._index.get(key)
-            if slots is not None:
-                slots.discard(slot)
-                if not slots:
-                    del self._index[key]
-
-    def _tick(self) -> int:
-        self._clock += 1
-        return self._clock
+    def forget(self, slot: int, start: int) -> None:
+        """Drop ``slot``'s blocks from ``start`` on from the index (those it did not get from it)."""
+        for block in self.cache.block_table(slot)[start:]:
+            self.cache.pool.forget(block)

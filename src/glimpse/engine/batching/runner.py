@@ -9,7 +9,7 @@ tokens are packed ragged into one row: the last token of every decoding sequence
 then a chunk of each prompt being prefilled (image features laid over their image
 tokens' embeddings, as the model's ``masked_scatter`` does). Norms, projections
 and MLP run once over the pack; only attention is per sequence
-(``attention.ragged_attention``), against that sequence's cache slot.
+(``attention.ragged_attention``), against that sequence's blocks of the paged cache.
 
 Prompt positions are the model's own M-RoPE ids (``prompt.prepare_prompt``), the
 first generated token continues each axis by one, as ``generate()`` does. That
@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from glimpse.engine.batching.attention import Span, padded_attention, ragged_attention
-from glimpse.engine.batching.kv_cache import CacheGeometry, SlotKVCache
+from glimpse.engine.batching.kv_cache import CacheGeometry, PagedKVCache
 from glimpse.engine.batching.prompt import ImageSpan, PreparedPrompt, prepare_prompt
 
 if TYPE_CHECKING:
@@ -86,7 +86,7 @@ class Chunk:
 
 
 class Glm4vRunner:
-    """Runs the steps of a GLM-4.xV ``...ForConditionalGeneration`` model over a ``SlotKVCache``.
+    """Runs the steps of a GLM-4.xV ``...ForConditionalGeneration`` model over a ``PagedKVCache``.
 
     Not thread-safe: the engine thread owns it (and the model).
     """
@@ -192,7 +192,7 @@ class Glm4vRunner:
     @torch.inference_mode()
     def forward(
         self,
-        cache: SlotKVCache,
+        cache: PagedKVCache,
         slots: Sequence[int],
         token_ids: Sequence[int],
         positions: Sequence[tuple[int, int, int]],
@@ -201,17 +201,23 @@ class Glm4vRunner:
         """One step: a decode token for each of ``slots``, then each prefill chunk.
 
         ``token_ids[i]`` is the last token of ``slots[i]`` and ``positions[i]`` its M-RoPE
-        position. Writes every token's key/value into its slot and grows the slots.
+        position. Gives the slots the blocks these tokens need, writes every token's key/value
+        there and grows the slots.
         Returns float32 logits ``[len(slots) + chunks ending their prompt, vocab]``:
         the decode rows in order, then those chunks' last tokens.
         """
         spans, ids, mrope, placements, wanted = self._pack(cache, slots, token_ids, positions, chunks)
+        for span in spans:
+            cache.ensure(span.slot, span.cached + span.count)
+        cache.sync()
         counts = torch.tensor([span.count for span in spans])
         total = int(counts.sum())
         write_slots = torch.repeat_interleave(torch.tensor([span.slot for span in spans]), counts)
         shift = torch.tensor([span.offset - span.cached for span in spans])
         write_at = torch.arange(total) - torch.repeat_interleave(shift, counts)
-        write_slots, write_at = write_slots.to(self.device), write_at.to(self.device)
+        where = cache.locate(write_slots.to(self.device), write_at.to(self.device))
+        # Each sequence's table entries, looked up once for every layer.
+        tables = [cache.blocks_of(span.slot, span.cached + span.count) for span in spans]
 
         hidden = self._embed(ids.to(self.device))
         for offset, rows in placements:
@@ -221,10 +227,13 @@ class Glm4vRunner:
 
         def attend(attn: Any, layer: int, normed: torch.Tensor) -> torch.Tensor:
             query, key, value = self._qkv(attn, normed, cos, sin)
-            cache.write(layer, key[0].transpose(0, 1), value[0].transpose(0, 1), write_slots, write_at)
-            out = ragged_attention(
-                query[0], cache.keys[layer], cache.values[layer], spans, self._num_kv_heads, self._scaling
-            )
+            cache.write(layer, key[0].transpose(0, 1), value[0].transpose(0, 1), where)
+
+            def read(index: int) -> tuple[torch.Tensor, torch.Tensor]:
+                span = spans[index]
+                return cache.read(layer, tables[index], span.cached + span.count)
+
+            out = ragged_attention(query[0], spans, read, self._num_kv_heads, self._scaling)
             result: torch.Tensor = attn.o_proj(out.transpose(0, 1).reshape(1, total, -1))
             return result
 
@@ -237,7 +246,7 @@ class Glm4vRunner:
 
     @staticmethod
     def _pack(
-        cache: SlotKVCache,
+        cache: PagedKVCache,
         slots: Sequence[int],
         token_ids: Sequence[int],
         positions: Sequence[tuple[int, int, int]],
@@ -287,7 +296,7 @@ class Glm4vRunner:
     @torch.inference_mode()
     def decode(
         self,
-        cache: SlotKVCache,
+        cache: PagedKVCache,
         token_ids: Sequence[int],
         positions: Sequence[tuple[int, int, int]],
         kv_bucket: int = 1,
@@ -302,6 +311,9 @@ class Glm4vRunner:
         """
         n = len(token_ids)
         lengths = cache.lengths()[:n]
+        for slot, length in enumerate(lengths):
+            cache.ensure(slot, length + 1)
+        cache.sync()
         needed = max(lengths) + 1
         if graphs is not None:
             kv_len = graphs.attended_length(needed)
@@ -318,7 +330,7 @@ class Glm4vRunner:
 
     def decode_core(
         self,
-        cache: SlotKVCache,
+        cache: PagedKVCache,
         ids: torch.Tensor,
         mrope: torch.Tensor,
         write_at: torch.Tensor,
@@ -331,10 +343,11 @@ class Glm4vRunner:
         n = ids.shape[0]
         hidden = self._embed(ids)
         cos, sin = self._rotary(hidden, mrope)
+        where = cache.locate(torch.arange(n, device=write_at.device), write_at)
 
         def attend(attn: Any, layer: int, normed: torch.Tensor) -> torch.Tensor:
             query, key, value = self._qkv(attn, normed, cos, sin)
-            cache.write_step(layer, key, value, write_at)
+            cache.write(layer, key[:, :, 0], value[:, :, 0], where)
             keys, values = cache.view(layer, n, kv_len)
             out = padded_attention(query, keys, values, write_at, self._num_kv_heads, self._scaling)
             result: torch.Tensor = attn.o_proj(out)

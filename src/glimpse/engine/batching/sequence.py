@@ -39,6 +39,10 @@ class SequenceState:
     image_keys: list[bytes] = field(default_factory=list)
     #: The prefix cache's key of each whole block of the prompt (set with ``image_keys``).
     prompt_keys: list[bytes] = field(default_factory=list)
+    #: Whole blocks its table got from the prefix cache at admission (shared, never written).
+    hit_blocks: int = 0
+    #: Blocks of its table registered in the prefix cache so far (the hit ones included).
+    hashed_blocks: int = 0
     #: The LoRA layers' slot of its adapter (0: the base model), held from admission to release.
     adapter_slot: int = 0
     #: Starts its prefix-cache key chain: keys and values computed with one adapter are not another's.

@@ -1,8 +1,11 @@
 """How many sequences the batch holds, sized from the machine unless the settings say.
 
-On a GPU the KV cache is the one thing that grows with the batch: every slot is
-``max_seq_len`` tokens allocated at start-up, at the cache's storage size
-(``kv_cache_dtype fp8``: half a bfloat16 one, so up to twice the slots). So the
+On a GPU the KV cache is the one thing that grows with the batch: its pool holds
+the blocks of ``max_seq_len`` tokens for every slot (``kv_cache.pool_blocks``, plus
+the scratch and copy-on-write blocks), allocated at start-up, at the cache's storage
+size (``kv_cache_dtype fp8``: half a bfloat16 one, so up to twice the slots). Every
+running sequence can thus always get its blocks, whatever the prefix cache keeps
+in the rest: the cache changes no admission. So the
 batch is as many slots as fit the memory left after the weights (already loaded
 when this runs), one step's activations (the prefill budget through the text
 model and the vision tower, the sampled rows' logits, in the model's dtype) and,
@@ -24,7 +27,7 @@ from typing import Any
 import torch
 
 from glimpse.engine.batching.cuda_graphs import batch_buckets
-from glimpse.engine.batching.kv_cache import CacheGeometry
+from glimpse.engine.batching.kv_cache import BLOCK_TOKENS, CacheGeometry, pool_blocks
 from glimpse.errors import ModelLoadError
 
 __all__ = ["CPU_BATCH", "MAX_AUTO_BATCH", "BatchSize", "size_batch", "step_activation_bytes"]
@@ -88,11 +91,13 @@ def size_batch(
     ``free_bytes`` is the device's free memory after the weights (``None`` on the CPU).
     Raises ``ModelLoadError`` when not even one slot fits: the server could never answer.
     """
-    per_slot = geometry.bytes_per_token * max_seq_len
+    block_bytes = geometry.bytes_per_token * BLOCK_TOKENS
+    fixed = pool_blocks(0, max_seq_len) * block_bytes  # scratch and copy-on-write blocks
+    per_slot = (pool_blocks(1, max_seq_len) - pool_blocks(0, max_seq_len)) * block_bytes
     if free_bytes is None:
         slots = requested or CPU_BATCH
         reason = "as set" if requested else "the CPU default"
-        return BatchSize(slots, slots * per_slot, 0, reason)
+        return BatchSize(slots, fixed + slots * per_slot, 0, reason)
     element = torch.empty((), dtype=geometry.dtype).element_size()
     ceiling = requested or MAX_AUTO_BATCH
     reserve = max(
@@ -100,7 +105,7 @@ def size_batch(
     )
     if cuda_graphs:  # the graphs' pool holds one decode step's activations, shared by every size
         reserve += step_activation_bytes(model_config, max(batch_buckets(ceiling)), ceiling, element)
-    usable = int(free_bytes * (1 - _HEADROOM)) - reserve
+    usable = int(free_bytes * (1 - _HEADROOM)) - reserve - fixed
     fits = max(0, usable // max(1, per_slot))
     if fits < 1:
         raise ModelLoadError(
@@ -122,4 +127,4 @@ def size_batch(
         )
     else:
         reason = "as set"
-    return BatchSize(slots, slots * per_slot, reserve, reason)
+    return BatchSize(slots, fixed + slots * per_slot, reserve, reason)

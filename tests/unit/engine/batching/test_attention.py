@@ -18,6 +18,11 @@ def _reference(query, keys, values, cached, scaling):
     return scores.softmax(-1) @ values
 
 
+def _reader(keys, values, spans):
+    """Each span's whole row of ``keys``/``values`` [slots, kv, S, d] (what the cache gathers)."""
+    return lambda index: (keys[spans[index].slot], values[spans[index].slot])
+
+
 def test_ragged_attention_equals_per_sequence_reference():
     torch.manual_seed(0)
     heads, kv_heads, dim = 6, 2, 8
@@ -26,7 +31,7 @@ def test_ragged_attention_equals_per_sequence_reference():
     # Two decode tokens (slot 2 long, slot 0 short), then two chunks (one from nothing cached).
     spans = [Span(2, 0, 1, 33), Span(0, 1, 1, 4), Span(3, 2, 5, 10), Span(1, 7, 6, 0)]
     query = torch.randn(heads, 13, dim, dtype=torch.float64)
-    out = ragged_attention(query, keys, values, spans, kv_heads, 0.3)
+    out = ragged_attention(query, spans, _reader(keys, values, spans), kv_heads, 0.3)
     assert out.shape == (heads, 13, dim)
     for span in spans:
         total = span.cached + span.count
@@ -46,10 +51,10 @@ def test_ragged_attention_never_reads_past_a_sequence_length():
     values = torch.randn(2, kv_heads, 16, dim)
     query = torch.randn(heads, 2, dim)
     spans = [Span(0, 0, 1, 3), Span(1, 1, 1, 6)]
-    before = ragged_attention(query, keys, values, spans, kv_heads, 0.5)
+    before = ragged_attention(query, spans, _reader(keys, values, spans), kv_heads, 0.5)
     keys[0, :, 4:] = float("nan")  # beyond slot 0's 4 tokens
     values[1, :, 7:] = float("nan")
-    assert torch.equal(ragged_attention(query, keys, values, spans, kv_heads, 0.5), before)
+    assert torch.equal(ragged_attention(query, spans, _reader(keys, values, spans), kv_heads, 0.5), before)
 
 
 def test_padded_attention_matches_ragged_for_decode_tokens():
@@ -61,5 +66,7 @@ def test_padded_attention_matches_ragged_for_decode_tokens():
     query = torch.randn(3, heads, 1, dim, dtype=torch.float64)
     padded = padded_attention(query, keys, values, torch.tensor(lengths), kv_heads, 0.25)
     spans = [Span(i, i, 1, length) for i, length in enumerate(lengths)]
-    ragged = ragged_attention(query[:, :, 0].transpose(0, 1), keys, values, spans, kv_heads, 0.25)
+    ragged = ragged_attention(
+        query[:, :, 0].transpose(0, 1), spans, _reader(keys, values, spans), kv_heads, 0.25
+    )
     torch.testing.assert_close(padded[:, 0].view(3, heads, dim), ragged.transpose(0, 1))

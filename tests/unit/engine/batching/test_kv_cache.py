@@ -3,99 +3,122 @@ from __future__ import annotations
 import pytest
 import torch
 
-from glimpse.engine.batching import CacheGeometry, SlotKVCache
-from glimpse.engine.batching.kv_cache import FP8_KV_DTYPE, kv_storage_dtype
+from glimpse.engine.batching import CacheGeometry, PagedKVCache
+from glimpse.engine.batching.block_pool import SCRATCH_BLOCK
+from glimpse.engine.batching.kv_cache import BLOCK_TOKENS, FP8_KV_DTYPE, kv_storage_dtype, pool_blocks
 
 GEOMETRY = CacheGeometry(
     num_layers=2, num_kv_heads=2, head_dim=4, dtype=torch.float32, device=torch.device("cpu")
 )
+B = BLOCK_TOKENS
 
 
-def _prompt(length: int, fill: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    base = torch.arange(length, dtype=torch.float32).view(1, 1, length, 1).expand(1, 2, length, 4)
-    return [(base + fill + layer, -(base + fill + layer)) for layer in range(GEOMETRY.num_layers)]
-
-
-def test_bytes_per_token_counts_keys_and_values_of_every_layer():
-    assert GEOMETRY.bytes_per_token == 2 * 2 * 2 * 4 * 4
-    cache = SlotKVCache(GEOMETRY, max_slots=3, max_seq_len=8)
-    assert cache.nbytes == 3 * 8 * GEOMETRY.bytes_per_token
-
-
-def test_allocate_fills_slots_in_order_and_refuses_when_full():
-    cache = SlotKVCache(GEOMETRY, max_slots=2, max_seq_len=8)
-    assert cache.allocate(_prompt(3, 100.0)) == 0
-    assert cache.allocate(_prompt(5, 200.0)) == 1
-    assert cache.lengths() == [3, 5]
-    assert cache.free == 0
-    keys, values = cache.view(1, 2, 5)
-    assert torch.equal(keys[1], _prompt(5, 200.0)[1][0][0])
-    assert torch.equal(values[0, :, :3], _prompt(3, 100.0)[1][1][0])
-    with pytest.raises(RuntimeError):
-        cache.allocate(_prompt(1, 0.0))
-    with pytest.raises(ValueError, match="exceeds"):
-        SlotKVCache(GEOMETRY, max_slots=2, max_seq_len=4).allocate(_prompt(5, 0.0))
-
-
-def test_release_moves_the_last_slot_into_the_hole():
-    cache = SlotKVCache(GEOMETRY, max_slots=3, max_seq_len=8)
-    for length, fill in ((2, 10.0), (4, 20.0), (3, 30.0)):
-        cache.allocate(_prompt(length, fill))
-    assert cache.release(0) == 2
-    assert cache.lengths() == [3, 4]
+def _fill(cache, slot, count, start=0, base=0.0):
+    """Write ``count`` tokens at ``start ..`` of ``slot``: key = base + position (every layer, head, dim)."""
+    cache.ensure(slot, start + count)
+    positions = torch.arange(start, start + count)
+    where = cache.locate(torch.full((count,), slot), positions)
+    keys = (base + positions.float()).view(count, 1, 1).expand(count, 2, 4)
     for layer in range(GEOMETRY.num_layers):
-        keys, values = cache.view(layer, 2, 3)
-        assert torch.equal(keys[0], _prompt(3, 30.0)[layer][0][0])
-        assert torch.equal(values[0], _prompt(3, 30.0)[layer][1][0])
+        cache.write(layer, keys + layer, -(keys + layer), where)
+    cache.grow(slot, count)
+
+
+def _keys(cache, slot, layer=0):
+    length = cache.length(slot)
+    return cache.read(layer, cache.blocks_of(slot, length), length)
+
+
+def test_the_pool_holds_every_slot_at_full_length_plus_scratch_and_spare():
+    assert GEOMETRY.bytes_per_token == 2 * 2 * 2 * 4 * 4
+    cache = PagedKVCache(GEOMETRY, max_slots=3, max_seq_len=40)  # 3 blocks a sequence
+    assert cache.num_blocks == pool_blocks(3, 40) == 3 * 3 + 2
+    assert cache.nbytes == cache.num_blocks * B * GEOMETRY.bytes_per_token
+    assert cache.keys[0].shape == (2, cache.num_blocks, B, 4)
+
+
+def test_writes_read_back_across_blocks_and_slots_stay_apart():
+    cache = PagedKVCache(GEOMETRY, max_slots=2, max_seq_len=64)
+    a, b = cache.allocate(), cache.allocate()
+    assert (a, b) == (0, 1)
+    _fill(cache, a, 20, base=100.0)  # two blocks
+    _fill(cache, b, 5, base=200.0)
+    _fill(cache, a, 15, start=20, base=100.0)  # a third block
+    assert cache.lengths() == [35, 5]
+    assert len(cache.block_table(a)) == 3
+    assert len(cache.block_table(b)) == 1
+    assert not set(cache.block_table(a)) & set(cache.block_table(b))
+    keys, values = _keys(cache, a, layer=1)
+    assert keys.shape == (2, 35, 4)
+    assert keys[0, :, 0].tolist() == [101.0 + i for i in range(35)]
+    assert values[1, :, 3].tolist() == [-101.0 - i for i in range(35)]
+    assert _keys(cache, b)[0][1, :, 2].tolist() == [200.0 + i for i in range(5)]
+
+
+def test_the_padded_view_reads_each_slot_and_the_scratch_block_past_it():
+    cache = PagedKVCache(GEOMETRY, max_slots=3, max_seq_len=64)
+    for slot, count in enumerate((3, 18)):
+        cache.allocate()
+        _fill(cache, slot, count, base=10.0 * (slot + 1))
+    keys, values = cache.view(0, 3, 20)
+    assert keys.shape == values.shape == (3, 2, 20, 4)
+    assert keys[0, 0, :3, 0].tolist() == [10.0, 11.0, 12.0]
+    assert keys[1, 1, :18, 0].tolist() == [20.0 + i for i in range(18)]
+    assert torch.equal(values[1, :, :18], -keys[1, :, :18])
+    assert cache.tables[2].tolist() == [SCRATCH_BLOCK] * cache.tables.shape[1]  # a free slot
+
+
+def test_release_moves_the_last_table_into_the_hole_and_frees_the_blocks():
+    cache = PagedKVCache(GEOMETRY, max_slots=3, max_seq_len=32)
+    for slot, count in enumerate((2, 20, 3)):
+        cache.allocate()
+        _fill(cache, slot, count, base=10.0 * (slot + 1))
+    free = cache.pool.available
+    last_table = cache.block_table(2)
+    assert cache.release(0) == 2
+    assert cache.lengths() == [3, 20]
+    assert cache.block_table(0) == last_table
+    assert _keys(cache, 0)[0][0, :, 0].tolist() == [30.0, 31.0, 32.0]
+    assert cache.pool.available == free + 1
     assert cache.release(1) is None
-    assert cache.lengths() == [3]
+    assert cache.tables[1].tolist() == [SCRATCH_BLOCK, SCRATCH_BLOCK]
+    assert cache.pool.available == free + 3
     with pytest.raises(IndexError):
         cache.release(1)
 
 
-def test_write_step_appends_one_token_per_slot_at_its_own_length():
-    cache = SlotKVCache(GEOMETRY, max_slots=2, max_seq_len=8)
-    cache.allocate(_prompt(2, 0.0))
-    cache.allocate(_prompt(5, 0.0))
-    new_keys = torch.full((2, 2, 1, 4), 7.0)
-    new_keys[1] = 9.0
-    positions = torch.tensor(cache.lengths())
-    cache.write_step(0, new_keys, -new_keys, positions)
-    cache.advance(2)
-    assert cache.lengths() == [3, 6]
-    keys, values = cache.view(0, 2, 6)
-    assert torch.equal(keys[0, :, 2], torch.full((2, 4), 7.0))
-    assert torch.equal(keys[1, :, 5], torch.full((2, 4), 9.0))
-    assert torch.equal(values[1, :, 5], torch.full((2, 4), -9.0))
-    assert torch.equal(keys[0, :, :2], _prompt(2, 0.0)[0][0][0])  # prompt untouched
-
-
-def test_advance_refuses_to_overflow_a_slot():
-    cache = SlotKVCache(GEOMETRY, max_slots=1, max_seq_len=3)
-    cache.allocate(_prompt(3, 0.0))
+def test_a_slot_never_grows_past_its_length_or_its_blocks():
+    cache = PagedKVCache(GEOMETRY, max_slots=2, max_seq_len=20)
+    cache.allocate()
+    _fill(cache, 0, 16)
     with pytest.raises(RuntimeError, match="full"):
-        cache.advance(1)
-
-
-def test_packed_writes_land_in_each_slot_at_its_own_positions():
-    cache = SlotKVCache(GEOMETRY, max_slots=3, max_seq_len=8)
-    assert [cache.allocate(), cache.allocate(_prompt(2, 50.0)), cache.allocate()] == [0, 1, 2]
-    assert cache.lengths() == [0, 2, 0]
-    # One decode token for slot 1, a chunk of three for slot 2, one token for slot 0.
-    slots, positions = torch.tensor([1, 2, 2, 2, 0]), torch.tensor([2, 0, 1, 2, 0])
-    keys = torch.arange(5.0).view(5, 1, 1).expand(5, 2, 4)
-    cache.write(0, keys, -keys, slots, positions)
-    for slot, count in ((1, 1), (2, 3), (0, 1)):
-        cache.grow(slot, count)
-    assert cache.lengths() == [1, 3, 3]
-    slot_keys, slot_values = cache.slot_view(0, 2, 3)
-    assert slot_keys.shape == (2, 3, 4)
-    assert slot_keys[0, :, 0].tolist() == [1.0, 2.0, 3.0]
-    assert slot_values[1, :, 0].tolist() == [-1.0, -2.0, -3.0]
-    assert cache.slot_view(0, 1, 3)[0][0, :, 0].tolist() == [50.0, 51.0, 0.0]
-    assert cache.slot_view(0, 0, 1)[0][0, 0, 0] == 4.0
+        cache.grow(0, 1)  # no block for token 17 yet
+    _fill(cache, 0, 4, start=16)
     with pytest.raises(RuntimeError, match="full"):
-        cache.grow(2, 6)
+        cache.ensure(0, 21)
+    cache.allocate()
+    with pytest.raises(RuntimeError, match="no free cache slot"):
+        cache.allocate()
+
+
+def test_shared_blocks_are_mapped_not_copied_and_a_partial_one_is_copied_on_write():
+    cache = PagedKVCache(GEOMETRY, max_slots=4, max_seq_len=64)
+    cache.allocate()
+    _fill(cache, 0, 40, base=1000.0)
+    table = cache.block_table(0)
+    whole = cache.allocate(table[:2], 2 * B)
+    assert cache.block_table(whole) == table[:2]
+    assert [cache.pool.refs(block) for block in table] == [2, 2, 1]
+    partial = cache.allocate(table[:3], 2 * B + 5)  # ends inside the third block
+    mine = cache.block_table(partial)
+    assert mine[:2] == table[:2]
+    assert mine[2] not in table
+    assert [cache.pool.refs(block) for block in table] == [3, 3, 1]
+    assert torch.equal(_keys(cache, partial)[0], _keys(cache, 0)[0][:, : 2 * B + 5])
+    _fill(cache, partial, 3, start=2 * B + 5, base=-500.0)  # its own copy: the first slot's block unchanged
+    assert _keys(cache, 0)[0][0, 2 * B + 5, 0] == 1000.0 + 2 * B + 5
+    with pytest.raises(ValueError, match="do not hold"):
+        cache.allocate(table[:1], 2 * B)
 
 
 FP8 = CacheGeometry(
@@ -116,55 +139,50 @@ def _fp8(values: torch.Tensor) -> torch.Tensor:
 def test_an_fp8_cache_takes_half_the_bytes_of_bfloat16():
     bf16 = CacheGeometry(num_layers=2, num_kv_heads=2, head_dim=4, dtype=torch.bfloat16, device=FP8.device)
     assert FP8.bytes_per_token * 2 == bf16.bytes_per_token == 2 * 2 * 2 * 4 * 2
-    cache = SlotKVCache(FP8, max_slots=3, max_seq_len=8)
+    cache = PagedKVCache(FP8, max_slots=3, max_seq_len=8)
     assert cache.keys[0].dtype == cache.values[1].dtype == FP8_KV_DTYPE
-    assert cache.nbytes == 3 * 8 * FP8.bytes_per_token
+    assert cache.nbytes * 2 == PagedKVCache(bf16, max_slots=3, max_seq_len=8).nbytes
     assert kv_storage_dtype("fp8") == FP8_KV_DTYPE
     assert kv_storage_dtype("auto") is None
 
 
-def test_fp8_writes_read_back_within_fp8_precision():
+def test_fp8_writes_read_back_within_fp8_precision_and_copies_are_byte_for_byte():
     torch.manual_seed(0)
-    cache = SlotKVCache(FP8, max_slots=2, max_seq_len=8)
-    prompt = [(torch.randn(1, 2, 3, 4) * 3, torch.randn(1, 2, 3, 4)) for _ in range(FP8.num_layers)]
-    assert cache.allocate(prompt) == 0
-    assert cache.allocate() == 1
-    step = torch.randn(2, 2, 1, 4, dtype=torch.bfloat16)
-    step[1, 0, 0, 0] = 1000.0  # beyond e4m3's range: saturates, never NaN
-    cache.write_step(1, step, -step, torch.tensor([3, 0]))
-    packed = torch.randn(2, 2, 4)
-    cache.write(0, packed, packed * 2, torch.tensor([1, 1]), torch.tensor([0, 1]))
+    cache = PagedKVCache(FP8, max_slots=3, max_seq_len=64)
+    cache.allocate()
+    cache.ensure(0, 20)
+    keys = torch.randn(20, 2, 4, dtype=torch.bfloat16) * 3
+    keys[3, 0, 0] = 1000.0  # beyond e4m3's range: saturates, never NaN
+    values = torch.randn(20, 2, 4, dtype=torch.bfloat16)
+    cache.write(1, keys, values, cache.locate(torch.zeros(20, dtype=torch.long), torch.arange(20)))
+    cache.grow(0, 20)
+    read_keys, read_values = cache.read(1, cache.blocks_of(0, 20), 20)
+    assert read_keys.dtype == FP8_KV_DTYPE
+    assert torch.equal(read_keys.to(torch.bfloat16), _fp8(keys).transpose(0, 1))
+    assert torch.equal(read_values.to(torch.bfloat16), _fp8(values).transpose(0, 1))
+    assert read_keys[0, 3, 0].float() == 448.0
+    padded_keys, _ = cache.view(1, 1, 20)
+    assert torch.equal(padded_keys[0].view(torch.uint8), read_keys.view(torch.uint8))
+    copy = cache.allocate(cache.block_table(0)[:2], 19)  # copy-on-write of the second block
+    assert torch.equal(
+        cache.read(1, cache.blocks_of(copy, 19), 19)[0].view(torch.uint8), read_keys[:, :19].view(torch.uint8)
+    )
 
-    keys, values = cache.slot_view(0, 0, 3)
-    assert torch.equal(keys.float(), _fp8(prompt[0][0][0]))
-    assert torch.equal(values.float(), _fp8(prompt[0][1][0]))
-    # e4m3 keeps 3 mantissa bits: a normal value is within 2^-4 of itself, a tiny one within 2^-10
-    torch.testing.assert_close(keys.float(), prompt[0][0][0], rtol=2**-4, atol=2**-10)
-    read = cache.keys[1][[0, 1], :, [3, 0]].float()
-    assert read[1, 0, 0] == 448.0
-    torch.testing.assert_close(read[0], step[0, :, 0].float(), rtol=2**-4, atol=2**-10)
-    assert torch.equal(cache.values[1][[0, 1], :, [3, 0]].float(), _fp8(-step[:, :, 0].float()))
-    assert torch.equal(cache.slot_view(0, 1, 2)[1].float(), _fp8(packed * 2).transpose(0, 1))
 
-
-def test_fp8_rows_move_and_swap_byte_for_byte():
-    torch.manual_seed(1)
-    cache = SlotKVCache(FP8, max_slots=3, max_seq_len=8)
-    prompts = [
-        [(torch.randn(1, 2, n, 4), torch.randn(1, 2, n, 4)) for _ in range(FP8.num_layers)] for n in (2, 5, 3)
-    ]
-    for prompt in prompts:
-        cache.allocate(prompt)
-    stored = [cache.slot_view(layer, 2, 3) for layer in range(FP8.num_layers)]
-    stored = [(k.clone(), v.clone()) for k, v in stored]
-    cache.copy_rows(2, 0, 3)
-    for layer, (keys, values) in enumerate(stored):
-        assert torch.equal(cache.slot_view(layer, 0, 3)[0].view(torch.uint8), keys.view(torch.uint8))
-        assert torch.equal(cache.slot_view(layer, 0, 3)[1].view(torch.uint8), values.view(torch.uint8))
-    # Slot 1 leaves keeping its rows: they swap into slot 2, slot 2's sequence moves into slot 1.
-    assert cache.release(1, keep=True) == 2
-    assert cache.lengths() == [2, 3]  # copy_rows moves rows only, not lengths
-    for layer in range(FP8.num_layers):
-        assert torch.equal(cache.slot_view(layer, 1, 3)[0].float(), _fp8(prompts[2][layer][0][0]))
-        assert torch.equal(cache.slot_view(layer, 2, 5)[0].float(), _fp8(prompts[1][layer][0][0]))
-        assert torch.equal(cache.slot_view(layer, 2, 5)[1].float(), _fp8(prompts[1][layer][1][0]))
+def test_cached_blocks_never_keep_a_sequence_from_its_blocks():
+    """However many blocks the prefix cache keeps, every slot still gets a full-length sequence."""
+    cache = PagedKVCache(GEOMETRY, max_slots=2, max_seq_len=40)  # 3 blocks a sequence, 8 in all
+    for round_ in range(3):  # fill the pool with cached blocks, all registered, held by nobody
+        slot = cache.allocate()
+        _fill(cache, slot, 40)
+        for index, block in enumerate(cache.block_table(slot)):
+            cache.pool.register(block, bytes([round_, index]))
+        cache.release(slot)
+    assert cache.pool.cached == 7  # every block but the scratch one (the third round evicted two)
+    assert cache.pool.evictions == 2
+    for slot in range(2):
+        cache.allocate()
+        _fill(cache, slot, 40, base=float(slot))
+    assert cache.pool.evictions == 2 + 6  # the sequences' six blocks: cached ones taken back
+    assert cache.pool.cached == 1  # the spare block stays cached
+    assert _keys(cache, 0)[0][0, :, 0].tolist() == [float(i) for i in range(40)]

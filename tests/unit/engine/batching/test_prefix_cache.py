@@ -39,6 +39,7 @@ class _Reuse:
     def __init__(self) -> None:
         self.reused: list[int] = []
         self.evictions = 0
+        self.shared_blocks: list[int] = []
 
     def on_admit(self, queue_wait_s: float) -> None:
         pass
@@ -52,6 +53,9 @@ class _Reuse:
     def on_prefix_evictions(self, count: int) -> None:
         self.evictions += count
 
+    def on_prefix_blocks(self, shared: int, cached: int) -> None:
+        self.shared_blocks.append(shared)
+
 
 def _run(batcher, sink, requests, max_steps=400):
     for request in requests:
@@ -63,12 +67,21 @@ def _run(batcher, sink, requests, max_steps=400):
     raise AssertionError("not finished")
 
 
-def _batcher(model, slots=4, **config):
+def _batcher(model, slots=4, max_seq_len=512, **config):
     observer = _Reuse()
     batcher = ContinuousBatcher(
-        model, BatcherConfig(max_batch_size=slots, max_seq_len=512, **config), observer=observer
+        model, BatcherConfig(max_batch_size=slots, max_seq_len=max_seq_len, **config), observer=observer
     )
     return batcher, observer
+
+
+def _all_returned(batcher) -> None:
+    """Nobody holds a block any more: each is free or cached, none shared."""
+    pool = batcher.cache.pool
+    assert batcher.cache.used == 0
+    assert pool.shared == 0
+    assert all(pool.refs(block) == 0 for block in range(pool.num_blocks))
+    assert pool.available == pool.num_blocks - 1  # all but the scratch block
 
 
 def test_a_follow_up_reuses_the_first_turn_and_skips_the_vision_tower(model, processor, tiny_dir):
@@ -125,7 +138,9 @@ def test_two_images_with_the_same_token_ids_never_share_an_entry(model, processo
 
 
 def test_answers_stay_right_through_evictions_and_shared_prefixes(model, processor):
-    batcher, observer = _batcher(model, slots=2)  # few slots: entries are evicted all the time
+    # Two slots of 96 tokens: 14 blocks, about three prompts' worth, so cached blocks are evicted
+    # all the time.
+    batcher, observer = _batcher(model, slots=2, max_seq_len=96)
     sink = RecordingSink()
     # 30+ image tokens each: the first block is template and image only, so a new question hits.
     images = [_image((168 + 28 * i, 140), 10 + i) for i in range(4)]
@@ -139,7 +154,7 @@ def test_answers_stay_right_through_evictions_and_shared_prefixes(model, process
             seq_id = f"r{round_}-{i}"
             cases.append((seq_id, inputs))
             requests.append(SequenceRequest(seq_id, inputs, sink, SamplingParams(max_new_tokens=7)))
-        _run(batcher, sink, requests)  # four at once on two slots: joins, leaves, copies
+        _run(batcher, sink, requests)  # four at once on two slots: joins, leaves, evictions
     assert not sink.errors
     for seq_id, inputs in cases:
         assert sink.tokens[seq_id] == reference(model, inputs, 7), seq_id
@@ -147,12 +162,14 @@ def test_answers_stay_right_through_evictions_and_shared_prefixes(model, process
     assert batcher.mixed.prefix.evictions > 0
     assert observer.evictions == batcher.mixed.prefix.evictions  # what the metric counts
     assert any(observer.reused)
+    _all_returned(batcher)
 
 
-def test_padded_decode_rows_leave_a_kept_prefix_intact(model, processor):
+def test_padded_decode_rows_leave_cached_blocks_intact(model, processor):
     """The padded decode path (CUDA graphs' shapes, run eagerly here) pads three running sequences
-    to four rows; the fourth row is the first free slot, where the sequence that just finished
-    keeps its prefix. A follow-up that reuses it must read exactly what was kept."""
+    to four rows; the fourth row is a free slot, whose table points at the scratch block only. The
+    blocks the sequence that just finished left cached must read exactly as they were, and a
+    follow-up that reuses them must answer as ``generate()`` does."""
     import torch
 
     from glimpse.engine.batching.cuda_graphs import DecodeGraphs
@@ -171,44 +188,97 @@ def test_padded_decode_rows_leave_a_kept_prefix_intact(model, processor):
         requests.append(SequenceRequest(f"other{i}", inputs, sink, SamplingParams(max_new_tokens=24)))
     for request in requests:
         batcher.submit(request)
-    kept: tuple[int, list[torch.Tensor]] | None = None
+    kept: tuple[list[int], list[torch.Tensor]] | None = None
     for _ in range(200):
         batcher.step()
         if kept is None and sink.done("first"):
-            assert prefix.entries == 1
-            slot, entry = next(iter(prefix._entries.items()))
-            length = len(entry.keys) * BLOCK_TOKENS
-            kept = slot, [t[slot, :, :length].clone() for t in (*cache.keys, *cache.values)]
             assert cache.used == 3
-            assert slot == 3  # the first free slot: the padding row of a batch of three
+            blocks = [b for b in range(cache.num_blocks) if cache.pool.key(b) and not cache.pool.refs(b)]
+            assert blocks  # the first sequence's blocks, cached and held by nobody
+            index = torch.tensor(blocks)
+            kept = blocks, [t[:, index].clone() for t in (*cache.keys, *cache.values)]
         if all(sink.done(r.seq_id) for r in requests):
             break
     assert not sink.errors
     assert kept is not None
     assert 4 in graphs._buffers  # three rows really were padded to four
-    slot, rows = kept
-    assert slot in prefix._entries  # nothing was admitted since: the entry did not move
-    for tensor, held in zip((*cache.keys, *cache.values), rows, strict=True):
-        assert torch.equal(tensor[slot, :, : held.shape[1]], held)
+    blocks, held = kept
+    assert all(cache.pool.key(b) is not None for b in blocks)  # nothing evicted them since
+    for tensor, rows in zip((*cache.keys, *cache.values), held, strict=True):
+        assert torch.equal(tensor[:, torch.tensor(blocks)], rows)
 
     answer = processor.tokenizer.decode(sink.tokens["first"], skip_special_tokens=True)
     second = _inputs(processor, image, [("What is in this picture?", answer), ("And the colour?", None)])
     _run(batcher, sink, [SequenceRequest("second", second, sink, SamplingParams(max_new_tokens=10))])
     assert observer.reused[-1] >= BLOCK_TOKENS  # the kept prefix, position 0 on
     assert sink.tokens["second"] == reference(model, second, 10)
+    _all_returned(batcher)
 
 
-def test_no_entry_reaches_the_scratch_row_that_padding_rows_write():
-    import torch
+def test_running_requests_about_one_image_share_its_blocks(model, processor):
+    """Requests admitted while another with the same image runs hold its prompt blocks too
+    (reference counts above one, no copy); every answer is the one without the cache, and once all
+    finish every block is returned."""
+    image = _image((140, 112), 9)
+    questions = ["What is in this picture?", "What colour is it?", "What is in this picture?"]
+    cases = [_inputs(processor, image, [(question, None)]) for question in questions]
 
-    from glimpse.engine.batching.kv_cache import CacheGeometry, SlotKVCache
-    from glimpse.engine.batching.prefix_cache import PrefixCache
+    def run(prefix_cache):
+        batcher, observer = _batcher(model, slots=4, prefix_cache=prefix_cache)
+        sink = RecordingSink()
+        batcher.submit(SequenceRequest("a", cases[0], sink, SamplingParams(max_new_tokens=12)))
+        peak_refs, shared = 0, 0
+        for step in range(200):
+            if step == 2:  # "a" is decoding by now, its prompt blocks registered
+                for seq_id, inputs in zip("bc", cases[1:], strict=True):
+                    batcher.submit(SequenceRequest(seq_id, inputs, sink, SamplingParams(max_new_tokens=10)))
+            batcher.step()
+            pool = batcher.cache.pool
+            peak_refs = max(peak_refs, *(pool.refs(block) for block in range(pool.num_blocks)))
+            shared = max(shared, pool.shared)
+            if step > 2 and all(sink.done(seq_id) for seq_id in "abc"):
+                break
+        assert not sink.errors
+        _all_returned(batcher)
+        if prefix_cache:  # what the gauge reports: the peak, then nothing shared once all left
+            assert max(observer.shared_blocks) == shared
+            assert observer.shared_blocks[-1] == 0
+        return sink.tokens, observer.reused, peak_refs, shared
 
-    geometry = CacheGeometry(1, 1, 4, torch.float32, torch.device("cpu"))
-    cache = SlotKVCache(geometry, max_slots=2, max_seq_len=2 * BLOCK_TOKENS)
-    prefix = PrefixCache(cache)
-    prefix.keep(1, [b"first", b"second"])  # the second block ends on the slot's last row
-    assert prefix.match([b"first", b"second"]) == (1, 1)
+    tokens, reused, peak_refs, shared = run(True)
+    assert peak_refs == 3  # the image's blocks, held by all three at once
+    assert shared > 0
+    image_end = int((cases[0]["input_ids"][0] == model.config.image_token_id).nonzero()[-1]) + 1
+    assert reused[0] == 0
+    assert all(r >= image_end // BLOCK_TOKENS * BLOCK_TOKENS for r in reused[1:])
+    # The same prompt as "a": every block of it that "a" has filled (the last one fills with its answer).
+    assert reused[2] == cases[2]["input_ids"].shape[1] // BLOCK_TOKENS * BLOCK_TOKENS
+    off_tokens, off_reused, off_refs, _ = run(False)
+    assert off_reused == []
+    assert off_refs == 1
+    assert tokens == off_tokens
+    assert tokens["c"][:10] == tokens["a"][:10]
+
+
+def test_a_repeated_prompt_writes_on_its_own_copy_of_the_last_cached_block(model, processor):
+    """The same prompt again, a whole number of blocks long, is all cached; all of it but its last
+    token is reused, which ends inside its last block: the new sequence writes on a copy of that
+    block, so the cached one and a third run's answer are unchanged."""
+    batcher, observer = _batcher(model)
+    sink = RecordingSink()
+    image = _image((140, 112), 11)
+    for marks in range(1, BLOCK_TOKENS + 1):  # each "?" is a token: one makes whole blocks
+        inputs = _inputs(processor, image, [("What is in this picture" + "?" * marks, None)])
+        prompt_len = int(inputs["input_ids"].shape[1])
+        if prompt_len % BLOCK_TOKENS == 0:
+            break
+    assert prompt_len % BLOCK_TOKENS == 0
+    want = reference(model, inputs, 20)
+    for run in range(3):
+        _run(batcher, sink, [SequenceRequest(f"run{run}", inputs, sink, SamplingParams(max_new_tokens=20))])
+        assert sink.tokens[f"run{run}"] == want
+    assert observer.reused == [0, prompt_len - 1, prompt_len - 1]
+    _all_returned(batcher)
 
 
 def test_a_failed_sequence_leaves_nothing_to_reuse(model, processor, monkeypatch):
@@ -268,12 +338,14 @@ def test_the_chain_goes_on_from_known_keys_as_if_hashed_from_the_start(processor
     assert full[: len(prompt_keys)] == prompt_keys
 
 
-def test_an_fp8_cache_moves_reused_rows_without_changing_an_answer(model, processor):
-    """The eviction workload above on an fp8 cache: kept rows swapped into free slots and copied
-    back on reuse are fp8 bytes, so answers equal those of the same fp8 cache without reuse."""
+def test_an_fp8_cache_shares_blocks_without_changing_an_answer(model, processor):
+    """The eviction workload above on an fp8 cache: shared blocks and copied-on-write ones are fp8
+    bytes, so answers equal those of the same fp8 cache without reuse."""
 
     def answers(prefix_cache):
-        batcher, observer = _batcher(model, slots=2, kv_cache_dtype="fp8", prefix_cache=prefix_cache)
+        batcher, observer = _batcher(
+            model, slots=2, max_seq_len=96, kv_cache_dtype="fp8", prefix_cache=prefix_cache
+        )
         sink = RecordingSink()
         images = [_image((168 + 28 * i, 140), 10 + i) for i in range(4)]
         for round_ in range(2):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from glimpse.engine.batching import Chunk, Glm4vRunner, SlotKVCache
+from glimpse.engine.batching import Chunk, Glm4vRunner, PagedKVCache
 from glimpse.engine.batching.kv_cache import FP8_KV_DTYPE
 from glimpse.engine.batching.prompt import image_parts
 from glimpse.errors import ModelLoadError
@@ -57,7 +57,7 @@ def test_chunked_prefill_reproduces_generate_first_step(model, processor, chunk_
     inputs = make_inputs(processor, (200, 120), "How many apples are on the table?")
     _, want = _generate_logits(model, inputs, 1)
     runner = Glm4vRunner(model)
-    cache = SlotKVCache(runner.geometry(), max_slots=2, max_seq_len=256)
+    cache = PagedKVCache(runner.geometry(), max_slots=2, max_seq_len=256)
     prompt = runner.prepare(inputs)
     assert prompt.length == inputs["input_ids"].shape[1]
     assert len(prompt.images) == 1
@@ -71,7 +71,7 @@ def test_chunked_prefill_reproduces_generate_first_step(model, processor, chunk_
 
 def test_mixed_step_decodes_and_prefills_together_like_generate(model, processor):
     runner = Glm4vRunner(model)
-    cache = SlotKVCache(runner.geometry(), max_slots=4, max_seq_len=300)
+    cache = PagedKVCache(runner.geometry(), max_slots=4, max_seq_len=300)
     cases = [
         make_inputs(processor, (56, 56), "What?"),
         make_multi_image_inputs(processor, [(100, 80), (60, 140)], "Compare the two pictures."),
@@ -123,7 +123,7 @@ def test_one_vision_call_gives_each_image_its_own_features(model, processor):
 def test_padded_decode_path_matches_generate(model, processor):
     """The fixed-shape decode step that CUDA graphs replay, after a ragged prefill."""
     runner = Glm4vRunner(model)
-    cache = SlotKVCache(runner.geometry(), max_slots=3, max_seq_len=200)
+    cache = PagedKVCache(runner.geometry(), max_slots=3, max_seq_len=200)
     cases = [
         make_inputs(processor, (56, 56), "What?"),
         make_inputs(processor, (300, 300), "Read the text in the document and summarize it."),
@@ -163,7 +163,7 @@ def test_other_architectures_are_refused():
         Glm4vRunner(torch.nn.Linear(2, 2))
 
 
-class _RoundedCache(SlotKVCache):
+class _RoundedCache(PagedKVCache):
     """A full-precision cache holding exactly what an fp8 cache reads back (e4m3, saturated)."""
 
     def _put(self, buffer, index, new):
@@ -205,7 +205,7 @@ def test_an_fp8_cache_keeps_most_greedy_tokens(model, processor, padded):
     wanted = [_generate_logits(model, inputs, steps) for inputs in cases]
     runner = Glm4vRunner(model)
     prompts = [runner.prepare(inputs) for inputs in cases]
-    fp8 = SlotKVCache(runner.geometry(FP8_KV_DTYPE), max_slots=4, max_seq_len=300)
+    fp8 = PagedKVCache(runner.geometry(FP8_KV_DTYPE), max_slots=4, max_seq_len=300)
     rounded = _RoundedCache(runner.geometry(), max_slots=4, max_seq_len=300)
     got = _forced_logits(runner, fp8, prompts, wanted, steps, padded)
     torch.testing.assert_close(got, _forced_logits(runner, rounded, prompts, wanted, steps, padded))

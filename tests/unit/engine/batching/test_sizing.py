@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import Glm46VConfig
 
-from glimpse.engine.batching.kv_cache import FP8_KV_DTYPE, CacheGeometry
+from glimpse.engine.batching.kv_cache import BLOCK_TOKENS, FP8_KV_DTYPE, CacheGeometry, PagedKVCache
 from glimpse.engine.batching.sizing import CPU_BATCH, MAX_AUTO_BATCH, size_batch, step_activation_bytes
 from glimpse.errors import ModelLoadError
 
@@ -47,7 +47,8 @@ def test_on_an_h100_the_kv_cache_takes_what_the_weights_and_a_step_leave(flash):
     free = int((79.2 - 20.6) * GiB)  # an 80 GB card after GLM-4.6V-Flash's bf16 weights
     size = _size(flash, None, free)
     per_slot = geometry.bytes_per_token * 8192
-    assert size.kv_bytes == size.slots * per_slot
+    # every slot's blocks at full length, plus the scratch and copy-on-write blocks
+    assert size.kv_bytes == size.slots * per_slot + 2 * BLOCK_TOKENS * geometry.bytes_per_token
     assert size.kv_bytes + size.reserve_bytes <= 0.9 * free  # never more than the free memory allows
     assert size.kv_bytes + size.reserve_bytes + per_slot > 0.9 * free  # and not one slot less
     assert 16 < size.slots < MAX_AUTO_BATCH  # far past the old fixed 16
@@ -75,6 +76,21 @@ def test_graphs_and_a_bigger_prefill_budget_leave_fewer_slots(flash):
     assert _size(flash, None, free, prefill_tokens=32768).slots < plain.slots
 
 
+def test_the_size_is_what_the_paged_cache_allocates():
+    geometry = CacheGeometry(2, 2, 4, torch.float32, torch.device("cpu"))
+    for slots, max_seq_len in ((3, 40), (1, 16), (5, 100)):
+        size = size_batch(
+            slots,
+            geometry=geometry,
+            model_config=None,
+            max_seq_len=max_seq_len,
+            prefill_tokens=64,
+            free_bytes=None,
+            cuda_graphs=False,
+        )
+        assert size.kv_bytes == PagedKVCache(geometry, slots, max_seq_len).nbytes
+
+
 def test_no_room_for_one_slot_is_a_load_error(flash):
     with pytest.raises(ModelLoadError, match="MAX_SEQ_LEN"):
         _size(flash, None, 1 * GiB)
@@ -96,4 +112,4 @@ def test_an_fp8_cache_fits_twice_the_slots_in_the_same_memory(flash):
     # The step's activations stay in the model's dtype: the same reserve, all the rest for slots.
     assert fp8_size.reserve_bytes == bf16_size.reserve_bytes
     assert fp8_size.slots in (2 * bf16_size.slots, 2 * bf16_size.slots + 1)
-    assert fp8_size.kv_bytes == fp8_size.slots * fp8.bytes_per_token * 8192
+    assert fp8_size.kv_bytes == (fp8_size.slots * 8192 + 2 * BLOCK_TOKENS) * fp8.bytes_per_token
