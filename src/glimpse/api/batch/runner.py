@@ -67,9 +67,8 @@ class BatchRunner:
         self.settings = settings
         self.audit = audit
         self.worker_id = new_id("worker-")
-        self._running: dict[asyncio.Task[None], ClaimedLine] = {}
-        #: Each running line's request: its ``first_event_at`` says whether the engine holds it yet.
-        self._contexts: dict[asyncio.Task[None], RequestContext] = {}
+        #: Each running line and its request (``first_event_at``: whether the engine holds it yet).
+        self._running: dict[asyncio.Task[None], tuple[ClaimedLine, RequestContext]] = {}
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._purged = self._renewed = time.monotonic() - _PURGE_EVERY_S
@@ -86,7 +85,7 @@ class BatchRunner:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
-        lines = list(self._running.values())
+        lines = self._lines()
         for task in self._running:
             task.cancel()
         await asyncio.gather(*self._running, return_exceptions=True)
@@ -125,7 +124,7 @@ class BatchRunner:
             # there (no first event) by ``held`` only, so the engine's count gets them added. The
             # engine may run work the admission never saw (an upstream's other callers) and its
             # count may lag (the engine process pushes it): the larger sum bounds what is taken.
-            pending = sum(1 for c in self._contexts.values() if c.first_event_at is None)
+            pending = sum(1 for _, context in self._running.values() if context.first_event_at is None)
             taken = max(load.busy + pending, load.live + held)
             room = min(room, share - held, load.slots - taken)
         return max(0, room)
@@ -145,14 +144,18 @@ class BatchRunner:
         await self.store.finalize_ready()
         room = self.room()
         if room > 0:
-            held = {(line.batch_id, line.index) for line in self._running.values()}
+            held = {(line.batch_id, line.index) for line in self._lines()}
             for line in await self.store.claim(self.worker_id, room, self.settings.visibility_timeout_s):
                 if (line.batch_id, line.index) not in held:  # retaken after a stall: runs once
-                    self._running[asyncio.create_task(self._run(line))] = line
+                    context = RequestContext(
+                        new_id("batch_req_"),
+                        arrived_at=time.monotonic(),
+                        route_path=AUDIT_ROUTE,
+                        principal=principal_from_json(line.principal),
+                    )
+                    self._running[asyncio.create_task(self._run(line, context))] = (line, context)
         if self._running and time.monotonic() - self._renewed >= self.settings.visibility_timeout_s / 3:
-            await self.store.renew(
-                self.worker_id, list(self._running.values()), self.settings.visibility_timeout_s
-            )
+            await self.store.renew(self.worker_id, self._lines(), self.settings.visibility_timeout_s)
             self._renewed = time.monotonic()
 
     async def _loop(self) -> None:
@@ -173,19 +176,14 @@ class BatchRunner:
                 await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval_s)
             self._wake.clear()
 
-    async def _run(self, line: ClaimedLine) -> None:
+    def _lines(self) -> list[ClaimedLine]:
+        return [line for line, _ in self._running.values()]
+
+    async def _run(self, line: ClaimedLine, context: RequestContext) -> None:
         metrics = self.state.metrics
         metrics.batch_lines_in_flight.inc()
         started = time.perf_counter()
         wake = True
-        task: asyncio.Task[None] = asyncio.current_task()  # type: ignore[assignment]
-        context = RequestContext(
-            new_id("batch_req_"),
-            arrived_at=time.monotonic(),
-            route_path=AUDIT_ROUTE,
-            principal=principal_from_json(line.principal),
-        )
-        self._contexts[task] = context
         try:
             try:
                 outcome = await self._answer(line, context)
@@ -203,8 +201,7 @@ class BatchRunner:
             logger.exception("batch line could not be stored")
         finally:
             metrics.batch_lines_in_flight.dec()
-            self._running.pop(task, None)
-            self._contexts.pop(task, None)
+            self._running.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
             if wake:
                 self._wake.set()
 
