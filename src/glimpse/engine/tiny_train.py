@@ -57,18 +57,24 @@ class TrainConfig:
     samples: int = 12_000
     #: processes that generate them before training starts
     workers: int = 2
-    #: steps of the vision tower alone on the pictures' labels (see ``tiny_warmup``)
-    vision_warmup_steps: int = 1200
+    #: steps of the vision tower alone on the pictures' labels (see ``tiny_warmup``): its held-out
+    #: probe kept learning shape and count up to 2,400 (shape 93 -> 96 -> 98 %, count 73 -> 85 -> 84 %
+    #: at 1,200 / 2,000 / 2,400 of a 2,400-step run)
+    vision_warmup_steps: int = 2400
     vision_warmup_lr: float = 2e-3
     #: weight of the warm-up's per-token targets (what each token shows, where the shapes' centres
-    #: are; ``tiny_warmup``). 0, as the shipped model was trained: with 1.0 count rose (79/72 % from
-    #: 67/59) but Chinese colour fell below its target (95 %), so the shipped model stays as it is
-    vision_dense_weight: float = 0.0
-    #: share of the whole-model steps with the warmed-up tower frozen, while the rest learns to read it
-    vision_frozen_share: float = 0.3
+    #: are; ``tiny_warmup``). Without them (0) the probe learnt shape and count more slowly
+    #: (84 / 69 % against 95 / 78 % after 1,200 steps)
+    vision_dense_weight: float = 1.0
+    #: share of the whole-model steps with the warmed-up tower frozen, while the rest learns to read
+    #: it. 1.0: frozen throughout, which answered as well as thawing it after 30 % (shape 87/88 %
+    #: against 87/85 %) and lets each step skip the tower (``_fit``)
+    vision_frozen_share: float = 1.0
     #: the tower's learning rate after that, relative to the rest's
     vision_lr_scale: float = 0.5
-    epochs: int = 2
+    #: passes over the conversations by the whole model (3: held-out answers still improved
+    #: from 2 to 3 passes with the tower frozen; by 4 the training loss was near 0)
+    epochs: int = 3
     batch_size: int = 32
     lr: float = 2e-3
     warmup_steps: int = 100
@@ -389,10 +395,12 @@ def _fit(model: Any, plan: list[list[Any]], config: TrainConfig, pad_id: int, pr
     The vision tower stays frozen for the first ``vision_frozen_share`` of the steps:
     the language model's first, noisy gradients would otherwise undo the warm-up
     before it has learnt to read the tower (as LLaVA first trains only its projector).
+    Frozen throughout (share 1.0, the default), the tower's output for each picture is
+    computed once (``_frozen_tower_features``) and every step runs the language model
+    alone on it: a step then costs about half as much, so the language model gets
+    more of them in the same time.
     """
     import torch
-
-    from glimpse.engine.tiny_data import collate
 
     total = len(plan)
     tower = list(model.model.visual.parameters())
@@ -405,6 +413,7 @@ def _fit(model: Any, plan: list[list[Any]], config: TrainConfig, pad_id: int, pr
         betas=(0.9, 0.98),
     )
     frozen_until = round(config.vision_frozen_share * total)
+    features = _frozen_tower_features(model, plan) if frozen_until >= total else None
     bar = progress.add_task("training", total=total)
     model.train()
     losses: list[float] = []
@@ -414,7 +423,7 @@ def _fit(model: Any, plan: list[list[Any]], config: TrainConfig, pad_id: int, pr
                 p.requires_grad_(step >= frozen_until)
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, total, config) * group["scale"]
-        loss = model(**collate(chunk, pad_id)).loss
+        loss = _answer_loss(model, chunk, pad_id, features)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -425,6 +434,60 @@ def _fit(model: Any, plan: list[list[Any]], config: TrainConfig, pad_id: int, pr
         if not progress.console.is_terminal and (step + 1) % max(1, total // 20) == 0:
             progress.console.print(f"step {step + 1}/{total} loss {recent:.3f}")
     return losses
+
+
+def _frozen_tower_features(model: Any, plan: list[list[Any]]) -> dict[int, Any]:
+    """The frozen tower's output tokens for every conversation in ``plan``, by ``id`` of its ``Encoded``."""
+    import torch
+
+    unique = list({id(e): e for chunk in plan for e in chunk}.values())
+    features: dict[int, Any] = {}
+    with torch.inference_mode():
+        for start in range(0, len(unique), 64):
+            batch = unique[start : start + 64]
+            pixels = torch.cat([e.pixel_values for e in batch])
+            grids = torch.cat([e.image_grid_thw for e in batch])
+            tokens = model.model.visual(pixels, grid_thw=grids).pooler_output
+            sizes = [int(e.image_grid_thw.prod(-1).sum()) // 4 for e in batch]  # merged 2 x 2
+            for e, part in zip(batch, tokens.split(sizes), strict=True):
+                features[id(e)] = part.clone()
+    return features
+
+
+def _answer_loss(model: Any, chunk: list[Any], pad_id: int, features: dict[int, Any] | None) -> Any:
+    """Transformers' own loss on the answers; with ``features``, the images' tokens are taken from them.
+
+    The image tokens go where the model itself would put them (its placeholder mask,
+    in order) and the positions are the model's own 3-D ones, so the loss equals the
+    plain forward's (tested).
+    """
+    import torch
+
+    from glimpse.engine.tiny_data import collate
+
+    inputs = collate(chunk, pad_id)
+    if features is None:
+        return model(**inputs).loss
+    ids = inputs["input_ids"]
+    embeds = model.get_input_embeddings()(ids)
+    image = torch.cat([features[id(e)] for e in chunk]).to(embeds.dtype)
+    mask, _ = model.model.get_placeholder_mask(ids, embeds, image_features=image)
+    embeds = embeds.masked_scatter(mask, image)
+    positions = model.model.compute_3d_position_ids(
+        input_ids=ids,
+        image_grid_thw=inputs["image_grid_thw"],
+        video_grid_thw=None,
+        inputs_embeds=embeds,
+        attention_mask=inputs["attention_mask"],
+        past_key_values=None,
+        mm_token_type_ids=inputs["mm_token_type_ids"],
+    )
+    return model(
+        inputs_embeds=embeds,
+        attention_mask=inputs["attention_mask"],
+        position_ids=positions,
+        labels=inputs["labels"],
+    ).loss
 
 
 def _version(package: str) -> str:

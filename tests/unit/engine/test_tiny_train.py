@@ -81,6 +81,27 @@ def test_the_warmed_up_tower_stays_frozen_for_its_share_of_the_steps(share, towe
     assert any(n.startswith("model.visual.") for n in moved) == tower_moves
 
 
+def test_the_language_model_alone_on_the_frozen_towers_tokens_has_the_plain_forwards_loss():
+    from glimpse.engine.tiny_data import encoded_pool
+    from glimpse.engine.tiny_train import _answer_loss, _frozen_tower_features, untrained_model
+
+    config = load_config(None, text_layers=1, vision_depth=1)
+    model, processor = untrained_model(config)
+    pool = encoded_pool(processor, 6, seed=3, workers=1)
+    pad = int(processor.tokenizer.pad_token_id)
+    features = _frozen_tower_features(model, [pool[:4], pool[4:]])
+    assert len(features) == 6
+    with torch.no_grad():
+        for chunk in (pool[:4], pool[4:], pool[::-1]):
+            plain = _answer_loss(model, chunk, pad, None)
+            cached = _answer_loss(model, chunk, pad, features)
+            torch.testing.assert_close(cached, plain)
+    # the image tokens come from the features (the untrained model's loss hardly depends on them)
+    blank = {**features, id(pool[0]): torch.zeros_like(features[id(pool[0])])}
+    with torch.no_grad():
+        assert _answer_loss(model, pool[:2], pad, blank) != _answer_loss(model, pool[:2], pad, None)
+
+
 def test_the_per_token_targets_mark_each_shape_centre_and_the_cells_it_covers():
     from glimpse.engine.tiny_data import encoded_pool
     from glimpse.engine.tiny_train import tiny_processor
