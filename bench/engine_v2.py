@@ -3,6 +3,7 @@
 Usage:
     nice -n 19 python bench/engine_v2.py                 # all figures (several minutes on 2 cores)
     nice -n 19 python bench/engine_v2.py --requests 16 --static 8 --json out.json   # shorter
+    nice -n 19 python bench/engine_v2.py --only decode   # figure 3 alone (a minute or two)
 
 The model is a random-weight GLM-4.6V (``Glm46VForConditionalGeneration``), built in memory:
 the text model of ``--hidden`` x ``--layers`` (default 256 x 4, 8 query / 2 key-value heads,
@@ -24,8 +25,13 @@ else shares the machine (a wall clock on a busy shared machine times the neighbo
    to the last of the 8's first token; goal <= 3x) and of a decode-only step, at ``--budget``
    prefill tokens per step and, for contrast, with every prompt in one step;
 3. the decode step at batch 16 with one ``--long``-token sequence among 15 short ones, as a
-   multiple of all short (goal <= 1.3x), ragged attention and the padded path (CUDA graphs);
-   the caches are filled with random keys/values (a step's cost depends on lengths, not values);
+   multiple of all short (goal <= 1.3x): ragged attention (eager steps), and the fixed-shape
+   step CUDA graphs replay (run eagerly here), paged by each row's length with flex attention
+   (compiled: the kernel a GPU graph runs, here the CPU's; its compile is outside the timing),
+   paged through the gather backend (every row read to ``max_seq_len``: the CPU test path),
+   and padded to a length bucket (the fallback); then the attention alone (every layer's, no
+   projections or MLP) for flex and padded. The caches are filled with random keys/values (a
+   step's cost depends on lengths, not values);
 4. vision-tower calls per step when the 8 images arrive together (goal 1).
 """
 
@@ -52,6 +58,9 @@ from glimpse.engine.batching import (
     PagedKVCache,
     SequenceRequest,
 )
+from glimpse.engine.batching.attention import padded_attention
+from glimpse.engine.batching.cuda_graphs import DecodeGraphs
+from glimpse.engine.batching.paged_attention import DecodeMask, paged_decode_attention
 from glimpse.engine.protocol import FinishReason, SamplingParams
 from glimpse.engine.tiny_model import ensure_random_tiny_model
 
@@ -193,24 +202,38 @@ def _burst(
     }
 
 
+#: The decode-step paths of figure 3: ragged (eager steps) and the fixed-shape step's attentions.
+_DECODE_PATHS = ("ragged", "flex", "gather", "padded")
+
+
+def _filled_cache(geometry: Any, lengths: list[int], max_seq_len: int) -> PagedKVCache:
+    """Slots of ``lengths`` tokens of random keys/values (a step's cost depends on lengths only)."""
+    generator = torch.Generator().manual_seed(0)
+    cache = PagedKVCache(geometry, len(lengths), max_seq_len)
+    for slot, length in enumerate(lengths):
+        cache.allocate()
+        cache.ensure(slot, length)
+        blocks = torch.tensor(cache.block_table(slot))
+        for layer in range(geometry.num_layers):
+            for tensor in (cache.keys[layer], cache.values[layer]):
+                tensor[:, blocks] = torch.randn(tensor[:, blocks].shape, generator=generator)
+        cache.grow(slot, length)
+    cache.sync()
+    return cache
+
+
 def _decode_steps(model: Any, long: int, short: int, repeats: int) -> dict[str, Any]:
     """Median decode step at batch 16: all ``short`` tokens, then one of them ``long``."""
     runner = Glm4vRunner(model)
     geometry = runner.geometry()
-    generator = torch.Generator().manual_seed(0)
     result: dict[str, Any] = {"long_tokens": long, "short_tokens": short}
     for case in ("all_short", "one_long"):
-        cache = PagedKVCache(geometry, 16, long + 2 * repeats + 8)
-        for slot in range(16):
-            cache.allocate()
-            length = long if case == "one_long" and slot == 0 else short
-            cache.ensure(slot, length)
-            blocks = torch.tensor(cache.block_table(slot))
-            for layer in range(geometry.num_layers):
-                for tensor in (cache.keys[layer], cache.values[layer]):
-                    tensor[:, blocks] = torch.randn(tensor[:, blocks].shape, generator=generator)
-            cache.grow(slot, length)
-        for path in ("ragged", "padded"):
+        lengths = [long if case == "one_long" and slot == 0 else short for slot in range(16)]
+        cache = _filled_cache(geometry, lengths, long + 2 * repeats * len(_DECODE_PATHS) + 8)
+        for path in _DECODE_PATHS:
+            graphs = None
+            if path in ("flex", "gather"):
+                graphs = DecodeGraphs(runner, cache, capture=False, attention=path)
             times = []
             for _ in range(repeats):
                 lengths = cache.lengths()
@@ -220,13 +243,41 @@ def _decode_steps(model: Any, long: int, short: int, repeats: int) -> dict[str, 
                 if path == "ragged":
                     runner.forward(cache, list(range(16)), tokens, positions)
                 else:
-                    runner.decode(cache, tokens, positions, kv_bucket=256)
+                    runner.decode(cache, tokens, positions, kv_bucket=256, graphs=graphs)
                 times.append(_clock() - begin)
             result[f"{path}_{case}_step_s"] = round(statistics.median(times[2:]), 5)
-    for path in ("ragged", "padded"):
+        result.update(_decode_attention(runner, cache, case, repeats))
+    for path in (*_DECODE_PATHS, "flex_attention", "padded_attention"):
         ratio = result[f"{path}_one_long_step_s"] / result[f"{path}_all_short_step_s"]
         result[f"{path}_one_long_x_all_short"] = round(ratio, 2)
     return result
+
+
+def _decode_attention(runner: Glm4vRunner, cache: PagedKVCache, case: str, repeats: int) -> dict[str, float]:
+    """Median seconds of a decode step's attention alone (every layer, random queries), paged
+    with flex against padded to a multiple of 256 keys."""
+    geometry = cache.geometry
+    n, kv_heads = cache.used, geometry.num_kv_heads
+    query = torch.randn(n, kv_heads * 4, 1, geometry.head_dim)  # _model's 8 query heads over 2
+    lengths = torch.tensor(cache.lengths())
+    mask = DecodeMask(n, cache.num_blocks, cache.tables.shape[1], geometry.device, "flex")
+    kv_len = min(cache.max_seq_len, -(-int(lengths.max()) // 256) * 256)  # as ``runner.decode``
+    out: dict[str, float] = {}
+    for path in ("flex", "padded"):
+        times = []
+        for _ in range(repeats):
+            begin = _clock()
+            if path == "flex":
+                mask.update(cache.tables, lengths)
+            for layer in range(geometry.num_layers):
+                if path == "flex":
+                    paged_decode_attention(query, cache.keys[layer], cache.values[layer], mask, kv_heads, 0.1)
+                else:
+                    keys, values = cache.view(layer, n, kv_len)
+                    padded_attention(query, keys, values, lengths - 1, kv_heads, 0.1)
+            times.append(_clock() - begin)
+        out[f"{path}_attention_{case}_step_s"] = round(statistics.median(times[2:]), 6)
+    return out
 
 
 class _VisionTime:
@@ -282,6 +333,38 @@ def _throughput(
     return result
 
 
+def _figures_1_2_4(
+    model: Any,
+    processor: Any,
+    prompts: list[dict[str, torch.Tensor]],
+    args: argparse.Namespace,
+    report: dict[str, Any],
+) -> None:
+    """Figures 1, 2 and 4 (and the one-image costs) into ``report``."""
+    stream = dict(processor(text=["Tell me a long story."], return_tensors="pt"))
+    _generate(model, prompts[0], 2)  # warm-up
+    begin = _clock()
+    model.model.get_image_features(prompts[0]["pixel_values"], prompts[0]["image_grid_thw"])
+    report["vision_one_image_s"] = round(_clock() - begin, 3)
+    begin = _clock()
+    model(**prompts[0], logits_to_keep=1)
+    report["prefill_one_prompt_s"] = round(_clock() - begin, 3)
+
+    report["saturated"] = _throughput(model, processor, prompts, args)
+
+    burst = _burst(model, prompts, stream, args.budget, args.new)
+    one_step = _burst(model, prompts, stream, 1 << 20, args.new)
+    burst["longest_gap_x_median_step"] = round(burst["longest_gap_s"] / burst["median_step_s"], 2)
+    burst["longest_gap_x_median_decode_step"] = round(
+        burst["longest_gap_s"] / burst["median_decode_step_s"], 1
+    )
+    # The same burst with every prompt in one step, against the chunked run's median step.
+    one_step["longest_gap_x_chunked_median_step"] = round(
+        one_step["longest_gap_s"] / burst["median_step_s"], 2
+    )
+    report["burst"], report["burst_in_one_step"] = burst, one_step
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -305,6 +388,7 @@ def main() -> None:
         help="time CPU seconds of this process (default: robust on a shared machine) or wall seconds",
     )
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--only", choices=("decode",), help="print only this figure (3: the decode step)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     global _clock
@@ -314,9 +398,8 @@ def main() -> None:
     tiny = ensure_random_tiny_model(Path("/tmp/glimpse-bench-tiny"))
     processor = AutoProcessor.from_pretrained(tiny)
     model = _model(tiny, args.hidden, args.layers)
-    batch = _inputs(processor, args.side, 8)
-    prompts = [_one(batch, i) for i in range(8)]
-    stream = dict(processor(text=["Tell me a long story."], return_tensors="pt"))
+    batch = _inputs(processor, args.side, 1 if args.only else 8)
+    prompts = [_one(batch, i) for i in range(int(batch["image_grid_thw"].shape[0]))]
     report: dict[str, Any] = {
         "clock": args.clock,
         "torch_threads": torch.get_num_threads(),
@@ -325,27 +408,8 @@ def main() -> None:
         "budget": args.budget,
     }
     with torch.inference_mode():
-        _generate(model, prompts[0], 2)  # warm-up
-        begin = _clock()
-        model.model.get_image_features(prompts[0]["pixel_values"], prompts[0]["image_grid_thw"])
-        report["vision_one_image_s"] = round(_clock() - begin, 3)
-        begin = _clock()
-        model(**prompts[0], logits_to_keep=1)
-        report["prefill_one_prompt_s"] = round(_clock() - begin, 3)
-
-        report["saturated"] = _throughput(model, processor, prompts, args)
-
-        burst = _burst(model, prompts, stream, args.budget, args.new)
-        one_step = _burst(model, prompts, stream, 1 << 20, args.new)
-        burst["longest_gap_x_median_step"] = round(burst["longest_gap_s"] / burst["median_step_s"], 2)
-        burst["longest_gap_x_median_decode_step"] = round(
-            burst["longest_gap_s"] / burst["median_decode_step_s"], 1
-        )
-        # The same burst with every prompt in one step, against the chunked run's median step.
-        one_step["longest_gap_x_chunked_median_step"] = round(
-            one_step["longest_gap_s"] / burst["median_step_s"], 2
-        )
-        report["burst"], report["burst_in_one_step"] = burst, one_step
+        if args.only is None:
+            _figures_1_2_4(model, processor, prompts, args, report)
         report["decode"] = _decode_steps(model, args.long, report["prompt_tokens"] + args.new, 20)
     sys.stdout.write(json.dumps(report, indent=2) + "\n")
     if args.json:

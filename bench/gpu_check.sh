@@ -101,7 +101,9 @@ $py -m glimpse bench --url "http://127.0.0.1:$PORT" --concurrency "$LEVELS" $ben
 echo "== 5b. follow-up questions about the same 1024x768 image (prefix + embedding caches) ==" | tee -a "$OUT/summary.txt"
 $py bench/follow_up_http.py --url "http://127.0.0.1:$PORT" --conversations "${FOLLOW_UPS:-6}" \
   --json "$OUT/follow_up.json" | tee -a "$OUT/summary.txt"
-grep -h "CUDA graph capture failed" "$OUT/serve.log" | head -3 | tee -a "$OUT/summary.txt"
+# which decode path the graphs took (paged by each row's length, or the padded fallback and why)
+grep -h -e "decode graphs" -e "could not be captured" -e "CUDA graph capture failed" "$OUT/serve.log" \
+  | head -3 | tee -a "$OUT/summary.txt"
 
 echo "== 6. ratios (at ${SECONDS}s) ==" | tee -a "$OUT/summary.txt"
 $py bench/gpu_report.py "$OUT/baseline.jsonl" "$OUT/bench_1024.json" | tee -a "$OUT/summary.txt"
@@ -122,7 +124,8 @@ for method in ${QUANT_METHODS//,/ }; do
   $py bench/gpu_report.py footprint "http://127.0.0.1:$PORT" "$server" "$device" > "$OUT/quant_$method.json"
   $py -m glimpse bench --url "http://127.0.0.1:$PORT" --concurrency "1,$quant_level" $quant_load --warmup 2 \
     --image-size 1024 --max-tokens "$quant_tokens" --ignore-eos --json "$OUT/quant_${method}_bench.json" | tail -6
-  grep -h -e "model loaded" -e "CUDA graph capture failed" "$OUT/quant_$method.log" | head -2 | tee -a "$OUT/summary.txt"
+  grep -h -e "model loaded" -e "decode graphs" -e "could not be captured" -e "CUDA graph capture failed" \
+    "$OUT/quant_$method.log" | head -3 | tee -a "$OUT/summary.txt"
   stop_server
 done
 $py bench/gpu_report.py quantization "$OUT" "$QUANT_METHODS" --saturated "$quant_level" | tee -a "$OUT/summary.txt"

@@ -186,7 +186,8 @@ class EngineSettings(BaseModel):
     kv_bucket: int = Field(
         256,
         ge=1,
-        description="CUDA-graph decode steps attend to a length rounded up to this, so step shapes repeat.",
+        description="Where paged decode attention is unavailable (no flex attention kernel), CUDA-graph "
+        "decode steps attend to a length rounded up to this, then doubling, so step shapes repeat.",
     )
     cuda_graphs: bool = Field(
         False,

@@ -45,6 +45,7 @@ def test_batched_greedy_answers_on_the_gpu_equal_generate(tmp_path, cuda_graphs)
     )
     engine = HFEngine(settings)
     replays: list[int] = []
+    paths: list[str] = []
 
     async def run() -> list[str]:
         await engine.start()
@@ -62,6 +63,7 @@ def test_batched_greedy_answers_on_the_gpu_equal_generate(tmp_path, cuda_graphs)
             scheduler = engine._worker._scheduler if engine._worker else None
             graphs = getattr(scheduler.steps, "graphs", None) if scheduler is not None else None
             replays.append(graphs.replays if graphs is not None else 0)
+            paths.append(graphs.attention if graphs is not None else "eager")
             return answers
         finally:
             await engine.stop()
@@ -70,3 +72,5 @@ def test_batched_greedy_answers_on_the_gpu_equal_generate(tmp_path, cuda_graphs)
     assert answers == [_reference(model_dir, image, "What is it?", 24) for image in images]
     if cuda_graphs:
         assert replays[0] > 0, "no decode step was replayed as a CUDA graph"
+        # paged by each row's length (one graph per batch size), not the padded fallback
+        assert paths == ["flex"], paths

@@ -54,6 +54,7 @@ __all__ = [
     "FP8_KV_DTYPE",
     "CacheGeometry",
     "PagedKVCache",
+    "gather_blocks",
     "kv_storage_dtype",
     "pool_blocks",
 ]
@@ -261,8 +262,8 @@ class PagedKVCache:
         """The first ``length`` keys and values in ``blocks``: ``[kv_heads, length, head_dim]``, a copy."""
         heads, _, _, dim = self.keys[layer].shape
         count = int(blocks.shape[0])
-        keys = self._gather(self.keys[layer], blocks).reshape(heads, count * BLOCK_TOKENS, dim)
-        values = self._gather(self.values[layer], blocks).reshape(heads, count * BLOCK_TOKENS, dim)
+        keys = gather_blocks(self.keys[layer], blocks).reshape(heads, count * BLOCK_TOKENS, dim)
+        values = gather_blocks(self.values[layer], blocks).reshape(heads, count * BLOCK_TOKENS, dim)
         return keys[:, :length], values[:, :length]
 
     def view(self, layer: int, n: int, kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -276,7 +277,7 @@ class PagedKVCache:
         blocks = self.tables[:n, :width].reshape(-1)
         out = []
         for buffer in (self.keys[layer], self.values[layer]):
-            gathered = self._gather(buffer, blocks).view(heads, n, width * BLOCK_TOKENS, dim)
+            gathered = gather_blocks(buffer, blocks).view(heads, n, width * BLOCK_TOKENS, dim)
             out.append(gathered.transpose(0, 1)[:, :, :kv_len])
         return out[0], out[1]
 
@@ -291,12 +292,6 @@ class PagedKVCache:
         for slot in range(n):
             self.grow(slot, 1)
 
-    def _gather(self, buffer: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
-        """``buffer``'s ``blocks`` (``[kv_heads, len(blocks), BLOCK_TOKENS, head_dim]``), fp8 as bytes."""
-        if self._fp8:
-            return buffer.view(torch.uint8).index_select(1, blocks).view(FP8_KV_DTYPE)
-        return buffer.index_select(1, blocks)
-
     def _put(self, buffer: torch.Tensor, index: tuple[Any, ...], new: torch.Tensor) -> None:
         """``buffer[index] = new``, cast to the storage dtype (fp8: saturated, written as bytes)."""
         if self._fp8:
@@ -309,6 +304,13 @@ class PagedKVCache:
         for tensor in (*self.keys, *self.values):
             bits = tensor.view(torch.uint8) if self._fp8 else tensor
             bits[:, target].copy_(bits[:, source])
+
+
+def gather_blocks(buffer: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+    """``buffer``'s ``blocks`` (``[kv_heads, len(blocks), BLOCK_TOKENS, head_dim]``), fp8 as bytes."""
+    if buffer.dtype == FP8_KV_DTYPE:
+        return buffer.view(torch.uint8).index_select(1, blocks).view(FP8_KV_DTYPE)
+    return buffer.index_select(1, blocks)
 
 
 def _bits_dtype(stored: torch.dtype) -> torch.dtype:

@@ -14,7 +14,8 @@ cache's shared blocks, ``prefix_cache``) and, each step,
 
 So a running stream waits at most one step's prefill budget for its next token,
 however many prompts arrive. A step with no prefill and no prompt in progress
-may replay a CUDA graph of the padded decode step instead (``cuda_graphs``).
+may replay a CUDA graph of the decode step instead (``cuda_graphs``: one per batch
+bucket, attention paged by each row's length; padded to length buckets as a fallback).
 """
 
 from __future__ import annotations

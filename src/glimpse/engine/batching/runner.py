@@ -19,8 +19,9 @@ so logits differ in the last bits (~1e-6 relative in float32) and greedy tokens
 agree unless two logits tie to that precision. Tests check token-for-token
 equality on the tiny model.
 
-``decode``/``decode_core`` are the fixed-shape, padded decode step that CUDA
-graphs replay (``cuda_graphs``), for steps with no prefill.
+``decode``/``decode_core`` are the fixed-shape decode step that CUDA graphs replay
+(``cuda_graphs``), for steps with no prefill: attention paged by each row's length
+(``paged_attention``) or padded to a common length (``attention.padded_attention``).
 
 The math follows ``Glm4vTextDecoderLayer`` (GLM-4.1V / GLM-4.6V text model: four
 RMS norms per layer, partial rotary, grouped-query attention); other
@@ -39,6 +40,7 @@ import torch
 
 from glimpse.engine.batching.attention import Span, padded_attention, ragged_attention
 from glimpse.engine.batching.kv_cache import CacheGeometry, PagedKVCache
+from glimpse.engine.batching.paged_attention import DecodeMask, paged_decode_attention
 from glimpse.engine.batching.prompt import ImageSpan, PreparedPrompt, prepare_prompt
 
 if TYPE_CHECKING:
@@ -302,25 +304,21 @@ class Glm4vRunner:
         kv_bucket: int = 1,
         graphs: DecodeGraphs | None = None,
     ) -> torch.Tensor:
-        """A decode-only step for slots ``0 .. n-1`` on the padded, fixed-shape path; logits ``[n, vocab]``.
+        """A decode-only step for slots ``0 .. n-1`` on the fixed-shape path; logits ``[n, vocab]``.
 
-        The attended length is rounded up, so shapes repeat across steps (for CUDA
-        graphs): to the graphs' length bucket with ``graphs``, else to a multiple of
-        ``kv_bucket``; the mask hides the padding. With ``graphs`` (CUDA only), the step
-        replays a captured graph when it can.
+        With ``graphs`` (CUDA graphs, or their path run eagerly) the step is theirs. Without, or
+        for a shape they did not capture, it runs the padded path eagerly, the attended length
+        rounded up to a multiple of ``kv_bucket``; the mask hides the padding.
         """
         n = len(token_ids)
         lengths = cache.lengths()[:n]
         for slot, length in enumerate(lengths):
             cache.ensure(slot, length + 1)
         cache.sync()
-        needed = max(lengths) + 1
-        if graphs is not None:
-            kv_len = graphs.attended_length(needed)
-        else:
-            kv_len = min(cache.max_seq_len, -(-needed // kv_bucket) * kv_bucket)
-        logits = graphs.run(token_ids, positions, lengths, kv_len) if graphs is not None else None
+        logits = graphs.run(token_ids, positions, lengths) if graphs is not None else None
         if logits is None:
+            needed = max(lengths) + 1
+            kv_len = min(cache.max_seq_len, -(-needed // kv_bucket) * kv_bucket)
             ids = torch.tensor(token_ids, dtype=torch.long, device=self.device)[:, None]
             mrope = torch.tensor(positions, dtype=torch.long, device=self.device).T[:, :, None]  # [3, n, 1]
             write_at = torch.tensor(lengths, dtype=torch.long, device=self.device)
@@ -334,22 +332,32 @@ class Glm4vRunner:
         ids: torch.Tensor,
         mrope: torch.Tensor,
         write_at: torch.Tensor,
-        kv_len: int,
+        attention: int | DecodeMask,
     ) -> torch.Tensor:
-        """The padded step's tensor work only (no host sync, no Python state), so a CUDA graph can capture it.
+        """The fixed-shape step's tensor work only (no host sync, no Python state), for a CUDA graph.
 
         ``ids`` is ``[n, 1]``, ``mrope`` ``[3, n, 1]``, ``write_at`` ``[n]`` (each row's cache length).
+        ``attention`` is the padded path's attended length, or the paged path's buffers (for
+        these ``n`` rows), which the step fills from the device tables and ``write_at``.
         """
         n = ids.shape[0]
         hidden = self._embed(ids)
         cos, sin = self._rotary(hidden, mrope)
         where = cache.locate(torch.arange(n, device=write_at.device), write_at)
+        if isinstance(attention, DecodeMask):
+            attention.update(cache.tables, write_at + 1)
 
         def attend(attn: Any, layer: int, normed: torch.Tensor) -> torch.Tensor:
             query, key, value = self._qkv(attn, normed, cos, sin)
             cache.write(layer, key[:, :, 0], value[:, :, 0], where)
-            keys, values = cache.view(layer, n, kv_len)
-            out = padded_attention(query, keys, values, write_at, self._num_kv_heads, self._scaling)
+            if isinstance(attention, DecodeMask):
+                keys, values = cache.keys[layer], cache.values[layer]
+                out = paged_decode_attention(
+                    query, keys, values, attention, self._num_kv_heads, self._scaling
+                )
+            else:
+                keys, values = cache.view(layer, n, attention)
+                out = padded_attention(query, keys, values, write_at, self._num_kv_heads, self._scaling)
             result: torch.Tensor = attn.o_proj(out)
             return result
 

@@ -10,9 +10,12 @@ batch is as many slots as fit the memory left after the weights (already loaded
 when this runs), one step's activations (the prefill budget through the text
 model and the vision tower, the sampled rows' logits, in the model's dtype) and,
 with CUDA graphs, their pool (one decode step's activations per captured batch
-size, shared). 10 % of the free memory is kept back for the allocator's
-fragmentation. An explicit ``max_batch_size`` still wins, lowered (with a
-warning) only when it cannot fit.
+size, shared: with attention paged by each row's length, ``paged_attention``, no
+activation grows with the attended length and there is one graph per batch size).
+The padded fallback's gathered keys and values (``cuda_graphs``: every row ×
+``max_seq_len`` at the largest length bucket) are not counted. 10 % of the free
+memory is kept back for the allocator's fragmentation. An explicit
+``max_batch_size`` still wins, lowered (with a warning) only when it cannot fit.
 
 On the CPU the batch stays small (``CPU_BATCH``): a step there costs about its
 batch size in time, so a bigger batch only lengthens every stream's steps.

@@ -166,7 +166,7 @@ def test_answers_stay_right_through_evictions_and_shared_prefixes(model, process
 
 
 def test_padded_decode_rows_leave_cached_blocks_intact(model, processor):
-    """The padded decode path (CUDA graphs' shapes, run eagerly here) pads three running sequences
+    """The fixed-shape decode path (CUDA graphs' shapes, run eagerly here) pads three running sequences
     to four rows; the fourth row is a free slot, whose table points at the scratch block only. The
     blocks the sequence that just finished left cached must read exactly as they were, and a
     follow-up that reuses them must answer as ``generate()`` does."""

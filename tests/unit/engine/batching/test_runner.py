@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
 from glimpse.engine.batching import Chunk, Glm4vRunner, PagedKVCache
+from glimpse.engine.batching.cuda_graphs import DecodeGraphs
 from glimpse.engine.batching.kv_cache import FP8_KV_DTYPE
 from glimpse.engine.batching.prompt import image_parts
 from glimpse.errors import ModelLoadError
@@ -120,10 +123,19 @@ def test_one_vision_call_gives_each_image_its_own_features(model, processor):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_padded_decode_path_matches_generate(model, processor):
-    """The fixed-shape decode step that CUDA graphs replay, after a ragged prefill."""
+@pytest.mark.parametrize("attention", ["padded", "gather", "flex"])
+def test_fixed_shape_decode_path_matches_generate(model, processor, attention):
+    """The fixed-shape decode step that CUDA graphs replay, after a ragged prefill: padded to a
+    length bucket, or paged by each row's length (gather, and flex compiled on the CPU)."""
+    if attention == "flex" and (
+        torch.backends.cpu.get_cpu_capability() == "DEFAULT" or not shutil.which("g++")
+    ):
+        pytest.skip("flex attention compiles on x86 CPUs with AVX2 and a C++ compiler")
     runner = Glm4vRunner(model)
     cache = PagedKVCache(runner.geometry(), max_slots=3, max_seq_len=200)
+    graphs = None
+    if attention != "padded":  # two rows, batch bucket 2 throughout: one compile for flex
+        graphs = DecodeGraphs(runner, cache, capture=False, attention=attention)
     cases = [
         make_inputs(processor, (56, 56), "What?"),
         make_inputs(processor, (300, 300), "Read the text in the document and summarize it."),
@@ -136,7 +148,7 @@ def test_padded_decode_path_matches_generate(model, processor):
     for step in range(1, steps):
         tokens = [tokens[step - 1] for tokens, _ in wanted]
         positions = [(t + step - 1, h + step - 1, w + step - 1) for t, h, w in nexts]
-        logits = runner.decode(cache, tokens, positions, kv_bucket=32)
+        logits = runner.decode(cache, tokens, positions, kv_bucket=32, graphs=graphs)
         for row, (_, want) in enumerate(wanted):
             _close(logits[row], want[step])
 
@@ -170,17 +182,18 @@ class _RoundedCache(PagedKVCache):
         super()._put(buffer, index, new.clamp(-448, 448).to(FP8_KV_DTYPE).to(new.dtype))
 
 
-def _forced_logits(runner, cache, prompts, wanted, steps, padded):
+def _forced_logits(runner, cache, prompts, wanted, steps, path):
     """Each prompt prefilled (chunks of 64), then ``steps - 1`` decode steps fed ``generate()``'s
     tokens (teacher-forced, so one flipped token does not change every later context); logits
     ``[prompt, step, vocab]``."""
     rows = [[_prefill(runner, cache, prompt, 64)[1]] for prompt in prompts]
     nexts = [prompt.next_positions for prompt in prompts]
+    graphs = DecodeGraphs(runner, cache, capture=False, attention="gather") if path == "gather" else None
     for step in range(1, steps):
         tokens = [tokens[step - 1] for tokens, _ in wanted]
         positions = [(t + step - 1, h + step - 1, w + step - 1) for t, h, w in nexts]
-        if padded:
-            logits = runner.decode(cache, tokens, positions, kv_bucket=32)
+        if path != "ragged":
+            logits = runner.decode(cache, tokens, positions, kv_bucket=32, graphs=graphs)
         else:
             logits = runner.forward(cache, list(range(len(prompts))), tokens, positions)
         for row, logit in zip(rows, logits, strict=True):
@@ -188,8 +201,8 @@ def _forced_logits(runner, cache, prompts, wanted, steps, padded):
     return torch.stack([torch.stack(row) for row in rows])
 
 
-@pytest.mark.parametrize("padded", [False, True], ids=["ragged", "padded"])
-def test_an_fp8_cache_keeps_most_greedy_tokens(model, processor, padded):
+@pytest.mark.parametrize("path", ["ragged", "padded", "gather"])
+def test_an_fp8_cache_keeps_most_greedy_tokens(model, processor, path):
     """An fp8 cache is a full-precision one holding fp8-rounded keys and values (same logits up to
     float32 rounding: the casts are in the right places), and that rounding keeps most of
     ``generate()``'s greedy tokens. On this random model the logits are nearly flat (top-two
@@ -207,8 +220,8 @@ def test_an_fp8_cache_keeps_most_greedy_tokens(model, processor, padded):
     prompts = [runner.prepare(inputs) for inputs in cases]
     fp8 = PagedKVCache(runner.geometry(FP8_KV_DTYPE), max_slots=4, max_seq_len=300)
     rounded = _RoundedCache(runner.geometry(), max_slots=4, max_seq_len=300)
-    got = _forced_logits(runner, fp8, prompts, wanted, steps, padded)
-    torch.testing.assert_close(got, _forced_logits(runner, rounded, prompts, wanted, steps, padded))
+    got = _forced_logits(runner, fp8, prompts, wanted, steps, path)
+    torch.testing.assert_close(got, _forced_logits(runner, rounded, prompts, wanted, steps, path))
     want = torch.stack([torch.stack(logits) for _, logits in wanted])
     agreed = int((got.argmax(-1) == want.argmax(-1)).sum())
     assert agreed >= 0.8 * len(cases) * steps, agreed
