@@ -2,8 +2,8 @@
 
 On the random tiny model (``tiny_server``) an answer is valid only because the grammar
 made it so, whatever the sample; on the trained one (``seeing_server``) each client's
-extraction from an image is valid and its plain question about the image is answered right. The openai SDK's own ``logprobs`` and ``n`` are in
-``test_logprobs_and_choices.py``.
+extraction from an image is valid and its plain question about the image is answered
+right. The openai SDK's own ``logprobs`` and ``n`` are in ``test_logprobs_and_choices.py``.
 
 No client may reach the network: each library's own switches keep it local (LiteLLM's
 model cost map, the Agents SDK's and LangSmith's tracing), and a guard fails any test
