@@ -69,7 +69,7 @@ class _FirstToken:
         self.first: dict[str, float] = {}
         self.done: set[str] = set()
 
-    def on_token(self, seq_id: str, token_id: int) -> bool:
+    def on_token(self, seq_id: str, token_id: int, logprobs: object = None) -> bool:
         self.first.setdefault(seq_id, _clock())
         return True  # the first token is all this benchmark times
 

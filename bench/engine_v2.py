@@ -73,7 +73,7 @@ class _Sink:
     times: dict[str, list[float]] = field(default_factory=dict)
     done: set[str] = field(default_factory=set)
 
-    def on_token(self, seq_id: str, token_id: int) -> bool:
+    def on_token(self, seq_id: str, token_id: int, logprobs: object = None) -> bool:
         self.times.setdefault(seq_id, []).append(_clock())
         return False
 

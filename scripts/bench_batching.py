@@ -34,7 +34,7 @@ class _Counter:
         self.first_token: dict[str, float] = {}
         self.done: set[str] = set()
 
-    def on_token(self, seq_id: str, token_id: int) -> bool:
+    def on_token(self, seq_id: str, token_id: int, logprobs: object = None) -> bool:
         self.first_token.setdefault(seq_id, time.perf_counter())
         return False
 
