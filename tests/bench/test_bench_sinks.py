@@ -23,7 +23,8 @@ WITH_SINKS = sorted(
 
 def _sinks(path: Path) -> list[type]:
     spec = importlib.util.spec_from_file_location(f"_sinks_{path.stem}", path)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
