@@ -76,6 +76,19 @@ class StepClock:
     def on_decode_step(self, batch_size: int) -> None:
         self.steps.append((time.perf_counter(), *_schedstat()))
 
+    # The rest of the batch observer's reports: not timed here.
+    def on_prefix_reuse(self, prompt_tokens: int, reused_tokens: int) -> None:
+        pass
+
+    def on_prefix_evictions(self, count: int) -> None:
+        pass
+
+    def on_prefix_blocks(self, shared: int, cached: int) -> None:
+        pass
+
+    def on_image_embeddings(self, hits: int, misses: int, evictions: int) -> None:
+        pass
+
 
 @dataclass(slots=True, frozen=True)
 class Step:
