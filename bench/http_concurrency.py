@@ -104,7 +104,14 @@ def measure(url: str, bodies: list[dict[str, Any]], api_key: str | None) -> dict
 
 
 def _serve_and_measure(model: str, bodies: list[dict[str, Any]]) -> dict[str, Any]:
-    env = {"GLIMPSE_OBS__LOG_LEVEL": "WARNING"}
+    env = {
+        "GLIMPSE_OBS__LOG_LEVEL": "WARNING",
+        # Both phases send the same 24 requests: with the engine's caches the second would skip
+        # the prefill and the vision tower that the first paid (the result cache is bypassed per
+        # request).
+        "GLIMPSE_ENGINE__PREFIX_CACHE": "false",
+        "GLIMPSE_ENGINE__IMAGE_EMBEDDING_CACHE_MB": "0",
+    }
     if model == "random":
         from glimpse.engine.tiny_model import ensure_random_tiny_model
 
