@@ -42,6 +42,7 @@ import numpy as np
 from PIL import Image
 
 from glimpse.config import EngineSettings, MediaSettings
+from glimpse.engine.batching.interface import BatchObserver
 from glimpse.engine.hf import HFEngine
 from glimpse.engine.protocol import ChatMessage, GenerationRequest, ImagePart, SamplingParams, TextPart
 from glimpse.engine.tiny_model import ensure_random_tiny_model
@@ -63,9 +64,10 @@ def _schedstat() -> tuple[int, int]:
 
 
 @dataclass(slots=True)
-class StepClock:
+class StepClock(BatchObserver):
     """Batch observer (on the engine thread): when each decode step began, with the thread's CPU
-    and run-queue time then, and when each admission happened."""
+    and run-queue time then, and when each admission happened. Its other reports are the
+    protocol's own no-ops (subclassed, so a report added to it later is one here too)."""
 
     steps: list[tuple[float, int, int]] = field(default_factory=list)
     admits: list[float] = field(default_factory=list)
@@ -75,19 +77,6 @@ class StepClock:
 
     def on_decode_step(self, batch_size: int) -> None:
         self.steps.append((time.perf_counter(), *_schedstat()))
-
-    # The rest of the batch observer's reports: not timed here.
-    def on_prefix_reuse(self, prompt_tokens: int, reused_tokens: int) -> None:
-        pass
-
-    def on_prefix_evictions(self, count: int) -> None:
-        pass
-
-    def on_prefix_blocks(self, shared: int, cached: int) -> None:
-        pass
-
-    def on_image_embeddings(self, hits: int, misses: int, evictions: int) -> None:
-        pass
 
 
 @dataclass(slots=True, frozen=True)

@@ -440,15 +440,16 @@ def _frozen_tower_features(model: Any, plan: list[list[Any]]) -> dict[int, Any]:
     """The frozen tower's output tokens for every conversation in ``plan``, by ``id`` of its ``Encoded``."""
     import torch
 
+    from glimpse.engine.tiny_warmup import tower_tokens
+
     unique = list({id(e): e for chunk in plan for e in chunk}.values())
     features: dict[int, Any] = {}
     with torch.inference_mode():
         for start in range(0, len(unique), 64):
             batch = unique[start : start + 64]
-            pixels = torch.cat([e.pixel_values for e in batch])
-            grids = torch.cat([e.image_grid_thw for e in batch])
-            tokens = model.model.visual(pixels, grid_thw=grids).pooler_output
-            sizes = [int(e.image_grid_thw.prod(-1).sum()) // 4 for e in batch]  # merged 2 x 2
+            tokens, per_image = tower_tokens(model.model.visual, batch)
+            images = iter(per_image)  # a conversation's pictures are consecutive
+            sizes = [sum(next(images) for _ in range(len(e.image_grid_thw))) for e in batch]
             for e, part in zip(batch, tokens.split(sizes), strict=True):
                 features[id(e)] = part.clone()
     return features

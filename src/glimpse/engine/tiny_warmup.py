@@ -38,7 +38,7 @@ from PIL import Image
 
 from glimpse.engine.tiny_task import COLORS, POSITIONS, SHAPES, Picture, layout, shape_mask
 
-__all__ = ["TargetCache", "token_targets", "warm_up_vision"]
+__all__ = ["TargetCache", "token_targets", "tower_tokens", "warm_up_vision"]
 
 #: what the probe heads predict, and their classes
 LABELS: dict[str, tuple[Any, ...]] = {
@@ -119,7 +119,7 @@ def _probe_accuracy(tower: Any, heads: Any, pictures: list[Any]) -> dict[str, fl
     with torch.inference_mode():
         for start in range(0, len(pictures), 64):
             batch = pictures[start : start + 64]
-            tokens, sizes = _tower_tokens(tower, batch)
+            tokens, sizes = tower_tokens(tower, batch)
             outcomes = {
                 name: (logits.argmax(-1) == targets).tolist()
                 for name, (logits, targets) in _pooled_logits(heads, tokens, sizes, batch).items()
@@ -140,7 +140,7 @@ def _probe_loss(tower: Any, heads: Any, batch: list[Any], dense_weight: float, c
     """The pooled heads' summed cross-entropy, plus ``dense_weight`` times the per-token heads'."""
     import torch
 
-    tokens, sizes = _tower_tokens(tower, batch)
+    tokens, sizes = tower_tokens(tower, batch)
     logits = _pooled_logits(heads, tokens, sizes, batch)
     parts = [WEIGHTS[k] * torch.nn.functional.cross_entropy(x, y) for k, (x, y) in logits.items()]
     if dense_weight:
@@ -159,7 +159,7 @@ def _probe_loss(tower: Any, heads: Any, batch: list[Any], dense_weight: float, c
     return torch.stack(parts).sum()
 
 
-def _tower_tokens(tower: Any, batch: list[Any]) -> tuple[Any, list[int]]:
+def tower_tokens(tower: Any, batch: list[Any]) -> tuple[Any, list[int]]:
     """The tower's output tokens for the batch's pictures, and how many each picture has."""
     import torch
 

@@ -87,12 +87,14 @@ def test_the_language_model_alone_on_the_frozen_towers_tokens_has_the_plain_forw
 
     config = load_config(None, text_layers=1, vision_depth=1)
     model, processor = untrained_model(config)
-    pool = encoded_pool(processor, 6, seed=3, workers=1)
+    pool = encoded_pool(processor, 24, seed=3, workers=1)
+    two_images = [e for e in pool if len(e.image_grid_thw) == 2]
+    assert two_images  # a conversation's tokens span both its pictures
     pad = int(processor.tokenizer.pad_token_id)
-    features = _frozen_tower_features(model, [pool[:4], pool[4:]])
-    assert len(features) == 6
+    features = _frozen_tower_features(model, [pool[:12], pool[12:]])
+    assert len(features) == 24
     with torch.no_grad():
-        for chunk in (pool[:4], pool[4:], pool[::-1]):
+        for chunk in (pool[:4], [*two_images, *pool[:2]], pool[::-1][:6]):
             plain = _answer_loss(model, chunk, pad, None)
             cached = _answer_loss(model, chunk, pad, features)
             torch.testing.assert_close(cached, plain)
