@@ -55,6 +55,7 @@ __all__ = [
     "CacheGeometry",
     "PagedKVCache",
     "gather_blocks",
+    "gather_rows",
     "kv_storage_dtype",
     "pool_blocks",
 ]
@@ -272,14 +273,11 @@ class PagedKVCache:
         Reads the device tables only (no host state), so a CUDA graph can capture it; rows past a
         sequence's blocks read the scratch block, for the caller's mask to hide.
         """
-        heads, _, _, dim = self.keys[layer].shape
-        width = -(-kv_len // BLOCK_TOKENS)
-        blocks = self.tables[:n, :width].reshape(-1)
-        out = []
-        for buffer in (self.keys[layer], self.values[layer]):
-            gathered = gather_blocks(buffer, blocks).view(heads, n, width * BLOCK_TOKENS, dim)
-            out.append(gathered.transpose(0, 1)[:, :, :kv_len])
-        return out[0], out[1]
+        table = self.tables[:n, : -(-kv_len // BLOCK_TOKENS)]
+        keys, values = (
+            gather_rows(buffer, table)[:, :, :kv_len] for buffer in (self.keys[layer], self.values[layer])
+        )
+        return keys, values
 
     def grow(self, slot: int, count: int) -> None:
         """Record that ``slot`` gained ``count`` tokens (after a step wrote them)."""
@@ -311,6 +309,15 @@ def gather_blocks(buffer: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
     if buffer.dtype == FP8_KV_DTYPE:
         return buffer.view(torch.uint8).index_select(1, blocks).view(FP8_KV_DTYPE)
     return buffer.index_select(1, blocks)
+
+
+def gather_rows(buffer: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
+    """Each row of block ``tables`` ``[rows, width]`` read from ``buffer`` as one sequence:
+    ``[rows, kv_heads, width * BLOCK_TOKENS, head_dim]`` (device ops only, capturable)."""
+    heads, _, _, dim = buffer.shape
+    rows, width = tables.shape
+    gathered = gather_blocks(buffer, tables.reshape(-1)).view(heads, rows, width * BLOCK_TOKENS, dim)
+    return gathered.transpose(0, 1)
 
 
 def _bits_dtype(stored: torch.dtype) -> torch.dtype:

@@ -57,7 +57,7 @@ from typing import Any, Literal
 import torch
 
 from glimpse.engine.batching.attention import padded_attention
-from glimpse.engine.batching.kv_cache import BLOCK_TOKENS, gather_blocks
+from glimpse.engine.batching.kv_cache import BLOCK_TOKENS, gather_rows
 
 __all__ = ["DecodeMask", "PagedBackend", "flex_available", "paged_decode_attention"]
 
@@ -214,13 +214,8 @@ def paged_decode_attention(
     ``mask.lengths[i]`` tokens in its blocks. Returns ``[rows, 1, heads * dim]``; no host sync."""
     rows, heads, _, dim = query.shape
     if mask.backend == "gather":
-        width = mask.tables.shape[1] * BLOCK_TOKENS
-        blocks = mask.tables.reshape(-1)
-        gathered = [
-            gather_blocks(buffer, blocks).view(num_kv_heads, rows, width, dim).transpose(0, 1)
-            for buffer in (keys, values)
-        ]
-        return padded_attention(query, gathered[0], gathered[1], mask.lengths - 1, num_kv_heads, scaling)
+        row_keys, row_values = gather_rows(keys, mask.tables), gather_rows(values, mask.tables)
+        return padded_attention(query, row_keys, row_values, mask.lengths - 1, num_kv_heads, scaling)
     if query.device.type == "cpu" and keys.dtype != query.dtype:
         raise NotImplementedError(f"flex attention on the CPU needs {query.dtype} keys, not {keys.dtype}")
     pool = (1, num_kv_heads, mask.num_blocks * BLOCK_TOKENS, dim)
