@@ -391,12 +391,14 @@ def make_study_sample(rng: random.Random, *, full: float = 0.7, two_images: floa
 
     Asking all of a picture's questions in one conversation gives four or five
     supervised answers for one pass of the vision tower; the rest are
-    ``make_sample``'s two-image and shorter conversations.
+    ``make_sample``'s two-image and shorter conversations. Their pictures show 1 to 4
+    shapes equally often, as the count questions of the held-out table do
+    (``random_picture`` shows one shape in two pictures out of five, for the place questions).
     """
     roll = rng.random()
     if roll >= full:
         return make_sample(rng, two_images=1.0 if roll < full + two_images else 0.0)
-    picture = random_picture(rng)
+    picture = random_picture(rng, count=rng.randint(1, 4))
     tasks: list[Task] = [t for t in TASKS if t != "position" or picture.count == 1]
     rng.shuffle(tasks)
     turns = []

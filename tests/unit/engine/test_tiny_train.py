@@ -140,3 +140,37 @@ def test_the_vision_warm_up_reports_held_out_probe_accuracy():
     assert set(accuracy) <= {*LABELS, "count by centres"}
     assert {"color", "count by centres"} <= set(accuracy)
     assert all(0.0 <= value <= 1.0 for value in accuracy.values())
+
+
+def test_the_count_sum_term_pulls_the_centre_scores_towards_each_pictures_count():
+    from glimpse.engine.tiny_data import encoded_pool
+    from glimpse.engine.tiny_train import untrained_model
+    from glimpse.engine.tiny_warmup import _centre_scores, _probe_loss, tower_tokens
+
+    model, processor = untrained_model(load_config(None, text_layers=1, vision_depth=1))
+    pool = [e for e in encoded_pool(processor, 12, seed=5, workers=1) if e.picture is not None][:4]
+    width = model.config.text_config.hidden_size
+    heads = torch.nn.ModuleDict(
+        {name: torch.nn.Linear(2 * width, n) for name, n in [("color", 8), ("shape", 3), ("count", 4)]}
+        | {"position": torch.nn.Linear(2 * width, 5), "cell": torch.nn.Linear(width, 4)}
+        | {"centre": torch.nn.Linear(width, 1)}
+    )
+    tower = model.model.visual
+    with torch.no_grad():
+        tokens, sizes = tower_tokens(tower, pool)
+        scores = _centre_scores(heads, tokens, sizes)
+        plain = _probe_loss(tower, heads, pool, 1.0, {})
+        with_sum = _probe_loss(tower, heads, pool, 1.0, {}, count_sum_weight=2.0)
+    assert scores.shape == (len(pool),)
+    counts = torch.tensor([float(e.picture.count) for e in pool])
+    expected = 2.0 * torch.nn.functional.smooth_l1_loss(scores, counts)
+    torch.testing.assert_close(with_sum - plain, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_the_towers_rotary_base_is_the_configs():
+    from glimpse.engine.tiny_train import untrained_model
+
+    model, _ = untrained_model(load_config(None, text_layers=1, vision_depth=1, vision_rope_theta=7.0))
+    inv_freq = model.model.visual.rotary_pos_emb.inv_freq
+    assert float(inv_freq[1]) == pytest.approx(7.0 ** (-2 / (2 * len(inv_freq))))
+    assert model.config.vision_config.rope_parameters["rope_theta"] == 7.0
