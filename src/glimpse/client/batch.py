@@ -192,7 +192,7 @@ async def run_items(
     rng = random.Random()  # noqa: S311 -- retry jitter, not a secret
 
     async def worker() -> None:
-        while not queue.empty():
+        while not queue.empty() and stats.interrupted_by is None:
             item = queue.get_nowait()
             record = await infer_item(
                 client, item, max_tokens=max_tokens, policy=policy, rng=rng, sleep=sleep
@@ -229,12 +229,16 @@ async def batch(
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
 
-    def on_sigterm() -> None:  # stop as Ctrl-C does: lines being written finish, then exit
-        stats.interrupted_by = signal.SIGTERM
+    def on_signal(stopped_by: signal.Signals) -> None:  # lines being written finish, then exit
+        stats.interrupted_by = stopped_by
         if main is not None:
             main.cancel()
 
-    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    # Both signals set the flag the workers check before taking an item, as well as cancelling:
+    # once, in CI, a Ctrl-C that asyncio.run turned into a cancellation was lost and the run
+    # went on to the end (not reproduced since)
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(stop, on_signal, stop)
     try:
         async with build_client(
             args.url,
@@ -256,7 +260,8 @@ async def batch(
                     on_record=lambda _: bar.advance(task),
                 )
     finally:
-        loop.remove_signal_handler(signal.SIGTERM)
+        for stop in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(stop)
         results.close()
 
 

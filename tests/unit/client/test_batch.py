@@ -4,6 +4,7 @@ import base64
 import io
 import json
 import random
+import signal
 import threading
 from collections import Counter
 
@@ -238,3 +239,31 @@ async def test_torn_line_warning_names_a_bracketed_path_verbatim(tmp_path):
     console = Console(record=True, width=400)
     await batch(args, collect_items(args), BatchStats(), console, transport=FakeInfer().transport())
     assert "runs[/old].jsonl: dropped a torn last line" in console.export_text()
+
+
+async def test_workers_take_no_new_item_once_a_signal_has_stopped_the_run(tmp_path):
+    # the flag works even if the cancellation that comes with it is lost
+    names = [f"{i}.png" for i in range(6)]
+    folder = images(tmp_path, names)
+    out = tmp_path / "r.jsonl"
+    results = ResultsFile(out, read_results(out))
+    stats = BatchStats(total=len(names))
+
+    def stop_after_two(_record):
+        if stats.done == 2:
+            stats.interrupted_by = signal.SIGINT
+
+    items = [BatchItem(str(folder / name), "Q") for name in names]
+    async with httpx.AsyncClient(transport=FakeInfer().transport(), base_url="http://fake") as client:
+        await run_items(
+            client,
+            items,
+            results,
+            stats,
+            concurrency=1,
+            max_tokens=4,
+            policy=RetryPolicy(),
+            on_record=stop_after_two,
+        )
+    results.close()
+    assert len(read_results(out).done) == 2
