@@ -51,7 +51,7 @@ from PIL import Image
 
 from glimpse.engine.tiny_task import COLORS, POSITIONS, SHAPES, Picture, layout, shape_mask
 
-__all__ = ["TargetCache", "token_targets", "tower_tokens", "warm_up_vision"]
+__all__ = ["TargetCache", "probe_heads", "token_targets", "tower_tokens", "warm_up_vision"]
 
 #: what the probe heads predict, and their classes
 LABELS: dict[str, tuple[Any, ...]] = {
@@ -90,16 +90,7 @@ def warm_up_vision(
     held_out, labelled = labelled[cut:], labelled[:cut]
     if not labelled or steps == 0:
         return [], {}
-    width = model.config.text_config.hidden_size
-    generator = torch.Generator().manual_seed(seed)
-    layers = {name: torch.nn.Linear(2 * width, len(c)) for name, c in LABELS.items()}
-    for layer in layers.values():
-        torch.nn.init.normal_(layer.weight, 0.0, (2 * width) ** -0.5, generator=generator)
-        torch.nn.init.zeros_(layer.bias)
-    if dense_weight:  # made only when used: they draw from torch's generator
-        layers["cell"] = torch.nn.Linear(width, 1 + len(SHAPES))
-        layers["centre"] = torch.nn.Linear(width, 1)
-    heads = torch.nn.ModuleDict(layers)
+    heads = probe_heads(model.config.text_config.hidden_size, seed, dense=bool(dense_weight))
     params = [*tower.parameters(), *heads.parameters()]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     rng = random.Random(seed)
@@ -124,6 +115,22 @@ def warm_up_vision(
     return losses, _probe_accuracy(tower, heads, held_out)
 
 
+def probe_heads(width: int, seed: int, *, dense: bool) -> Any:
+    """The probe heads over tower tokens ``width`` wide: one per label over the pooled tokens,
+    and with ``dense`` the per-token ``cell`` and ``centre`` heads."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    layers = {name: torch.nn.Linear(2 * width, len(c)) for name, c in LABELS.items()}
+    for layer in layers.values():
+        torch.nn.init.normal_(layer.weight, 0.0, (2 * width) ** -0.5, generator=generator)
+        torch.nn.init.zeros_(layer.bias)
+    if dense:  # made only when used: they draw from torch's generator
+        layers["cell"] = torch.nn.Linear(width, 1 + len(SHAPES))
+        layers["centre"] = torch.nn.Linear(width, 1)
+    return torch.nn.ModuleDict(layers)
+
+
 def _probe_accuracy(tower: Any, heads: Any, pictures: list[Any]) -> dict[str, float]:
     import torch
 
@@ -139,7 +146,7 @@ def _probe_accuracy(tower: Any, heads: Any, pictures: list[Any]) -> dict[str, fl
                 for name, (logits, targets) in _pooled_logits(heads, tokens, sizes, batch).items()
             }
             if "centre" in heads:  # the count as the sum of the centre head's scores, rounded
-                scores = _centre_scores(heads, tokens, sizes)
+                scores = _centre_sums(heads["centre"](tokens).squeeze(-1), sizes)
                 outcomes["count by centres"] = [
                     round(float(s)) == e.picture.count for s, e in zip(scores, batch, strict=True)
                 ]
@@ -180,16 +187,18 @@ def _probe_loss(
         )
         if count_sum_weight:
             counts = torch.tensor([float(e.picture.count) for e in batch])
-            sums = _centre_scores(heads, tokens, sizes)
+            # the head applied again, not its logits above reused: reusing them sums the two
+            # gradients in another order, and the shipped weights would no longer replay bit for bit
+            sums = _centre_sums(heads["centre"](tokens).squeeze(-1), sizes)
             parts.append(count_sum_weight * torch.nn.functional.smooth_l1_loss(sums, counts))
     return torch.stack(parts).sum()
 
 
-def _centre_scores(heads: Any, tokens: Any, sizes: list[int]) -> Any:
+def _centre_sums(centre_logits: Any, sizes: list[int]) -> Any:
     """Each picture's centre-head probabilities summed over its tokens: its count, once learnt."""
     import torch
 
-    probabilities = torch.sigmoid(heads["centre"](tokens).squeeze(-1))
+    probabilities = torch.sigmoid(centre_logits)
     return torch.stack([part.sum() for part in torch.split(probabilities, sizes)])
 
 
