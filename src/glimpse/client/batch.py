@@ -207,6 +207,10 @@ async def run_items(
             group.create_task(worker())
 
 
+#: the signals that stop a run as Ctrl-C does: the lines being written finish, then it exits
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 async def batch(
     args: argparse.Namespace,
     items: list[BatchItem],
@@ -237,7 +241,7 @@ async def batch(
     # Both signals set the flag the workers check before taking an item, as well as cancelling:
     # once, in CI, a Ctrl-C that asyncio.run turned into a cancellation was lost and the run
     # went on to the end (not reproduced since)
-    for stop in (signal.SIGINT, signal.SIGTERM):
+    for stop in _STOP_SIGNALS:
         loop.add_signal_handler(stop, on_signal, stop)
     try:
         async with build_client(
@@ -260,7 +264,7 @@ async def batch(
                     on_record=lambda _: bar.advance(task),
                 )
     finally:
-        for stop in (signal.SIGINT, signal.SIGTERM):
+        for stop in _STOP_SIGNALS:
             loop.remove_signal_handler(stop)
         results.close()
 

@@ -146,7 +146,7 @@ def _probe_accuracy(tower: Any, heads: Any, pictures: list[Any]) -> dict[str, fl
                 for name, (logits, targets) in _pooled_logits(heads, tokens, sizes, batch).items()
             }
             if "centre" in heads:  # the count as the sum of the centre head's scores, rounded
-                scores = _centre_sums(heads["centre"](tokens).squeeze(-1), sizes)
+                scores = _centre_scores(heads, tokens, sizes)
                 outcomes["count by centres"] = [
                     round(float(s)) == e.picture.count for s, e in zip(scores, batch, strict=True)
                 ]
@@ -189,16 +189,16 @@ def _probe_loss(
             counts = torch.tensor([float(e.picture.count) for e in batch])
             # the head applied again, not its logits above reused: reusing them sums the two
             # gradients in another order, and the shipped weights would no longer replay bit for bit
-            sums = _centre_sums(heads["centre"](tokens).squeeze(-1), sizes)
+            sums = _centre_scores(heads, tokens, sizes)
             parts.append(count_sum_weight * torch.nn.functional.smooth_l1_loss(sums, counts))
     return torch.stack(parts).sum()
 
 
-def _centre_sums(centre_logits: Any, sizes: list[int]) -> Any:
+def _centre_scores(heads: Any, tokens: Any, sizes: list[int]) -> Any:
     """Each picture's centre-head probabilities summed over its tokens: its count, once learnt."""
     import torch
 
-    probabilities = torch.sigmoid(centre_logits)
+    probabilities = torch.sigmoid(heads["centre"](tokens).squeeze(-1))
     return torch.stack([part.sum() for part in torch.split(probabilities, sizes)])
 
 

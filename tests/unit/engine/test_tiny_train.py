@@ -145,7 +145,7 @@ def test_the_vision_warm_up_reports_held_out_probe_accuracy():
 def test_the_count_sum_term_pulls_the_centre_scores_towards_each_pictures_count():
     from glimpse.engine.tiny_data import encoded_pool
     from glimpse.engine.tiny_train import untrained_model
-    from glimpse.engine.tiny_warmup import _centre_sums, _probe_loss, probe_heads, tower_tokens
+    from glimpse.engine.tiny_warmup import _centre_scores, _probe_loss, probe_heads, tower_tokens
 
     model, processor = untrained_model(load_config(None, text_layers=1, vision_depth=1))
     pool = [e for e in encoded_pool(processor, 12, seed=5, workers=1) if e.picture is not None][:4]
@@ -153,7 +153,7 @@ def test_the_count_sum_term_pulls_the_centre_scores_towards_each_pictures_count(
     tower = model.model.visual
     with torch.no_grad():
         tokens, sizes = tower_tokens(tower, pool)
-        scores = _centre_sums(heads["centre"](tokens).squeeze(-1), sizes)
+        scores = _centre_scores(heads, tokens, sizes)
         plain = _probe_loss(tower, heads, pool, 1.0, {})
         with_sum = _probe_loss(tower, heads, pool, 1.0, {}, count_sum_weight=2.0)
     assert scores.shape == (len(pool),)
