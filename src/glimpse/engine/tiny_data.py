@@ -22,8 +22,11 @@ __all__ = [
     "collate",
     "decoded_images",
     "encode_sample",
+    "encode_samples",
     "encoded_pool",
+    "picture_pool",
     "prompt_inputs",
+    "training_text",
 ]
 
 IGNORE = -100
@@ -42,6 +45,8 @@ class Encoded:
     image_grid_thw: Any
     #: what the one picture of a one-picture conversation shows (the vision warm-up's labels)
     picture: Picture | None = None
+    #: the picture flipped left to right (``tiny_warmup.mirrored``): its labels and targets too
+    mirrored: bool = False
 
 
 def decoded_images(sample: Sample) -> list[Any]:
@@ -78,16 +83,59 @@ def prompt_inputs(processor: Any, messages: list[dict[str, Any]], *, thinking_of
 
 def encode_sample(processor: Any, sample: Sample, rng: random.Random) -> Encoded:
     """Process one conversation for training; labels on every answer and its end-of-turn token."""
-    import torch
+    return encode_samples(processor, [(sample, training_text(processor, sample, rng))])[0]
 
+
+def training_text(processor: Any, sample: Sample, rng: random.Random) -> str:
+    """The conversation as the model is trained on it: the served prompt, then the last answer.
+
+    The pictures come before the first question 70 % of the time, and half the prompts
+    disable thinking (the rest leave the template's default), both drawn from ``rng``.
+    """
     questions = [turn.question for turn in sample.turns]
     answers = [turn.answer for turn in sample.turns]
     messages = chat_messages(len(sample.pictures), questions, answers[:-1], image_first=rng.random() < 0.7)
-    text = prompt_inputs(processor, messages, thinking_off=rng.random() < 0.5) + answers[-1] + END_OF_TURN
-    inputs = processor(text=[text], images=decoded_images(sample), return_tensors="pt")
-    ids = inputs["input_ids"][0]
+    return prompt_inputs(processor, messages, thinking_off=rng.random() < 0.5) + answers[-1] + END_OF_TURN
+
+
+def encode_samples(processor: Any, prepared: list[tuple[Sample, str]]) -> list[Encoded]:
+    """Process conversations (each with its ``training_text``) in one processor call.
+
+    One call for many: most of a lone call's cost is its own overhead. The results are
+    the ones lone calls give (tested).
+    """
+    import torch
+
+    images = [image for sample, _ in prepared for image in decoded_images(sample)]
+    inputs = processor(text=[text for _, text in prepared], images=images or None, return_tensors=None)
+    grids = torch.as_tensor(inputs["image_grid_thw"]) if images else torch.zeros(0, 3, dtype=torch.long)
+    pixels = torch.as_tensor(inputs["pixel_values"]) if images else torch.zeros(0)
+    per_image = torch.split(pixels, grids.prod(-1).tolist())
+    out, first = [], 0
+    for (sample, _), ids, types in zip(
+        prepared, inputs["input_ids"], inputs["mm_token_type_ids"], strict=True
+    ):
+        n = len(sample.pictures)
+        ids_tensor = torch.tensor(ids)
+        out.append(
+            Encoded(
+                input_ids=ids_tensor,
+                labels=_answer_labels(ids_tensor, processor.tokenizer),
+                mm_token_type_ids=torch.tensor(types),
+                pixel_values=torch.cat(per_image[first : first + n]),
+                image_grid_thw=grids[first : first + n],
+                picture=sample.pictures[0] if n == 1 else None,
+            )
+        )
+        first += n
+    return out
+
+
+def _answer_labels(ids: Any, tokenizer: Any) -> Any:
+    """``ids`` where they are an answer or its end-of-turn token, ``IGNORE`` elsewhere."""
+    import torch
+
     labels = torch.full_like(ids, IGNORE)
-    tokenizer = processor.tokenizer
     assistant, user, think = tokenizer.convert_tokens_to_ids(["<|assistant|>", END_OF_TURN, "<think>"])
     i = 0
     values = ids.tolist()
@@ -101,14 +149,7 @@ def encode_sample(processor: Any, sample: Sample, rng: random.Random) -> Encoded
         end = values.index(user, start) if user in values[start:] else len(values) - 1
         labels[start : end + 1] = ids[start : end + 1]
         i = end + 1
-    return Encoded(
-        input_ids=ids,
-        labels=labels,
-        mm_token_type_ids=inputs["mm_token_type_ids"][0],
-        pixel_values=inputs["pixel_values"],
-        image_grid_thw=inputs["image_grid_thw"],
-        picture=sample.pictures[0] if len(sample.pictures) == 1 else None,
-    )
+    return labels
 
 
 def collate(batch: list[Encoded], pad_id: int) -> dict[str, Any]:
@@ -146,18 +187,39 @@ def encoded_pool(processor: Any, count: int, seed: int, workers: int, *, chunk: 
     training step on it, so the pool is made in parallel before training starts.
     Chunk ``i`` draws from ``Random(seed * 1_000_003 + i)``, whatever the worker count.
     """
+    return _pool(_encode_chunk, processor, count, seed * 1_000_003, workers, chunk)
+
+
+def picture_pool(
+    processor: Any, count: int, seed: int, workers: int, side: int, *, chunk: int = 250
+) -> list[Encoded]:
+    """``count`` one-shape-kind pictures for the vision warm-up alone, without a conversation.
+
+    They are drawn at one to two times the model's input area (``side`` squared), so
+    the processor shrinks them little: each costs a fraction of a study conversation's
+    picture, which may be drawn at up to 1024 x 768. Chunk ``i`` draws from
+    ``Random(seed * 1_000_033 + i)``.
+    """
+    global _PICTURE_SIDE
+    _PICTURE_SIDE = side
+    return _pool(_picture_chunk, processor, count, seed * 1_000_033, workers, chunk)
+
+
+#: the input side the forked picture workers draw near (set just before they start)
+_PICTURE_SIDE = 0
+
+
+def _pool(work: Any, processor: Any, count: int, base: int, workers: int, chunk: int) -> list[Encoded]:
     import multiprocessing
 
     global _WORKER_PROCESSOR
-    jobs = [
-        (seed * 1_000_003 + i, min(chunk, count - i * chunk)) for i in range((count + chunk - 1) // chunk)
-    ]
+    jobs = [(base + i, min(chunk, count - i * chunk)) for i in range((count + chunk - 1) // chunk)]
     _WORKER_PROCESSOR = processor
     if workers <= 1:
-        parts = [_encode_chunk(job) for job in jobs]
+        parts = [work(job) for job in jobs]
     else:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
-            parts = pool.map(_encode_chunk, jobs)
+            parts = pool.map(work, jobs)
     _WORKER_PROCESSOR = None
     return [_from_arrays(fields) for part in parts for fields in part]
 
@@ -168,13 +230,47 @@ def _encode_chunk(job: tuple[int, int]) -> list[tuple[Any, ...]]:
     torch.set_num_threads(1)
     seed, n = job
     rng = random.Random(seed)
-    out = []
+    prepared = []
     for _ in range(n):
-        e = encode_sample(_WORKER_PROCESSOR, make_study_sample(rng), rng)
-        # numpy arrays travel through the pipe; tensors would each need a shared-memory handle
-        arrays = (e.input_ids, e.labels, e.mm_token_type_ids, e.pixel_values, e.image_grid_thw)
-        out.append((*(a.numpy() for a in arrays), e.picture))
-    return out
+        sample = make_study_sample(rng)
+        prepared.append((sample, training_text(_WORKER_PROCESSOR, sample, rng)))
+    return [_to_arrays(e) for e in encode_samples(_WORKER_PROCESSOR, prepared)]
+
+
+def _picture_chunk(job: tuple[int, int]) -> list[tuple[Any, ...]]:
+    import dataclasses
+    import math
+
+    import torch
+
+    from glimpse.engine.tiny_task import FORMATS, random_picture
+
+    torch.set_num_threads(1)
+    seed, n = job
+    rng = random.Random(seed)
+    pictures, samples = [], []
+    for _ in range(n):
+        shaped = random_picture(rng, count=rng.randint(1, 4))  # its aspect ratio, at another size
+        scale = _PICTURE_SIDE * math.sqrt(rng.uniform(1.0, 2.0) / (shaped.width * shaped.height))
+        width, height = max(16, round(shaped.width * scale)), max(16, round(shaped.height * scale))
+        pictures.append(dataclasses.replace(shaped, width=width, height=height))
+        samples.append(Sample([pictures[-1]], [], [rng.choice(FORMATS)], [rng.randint(60, 95)]))
+    # one processor call for the chunk: most of a lone call's cost is its own overhead
+    images = [image for sample in samples for image in decoded_images(sample)]
+    inputs = _WORKER_PROCESSOR.image_processor(images=images, return_tensors="pt")
+    grids = inputs["image_grid_thw"]
+    patches = inputs["pixel_values"].split(grids.prod(-1).tolist())
+    empty = torch.zeros(0, dtype=torch.long)
+    return [
+        _to_arrays(Encoded(empty, empty, empty, pixels, grid[None], picture))
+        for picture, pixels, grid in zip(pictures, patches, grids, strict=True)
+    ]
+
+
+def _to_arrays(e: Encoded) -> tuple[Any, ...]:
+    # numpy arrays travel through the pipe; tensors would each need a shared-memory handle
+    arrays = (e.input_ids, e.labels, e.mm_token_type_ids, e.pixel_values, e.image_grid_thw)
+    return (*(a.numpy() for a in arrays), e.picture)
 
 
 def _from_arrays(fields: tuple[Any, ...]) -> Encoded:

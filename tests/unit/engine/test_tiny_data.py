@@ -60,3 +60,38 @@ def test_the_pool_is_the_same_whatever_the_worker_count(processor):
         assert torch.equal(a.pixel_values, b.pixel_values)
         assert a.picture == b.picture
     assert any(e.picture is not None for e in one)  # one-picture conversations carry their labels
+
+
+def test_warm_up_pictures_are_drawn_near_the_input_size_without_a_conversation(processor):
+    from glimpse.engine.tiny_data import picture_pool
+
+    one = picture_pool(processor, 12, seed=4, workers=1, side=112, chunk=5)
+    again = picture_pool(processor, 12, seed=4, workers=2, side=112, chunk=5)
+    assert [e.picture for e in one] == [e.picture for e in again]
+    assert all(torch.equal(a.pixel_values, b.pixel_values) for a, b in zip(one, again, strict=True))
+    for e in one:
+        assert 112**2 * 0.9 <= e.picture.width * e.picture.height <= 112**2 * 2.1
+        assert e.input_ids.numel() == 0
+        assert e.labels.numel() == 0
+        assert 1 <= e.picture.count <= 4
+        t, h, w = e.image_grid_thw[0].tolist()
+        assert e.pixel_values.shape[0] == t * h * w
+        assert h * w * 8 * 8 <= 112**2
+
+
+def test_conversations_processed_together_equal_each_processed_alone(processor):
+    from glimpse.engine.tiny_data import encode_samples, training_text
+    from glimpse.engine.tiny_task import make_study_sample
+
+    rng = random.Random(8)
+    prepared = []
+    for _ in range(6):  # one- and two-picture conversations of different lengths
+        sample = make_study_sample(rng, full=0.5, two_images=0.3)
+        prepared.append((sample, training_text(processor, sample, rng)))
+    together = encode_samples(processor, prepared)
+    assert {len(s.pictures) for s, _ in prepared} == {1, 2}
+    for (sample, text), e in zip(prepared, together, strict=True):
+        alone = encode_samples(processor, [(sample, text)])[0]
+        for field in ("input_ids", "labels", "mm_token_type_ids", "pixel_values", "image_grid_thw"):
+            assert torch.equal(getattr(e, field), getattr(alone, field)), field
+        assert e.picture == (sample.pictures[0] if len(sample.pictures) == 1 else None)

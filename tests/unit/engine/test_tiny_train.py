@@ -47,6 +47,7 @@ def test_training_is_deterministic(tmp_path):
     small = {
         "samples": 40,
         "vision_warmup_steps": 3,
+        "vision_extra_pictures": 12,
         "epochs": 1,
         "batch_size": 8,
         "eval_per_cell": 1,
@@ -169,3 +170,21 @@ def test_the_towers_rotary_base_is_the_configs():
     inv_freq = model.model.visual.rotary_pos_emb.inv_freq
     assert float(inv_freq[1]) == pytest.approx(7.0 ** (-2 / (2 * len(inv_freq))))
     assert model.config.vision_config.rope_parameters["rope_theta"] == 7.0
+
+
+@pytest.mark.parametrize("group", [1, 4])
+def test_each_pass_takes_every_conversation_once_and_length_groups_pad_less(group):
+    import random
+    import statistics
+    from types import SimpleNamespace
+
+    from glimpse.engine.tiny_train import _batches
+
+    pool = [SimpleNamespace(input_ids=[0] * random.Random(i).randint(50, 150)) for i in range(200)]
+    plan = _batches(pool, load_config(None, batch_size=8, epochs=2, length_group=group), random.Random(0))
+    assert len(plan) == 2 * 25
+    assert all(len(batch) == 8 for batch in plan)
+    for half in (plan[:25], plan[25:]):
+        assert sorted(id(e) for batch in half for e in batch) == sorted(id(e) for e in pool)
+    padded = statistics.mean(max(len(e.input_ids) for e in batch) for batch in plan)
+    assert (padded < 125) == (group > 1)  # about 140 at random, under 115 sorted in runs of 4
