@@ -200,13 +200,11 @@ def picture_pool(
     picture, which may be drawn at up to 1024 x 768. Chunk ``i`` draws from
     ``Random(seed * 1_000_033 + i)``.
     """
-    global _PICTURE_SIDE
-    _PICTURE_SIDE = side
-    return _pool(_picture_chunk, processor, count, seed * 1_000_033, workers, chunk)
+    import functools
 
-
-#: the input side the forked picture workers draw near (set just before they start)
-_PICTURE_SIDE = 0
+    return _pool(
+        functools.partial(_picture_chunk, side=side), processor, count, seed * 1_000_033, workers, chunk
+    )
 
 
 def _pool(work: Any, processor: Any, count: int, base: int, workers: int, chunk: int) -> list[Encoded]:
@@ -237,7 +235,7 @@ def _encode_chunk(job: tuple[int, int]) -> list[tuple[Any, ...]]:
     return [_to_arrays(e) for e in encode_samples(_WORKER_PROCESSOR, prepared)]
 
 
-def _picture_chunk(job: tuple[int, int]) -> list[tuple[Any, ...]]:
+def _picture_chunk(job: tuple[int, int], side: int) -> list[tuple[Any, ...]]:
     import dataclasses
     import math
 
@@ -251,7 +249,7 @@ def _picture_chunk(job: tuple[int, int]) -> list[tuple[Any, ...]]:
     pictures, samples = [], []
     for _ in range(n):
         shaped = random_picture(rng, count=rng.randint(1, 4))  # its aspect ratio, at another size
-        scale = _PICTURE_SIDE * math.sqrt(rng.uniform(1.0, 2.0) / (shaped.width * shaped.height))
+        scale = side * math.sqrt(rng.uniform(1.0, 2.0) / (shaped.width * shaped.height))
         width, height = max(16, round(shaped.width * scale)), max(16, round(shaped.height * scale))
         pictures.append(dataclasses.replace(shaped, width=width, height=height))
         samples.append(Sample([pictures[-1]], [], [rng.choice(FORMATS)], [rng.randint(60, 95)]))
