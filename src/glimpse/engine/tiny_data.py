@@ -101,8 +101,9 @@ def training_text(processor: Any, sample: Sample, rng: random.Random) -> str:
 def encode_samples(processor: Any, prepared: list[tuple[Sample, str]]) -> list[Encoded]:
     """Process conversations (each with its ``training_text``) in one processor call.
 
-    One call for many: most of a lone call's cost is its own overhead. The results are
-    the ones lone calls give (tested).
+    In one process, 300 conversations took a seventh of the time of one call each (2.0
+    against 14.2 s, a training running beside both); the results are the ones lone calls
+    give (tested).
     """
     import torch
 
@@ -193,7 +194,7 @@ def encoded_pool(processor: Any, count: int, seed: int, workers: int, *, chunk: 
 def picture_pool(
     processor: Any, count: int, seed: int, workers: int, side: int, *, chunk: int = 250
 ) -> list[Encoded]:
-    """``count`` one-shape-kind pictures for the vision warm-up alone, without a conversation.
+    """``count`` pictures (1 to 4 shapes each) for the vision warm-up alone, without a conversation.
 
     They are drawn at one to two times the model's input area (``side`` squared), so
     the processor shrinks them little: each costs a fraction of a study conversation's
@@ -253,7 +254,7 @@ def _picture_chunk(job: tuple[int, int], side: int) -> list[tuple[Any, ...]]:
         width, height = max(16, round(shaped.width * scale)), max(16, round(shaped.height * scale))
         pictures.append(dataclasses.replace(shaped, width=width, height=height))
         samples.append(Sample([pictures[-1]], [], [rng.choice(FORMATS)], [rng.randint(60, 95)]))
-    # one processor call for the chunk: most of a lone call's cost is its own overhead
+    # one processor call for the chunk, as ``encode_samples`` makes for conversations
     images = [image for sample in samples for image in decoded_images(sample)]
     inputs = _WORKER_PROCESSOR.image_processor(images=images, return_tensors="pt")
     grids = inputs["image_grid_thw"]

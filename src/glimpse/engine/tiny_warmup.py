@@ -119,22 +119,24 @@ def warm_up_vision(
     tower.train()
     losses: list[float] = []
     targets: TargetCache = {}
-    for step in range(steps):
-        if len(order) < batch_size:
-            order = rng.sample(range(len(labelled)), len(labelled))
-        batch = [labelled[order.pop()] for _ in range(batch_size)]
-        if mirror:
-            batch = [mirrored(e) if flips.random() < mirror else e for e in batch]
-        for group in optimizer.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / 50) * (0.55 + 0.45 * math.cos(math.pi * step / steps))
-        with _convolutions_as_products(tower):
+    with _convolutions_as_products(tower):
+        for step in range(steps):
+            if len(order) < batch_size:
+                order = rng.sample(range(len(labelled)), len(labelled))
+            batch = [labelled[order.pop()] for _ in range(batch_size)]
+            if mirror:
+                batch = [mirrored(e) if flips.random() < mirror else e for e in batch]
+            for group in optimizer.param_groups:
+                group["lr"] = (
+                    lr * min(1.0, (step + 1) / 50) * (0.55 + 0.45 * math.cos(math.pi * step / steps))
+                )
             loss = _probe_loss(tower, heads, batch, dense_weight, targets, count_sum_weight)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.detach()))
-        recent = sum(losses[-20:]) / len(losses[-20:])
-        progress.update(bar, advance=1, description=f"vision warm-up (loss {recent:.3f})")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            recent = sum(losses[-20:]) / len(losses[-20:])
+            progress.update(bar, advance=1, description=f"vision warm-up (loss {recent:.3f})")
     return losses, _probe_accuracy(tower, heads, held_out)
 
 
