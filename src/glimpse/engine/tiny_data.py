@@ -194,12 +194,14 @@ def encoded_pool(processor: Any, count: int, seed: int, workers: int, *, chunk: 
 def picture_pool(
     processor: Any, count: int, seed: int, workers: int, side: int, *, chunk: int = 250
 ) -> list[Encoded]:
-    """``count`` pictures (1 to 4 shapes each) for the vision warm-up alone, without a conversation.
+    """``count`` pictures (1 to 4 shapes each) drawn near the input size, each with every question about it.
 
     They are drawn at one to two times the model's input area (``side`` squared), so
     the processor shrinks them little: each costs a fraction of a study conversation's
-    picture, which may be drawn at up to 1024 x 768. Chunk ``i`` draws from
-    ``Random(seed * 1_000_033 + i)``.
+    picture, which may be drawn at up to 1024 x 768. The vision warm-up trains on the
+    pictures, the whole model on the conversations. Chunk ``i`` draws its pictures from
+    ``Random(seed * 1_000_033 + i)`` and their conversations from another generator, so
+    the pictures are the same with or without them.
     """
     import functools
 
@@ -242,28 +244,24 @@ def _picture_chunk(job: tuple[int, int], side: int) -> list[tuple[Any, ...]]:
 
     import torch
 
-    from glimpse.engine.tiny_task import FORMATS, random_picture
+    from glimpse.engine.tiny_task import FORMATS, random_picture, study_turns
 
     torch.set_num_threads(1)
     seed, n = job
     rng = random.Random(seed)
-    pictures, samples = [], []
+    samples = []
     for _ in range(n):
         shaped = random_picture(rng, count=rng.randint(1, 4))  # its aspect ratio, at another size
         scale = side * math.sqrt(rng.uniform(1.0, 2.0) / (shaped.width * shaped.height))
         width, height = max(16, round(shaped.width * scale)), max(16, round(shaped.height * scale))
-        pictures.append(dataclasses.replace(shaped, width=width, height=height))
-        samples.append(Sample([pictures[-1]], [], [rng.choice(FORMATS)], [rng.randint(60, 95)]))
-    # one processor call for the chunk, as ``encode_samples`` makes for conversations
-    images = [image for sample in samples for image in decoded_images(sample)]
-    inputs = _WORKER_PROCESSOR.image_processor(images=images, return_tensors="pt")
-    grids = inputs["image_grid_thw"]
-    patches = inputs["pixel_values"].split(grids.prod(-1).tolist())
-    empty = torch.zeros(0, dtype=torch.long)
-    return [
-        _to_arrays(Encoded(empty, empty, empty, pixels, grid[None], picture))
-        for picture, pixels, grid in zip(pictures, patches, grids, strict=True)
-    ]
+        picture = dataclasses.replace(shaped, width=width, height=height)
+        samples.append(Sample([picture], [], [rng.choice(FORMATS)], [rng.randint(60, 95)]))
+    talk = random.Random(seed + 7)
+    prepared = []
+    for sample in samples:
+        sample.turns = study_turns(sample.pictures[0], talk)
+        prepared.append((sample, training_text(_WORKER_PROCESSOR, sample, talk)))
+    return [_to_arrays(e) for e in encode_samples(_WORKER_PROCESSOR, prepared)]
 
 
 def _to_arrays(e: Encoded) -> tuple[Any, ...]:

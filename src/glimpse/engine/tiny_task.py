@@ -42,6 +42,7 @@ __all__ = [
     "make_study_sample",
     "random_picture",
     "shape_mask",
+    "study_turns",
 ]
 
 Lang = Literal["en", "zh"]
@@ -399,13 +400,18 @@ def make_study_sample(rng: random.Random, *, full: float = 0.7, two_images: floa
     if roll >= full:
         return make_sample(rng, two_images=1.0 if roll < full + two_images else 0.0)
     picture = random_picture(rng, count=rng.randint(1, 4))
+    return Sample([picture], study_turns(picture, rng), [rng.choice(FORMATS)], [rng.randint(60, 95)])
+
+
+def study_turns(picture: Picture, rng: random.Random) -> list[Turn]:
+    """Every question ``picture`` can answer, in random order, each in a random language."""
     tasks: list[Task] = [t for t in TASKS if t != "position" or picture.count == 1]
     rng.shuffle(tasks)
     turns = []
     for task in tasks:
         question = ask(task, rng.choice(("en", "zh")), rng)
         turns.append(Turn(question, answer(picture, task, question.lang)))
-    return Sample([picture], turns, [rng.choice(FORMATS)], [rng.randint(60, 95)])
+    return turns
 
 
 _WORDS: dict[tuple[str, Lang], dict[str, str]] = {

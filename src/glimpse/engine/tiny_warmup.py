@@ -40,23 +40,24 @@ degrees, which leaves little to tell a neighbouring patch from one two away. Wit
 after 1,200 steps: shape 92 -> 94 %, count by centres 67 -> 72 %.
 
 The tower still answered its own training pictures far better than new ones (shape 99.9
-against 97 %, count 98 against 85 %), so it also learns from pictures drawn for it alone
-(``tiny_data.picture_pool``) and sees half of its pictures mirrored (``mirrored``). With both,
-and 2,900 steps, its held-out probe read shape 98.8 % and count 93.8 %.
+against 97 %, count 98 against 85 %), so it also learns from pictures drawn near the input size
+(``tiny_data.picture_pool``; the language model then learns from their conversations too) and
+sees half of its pictures mirrored (``mirrored``). With both, and 2,900 steps, its held-out probe
+read shape 98.8 % and count 93.8 %. Its patch embedding, merge and position table run as the
+matrix products they are (``tiny_fast``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import random
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from glimpse.engine.tiny_fast import fast_tower
 from glimpse.engine.tiny_task import COLORS, POSITIONS, SHAPES, Picture, layout, shape_mask
 
 __all__ = [
@@ -119,7 +120,7 @@ def warm_up_vision(
     tower.train()
     losses: list[float] = []
     targets: TargetCache = {}
-    with _convolutions_as_products(tower):
+    with fast_tower(tower):
         for step in range(steps):
             if len(order) < batch_size:
                 order = rng.sample(range(len(labelled)), len(labelled))
@@ -149,35 +150,6 @@ def mirrored(encoded: Any) -> Any:
     blocks = encoded.pixel_values.reshape(rows // merge, cols // merge, merge, merge, 6, patch, patch)
     flipped = blocks.flip(1, 3, 6).reshape(encoded.pixel_values.shape)
     return dataclasses.replace(encoded, pixel_values=flipped, mirrored=not encoded.mirrored)
-
-
-@contextlib.contextmanager
-def _convolutions_as_products(tower: Any) -> Iterator[None]:
-    """The tower's patch embedding and 2 x 2 merge, run as the matrix products they are.
-
-    Both are convolutions whose kernel equals their stride and their input: one output
-    per input block. On the CPU the convolutions, backward pass included, took about a
-    sixth of a warm-up step; as products of the same weights the results are equal up
-    to rounding, and the module runs its own ``forward`` again afterwards.
-    """
-    import torch
-
-    def product(conv: Any) -> Any:
-        def forward(x: Any) -> Any:
-            weight = conv.weight.reshape(conv.weight.shape[0], -1)
-            out = torch.nn.functional.linear(x.reshape(x.shape[0], -1), weight, conv.bias)
-            return out.reshape(out.shape[0], out.shape[1], *([1] * (x.dim() - 2)))
-
-        return forward
-
-    convolutions = (tower.patch_embed.proj, tower.downsample)
-    for conv in convolutions:
-        conv.forward = product(conv)
-    try:
-        yield
-    finally:
-        for conv in convolutions:
-            del conv.forward
 
 
 def probe_heads(width: int, seed: int, *, dense: bool) -> Any:

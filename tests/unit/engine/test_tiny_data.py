@@ -62,21 +62,55 @@ def test_the_pool_is_the_same_whatever_the_worker_count(processor):
     assert any(e.picture is not None for e in one)  # one-picture conversations carry their labels
 
 
-def test_warm_up_pictures_are_drawn_near_the_input_size_without_a_conversation(processor):
+def test_extra_pictures_are_drawn_near_the_input_size_with_every_question_about_them(processor):
     from glimpse.engine.tiny_data import picture_pool
+    from glimpse.engine.tiny_task import answer
 
     one = picture_pool(processor, 12, seed=4, workers=1, side=112, chunk=5)
     again = picture_pool(processor, 12, seed=4, workers=2, side=112, chunk=5)
     assert [e.picture for e in one] == [e.picture for e in again]
     assert all(torch.equal(a.pixel_values, b.pixel_values) for a, b in zip(one, again, strict=True))
+    assert all(torch.equal(a.input_ids, b.input_ids) for a, b in zip(one, again, strict=True))
     for e in one:
         assert 112**2 * 0.9 <= e.picture.width * e.picture.height <= 112**2 * 2.1
-        assert e.input_ids.numel() == 0
-        assert e.labels.numel() == 0
         assert 1 <= e.picture.count <= 4
         t, h, w = e.image_grid_thw[0].tolist()
         assert e.pixel_values.shape[0] == t * h * w
         assert h * w * 8 * 8 <= 112**2
+        text = processor.tokenizer.decode(e.input_ids)
+        assert text.count("<|image|>") == h * w // 4
+        answers = processor.tokenizer.decode(e.labels[e.labels != IGNORE]).split("<|user|>")[:-1]
+        tasks = ("color", "shape", "count", "describe") + (("position",) if e.picture.count == 1 else ())
+        expected = {answer(e.picture, task, lang) for task in tasks for lang in ("en", "zh")}
+        assert len(answers) == len(tasks)
+        assert set(answers) <= expected
+
+
+def test_the_extra_pictures_do_not_depend_on_their_conversations(processor, monkeypatch):
+    from glimpse.engine import tiny_data
+
+    plain = tiny_data.picture_pool(processor, 4, seed=4, workers=1, side=112)
+    monkeypatch.setattr(tiny_data, "training_text", lambda proc, sample, rng: rng.random() and "")
+    monkeypatch.setattr(tiny_data, "encode_samples", _pixels_only)
+    silent = tiny_data.picture_pool(processor, 4, seed=4, workers=1, side=112)
+    assert [e.picture for e in plain] == [e.picture for e in silent]
+    assert all(torch.equal(a.pixel_values, b.pixel_values) for a, b in zip(plain, silent, strict=True))
+
+
+def _pixels_only(processor, prepared):
+    """The pictures as the warm-up alone would use them: the image processor, no text."""
+    from glimpse.engine.tiny_data import Encoded, decoded_images
+
+    images = [image for sample, _ in prepared for image in decoded_images(sample)]
+    inputs = processor.image_processor(images=images, return_tensors="pt")
+    grids = inputs["image_grid_thw"]
+    empty = torch.zeros(0, dtype=torch.long)
+    return [
+        Encoded(empty, empty, empty, pixels, grid[None], sample.pictures[0])
+        for (sample, _), pixels, grid in zip(
+            prepared, inputs["pixel_values"].split(grids.prod(-1).tolist()), grids, strict=True
+        )
+    ]
 
 
 def test_conversations_processed_together_equal_each_processed_alone(processor):

@@ -1,4 +1,4 @@
-"""The vision warm-up's mirrored pictures and its convolutions run as products."""
+"""The vision warm-up's mirrored pictures and their labels and per-token targets."""
 
 from __future__ import annotations
 
@@ -12,11 +12,9 @@ from glimpse.engine.tiny_data import Encoded
 from glimpse.engine.tiny_task import draw, random_picture
 from glimpse.engine.tiny_train import TrainConfig, untrained_model
 from glimpse.engine.tiny_warmup import (
-    _convolutions_as_products,
     label,
     mirrored,
     token_targets,
-    tower_tokens,
 )
 
 
@@ -47,26 +45,3 @@ def test_a_mirrored_picture_is_what_the_processor_makes_of_the_flipped_image(mod
     _, rows, cols = (int(v) // 2 for v in plain.image_grid_thw[0].tolist())
     for a, b in zip(token_targets(plain, {}), token_targets(m, {}), strict=True):
         assert torch.equal(b.reshape(rows, cols), a.reshape(rows, cols).flip(1))
-
-
-def test_the_convolutions_as_products_give_the_same_tokens_and_gradients(model_and_processor):
-    model, processor = model_and_processor
-    rng = random.Random(1)
-    batch = [_encoded(processor, random_picture(rng)) for _ in range(3)]
-    tower = model.model.visual
-
-    def run() -> tuple[torch.Tensor, torch.Tensor]:
-        tower.zero_grad()
-        tokens, _ = tower_tokens(tower, batch)
-        tokens.square().sum().backward()
-        return tokens.detach(), tower.patch_embed.proj.weight.grad.clone()
-
-    plain_tokens, plain_grad = run()
-    with _convolutions_as_products(tower):
-        fast_tokens, fast_grad = run()
-    again_tokens, _ = run()
-    torch.testing.assert_close(fast_tokens, plain_tokens, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(fast_grad, plain_grad, atol=1e-4, rtol=1e-4)
-    assert torch.equal(again_tokens, plain_tokens)  # the modules' own forward again
-    assert "forward" not in vars(tower.patch_embed.proj)
-    assert "forward" not in vars(tower.downsample)
