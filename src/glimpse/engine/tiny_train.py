@@ -88,7 +88,9 @@ class TrainConfig:
     vision_mirror: float = 0.5
     #: share of the whole-model steps with the warmed-up tower frozen, while the rest learns to read
     #: it. 1.0: frozen throughout, which answered as well as thawing it after 30 % (shape 87/88 %
-    #: against 87/85 %) and lets each step skip the tower (``_fit``)
+    #: against 87/85 % in an early recipe; on the shipped recipe's 42,000 conversations, shape /
+    #: count 97.4 / 91.9 % against 96.9 / 92.2 %, 1,500 questions each, the thawed run 65 s longer)
+    #: and lets each step skip the tower (``_fit``)
     vision_frozen_share: float = 1.0
     #: the tower's learning rate after that, relative to the rest's
     vision_lr_scale: float = 0.5
