@@ -216,12 +216,14 @@ def _pool(work: Any, processor: Any, count: int, base: int, workers: int, chunk:
     global _WORKER_PROCESSOR
     jobs = [(base + i, min(chunk, count - i * chunk)) for i in range((count + chunk - 1) // chunk)]
     _WORKER_PROCESSOR = processor
-    if workers <= 1:
-        parts = [work(job) for job in jobs]
-    else:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            parts = pool.map(work, jobs)
-    _WORKER_PROCESSOR = None
+    try:
+        if workers <= 1:
+            parts = [work(job) for job in jobs]
+        else:
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                parts = pool.map(work, jobs)
+    finally:
+        _WORKER_PROCESSOR = None
     return [_from_arrays(fields) for part in parts for fields in part]
 
 

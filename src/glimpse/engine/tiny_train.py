@@ -428,16 +428,17 @@ def _batches(pool: list[Any], config: TrainConfig, rng: random.Random) -> list[l
     longest conversation, and two-picture conversations are twice as long as most.
     """
     size, group = config.batch_size, config.length_group
-    plan = []
+    plan: list[list[Any]] = []
     for _ in range(config.epochs):
         epoch = rng.sample(pool, len(pool))
-        batches = [epoch[b * size : (b + 1) * size] for b in range(len(pool) // size)]
-        if group > 1:
-            batches = []
-            for start in range(0, len(pool) // size * size, size * group):
-                run = sorted(epoch[start : start + size * group], key=lambda e: len(e.input_ids))
-                batches.extend(run[i : i + size] for i in range(0, len(run) - size + 1, size))
-            rng.shuffle(batches)
+        if group <= 1:
+            plan.extend(epoch[b * size : (b + 1) * size] for b in range(len(pool) // size))
+            continue
+        batches: list[list[Any]] = []
+        for start in range(0, len(pool) // size * size, size * group):
+            run = sorted(epoch[start : start + size * group], key=lambda e: len(e.input_ids))
+            batches.extend(run[i : i + size] for i in range(0, len(run) - size + 1, size))
+        rng.shuffle(batches)
         plan.extend(batches)
     return plan
 

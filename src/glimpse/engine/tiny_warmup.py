@@ -284,12 +284,11 @@ def token_targets(encoded: Any, cache: TargetCache) -> tuple[Any, Any]:
     """
     import torch
 
+    _, rows, cols = (int(v) // 2 for v in encoded.image_grid_thw[0].tolist())
     if encoded.mirrored:
-        _, rows, cols = (int(v) // 2 for v in encoded.image_grid_thw[0].tolist())
         cells, centres = token_targets(dataclasses.replace(encoded, mirrored=False), cache)
         return cells.reshape(rows, cols).flip(1).reshape(-1), centres.reshape(rows, cols).flip(1).reshape(-1)
 
-    _, rows, cols = (int(v) // 2 for v in encoded.image_grid_thw[0].tolist())
     picture = encoded.picture
     key = (picture, rows, cols)
     if key not in cache:
