@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from glimpse.engine.tiny_data import IGNORE, collate, encode_sample, encoded_pool
-from glimpse.engine.tiny_task import Picture, Question, Sample, Turn
+from glimpse.engine.tiny_task import Picture, Question, Sample, Turn, make_sample
 from glimpse.engine.tiny_train import TrainConfig, untrained_model
 
 
@@ -84,6 +84,25 @@ def test_extra_pictures_are_drawn_near_the_input_size_with_every_question_about_
         expected = {answer(e.picture, task, lang) for task in tasks for lang in ("en", "zh")}
         assert len(answers) == len(tasks)
         assert set(answers) <= expected
+
+
+def test_the_pool_keeps_patches_in_half_precision_and_collate_reads_them_as_float32(processor):
+    from glimpse.engine.tiny_data import _from_arrays, _to_arrays
+
+    rng = random.Random(5)
+    encoded = [encode_sample(processor, make_sample(rng), rng) for _ in range(4)]
+    pooled = [_from_arrays(_to_arrays(e)) for e in encoded]
+    for e, p in zip(encoded, pooled, strict=True):
+        assert e.pixel_values.dtype == torch.float32
+        assert p.pixel_values.dtype == torch.float16
+        # normalized 8-bit pixels (steps of about 0.015) are held to within 0.002
+        assert 0 < (p.pixel_values.float() - e.pixel_values).abs().max() < 0.002
+        for field in ("input_ids", "labels", "mm_token_type_ids", "image_grid_thw"):
+            assert torch.equal(getattr(p, field), getattr(e, field))
+        assert p.picture == e.picture
+    batch = collate(pooled, pad_id=0)
+    assert batch["pixel_values"].dtype == torch.float32
+    assert torch.allclose(batch["pixel_values"], collate(encoded, pad_id=0)["pixel_values"], atol=0.002)
 
 
 def test_the_extra_pictures_do_not_depend_on_their_conversations(processor, monkeypatch):

@@ -32,15 +32,39 @@ def test_the_shipped_files_match_the_manifest_and_are_small():
     assert manifest["command"].startswith("glimpse train-tiny")
 
 
-def test_the_manifest_records_accuracy_meeting_the_colour_shape_and_place_targets():
-    # Count does not meet its target in English yet (see the README).
-    table = json.loads((SHIPPED / MANIFEST).read_text())["accuracy"]["table"]
-    for row in ("color", "shape", "position"):
-        target = TARGETS[row]
+def test_the_manifest_records_the_accuracy_table_the_training_printed():
+    manifest = json.loads((SHIPPED / MANIFEST).read_text())
+    accuracy = manifest["accuracy"]
+    assert accuracy["per_cell"] == manifest["config"]["eval_per_cell"] >= 100
+    for row in TARGETS:
         for lang in ("en", "zh"):
-            right, asked = table[row][lang]
-            assert asked >= 100
-            assert right >= target * asked, (row, lang, right, asked)
+            right, asked = accuracy["table"][row][lang]
+            assert asked == accuracy["per_cell"]
+            assert right >= 0.9 * asked, (row, lang, right, asked)  # far from chance everywhere
+
+
+@pytest.mark.slow
+def test_the_shipped_model_meets_every_target_in_each_language_on_400_questions_a_cell():
+    # A 100-question cell moves by up to 6 points with the questions drawn (the manifest's own table
+    # has shape in Chinese at 94/100); 400, from two seeds, by about half as much (see the README).
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from glimpse.engine.tiny_eval import answers, cases
+    from glimpse.engine.tiny_task import grade
+
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_pretrained(SHIPPED).eval()
+    processor = AutoProcessor.from_pretrained(SHIPPED)
+    todo = [c for seed in (20_261_206, 777) for c in cases(seed, 200) if c.row in TARGETS]
+    right: dict[tuple[str, str], int] = {}
+    for start in range(0, len(todo), 32):
+        batch = todo[start : start + 32]
+        for case, text in zip(batch, answers(model, processor, batch), strict=True):
+            key = (case.row, case.lang)
+            right[key] = right.get(key, 0) + grade(case.picture, case.task, case.lang, text)  # type: ignore[arg-type]
+    assert len(right) == 2 * len(TARGETS)
+    for (row, lang), hits in right.items():
+        assert hits >= TARGETS[row] * 400, (row, lang, hits)
 
 
 @pytest.mark.slow
