@@ -90,7 +90,7 @@ class TrainConfig:
     extra_pictures: int = 48_000
     #: how many of them the language model also learns from, each with its conversation: its
     #: steps were not what held it back (two passes over its 42,000 conversations rather than one,
-    #: on the same tower: 97.4 / 90.6 / 89.6 % against 97.0 / 90.4 / 89.7 %, for 330 s more)
+    #: on the same tower: 97.4 / 90.6 / 89.6 % against 97.0 / 90.4 / 89.7 %, for about 340 s more)
     extra_conversations: int = 24_000
     vision_mirror: float = 0.5
     #: share of the whole-model steps with the warmed-up tower frozen, while the rest learns to read
